@@ -1,0 +1,208 @@
+"""SearchConfig: one YAML file describes a whole search; validated here, at the boundary.
+
+Errors name the file and the field, and say what is wrong and what was given::
+
+    search.yaml: space.prune.ratios[2] must be in [0, 1), got 1.5
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from tightfit._records import Record, describe_validation_error
+from tightfit.exceptions import ConfigError
+from tightfit.hardware_profiles import HardwareProfile, get_profile
+from tightfit.hardware_profiles._profile import _yaml_where
+
+__all__ = ["SearchConfig", "load_config"]
+
+Objective = Literal["accuracy", "latency_ms", "size_mb"]
+DIRECTIONS: dict[str, str] = {"accuracy": "maximize", "latency_ms": "minimize", "size_mb": "minimize"}
+
+
+class CallableSpec(Record):
+    """``module:callable`` (or a built-in example name) and keyword arguments for it."""
+
+    callable: str = Field(min_length=1)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("callable")
+    @classmethod
+    def _form(cls, v: str) -> str:
+        if ":" in v:
+            module, _, attr = v.partition(":")
+            if not module or not attr or not all(p.isidentifier() for p in attr.split(".")):
+                raise ValueError(f"must be 'module:callable' or a built-in example name, got {v!r}")
+        return v
+
+
+class ModelSpec(CallableSpec):
+    ignore: list[str] = Field(
+        default_factory=list,
+        description="module paths never compressed (the classifier is excluded from pruning anyway)",
+    )
+
+
+class PruneSpace(Record):
+    enabled: bool = True
+    ratios: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.375, 0.5, 0.625])
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, v: list[float]) -> list[float]:
+        for i, r in enumerate(v):
+            if not 0.0 <= r < 1.0:
+                raise ValueError(f"[{i}] must be in [0, 1), got {r}")
+        if 0.0 not in v:
+            v = [0.0, *v]  # "leave this group alone" is always a choice
+        return sorted(set(v))
+
+
+class LowRankSpace(Record):
+    enabled: bool = True
+    rank_fractions: list[float] = Field(
+        default_factory=lambda: [0.25, 0.5, 0.75],
+        description="ranks as fractions of the layer's break-even rank; 'not factorized' is always a choice",
+    )
+    min_rank: int = Field(8, ge=1)
+
+    @field_validator("rank_fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        for i, f in enumerate(v):
+            if not 0.0 < f < 1.0:
+                raise ValueError(f"[{i}] must be in (0, 1) (a fraction of the break-even rank), got {f}")
+        return sorted(set(v))
+
+
+class QuantizeSpace(Record):
+    enabled: bool = True
+    bits: list[Literal[32, 8, 4]] = Field(default_factory=lambda: [32, 8])
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, v: list[int]) -> list[int]:
+        if 32 not in v:
+            v = [32, *v]
+        return sorted(set(v), reverse=True)
+
+
+class SpaceSpec(Record):
+    prune: PruneSpace = Field(default_factory=PruneSpace)
+    lowrank: LowRankSpace = Field(default_factory=LowRankSpace)
+    quantize: QuantizeSpace = Field(default_factory=QuantizeSpace)
+
+
+class Constraints(Record):
+    max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0, description="vs the baseline, absolute")
+    max_latency_ms: float | None = Field(None, gt=0.0)
+
+
+class SamplerSpec(Record):
+    name: Literal["tpe", "nsga2", "random"] = "tpe"
+    n_startup_trials: int = Field(10, ge=0, description="TPE: random trials before the model")
+    population_size: int = Field(20, ge=2, description="NSGA-II population")
+
+
+class RaySpec(Record):
+    address: str | None = Field(None, description="None: start a local Ray in the driver")
+    num_cpus: int | None = Field(None, ge=1, description="local Ray CPUs; None: all cores")
+
+
+class SearchConfig(Record):
+    """A whole search, as validated from its YAML file."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
+    model: ModelSpec
+    data: CallableSpec
+    space: SpaceSpec = Field(default_factory=SpaceSpec)
+    objectives: list[Objective] = Field(default_factory=lambda: ["accuracy", "latency_ms", "size_mb"])
+    constraints: Constraints = Field(default_factory=Constraints)
+    profiles: list[str] = Field(default_factory=lambda: ["cpu-ort"], min_length=1)
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+    n_trials: int = Field(40, ge=1, le=100_000)
+    seed: int = 0
+    concurrency: int = Field(2, ge=1, description="evaluations in flight at once")
+    trial_timeout_s: float = Field(600.0, gt=0.0)
+    n_uniform_seeds: int = Field(4, ge=0, description="uniform-compression candidates enqueued first")
+    workdir: str | None = Field(None, description="default: runs/<name>/")
+    ray: RaySpec = Field(default_factory=RaySpec)
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"has duplicates: {v}")
+        if "accuracy" not in v or len(v) < 2:
+            raise ValueError(f"must include 'accuracy' and at least one of latency_ms, size_mb, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _something_to_search(self) -> SearchConfig:
+        s = self.space
+        if not (s.prune.enabled or s.lowrank.enabled or s.quantize.enabled):
+            raise ValueError("space: every kernel is disabled; enable prune, lowrank or quantize")
+        return self
+
+    @property
+    def directions(self) -> list[str]:
+        return [DIRECTIONS[o] for o in self.objectives]
+
+    @property
+    def workdir_path(self) -> Path:
+        return Path(self.workdir or Path("runs") / self.name).resolve()
+
+    def fingerprint(self) -> str:
+        """Hash of what decides the search's results (not n_trials, concurrency, or timeouts)."""
+        keep = self.model_dump(
+            mode="json", exclude={"n_trials", "concurrency", "trial_timeout_s", "workdir", "ray"}
+        )
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+    def hardware_profiles(self) -> list[HardwareProfile]:
+        return [get_profile(p) for p in self.profiles]
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchConfig:
+    """Read, validate and resolve a search YAML file.
+
+    Relative profile paths are resolved against the config file's folder; a relative
+    ``workdir`` against the current directory. Every problem raises :class:`ConfigError`.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_where(e)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a search config must be a mapping of fields, got {type(raw).__name__}")
+    raw = {**raw, **(overrides or {})}
+    return config_from_dict(raw, source=str(path), base_dir=path.parent)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config", base_dir: Path | None = None) -> SearchConfig:
+    """Validate a config mapping; resolve profile paths and the work directory."""
+    try:
+        config = SearchConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(describe_validation_error(source, e)) from None
+    resolved = []
+    for i, name in enumerate(config.profiles):
+        try:
+            get_profile(name, base_dir=base_dir)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: profiles[{i}]: {e}") from None
+        p = Path(name)
+        is_file = name.endswith((".yaml", ".yml"))
+        resolved.append(str((base_dir or Path()) / p) if is_file and not p.is_absolute() else name)
+    return config.model_copy(update={"profiles": resolved, "workdir": str(config.workdir_path)})

@@ -1,0 +1,7 @@
+"""Accuracy, latency and size of an exported candidate, measured the way it will run."""
+
+from tightfit.evaluators.accuracy import evaluate_accuracy, predict
+from tightfit.evaluators.latency import LatencyResult, input_feed, measure_latency
+from tightfit.evaluators.size import size_mb
+
+__all__ = ["LatencyResult", "evaluate_accuracy", "input_feed", "measure_latency", "predict", "size_mb"]

@@ -1,0 +1,24 @@
+"""ONNX Runtime sessions configured by a hardware profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+
+from tightfit.hardware_profiles import HardwareProfile
+
+
+def make_session(path: Path | str, profile: HardwareProfile | None = None, threads: int | None = None) -> ort.InferenceSession:
+    """A session with fixed threads and spinning off (spinning burns cores other work needs)."""
+    options = ort.SessionOptions()
+    intra = threads or (profile.intra_op_threads if profile else 1)
+    options.intra_op_num_threads = intra
+    options.inter_op_num_threads = profile.inter_op_threads if profile else 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    providers = [profile.execution_provider] if profile else ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), options, providers=providers)

@@ -1,0 +1,149 @@
+"""Latency measured on the target runtime, interleaved with the baseline.
+
+Protocol (design decision 8; research/surgery-and-latency.md part B): fixed threads, spinning
+off, warm-up by time; then ``rounds`` rounds in which the candidate and the baseline each run a
+block of inferences, in random order. A round's ratio is the candidate's block median over the
+baseline's; the score is the median ratio over rounds, with a bootstrap confidence interval.
+Slow drifts of a shared machine hit both models of a round alike and cancel in the ratio.
+``latency_ms`` is that ratio times a reference latency of the baseline measured once per
+search, so trials measured at different times are comparable.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field
+
+from tightfit._records import Record
+from tightfit.evaluators._ort import make_session
+from tightfit.hardware_profiles import HardwareProfile
+
+N_BOOTSTRAP = 2000
+
+
+class LatencyResult(Record):
+    latency_ms: float = Field(description="ratio x baseline reference latency")
+    ratio: float = Field(description="median over rounds of candidate/baseline block medians")
+    ratio_ci: tuple[float, float] = Field(description="95% bootstrap interval of the ratio")
+    speedup: float
+    median_ms: float = Field(description="candidate's median over all its timed inferences")
+    p90_ms: float
+    baseline_median_ms: float
+    rounds: int
+    iters_per_block: int
+    environment: dict[str, str] = Field(default_factory=dict)
+
+
+def input_feed(
+    shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str], profile: HardwareProfile, seed: int
+) -> dict[str, np.ndarray]:
+    """Random inputs with the profile's batch size and shapes (latency needs no real data)."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for name, sample_shape in shapes.items():
+        shape = (profile.batch_size, *profile.input_shapes.get(name, sample_shape))
+        dtype = np.dtype(dtypes[name])
+        if dtype.kind == "f":
+            feed[name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feed[name] = rng.integers(0, 2, size=shape).astype(dtype)
+    return feed
+
+
+def environment(profile: HardwareProfile) -> dict[str, str]:
+    import onnxruntime
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": str(os.cpu_count()),
+        "onnxruntime": onnxruntime.__version__,
+        "execution_provider": profile.execution_provider,
+        "intra_op_threads": str(profile.intra_op_threads),
+        "batch_size": str(profile.batch_size),
+    }
+
+
+def _block(run: Callable[[], object], iters: int) -> np.ndarray:
+    times = np.empty(iters)
+    for i in range(iters):
+        t0 = time.perf_counter_ns()
+        run()
+        times[i] = time.perf_counter_ns() - t0
+    return times / 1e6
+
+
+def _warm(run: Callable[[], object], seconds: float) -> float:
+    """Run for ``seconds`` (at least 3 times); return the median time of one run in seconds."""
+    times = []
+    end = time.perf_counter() + seconds
+    while len(times) < 3 or time.perf_counter() < end:
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def bootstrap_ci(values: np.ndarray, seed: int, level: float = 0.95) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(N_BOOTSTRAP, len(values)))
+    medians = np.median(values[idx], axis=1)
+    lo, hi = np.quantile(medians, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def measure_latency(
+    candidate: Path,
+    baseline: Path,
+    profile: HardwareProfile,
+    feed: dict[str, np.ndarray],
+    baseline_ref_ms: float | None = None,
+    seed: int = 0,
+    rounds: int | None = None,
+) -> LatencyResult:
+    """Measure ``candidate`` against ``baseline`` under ``profile``'s protocol."""
+    protocol = profile.measurement
+    rounds = rounds or protocol.rounds
+    sessions = {"candidate": make_session(candidate, profile), "baseline": make_session(baseline, profile)}
+    runs = {k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}
+    per_run = max(_warm(run, protocol.warmup_s) for run in runs.values())
+    iters = min(protocol.max_block_iters, max(protocol.min_iters_per_block, math.ceil(protocol.min_block_s / per_run)))
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[np.ndarray]] = {"candidate": [], "baseline": []}
+    ratios = np.empty(rounds)
+    for r in range(rounds):
+        order = ["candidate", "baseline"] if rng.random() < 0.5 else ["baseline", "candidate"]
+        block = {name: _block(runs[name], iters) for name in order}
+        for name, times in block.items():
+            samples[name].append(times)
+        ratios[r] = np.median(block["candidate"]) / np.median(block["baseline"])
+    cand = np.concatenate(samples["candidate"])
+    base = np.concatenate(samples["baseline"])
+    ratio = float(np.median(ratios))
+    ref = baseline_ref_ms if baseline_ref_ms is not None else float(np.median(base))
+    return LatencyResult(
+        latency_ms=ratio * ref,
+        ratio=ratio,
+        ratio_ci=bootstrap_ci(ratios, seed),
+        speedup=1.0 / ratio,
+        median_ms=float(np.median(cand)),
+        p90_ms=float(np.quantile(cand, 0.9)),
+        baseline_median_ms=float(np.median(base)),
+        rounds=rounds,
+        iters_per_block=iters,
+        environment=environment(profile),
+    )

@@ -1,0 +1,16 @@
+"""Named deployment targets and the protocol that measures latency on them."""
+
+from tightfit.hardware_profiles._profile import (
+    HardwareProfile,
+    MeasurementProtocol,
+    QuantizationSettings,
+)
+from tightfit.hardware_profiles._registry import get_profile, list_profiles
+
+__all__ = [
+    "HardwareProfile",
+    "MeasurementProtocol",
+    "QuantizationSettings",
+    "get_profile",
+    "list_profiles",
+]

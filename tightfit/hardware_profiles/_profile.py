@@ -1,0 +1,111 @@
+"""The HardwareProfile record: a named target and the protocol that measures latency on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from tightfit._records import Record, describe_validation_error
+from tightfit.exceptions import ConfigError
+
+Precision = Literal["fp32", "fp16", "int8", "int4"]
+
+
+class MeasurementProtocol(Record):
+    """How latency is measured: warm-up by time, then candidate and baseline interleaved.
+
+    Each round runs the candidate and the baseline in random order, each for at least
+    ``min_iters_per_block`` inferences and ``min_block_s`` seconds; the score is the median of
+    the per-round ratios candidate/baseline, which cancels slow drifts of a shared machine.
+    """
+
+    warmup_s: float = Field(0.3, ge=0.0, description="warm-up per model, by time")
+    rounds: int = Field(12, ge=3, description="interleaved candidate/baseline rounds")
+    min_block_s: float = Field(0.05, gt=0.0, description="minimum time per model per round")
+    min_iters_per_block: int = Field(5, ge=1)
+    max_block_iters: int = Field(2000, ge=1)
+
+
+class QuantizationSettings(Record):
+    """int8 settings for ONNX Runtime static Q/DQ on this target."""
+
+    activation_type: Literal["QUInt8", "QInt8"] = "QUInt8"
+    weight_type: Literal["QInt8", "QUInt8"] = "QInt8"
+    per_channel: bool = True
+    # x86 without VNNI saturates in vpmaddubsw with full-range U8S8: use 7-bit weights there.
+    reduce_range: bool | Literal["auto"] = "auto"
+    calibrate_method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"
+
+
+class HardwareProfile(Record):
+    """A named deployment target: runtime, threads, shapes, precisions and measurement protocol."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    description: str = ""
+    runtime: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    device: Literal["cpu", "cuda"] = "cpu"
+    execution_provider: str = "CPUExecutionProvider"
+    intra_op_threads: int = Field(1, ge=1)
+    inter_op_threads: int = Field(1, ge=1)
+    batch_size: int = Field(1, ge=1)
+    input_shapes: dict[str, list[int]] = Field(
+        default_factory=dict,
+        description="per-sample shapes (without batch) that override the data's, by input name",
+    )
+    precisions: list[Precision] = Field(default_factory=lambda: ["fp32", "int8"])
+    round_to: int = Field(8, ge=1, description="pruned channel counts and ranks are multiples")
+    quantization: QuantizationSettings = Field(default_factory=QuantizationSettings)
+    measurement: MeasurementProtocol = Field(default_factory=MeasurementProtocol)
+    ray_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray custom resources a measurement asks for (one slot per device)",
+    )
+    reserve_cpus: int | Literal["all"] = Field(
+        "all",
+        description="CPUs a measurement holds so that no other tightfit work runs beside it",
+    )
+
+    @field_validator("precisions")
+    @classmethod
+    def _fp32_first(cls, v: list[str]) -> list[str]:
+        if "fp32" not in v:
+            raise ValueError("must include 'fp32' (the uncompressed baseline)")
+        if len(set(v)) != len(v):
+            raise ValueError(f"has duplicates: {v}")
+        return v
+
+    @property
+    def bits_allowed(self) -> list[int]:
+        """Bit-widths this target runs: 32, and 8 / 4 where int8 / int4 are allowed."""
+        table = {"fp32": 32, "int8": 8, "int4": 4}
+        return sorted((table[p] for p in self.precisions if p in table), reverse=True)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> HardwareProfile:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read hardware profile ({e.strerror})") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({_yaml_where(e)})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a hardware profile must be a mapping of fields")
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as e:
+            raise ConfigError(describe_validation_error(str(path), e)) from None
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _yaml_where(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or "syntax error"
+    if mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return str(problem)

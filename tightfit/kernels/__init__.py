@@ -1,0 +1,24 @@
+"""Compression kernels: structured pruning, low-rank factorization, quantization.
+
+A kernel is one file with one registered class (see ``_base.Kernel``); ``apply`` and
+``compress`` run every registered kernel that the candidate uses, in registration order.
+"""
+
+from tightfit.kernels import lowrank, pruning, quantization  # noqa: F401  (registration)
+from tightfit.kernels._base import Kernel, SurgeryContext, Unit
+from tightfit.kernels._pipeline import Compressed, apply, compress
+from tightfit.kernels._registry import get_kernel, list_kernels, register_kernel
+from tightfit.kernels.export import export_onnx
+
+__all__ = [
+    "Compressed",
+    "Kernel",
+    "SurgeryContext",
+    "Unit",
+    "apply",
+    "compress",
+    "export_onnx",
+    "get_kernel",
+    "list_kernels",
+    "register_kernel",
+]

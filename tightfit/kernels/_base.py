@@ -1,0 +1,75 @@
+"""The kernel interface: discover the units a kernel can act on, and apply a plan to them."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from tightfit.config import SpaceSpec
+    from tightfit.hardware_profiles import HardwareProfile
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One searchable knob: a module path, the knob's name and its choices (first = no-op)."""
+
+    path: str
+    knob: str
+    choices: tuple[Any, ...]
+    info: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def param_name(self) -> str:
+        return f"{self.path}.{self.knob}"
+
+
+@dataclass(frozen=True)
+class SurgeryContext:
+    """What kernels need besides the model: inputs, calibration data and the target."""
+
+    example_inputs: tuple[torch.Tensor, ...]
+    input_names: tuple[str, ...]
+    calibration: dict[str, np.ndarray]
+    profile: HardwareProfile
+    ignore: tuple[str, ...] = ()
+    classifier: str | None = None
+    baseline_onnx: Path | None = None
+    min_rank: int = 8
+    recalibrate_bn: bool = True
+
+    def calibration_tensors(self, limit: int = 128) -> tuple[torch.Tensor, ...]:
+        """Up to ``limit`` calibration samples as torch tensors, in input order."""
+        import torch
+
+        return tuple(torch.from_numpy(self.calibration[n][:limit]) for n in self.input_names)
+
+
+class Kernel(ABC):
+    """A compression kernel. Subclasses set ``name``, ``knob`` and ``stage`` and register."""
+
+    name: ClassVar[str]
+    knob: ClassVar[str]
+    stage: ClassVar[str]  # "torch" (acts on the nn.Module) or "onnx" (acts on the exported file)
+    order: ClassVar[int]  # kernels apply in increasing order: prune, then factorize, then quantize
+
+    @abstractmethod
+    def units(self, model: nn.Module, ctx: SurgeryContext, space: SpaceSpec) -> list[Unit]:
+        """The units of ``model`` this kernel can act on, with their choices from ``space``."""
+
+    def apply(self, model: nn.Module, plan: dict[str, Any], ctx: SurgeryContext) -> dict[str, Any]:
+        """Torch stage: change ``model`` in place; return a report of what was done."""
+        raise NotImplementedError
+
+    def apply_onnx(
+        self, src: Path, dst: Path, plan: dict[str, Any], ctx: SurgeryContext
+    ) -> dict[str, Any]:
+        """ONNX stage: write the transformed ``src`` to ``dst``; return a report."""
+        raise NotImplementedError

@@ -1,0 +1,175 @@
+"""Per-layer precision in the exported ONNX: int8 static Q/DQ and 4-bit weight-only MatMulNBits.
+
+Precision lives in the file (design decision 7), so the same artifact serves ONNX Runtime and
+TensorRT. int8 uses ONNX Runtime's ``quantize_static`` in QDQ format, calibrated on the task's
+calibration data, restricted to the chosen layers' nodes (plus the cheap ops between them, so
+that the runtime can fuse whole int8 chains). 4-bit uses ``MatMulNBitsQuantizer`` with
+``accuracy_level=4`` (the fast CPU path), only for MatMul nodes with constant weights.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import shutil
+import tempfile
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from torch import nn
+
+from tightfit.config import SpaceSpec
+from tightfit.exceptions import CandidateError
+from tightfit.kernels._base import Kernel, SurgeryContext, Unit
+from tightfit.kernels._registry import register_kernel
+from tightfit.kernels.export import COMPUTE_OPS, has_constant_weight, nodes_by_module
+
+CALIBRATION_BATCH = 32
+
+
+@functools.cache
+def cpu_has_vnni() -> bool:
+    """True on x86 CPUs with VNNI / AMX (full-range U8S8 int8 is safe there)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+class _Reader:
+    """ONNX Runtime calibration data reader over named numpy arrays."""
+
+    def __init__(self, data: dict[str, np.ndarray], batch: int = CALIBRATION_BATCH) -> None:
+        n = len(next(iter(data.values())))
+        self._batches = iter(
+            [{k: v[i : i + batch] for k, v in data.items()} for i in range(0, n, batch)]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def _chain_nodes(model: onnx.ModelProto, seeds: set[str]) -> set[str]:
+    """Non-compute nodes linked to a seed compute node through non-compute nodes only."""
+    producers: dict[str, onnx.NodeProto] = {}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for t in node.output:
+            producers[t] = node
+        for t in node.input:
+            consumers.setdefault(t, []).append(node)
+    by_name = {n.name: n for n in model.graph.node}
+    found: set[str] = set()
+    queue = deque(by_name[s] for s in seeds if s in by_name)
+    while queue:
+        node = queue.popleft()
+        neighbours = [c for t in node.output for c in consumers.get(t, [])]
+        neighbours += [producers[t] for t in node.input if t in producers]
+        for nb in neighbours:
+            if nb.op_type in COMPUTE_OPS or nb.name in found or nb.name in seeds:
+                continue
+            found.add(nb.name)
+            queue.append(nb)
+    return found
+
+
+def _quantize_int8(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    settings = ctx.profile.quantization
+    model = onnx.load(str(src))
+    include = sorted(nodes | _chain_nodes(model, nodes))
+    reduce_range = (not cpu_has_vnni()) if settings.reduce_range == "auto" else settings.reduce_range
+    quantize_static(
+        str(src),
+        str(dst),
+        _Reader(ctx.calibration),
+        quant_format=QuantFormat.QDQ,
+        nodes_to_quantize=include,
+        per_channel=settings.per_channel,
+        reduce_range=reduce_range,
+        activation_type=getattr(QuantType, settings.activation_type),
+        weight_type=getattr(QuantType, settings.weight_type),
+        calibrate_method=getattr(CalibrationMethod, settings.calibrate_method),
+    )
+
+
+def _quantize_int4(src: Path, dst: Path, nodes: set[str]) -> None:
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model = onnx.load(str(src))
+    quantizer = MatMulNBitsQuantizer(
+        model,
+        bits=4,
+        block_size=32,
+        is_symmetric=True,
+        accuracy_level=4,
+        nodes_to_include=sorted(nodes),
+    )
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+
+
+@register_kernel
+class Quantization(Kernel):
+    """Choose a bit-width per layer: 32 (float), 8 (static Q/DQ) or 4 (MatMulNBits)."""
+
+    name = "quantize"
+    knob = "bits"
+    stage = "onnx"
+    order = 30
+
+    def units(self, model: nn.Module, ctx: SurgeryContext, space: SpaceSpec) -> list[Unit]:
+        if not space.quantize.enabled or ctx.baseline_onnx is None:
+            return []
+        allowed = [b for b in space.quantize.bits if b in ctx.profile.bits_allowed]
+        onnx_model = onnx.load(str(ctx.baseline_onnx), load_external_data=False)
+        nodes = nodes_by_module(onnx_model)
+        units = []
+        for path, layer in model.named_modules():
+            if path in ctx.ignore or not isinstance(layer, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+                continue
+            owned = nodes.get(path, [])
+            if not owned:
+                continue
+            choices = [b for b in allowed if b != 4]
+            if 4 in allowed and all(has_constant_weight(onnx_model, n) for n in owned):
+                choices.append(4)
+            if len(choices) > 1:
+                units.append(Unit(path, self.knob, tuple(choices), {"nodes": owned}))
+        return units
+
+    def apply_onnx(
+        self, src: Path, dst: Path, plan: dict[str, Any], ctx: SurgeryContext
+    ) -> dict[str, Any]:
+        if not plan:
+            shutil.copyfile(src, dst)
+            return {}
+        nodes = nodes_by_module(onnx.load(str(src), load_external_data=False))
+        by_bits: dict[int, set[str]] = {8: set(), 4: set()}
+        for path, bits in plan.items():
+            if path not in nodes:
+                raise CandidateError(f"quantize: no ONNX node belongs to module '{path}'")
+            by_bits[int(bits)].update(nodes[path])
+        logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
+        with tempfile.TemporaryDirectory() as tmp:
+            current = src
+            try:
+                if by_bits[8]:
+                    out = Path(tmp) / "int8.onnx"
+                    _quantize_int8(current, out, by_bits[8], ctx)
+                    current = out
+                if by_bits[4]:
+                    out = Path(tmp) / "int4.onnx"
+                    _quantize_int4(current, out, by_bits[4])
+                    current = out
+            except CandidateError:
+                raise
+            except Exception as e:
+                raise CandidateError(f"quantization failed: {type(e).__name__}: {e}") from e
+            shutil.copyfile(current, dst)
+        return {"int8_nodes": len(by_bits[8]), "int4_nodes": len(by_bits[4])}

@@ -1,0 +1,76 @@
+"""Candidate: the frozen record that fully determines one compressed model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from tightfit._records import Record
+
+KNOBS = ("prune_ratio", "rank", "bits")
+
+
+class Candidate(Record):
+    """What to do to each unit of a base model; replayed, never pickled.
+
+    ``prune`` maps a coupled group (named by its root module path) to the fraction of channels
+    removed; ``rank`` maps a Linear/Conv path to its rank as a fraction of the layer's break-even
+    rank (1.0 or absent: not factorized); ``bits`` maps a layer path to 8 or 4 (absent: fp32).
+    Entries that do nothing are dropped, so equal models have equal candidates.
+    """
+
+    base_model: str = Field(description="content hash of the base model")
+    prune: dict[str, float] = Field(default_factory=dict)
+    rank: dict[str, float] = Field(default_factory=dict)
+    bits: dict[str, int] = Field(default_factory=dict)
+    seed: int = 0
+
+    def model_post_init(self, __context: Any) -> None:
+        # Normalise without mutating a frozen record's identity: no-op entries are dropped.
+        object.__setattr__(self, "prune", {k: v for k, v in sorted(self.prune.items()) if v > 0})
+        object.__setattr__(self, "rank", {k: v for k, v in sorted(self.rank.items()) if v < 1.0})
+        object.__setattr__(self, "bits", {k: v for k, v in sorted(self.bits.items()) if v < 32})
+
+    @property
+    def is_baseline(self) -> bool:
+        return not (self.prune or self.rank or self.bits)
+
+    def plan_for(self, knob: str) -> dict[str, Any]:
+        """The per-unit values of one knob (``prune_ratio``, ``rank`` or ``bits``)."""
+        return {"prune_ratio": self.prune, "rank": self.rank, "bits": self.bits}[knob]
+
+    def to_params(self) -> dict[str, float | int]:
+        """Optuna-style params ``<module path>.<knob>`` (only the entries that do something)."""
+        out: dict[str, float | int] = {}
+        out.update({f"{k}.prune_ratio": v for k, v in self.prune.items()})
+        out.update({f"{k}.rank": v for k, v in self.rank.items()})
+        out.update({f"{k}.bits": v for k, v in self.bits.items()})
+        return out
+
+    @classmethod
+    def from_params(cls, base_model: str, params: dict[str, Any], seed: int = 0) -> Candidate:
+        prune: dict[str, float] = {}
+        rank: dict[str, float] = {}
+        bits: dict[str, int] = {}
+        for name, value in params.items():
+            path, _, knob = name.rpartition(".")
+            if knob == "prune_ratio":
+                prune[path] = float(value)
+            elif knob == "rank":
+                rank[path] = float(value)
+            elif knob == "bits":
+                bits[path] = int(value)
+            else:
+                raise ValueError(f"param '{name}' is not '<module path>.<knob>' with knob in {KNOBS}")
+        return cls(base_model=base_model, prune=prune, rank=rank, bits=bits, seed=seed)
+
+    def summary(self) -> dict[str, float]:
+        """A few numbers that describe the candidate at a glance (logged as MLflow params)."""
+        return {
+            "n_pruned_groups": len(self.prune),
+            "mean_prune_ratio": round(sum(self.prune.values()) / len(self.prune), 4) if self.prune else 0.0,
+            "n_factorized": len(self.rank),
+            "n_int8": sum(1 for b in self.bits.values() if b == 8),
+            "n_int4": sum(1 for b in self.bits.values() if b == 4),
+        }

@@ -1,0 +1,74 @@
+"""CompressionSpace: the units every kernel found in a model, and how Optuna samples them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from tightfit.kernels import SurgeryContext, Unit
+from tightfit.kernels._registry import _KERNELS
+from tightfit.spaces._candidate import Candidate
+
+if TYPE_CHECKING:
+    import optuna
+    from torch import nn
+
+    from tightfit.config import SpaceSpec
+
+
+def discover_units(model: nn.Module, ctx: SurgeryContext, space: SpaceSpec) -> list[Unit]:
+    """Ask every registered kernel which units of ``model`` it can act on."""
+    units: list[Unit] = []
+    for kernel in _KERNELS.values():
+        units.extend(kernel.units(model, ctx, space))
+    return units
+
+
+class CompressionSpace:
+    """The searchable knobs of one base model; params are named ``<module path>.<knob>``."""
+
+    def __init__(self, units: Sequence[Unit], base_model: str, seed: int = 0) -> None:
+        names = [u.param_name for u in units]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate unit names: {sorted(n for n in names if names.count(n) > 1)}")
+        self.units = list(units)
+        self.base_model = base_model
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    def suggest(self, trial: optuna.Trial) -> Candidate:
+        """Sample one value per unit (categorical: ratios, rank fractions and bits are few)."""
+        params = {u.param_name: trial.suggest_categorical(u.param_name, list(u.choices)) for u in self.units}
+        return Candidate.from_params(self.base_model, params, seed=self.seed)
+
+    def baseline(self) -> Candidate:
+        return Candidate(base_model=self.base_model, seed=self.seed)
+
+    def uniform(
+        self, prune_ratio: float = 0.0, rank_fraction: float = 1.0, bits: int = 32
+    ) -> Candidate:
+        """The same level on every unit (the nearest level a unit offers, never beyond it)."""
+        target = {"prune_ratio": prune_ratio, "rank": rank_fraction, "bits": bits}
+        params: dict[str, Any] = {}
+        for u in self.units:
+            want = target[u.knob]
+            if u.knob == "prune_ratio":
+                params[u.param_name] = max((c for c in u.choices if c <= want), default=0.0)
+            elif u.knob == "rank":
+                params[u.param_name] = min(u.choices, key=lambda c: (abs(c - want), -c))
+            else:
+                params[u.param_name] = want if want in u.choices else 32
+        return Candidate.from_params(self.base_model, params, seed=self.seed)
+
+    def params_of(self, candidate: Candidate) -> dict[str, Any]:
+        """Every unit's param for ``candidate`` (no-op values included), for enqueue_trial."""
+        given = candidate.to_params()
+        return {u.param_name: given.get(u.param_name, u.choices[0]) for u in self.units}
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [
+            {"param": u.param_name, "choices": list(u.choices), **{k: v for k, v in u.info.items() if k != "nodes"}}
+            for u in self.units
+        ]

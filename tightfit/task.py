@@ -1,0 +1,172 @@
+"""The user's model and data, loaded from ``module:callable`` specs and checked at the boundary."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tightfit._naming import unknown_name_message
+from tightfit.config import CallableSpec
+from tightfit.exceptions import DataError, ModelError
+
+__all__ = ["METRICS", "TaskData", "load_data", "load_model", "model_id"]
+
+#: Built-in examples, usable by name in place of ``module:callable``.
+EXAMPLES = {
+    "digits-cnn": "tightfit.examples.digits:pretrained_cnn",
+    "digits": "tightfit.examples.digits:load_data",
+}
+
+
+def top1_accuracy(outputs: np.ndarray, targets: np.ndarray) -> float:
+    """Share of samples whose arg-max over the last axis equals the integer target."""
+    return float(np.mean(outputs.argmax(axis=-1) == targets))
+
+
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"accuracy": top1_accuracy}
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """Calibration inputs, validation inputs and targets, and the metric (higher is better).
+
+    Inputs are named arrays, one per model input, in the order of ``forward``'s arguments;
+    the first axis is the sample axis.
+    """
+
+    calibration: dict[str, np.ndarray]
+    validation: dict[str, np.ndarray]
+    targets: np.ndarray
+    metric: str = "accuracy"
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(self.validation)
+
+    def metric_fn(self) -> Callable[[np.ndarray, np.ndarray], float]:
+        return METRICS[self.metric]
+
+    def example_inputs(self, n: int = 2) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.from_numpy(self.calibration[k][:n]) for k in self.input_names)
+
+
+def resolve_callable(spec: str, what: str) -> Callable[..., Any]:
+    """Import ``module:callable`` (or a built-in example name)."""
+    target = EXAMPLES.get(spec, spec)
+    if ":" not in target:
+        raise ModelError(
+            f"{what}.callable: {unknown_name_message('built-in example', spec, EXAMPLES)}"
+            "; or give 'module:callable'"
+        )
+    module_name, _, attr = target.partition(":")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # let users name modules beside their config
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as e:
+        err = DataError if what == "data" else ModelError
+        raise err(f"{what}.callable: cannot import module '{module_name}' ({type(e).__name__}: {e})") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            err = DataError if what == "data" else ModelError
+            raise err(f"{what}.callable: module '{module_name}' has no attribute '{attr}'")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ModelError(f"{what}.callable: '{target}' is not callable")
+    return obj
+
+
+def _call(fn: Callable[..., Any], spec: CallableSpec, cache_dir: Path | None) -> Any:
+    kwargs = dict(spec.kwargs)
+    params = inspect.signature(fn).parameters
+    if cache_dir is not None and "cache_dir" in params and "cache_dir" not in kwargs:
+        kwargs["cache_dir"] = cache_dir
+    return fn(**kwargs)
+
+
+def load_model(spec: CallableSpec, cache_dir: Path | None = None) -> nn.Module:
+    """Call the model callable; the result must be an ``nn.Module`` (put in eval mode)."""
+    fn = resolve_callable(spec.callable, "model")
+    try:
+        model = _call(fn, spec, cache_dir)
+    except Exception as e:
+        raise ModelError(f"model.callable '{spec.callable}' failed: {type(e).__name__}: {e}") from e
+    if not isinstance(model, nn.Module):
+        raise ModelError(
+            f"model.callable '{spec.callable}' returned {type(model).__name__}, expected a torch.nn.Module"
+        )
+    return model.eval()
+
+
+def _as_named(value: Any, field: str, source: str) -> dict[str, np.ndarray]:
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        value = {"input": value}
+    if not isinstance(value, Mapping) or not value:
+        raise DataError(f"data.callable '{source}': {field} must be an array or a mapping of input name to array")
+    out = {}
+    for name, arr in value.items():
+        arr = arr.numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
+        if arr.dtype == np.float64:
+            arr = arr.astype(np.float32)
+        if arr.ndim < 1 or len(arr) == 0:
+            raise DataError(f"data.callable '{source}': {field}['{name}'] is empty; give at least one sample")
+        out[str(name)] = np.ascontiguousarray(arr)
+    return out
+
+
+def load_data(spec: CallableSpec, cache_dir: Path | None = None) -> TaskData:
+    """Call the data callable and check names, shapes and the metric."""
+    fn = resolve_callable(spec.callable, "data")
+    try:
+        raw = _call(fn, spec, cache_dir)
+    except Exception as e:
+        raise DataError(f"data.callable '{spec.callable}' failed: {type(e).__name__}: {e}") from e
+    if isinstance(raw, TaskData):
+        raw = {"calibration": raw.calibration, "validation": raw.validation, "targets": raw.targets, "metric": raw.metric}
+    if not isinstance(raw, Mapping) or not {"calibration", "validation", "targets"} <= set(raw):
+        raise DataError(
+            f"data.callable '{spec.callable}' must return a TaskData or a mapping with "
+            "'calibration', 'validation', 'targets' (and optionally 'metric')"
+        )
+    calibration = _as_named(raw["calibration"], "calibration", spec.callable)
+    validation = _as_named(raw["validation"], "validation", spec.callable)
+    targets = np.asarray(raw["targets"])
+    metric = raw.get("metric", "accuracy")
+    if metric not in METRICS:
+        raise DataError(f"data: {unknown_name_message('metric', str(metric), METRICS)}")
+    if list(calibration) != list(validation):
+        raise DataError(
+            f"data: calibration inputs {list(calibration)} and validation inputs {list(validation)} must have the same names"
+        )
+    for name in validation:
+        if calibration[name].shape[1:] != validation[name].shape[1:]:
+            raise DataError(
+                f"data: input '{name}' has per-sample shape {calibration[name].shape[1:]} in calibration "
+                f"but {validation[name].shape[1:]} in validation"
+            )
+    n_val = {len(v) for v in validation.values()}
+    if len(n_val) != 1 or len(targets) != n_val.pop():
+        raise DataError(
+            f"data: targets has {len(targets)} entries but validation has "
+            f"{[len(v) for v in validation.values()]} samples; they must match"
+        )
+    return TaskData(calibration=calibration, validation=validation, targets=targets, metric=str(metric))
+
+
+def model_id(model: nn.Module) -> str:
+    """Content hash of a model's class and weights: the base-model id in every Candidate."""
+    h = hashlib.sha256(type(model).__qualname__.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
