@@ -80,7 +80,13 @@ def _chain_nodes(model: onnx.ModelProto, seeds: set[str]) -> set[str]:
 def _quantize_int8(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     settings = ctx.profile.quantization
+    # Shape inference only: graph optimisation would rename the nodes the plan refers to.
+    pre = dst.with_name("pre-" + dst.name)
+    quant_pre_process(str(src), str(pre), skip_optimization=True, skip_symbolic_shape=True)
+    src = pre
     model = onnx.load(str(src))
     include = sorted(nodes | _chain_nodes(model, nodes))
     reduce_range = (not cpu_has_vnni()) if settings.reduce_range == "auto" else settings.reduce_range

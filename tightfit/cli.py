@@ -1,0 +1,230 @@
+"""The ``tightfit`` command: search, pareto, export, ui, profiles.
+
+User mistakes (TightfitError) print one line per problem and exit 2; bugs keep their traceback
+in ``<workdir>/tightfit.log`` and on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from tightfit.exceptions import TightfitError
+
+log = logging.getLogger("tightfit")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def _setup_logging(workdir: Path | None) -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for noisy in ("mlflow", "alembic", "sqlalchemy", "ray", "urllib3", "matplotlib", "onnxruntime"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(workdir / "tightfit.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+
+
+def _front_table(outcome_profile: Any, objectives: list[str]) -> Any:
+    from rich.table import Table
+
+    front = outcome_profile.front
+    table = Table(title=f"Pareto front on {outcome_profile.profile} ({len(front)} points, feasible only)")
+    for col in ["trial", *objectives, "speedup", "knobs"]:
+        table.add_column(col, justify="left" if col == "knobs" else "right")
+    for _, row in front.iterrows():
+        cells = [str(int(row["trial"]))]
+        for o in objectives:
+            cells.append(f"{row[o]:.4f}" if o == "accuracy" else f"{row[o]:.3f}")
+        cells.append(f"{row['speedup']:.2f}x" if row["speedup"] is not None else "")
+        cells.append(str(row["knobs"]))
+        table.add_row(*cells)
+    return table
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tightfit.config import load_config
+    from tightfit.search import run_search
+
+    overrides: dict[str, Any] = {}
+    if args.n_trials is not None:
+        overrides["n_trials"] = args.n_trials
+    if args.workdir is not None:
+        overrides["workdir"] = args.workdir
+    config = load_config(args.config, overrides)
+    _setup_logging(config.workdir_path)
+    console = _console()
+    console.print(f"[bold]tightfit[/] search '{config.name}' → {config.workdir_path}")
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, console=console, transient=False) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(profile: str, done: int, total: int, failed: int, best: float | None) -> None:
+            if profile not in tasks:
+                tasks[profile] = bar.add_task(profile, total=total, status="")
+            best_text = f"best ×{best:.2f} within constraint" if best else "no feasible speedup yet"
+            bar.update(tasks[profile], completed=min(done, total), status=f"{failed} failed · {best_text}")
+
+        outcome = run_search(config, progress=progress)
+    for p in outcome.profiles:
+        console.print(_front_table(p, list(config.objectives)))
+        console.print(
+            f"baseline on {p.profile}: accuracy {p.baseline['accuracy']:.4f}, "
+            f"latency {p.baseline['latency_ms']:.3f} ms, size {p.baseline['size_mb']:.2f} MB; "
+            f"{p.n_complete} trials, {p.n_failed} failed; front figure: {p.summary_dir / 'front.html'}"
+        )
+    console.print(f"MLflow: run [bold]tightfit ui --workdir {outcome.workdir}[/] and open {outcome.ui_url}")
+    return 0
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from tightfit.runs import front_frame
+    from tightfit.runs.export import profile_name
+    from tightfit.runs.workdir import load_workdir_config
+    from tightfit.search._study import load_study
+
+    workdir = Path(args.workdir).resolve()
+    config = load_workdir_config(workdir)
+    console = _console()
+    for profile in [args.profile] if args.profile else config.profiles:
+        front = front_frame(load_study(config, profile_name(profile), workdir))
+        table = Table(title=f"{config.name} on {profile}")
+        cols = ["trial", *config.objectives, "speedup", "knobs"]
+        for c in cols:
+            table.add_column(c)
+        for _, row in front.iterrows():
+            table.add_row(*[f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in cols])
+        console.print(table)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from tightfit.runs.export import export
+
+    results = export(Path(args.workdir), pick=args.pick, out=Path(args.out), profile=args.profile)
+    console = _console()
+    table = Table(title="exported engines: logged vs re-measured")
+    for c in ["trial", "file", "accuracy (logged → now)", "latency ms (logged → now)", "speedup now"]:
+        table.add_column(c)
+    for r in results:
+        table.add_row(
+            str(r.trial),
+            str(r.path),
+            f"{r.logged['accuracy']:.4f} → {r.measured['accuracy']:.4f}",
+            f"{r.logged['latency_ms']:.3f} → {r.measured['latency_ms']:.3f} ({r.latency_change:+.1%})",
+            f"{r.measured['speedup']:.2f}x",
+        )
+    console.print(table)
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from tightfit.runs._tracker import tracking_uri
+    from tightfit.runs.workdir import load_workdir_config
+
+    workdir = Path(args.workdir).resolve()
+    config = load_workdir_config(workdir)
+    from tightfit.runs._tracker import Tracker
+
+    url = Tracker(workdir, config.name).ui_url(args.host, args.port)
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", tracking_uri(workdir),
+        "--host", args.host, "--port", str(args.port), "--workers", "1",
+    ]
+    print(f"MLflow UI for '{config.name}' at {url}  (Ctrl-C to stop)", flush=True)
+    env = {**__import__("os").environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return subprocess.call(cmd, env=env)
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    from tightfit.hardware_profiles import get_profile, list_profiles
+
+    if args.action == "list":
+        for name in list_profiles():
+            print(f"{name:16s} {get_profile(name).description}")
+        return 0
+    if not args.name:
+        raise TightfitError("profiles show: give a profile name, e.g. 'tightfit profiles show cpu-ort'")
+    print(get_profile(args.name).to_yaml(), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tightfit", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks for every error")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("search", help="run (or resume) a search from a YAML config")
+    p.add_argument("config", help="search YAML file, e.g. examples/digits.yaml")
+    p.add_argument("--n-trials", type=int, default=None, help="override n_trials")
+    p.add_argument("--workdir", default=None, help="override the work directory")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("pareto", help="print the Pareto front of a finished search")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--profile", default=None)
+    p.set_defaults(func=cmd_pareto)
+
+    p = sub.add_parser("export", help="replay Pareto candidates into engine files with a manifest")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--pick", default="knee", help="knee | all | a trial number")
+    p.add_argument("--out", required=True)
+    p.add_argument("--profile", default=None, help="which profile's front (default: the first)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("ui", help="start the MLflow UI for a work directory on 127.0.0.1")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("profiles", help="list or show hardware profiles")
+    p.add_argument("action", choices=["list", "show"])
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=cmd_profiles)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TightfitError as e:
+        for line in str(e).splitlines():
+            print(f"tightfit: error: {line}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tightfit: interrupted; in-flight trials were marked and re-queued: rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception:
+        log.exception("unexpected error (a bug in tightfit; please report it with this log)")
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,367 @@
+"""The search driver: one process, the only writer of the Optuna study and of MLflow.
+
+Per hardware profile: export and score the baseline, discover the space, open (or resume) the
+study, enqueue the baseline and uniform-compression seeds, then keep ``concurrency`` trials in
+flight as Ray tasks. A measurement holds the cores it measures on: while one is queued or
+running, no compression task is dispatched, and measurements run one at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from tightfit.config import SearchConfig
+from tightfit.evaluators import evaluate_accuracy, size_mb
+from tightfit.exceptions import WorkdirError
+from tightfit.hardware_profiles import HardwareProfile
+from tightfit.runs import pareto
+from tightfit.runs._tracker import Tracker
+from tightfit.runs.workdir import atomic_write, prepare_workdir
+from tightfit.search import _ray
+from tightfit.search._evaluate import Setup, StageOne, workspace
+from tightfit.search._study import ATTR_INTERRUPTED, counted_trials, open_study, recover_interrupted
+from tightfit.spaces import Candidate, CompressionSpace, discover_units
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.5
+BASELINE_ROUNDS_FACTOR = 3  # the reference latency of the baseline gets 3x the rounds
+
+
+@dataclass
+class ProfileOutcome:
+    profile: str
+    study: optuna.Study
+    front: pd.DataFrame
+    baseline: dict[str, float]
+    summary_dir: Path
+    n_complete: int
+    n_failed: int
+
+
+@dataclass
+class SearchOutcome:
+    config: SearchConfig
+    workdir: Path
+    ui_url: str
+    profiles: list[ProfileOutcome] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    trial: optuna.Trial
+    candidate: Candidate
+    run_id: str
+    submitted: float = field(default_factory=time.monotonic)
+    stage_one: StageOne | None = None
+
+
+ProgressHook = Callable[[str, int, int, int, float | None], None]
+
+
+def run_search(config: SearchConfig, progress: ProgressHook | None = None) -> SearchOutcome:
+    """Run (or resume) the whole search; return the front of every profile."""
+    workdir = prepare_workdir(config)
+    tracker = Tracker(workdir, config.name)
+    outcome = SearchOutcome(config=config, workdir=workdir, ui_url=tracker.ui_url())
+    started = _ray.start_ray(config)
+    try:
+        for profile in config.hardware_profiles():
+            _ray.check_feasible(profile)
+            outcome.profiles.append(_ProfileSearch(config, profile, workdir, tracker, progress).run())
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    return outcome
+
+
+class _ProfileSearch:
+    def __init__(
+        self,
+        config: SearchConfig,
+        profile: HardwareProfile,
+        workdir: Path,
+        tracker: Tracker,
+        progress: ProgressHook | None,
+    ) -> None:
+        self.config = config
+        self.profile = profile
+        self.workdir = workdir
+        self.tracker = tracker
+        self.progress = progress or (lambda *a: None)
+        self.setup = Setup(config=config, profile=profile, cache_dir=str(workdir / "cache"))
+        self.summary_dir = workdir / "summary" / profile.name
+        self.summary_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---- set-up -------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        ws = workspace(self.setup)  # loads (or trains) the model, exports the baseline
+        self.ws = ws
+        self.space = CompressionSpace(discover_units(ws.model, ws.ctx, self.config.space), ws.model_id, self.config.seed)
+        atomic_write(self.summary_dir / "space.json", json.dumps(self.space.describe(), indent=1))
+        self.study = open_study(self.config, self.profile.name, self.workdir)
+        attrs = self.study.user_attrs
+        if attrs.get("base_model", ws.model_id) != ws.model_id:
+            raise WorkdirError(
+                f"the model callable now returns other weights ({ws.model_id}) than when search "
+                f"'{self.config.name}' started ({attrs['base_model']}); use a new search name or workdir"
+            )
+        self.compress_remote, self.measure_remote = _ray.remote_functions()
+        self.baseline_bytes = ws.baseline_onnx.read_bytes()
+        self.shapes, self.dtypes = ws.input_spec()
+        if "baseline_latency_ms" not in attrs:
+            self._measure_baseline()
+        self.baseline = {
+            "accuracy": self.study.user_attrs["baseline_accuracy"],
+            "latency_ms": self.study.user_attrs["baseline_latency_ms"],
+            "size_mb": self.study.user_attrs["baseline_size_mb"],
+        }
+        for number in recover_interrupted(self.study):
+            self.tracker.mark_interrupted(self.profile.name, number, "driver stopped; trial enqueued again")
+        if not self.study.trials:
+            self._enqueue_seeds()
+
+    def _measure_baseline(self) -> None:
+        ref = self._measure_task(self.baseline_bytes, None, rounds=self.profile.measurement.rounds * BASELINE_ROUNDS_FACTOR)
+        import ray
+
+        latency = ray.get(ref)
+        study = self.study
+        study.set_user_attr("base_model", self.ws.model_id)
+        study.set_user_attr("baseline_accuracy", evaluate_accuracy(self.ws.baseline_onnx, self.ws.data))
+        study.set_user_attr("baseline_size_mb", size_mb(self.ws.baseline_onnx))
+        study.set_user_attr("baseline_latency_ms", latency.baseline_median_ms)
+        study.set_user_attr("environment", latency.environment)
+
+    def _enqueue_seeds(self) -> None:
+        s = self.space
+        seeds = [
+            s.uniform(bits=8),
+            s.uniform(prune_ratio=0.25, bits=8),
+            s.uniform(rank_fraction=0.5, bits=8),
+            s.uniform(prune_ratio=0.375, rank_fraction=0.75, bits=8),
+            s.uniform(prune_ratio=0.25),
+            s.uniform(rank_fraction=0.5),
+        ]
+        queue = [s.baseline()]
+        for c in seeds[: self.config.n_uniform_seeds]:
+            if c not in queue:
+                queue.append(c)
+        for c in queue:
+            self.study.enqueue_trial(s.params_of(c), user_attrs={"seed_kind": "baseline" if c.is_baseline else "uniform"})
+
+    # ---- dispatch -----------------------------------------------------------------------
+    def _measure_task(self, onnx_bytes: bytes, ref_ms: float | None, rounds: int | None = None) -> Any:
+        options = {"num_cpus": _ray.reserved_cpus(self.profile), "resources": dict(self.profile.ray_resources)}
+        return self.measure_remote.options(**options).remote(
+            self.profile, onnx_bytes, self.baseline_bytes, self.shapes, self.dtypes, ref_ms, self.config.seed, rounds
+        )
+
+    def _ask(self) -> _Pending:
+        trial = self.study.ask()
+        candidate = self.space.suggest(trial)
+        trial.set_user_attr("candidate", candidate.to_json())
+        trial.set_user_attr("is_baseline", candidate.is_baseline)
+        trial.set_user_attr("summary", _knobs_text(candidate))
+        params = {**trial.params, **{f"summary.{k}": v for k, v in candidate.summary().items()}}
+        run_id = self.tracker.start_trial(self.profile.name, trial.number, params)
+        return _Pending(trial, candidate, run_id)
+
+    # ---- results ------------------------------------------------------------------------
+    def _fail(self, p: _Pending, reason: str) -> None:
+        p.trial.set_user_attr("error", reason)
+        self.study.tell(p.trial, state=TrialState.FAIL)
+        self.tracker.finish_trial(p.run_id, {}, status="failed", error=reason)
+        self.n_failed += 1
+        self.n_done += 1
+        log.info("trial %d failed: %s", p.trial.number, reason)
+
+    def _complete(self, p: _Pending, latency: Any) -> None:
+        one = p.stage_one
+        assert one is not None
+        values = {"accuracy": one.accuracy, "latency_ms": latency.latency_ms, "size_mb": one.size_mb}
+        if not all(math.isfinite(v) for v in values.values()):
+            return self._fail(p, f"non-finite result {values}")
+        drop = self.baseline["accuracy"] - one.accuracy
+        t = p.trial
+        t.set_constraint("accuracy_drop", drop - self.config.constraints.max_accuracy_drop)
+        if self.config.constraints.max_latency_ms is not None:
+            t.set_constraint("latency_ms", latency.latency_ms - self.config.constraints.max_latency_ms)
+        feasible = drop <= self.config.constraints.max_accuracy_drop and (
+            self.config.constraints.max_latency_ms is None
+            or latency.latency_ms <= self.config.constraints.max_latency_ms
+        )
+        t.set_user_attr("speedup", latency.speedup)
+        t.set_user_attr("accuracy_drop", drop)
+        t.set_user_attr("latency", latency.model_dump(mode="json", exclude={"environment"}))
+        t.set_user_attr("report", one.report)
+        self.study.tell(t, [values[o] for o in self.config.objectives])
+        metrics = {
+            **values,
+            "accuracy_drop": drop,
+            "speedup": latency.speedup,
+            "latency_ratio_ci_low": latency.ratio_ci[0],
+            "latency_ratio_ci_high": latency.ratio_ci[1],
+            "latency_median_ms": latency.median_ms,
+            "latency_p90_ms": latency.p90_ms,
+            "size_reduction": self.baseline["size_mb"] / one.size_mb,
+            "compress_s": one.seconds,
+        }
+        self.tracker.finish_trial(
+            p.run_id,
+            metrics,
+            status="complete",
+            feasible=feasible,
+            artifacts={"candidate.json": json.loads(p.candidate.to_json()), "report.json": one.report},
+        )
+        self.n_done += 1
+        if feasible:
+            self.best_speedup = max(self.best_speedup or 0.0, latency.speedup)
+        self.tracker.set_pareto(self.profile.name, {b.number for b in self.study.best_trials})
+
+    # ---- the loop -----------------------------------------------------------------------
+    def run(self) -> ProfileOutcome:
+        import ray
+
+        self._prepare()
+        self.n_done, self.n_failed = counted_trials(self.study)
+        self.best_speedup = _best_feasible_speedup(self.study)
+        n_trials = self.config.n_trials
+        compressing: dict[Any, _Pending] = {}
+        waiting: deque[_Pending] = deque()
+        measuring: tuple[Any, _Pending] | None = None
+        self.progress(self.profile.name, self.n_done, n_trials, self.n_failed, self.best_speedup)
+        try:
+            while True:
+                in_flight = len(compressing) + len(waiting) + (measuring is not None)
+                if self.n_done >= n_trials and in_flight == 0:
+                    break
+                if measuring is None and waiting and not compressing:
+                    p = waiting.popleft()
+                    assert p.stage_one is not None
+                    p.submitted = time.monotonic()
+                    measuring = (self._measure_task(p.stage_one.onnx, self.baseline["latency_ms"]), p)
+                if measuring is None and not waiting:
+                    while len(compressing) < self.config.concurrency and self.n_done + in_flight < n_trials:
+                        p = self._ask()
+                        compressing[self.compress_remote.remote(self.setup, p.candidate)] = p
+                        in_flight += 1
+                refs = list(compressing) + ([measuring[0]] if measuring else [])
+                ready, _ = ray.wait(refs, num_returns=1, timeout=POLL_S)
+                for ref in ready:
+                    if measuring is not None and ref == measuring[0]:
+                        p = measuring[1]
+                        measuring = None
+                        try:
+                            self._complete(p, ray.get(ref))
+                        except Exception as e:
+                            self._fail(p, f"latency: {_ray.error_text(e)}")
+                    else:
+                        p = compressing.pop(ref)
+                        try:
+                            p.stage_one = ray.get(ref)
+                            waiting.append(p)
+                        except Exception as e:
+                            self._fail(p, _ray.error_text(e))
+                    self.progress(self.profile.name, self.n_done, n_trials, self.n_failed, self.best_speedup)
+                measuring = self._expire(compressing, measuring)
+        except BaseException:
+            self._interrupt(compressing, waiting, measuring)
+            raise
+        return self._summarise()
+
+    def _expire(self, compressing: dict[Any, _Pending], measuring: tuple[Any, _Pending] | None) -> tuple[Any, _Pending] | None:
+        import ray
+
+        limit = self.config.trial_timeout_s
+        now = time.monotonic()
+        for ref, p in list(compressing.items()):
+            if now - p.submitted > limit:
+                ray.cancel(ref, force=True)
+                del compressing[ref]
+                self._fail(p, f"timed out after {limit:g} s (compression and accuracy)")
+        if measuring is not None and now - measuring[1].submitted > limit:
+            ray.cancel(measuring[0], force=True)
+            self._fail(measuring[1], f"timed out after {limit:g} s (latency measurement)")
+            return None
+        return measuring
+
+    def _interrupt(self, compressing: dict[Any, _Pending], waiting: deque[_Pending], measuring: tuple[Any, _Pending] | None) -> None:
+        """Ctrl-C or a crash: mark in-flight trials interrupted and enqueue them again."""
+        import ray
+
+        pending = list(compressing.values()) + list(waiting) + ([measuring[1]] if measuring else [])
+        for ref in list(compressing) + ([measuring[0]] if measuring else []):
+            ray.cancel(ref, force=True)
+        for p in pending:
+            p.trial.set_user_attr(ATTR_INTERRUPTED, True)
+            self.study.tell(p.trial, state=TrialState.FAIL)
+            self.study.enqueue_trial(p.trial.params, user_attrs={"retry_of": p.trial.number})
+            self.tracker.mark_interrupted(self.profile.name, p.trial.number, "interrupted; enqueued again")
+
+    # ---- the end ------------------------------------------------------------------------
+    def _summarise(self) -> ProfileOutcome:
+        frame = pareto.trials_frame(self.study)
+        front = pareto.front_frame(self.study)
+        d = self.summary_dir
+        files = [atomic_write(d / "trials.csv", frame.to_csv(index=False)), atomic_write(d / "front.csv", front.to_csv(index=False))]
+        files.append(d / "space.json")
+        if not front.empty:
+            files.append(pareto.front_figure_html(self.study, d / "front.html"))
+            files.append(pareto.front_figure_png(frame, d / "front.png", f"{self.config.name} on {self.profile.name}"))
+        feasible = frame[frame["feasible"]] if not frame.empty else frame
+        metrics = {
+            "n_trials": float(self.n_done),
+            "n_failed": float(self.n_failed),
+            "n_front": float(len(front)),
+            "baseline_accuracy": self.baseline["accuracy"],
+            "baseline_latency_ms": self.baseline["latency_ms"],
+            "baseline_size_mb": self.baseline["size_mb"],
+            "hypervolume": pareto.hypervolume(front, self.baseline, list(self.config.objectives)),
+        }
+        if not feasible.empty:
+            metrics["best_feasible_speedup"] = float(feasible["speedup"].max())
+        self.tracker.log_summary(
+            self.profile.name,
+            metrics,
+            files,
+            params={"sampler": self.config.sampler.name, "seed": self.config.seed, "n_units": len(self.space)},
+        )
+        return ProfileOutcome(self.profile.name, self.study, front, self.baseline, d, self.n_done, self.n_failed)
+
+
+def _best_feasible_speedup(study: optuna.Study) -> float | None:
+    best = None
+    for t in study.best_trials:
+        s = t.user_attrs.get("speedup")
+        if s is not None:
+            best = max(best or 0.0, s)
+    return best
+
+
+def _knobs_text(c: Candidate) -> str:
+    s = c.summary()
+    parts = []
+    if s["n_pruned_groups"]:
+        parts.append(f"prune {s['n_pruned_groups']} groups (mean {s['mean_prune_ratio']:.2f})")
+    if s["n_factorized"]:
+        parts.append(f"low-rank {s['n_factorized']} layers")
+    if s["n_int8"]:
+        parts.append(f"int8 {s['n_int8']} layers")
+    if s["n_int4"]:
+        parts.append(f"int4 {s['n_int4']} layers")
+    return ", ".join(parts) or "baseline"

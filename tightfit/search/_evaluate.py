@@ -1,0 +1,180 @@
+"""evaluate_candidate and its two stages: pure functions, no Optuna, no Ray, no MLflow.
+
+Stage 1 (compress and score) runs anywhere on one core: apply the candidate, export, quantize,
+measure accuracy and size. Stage 2 (latency) runs on the profile's hardware and holds its cores.
+Both rebuild what they need from small records (config, profile, candidate) and cache it per
+process, so they run the same in the driver, in a local Ray worker or on a cluster node.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from tightfit._records import Record
+from tightfit.config import SearchConfig
+from tightfit.evaluators import LatencyResult, evaluate_accuracy, input_feed, measure_latency, size_mb
+from tightfit.exceptions import CandidateError, ModelError
+from tightfit.hardware_profiles import HardwareProfile
+from tightfit.kernels import SurgeryContext, compress, export_onnx
+from tightfit.spaces import Candidate
+from tightfit.task import TaskData, load_data, load_model, model_id
+
+
+class Setup(Record):
+    """Everything a worker needs to rebuild the task: the config and one hardware profile."""
+
+    config: SearchConfig
+    profile: HardwareProfile
+    cache_dir: str = Field(description="where model callables may cache (e.g. trained weights)")
+
+
+class StageOne(Record):
+    """Result of compressing and scoring one candidate (ONNX bytes travel to the latency stage)."""
+
+    accuracy: float
+    size_mb: float
+    onnx: bytes
+    report: dict[str, Any] = Field(default_factory=dict)
+    seconds: float
+
+
+class Evaluation(Record):
+    """Both stages together, as evaluate_candidate returns them."""
+
+    accuracy: float
+    size_mb: float
+    latency: LatencyResult
+    report: dict[str, Any] = Field(default_factory=dict)
+
+
+def find_output_layer(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> str | None:
+    """The Linear/Conv layer that runs last in ``forward``: the classifier, never pruned."""
+    order: list[str] = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, _o, p=p: order.append(p))
+        for p, m in model.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))
+    ]
+    try:
+        with torch.no_grad():
+            model(*example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return order[-1] if order else None
+
+
+class Workspace:
+    """Per-process state for one (config, profile): model, data, context, baseline ONNX."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+        self.model = load_model(setup.config.model, cache_dir=Path(setup.cache_dir))
+        self.data: TaskData = load_data(setup.config.data, cache_dir=Path(setup.cache_dir))
+        self.model_id = model_id(self.model)
+        example = self.data.example_inputs()
+        self._scratch = tempfile.TemporaryDirectory(prefix="tightfit-")
+        self.scratch = Path(self._scratch.name)
+        try:
+            self.baseline_onnx = export_onnx(self.model, example, self.data.input_names, self.scratch / "baseline.onnx")
+        except Exception as e:
+            raise ModelError(f"model '{setup.config.model.callable}' cannot be exported to ONNX: {e}") from None
+        self.ctx = SurgeryContext(
+            example_inputs=example,
+            input_names=self.data.input_names,
+            calibration=self.data.calibration,
+            profile=setup.profile,
+            ignore=tuple(setup.config.model.ignore),
+            classifier=find_output_layer(self.model, example),
+            baseline_onnx=self.baseline_onnx,
+            min_rank=setup.config.space.lowrank.min_rank,
+        )
+
+    def input_spec(self) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+        shapes = {k: tuple(v.shape[1:]) for k, v in self.data.validation.items()}
+        dtypes = {k: str(v.dtype) for k, v in self.data.validation.items()}
+        return shapes, dtypes
+
+
+@functools.lru_cache(maxsize=4)
+def _workspace(setup_json: str) -> Workspace:
+    return Workspace(Setup.model_validate_json(setup_json))
+
+
+def workspace(setup: Setup) -> Workspace:
+    return _workspace(setup.to_json())
+
+
+def compress_and_score(setup: Setup, candidate: Candidate) -> StageOne:
+    """Stage 1: apply ``candidate``, export, measure accuracy (ONNX Runtime) and size."""
+    t0 = time.perf_counter()
+    ws = workspace(setup)
+    if candidate.base_model != ws.model_id:
+        raise CandidateError(
+            f"candidate was made for base model {candidate.base_model}, but the model callable "
+            f"now returns {ws.model_id}; the model or its weights changed"
+        )
+    out_dir = Path(tempfile.mkdtemp(prefix="trial-", dir=ws.scratch))
+    try:
+        result = compress(ws.model, candidate, ws.ctx, out_dir)
+        accuracy = evaluate_accuracy(result.onnx_path, ws.data)
+        return StageOne(
+            accuracy=accuracy,
+            size_mb=size_mb(result.onnx_path),
+            onnx=result.onnx_path.read_bytes(),
+            report=_jsonable(result.report),
+            seconds=time.perf_counter() - t0,
+        )
+    finally:
+        for f in out_dir.glob("*"):
+            f.unlink()
+        out_dir.rmdir()
+
+
+def measure(
+    profile: HardwareProfile,
+    onnx_bytes: bytes,
+    baseline_bytes: bytes,
+    input_shapes: dict[str, tuple[int, ...]],
+    input_dtypes: dict[str, str],
+    baseline_ref_ms: float | None,
+    seed: int,
+    rounds: int | None = None,
+) -> LatencyResult:
+    """Stage 2: latency of ``onnx_bytes`` against the baseline under ``profile``."""
+    with tempfile.TemporaryDirectory(prefix="tightfit-lat-") as tmp:
+        cand, base = Path(tmp) / "candidate.onnx", Path(tmp) / "baseline.onnx"
+        cand.write_bytes(onnx_bytes)
+        base.write_bytes(baseline_bytes)
+        feed = input_feed(input_shapes, input_dtypes, profile, seed)
+        return measure_latency(cand, base, profile, feed, baseline_ref_ms, seed=seed, rounds=rounds)
+
+
+def evaluate_candidate(setup: Setup, candidate: Candidate, baseline_ref_ms: float | None = None) -> Evaluation:
+    """Both stages in this process (what a Ray worker pair does), for tests and debugging."""
+    ws = workspace(setup)
+    one = compress_and_score(setup, candidate)
+    shapes, dtypes = ws.input_spec()
+    latency = measure(
+        setup.profile, one.onnx, ws.baseline_onnx.read_bytes(), shapes, dtypes, baseline_ref_ms, candidate.seed
+    )
+    return Evaluation(accuracy=one.accuracy, size_mb=one.size_mb, latency=latency, report=one.report)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    return value

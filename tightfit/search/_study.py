@@ -1,0 +1,80 @@
+"""Create or reopen the Optuna study of one (search, profile), with an explicit sampler."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from tightfit.config import SamplerSpec, SearchConfig
+
+ATTR_INTERRUPTED = "interrupted"
+
+
+def make_sampler(spec: SamplerSpec, seed: int) -> optuna.samplers.BaseSampler:
+    """Samplers with every setting explicit (Optuna 4.x and 5.x defaults differ)."""
+    if spec.name == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            multivariate=True,
+            group=False,
+            constant_liar=True,
+            n_startup_trials=spec.n_startup_trials,
+        )
+    if spec.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=spec.population_size)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def storage(workdir: Path) -> JournalStorage:
+    return JournalStorage(JournalFileBackend(str(workdir / "optuna.journal")))
+
+
+def study_name(config: SearchConfig, profile: str) -> str:
+    return f"{config.name}:{profile}"
+
+
+def open_study(config: SearchConfig, profile: str, workdir: Path) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        storage=storage(workdir),
+        study_name=study_name(config, profile),
+        directions=config.directions,
+        sampler=make_sampler(config.sampler, config.seed),
+        load_if_exists=True,
+    )
+    if not study.metric_names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(config.objectives))
+    return study
+
+
+def load_study(config: SearchConfig, profile: str, workdir: Path) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=study_name(config, profile), storage=storage(workdir))
+
+
+def recover_interrupted(study: optuna.Study) -> list[int]:
+    """Fail the trials a crashed driver left RUNNING and enqueue their params again."""
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    recovered = []
+    for t in stale:
+        if t.state == TrialState.WAITING:
+            continue  # still queued: the next ask() takes it
+        study._storage.set_trial_user_attr(t._trial_id, ATTR_INTERRUPTED, True)
+        study.tell(t.number, state=TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        recovered.append(t.number)
+    return recovered
+
+
+def counted_trials(study: optuna.Study) -> tuple[int, int]:
+    """(finished trials that count toward n_trials, of which failed); interrupted ones don't count."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+    counted = [t for t in done if not t.user_attrs.get(ATTR_INTERRUPTED)]
+    return len(counted), sum(1 for t in counted if t.state == TrialState.FAIL)
