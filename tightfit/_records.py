@@ -49,7 +49,9 @@ def describe_validation_error(source: str, err: ValidationError, limit: int = 5)
             msg = "is required"
         elif got is not None and "got" not in msg and not isinstance(got, dict):
             msg = f"{msg}, got {got!r}"
-        lines.append(f"{source}: {where} {msg[0].lower() + msg[1:] if msg else msg}")
+        msg = msg[0].lower() + msg[1:] if msg else msg
+        sep = "" if msg.startswith("[") else " "  # "ratios[2] must be ...", from our validators
+        lines.append(f"{source}: {where}{sep}{msg}")
     more = len(err.errors()) - limit
     if more > 0:
         lines.append(f"{source}: … and {more} more problem(s)")

@@ -38,6 +38,8 @@ class LatencyResult(Record):
     baseline_median_ms: float
     rounds: int
     iters_per_block: int
+    attempts: int = Field(1, description="measurements taken; >1 when earlier ones were disturbed")
+    disturbed: bool = Field(False, description="even the best attempt's baseline ran slow")
     environment: dict[str, str] = Field(default_factory=dict)
 
 
@@ -115,7 +117,38 @@ def measure_latency(
     seed: int = 0,
     rounds: int | None = None,
 ) -> LatencyResult:
-    """Measure ``candidate`` against ``baseline`` under ``profile``'s protocol."""
+    """Measure ``candidate`` against ``baseline`` under ``profile``'s protocol.
+
+    With a reference latency of the baseline, a measurement whose baseline ran more than
+    ``max_baseline_slowdown`` times slower than that reference was disturbed (another process
+    took the cores): the ratio is then biased, since contention slows models unequally. It is
+    repeated, up to ``max_attempts`` times, and the least disturbed attempt is kept.
+    """
+    protocol = profile.measurement
+    best: LatencyResult | None = None
+    for attempt in range(1, (protocol.max_attempts if baseline_ref_ms else 1) + 1):
+        result = _measure_once(candidate, baseline, profile, feed, baseline_ref_ms, seed + attempt - 1, rounds)
+        if baseline_ref_ms is None:
+            return result
+        slowdown = result.baseline_median_ms / baseline_ref_ms
+        if best is None or abs(math.log(slowdown)) < abs(math.log(best.baseline_median_ms / baseline_ref_ms)):
+            best = result
+        if slowdown <= protocol.max_baseline_slowdown:
+            break
+    assert best is not None
+    disturbed = best.baseline_median_ms / baseline_ref_ms > protocol.max_baseline_slowdown
+    return best.model_copy(update={"attempts": attempt, "disturbed": disturbed})
+
+
+def _measure_once(
+    candidate: Path,
+    baseline: Path,
+    profile: HardwareProfile,
+    feed: dict[str, np.ndarray],
+    baseline_ref_ms: float | None = None,
+    seed: int = 0,
+    rounds: int | None = None,
+) -> LatencyResult:
     protocol = profile.measurement
     rounds = rounds or protocol.rounds
     sessions = {"candidate": make_session(candidate, profile), "baseline": make_session(baseline, profile)}

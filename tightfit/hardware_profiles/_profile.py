@@ -27,6 +27,12 @@ class MeasurementProtocol(Record):
     min_block_s: float = Field(0.05, gt=0.0, description="minimum time per model per round")
     min_iters_per_block: int = Field(5, ge=1)
     max_block_iters: int = Field(2000, ge=1)
+    max_baseline_slowdown: float = Field(
+        1.25,
+        gt=1.0,
+        description="a measurement whose baseline ran this much slower than its reference was disturbed: repeat it",
+    )
+    max_attempts: int = Field(3, ge=1, description="attempts at an undisturbed measurement")
 
 
 class QuantizationSettings(Record):
@@ -62,10 +68,6 @@ class HardwareProfile(Record):
     ray_resources: dict[str, float] = Field(
         default_factory=dict,
         description="Ray custom resources a measurement asks for (one slot per device)",
-    )
-    reserve_cpus: int | Literal["all"] = Field(
-        "all",
-        description="CPUs a measurement holds so that no other tightfit work runs beside it",
     )
 
     @field_validator("precisions")

@@ -6,10 +6,16 @@ nodes by module scope (``/features/features.3/Conv``), the handle per-layer quan
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
+import os
+import sys
+import tempfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import IO
 
 import onnx
 import torch
@@ -19,6 +25,19 @@ from tightfit.exceptions import CandidateError
 
 OPSET = 17
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
+
+
+@contextlib.contextmanager
+def _fd_to(target: IO[bytes], fd: int) -> Iterator[None]:
+    """Send what native code writes to file descriptor ``fd`` into ``target`` for a while."""
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    try:
+        os.dup2(target.fileno(), fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
 
 
 def export_onnx(
@@ -31,8 +50,9 @@ def export_onnx(
     input_names = list(input_names)
     model.eval()
     buffer = io.BytesIO()
+    chatter = tempfile.TemporaryFile(mode="w+b")  # the exporter prints its IR graph on failure (C++)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _fd_to(chatter, 1):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model,
@@ -46,9 +66,12 @@ def export_onnx(
                 do_constant_folding=True,
             )
     except Exception as e:
+        chatter.seek(0)
+        logging.getLogger(__name__).debug("export failed; exporter output:\n%s", chatter.read().decode(errors="replace"))
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CandidateError(f"ONNX export failed: {type(e).__name__}: {first}") from e
     finally:
+        chatter.close()
         model.eval()  # export may flip train mode of submodules (offline-models-data.md §6.4)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -58,6 +58,8 @@ def svd_factors(
     how large each input really is (ASVD). Without it, this is the exact truncated SVD and the
     squared Frobenius error equals the sum of the discarded squared singular values.
     """
+    if not 0 < rank <= min(weight.shape):
+        raise ValueError(f"rank must be in [1, {min(weight.shape)}] for a {tuple(weight.shape)} matrix, got {rank}")
     w = weight.detach().double()
     if in_scale is not None:
         s = in_scale.detach().double().clamp_min(1e-8)

@@ -76,6 +76,8 @@ def run_search(config: SearchConfig, progress: ProgressHook | None = None) -> Se
     workdir = prepare_workdir(config)
     tracker = Tracker(workdir, config.name)
     outcome = SearchOutcome(config=config, workdir=workdir, ui_url=tracker.ui_url())
+    for profile in config.hardware_profiles():  # model, data and export errors before Ray starts
+        workspace(Setup(config=config, profile=profile, cache_dir=str(workdir / "cache")))
     started = _ray.start_ray(config)
     try:
         for profile in config.hardware_profiles():
@@ -120,7 +122,8 @@ class _ProfileSearch:
                 f"the model callable now returns other weights ({ws.model_id}) than when search "
                 f"'{self.config.name}' started ({attrs['base_model']}); use a new search name or workdir"
             )
-        self.compress_remote, self.measure_remote = _ray.remote_functions()
+        self.compress_remote = _ray.compress_function()
+        self.bench = _ray.latency_bench(self.profile)
         self.baseline_bytes = ws.baseline_onnx.read_bytes()
         self.shapes, self.dtypes = ws.input_spec()
         if "baseline_latency_ms" not in attrs:
@@ -166,8 +169,7 @@ class _ProfileSearch:
 
     # ---- dispatch -----------------------------------------------------------------------
     def _measure_task(self, onnx_bytes: bytes, ref_ms: float | None, rounds: int | None = None) -> Any:
-        options = {"num_cpus": _ray.reserved_cpus(self.profile), "resources": dict(self.profile.ray_resources)}
-        return self.measure_remote.options(**options).remote(
+        return self.bench.measure.remote(
             self.profile, onnx_bytes, self.baseline_bytes, self.shapes, self.dtypes, ref_ms, self.config.seed, rounds
         )
 
@@ -295,7 +297,9 @@ class _ProfileSearch:
                 del compressing[ref]
                 self._fail(p, f"timed out after {limit:g} s (compression and accuracy)")
         if measuring is not None and now - measuring[1].submitted > limit:
-            ray.cancel(measuring[0], force=True)
+            # an actor call cannot be force-cancelled: replace the stuck actor
+            ray.kill(self.bench, no_restart=True)
+            self.bench = _ray.latency_bench(self.profile)
             self._fail(measuring[1], f"timed out after {limit:g} s (latency measurement)")
             return None
         return measuring
@@ -305,7 +309,7 @@ class _ProfileSearch:
         import ray
 
         pending = list(compressing.values()) + list(waiting) + ([measuring[1]] if measuring else [])
-        for ref in list(compressing) + ([measuring[0]] if measuring else []):
+        for ref in compressing:
             ray.cancel(ref, force=True)
         for p in pending:
             p.trial.set_user_attr(ATTR_INTERRUPTED, True)

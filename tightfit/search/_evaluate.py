@@ -82,19 +82,29 @@ class Workspace:
         self.data: TaskData = load_data(setup.config.data, cache_dir=Path(setup.cache_dir))
         self.model_id = model_id(self.model)
         example = self.data.example_inputs()
+        what = f"model '{setup.config.model.callable}'"
+        try:
+            classifier = find_output_layer(self.model, example)
+        except Exception as e:
+            raise ModelError(
+                f"{what} fails on the data's inputs {[tuple(t.shape) for t in example]}: {type(e).__name__}: {e}"
+            ) from None
         self._scratch = tempfile.TemporaryDirectory(prefix="tightfit-")
         self.scratch = Path(self._scratch.name)
         try:
             self.baseline_onnx = export_onnx(self.model, example, self.data.input_names, self.scratch / "baseline.onnx")
-        except Exception as e:
-            raise ModelError(f"model '{setup.config.model.callable}' cannot be exported to ONNX: {e}") from None
+        except CandidateError as e:
+            raise ModelError(
+                f"{what} cannot be exported to ONNX ({e}); make forward() traceable: tensors in and out, "
+                "no data-dependent Python control flow, no .numpy()/.item() on activations"
+            ) from None
         self.ctx = SurgeryContext(
             example_inputs=example,
             input_names=self.data.input_names,
             calibration=self.data.calibration,
             profile=setup.profile,
             ignore=tuple(setup.config.model.ignore),
-            classifier=find_output_layer(self.model, example),
+            classifier=classifier,
             baseline_onnx=self.baseline_onnx,
             min_rank=setup.config.space.lowrank.min_rank,
         )

@@ -1,0 +1,91 @@
+"""The example search end to end, timed: `python benchmarks/digits_search.py [--n-trials N]`.
+
+Runs examples/digits.yaml in a fresh work directory (local Ray, MLflow, Optuna journal), exports
+the knee, and writes benchmarks/results/digits_search.{json,md} with the machine fingerprint:
+wall time, trials, the front, the best feasible speedup, and logged vs re-measured numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._fingerprint import fingerprint  # noqa: E402
+from tightfit.config import load_config  # noqa: E402
+from tightfit.runs.export import export  # noqa: E402
+from tightfit.search import run_search  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n-trials", type=int, default=40)
+    parser.add_argument("--config", default=str(ROOT / "examples" / "digits.yaml"))
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="tightfit-bench-"))
+    config = load_config(args.config, {"n_trials": args.n_trials, "workdir": str(tmp / "work")})
+    t0 = time.perf_counter()
+    outcome = run_search(config)
+    search_s = time.perf_counter() - t0
+    [profile] = outcome.profiles
+    t1 = time.perf_counter()
+    [knee] = export(outcome.workdir, pick="knee", out=tmp / "engines")
+    export_s = time.perf_counter() - t1
+    front = profile.front
+    feasible_within_1pt = front[front["accuracy"] >= profile.baseline["accuracy"] - 0.01]
+    result = {
+        "config": Path(args.config).name,
+        "n_trials": profile.n_complete,
+        "n_failed": profile.n_failed,
+        "search_wall_s": round(search_s, 1),
+        "export_wall_s": round(export_s, 1),
+        "baseline": profile.baseline,
+        "front": front[["trial", "accuracy", "latency_ms", "size_mb", "speedup", "knobs"]].to_dict("records"),
+        "best_speedup_within_1pt": float(feasible_within_1pt["speedup"].max()) if len(feasible_within_1pt) else None,
+        "knee": {
+            "trial": knee.trial,
+            "logged": knee.logged,
+            "measured": knee.measured,
+            "latency_change": knee.latency_change,
+            "accuracy_change": knee.accuracy_change,
+        },
+        "machine": fingerprint(),
+    }
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "digits_search.json").write_text(json.dumps(result, indent=2, default=float))
+    lines = [
+        "# digits example search (cpu-ort)",
+        "",
+        f"Machine: {result['machine']['cpu']} ({result['machine']['cpu_count']} cores; {result['machine']['cpu_flags']}), "
+        f"onnxruntime {result['machine']['onnxruntime']}, torch {result['machine']['torch']}",
+        "",
+        f"- {result['n_trials']} trials ({result['n_failed']} failed) in {search_s:.0f} s; export of the knee {export_s:.0f} s",
+        f"- baseline: accuracy {profile.baseline['accuracy']:.4f}, latency {profile.baseline['latency_ms']:.3f} ms, "
+        f"size {profile.baseline['size_mb']:.2f} MB",
+        f"- best speedup within 1 point of the baseline's accuracy: {result['best_speedup_within_1pt']:.2f}x",
+        f"- knee (trial {knee.trial}): accuracy {knee.logged['accuracy']:.4f} -> {knee.measured['accuracy']:.4f}, "
+        f"latency {knee.logged['latency_ms']:.3f} -> {knee.measured['latency_ms']:.3f} ms ({knee.latency_change:+.1%})",
+        "",
+        "| trial | accuracy | latency_ms | size_mb | speedup | knobs |",
+        "| ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for row in result["front"]:
+        lines.append(
+            f"| {row['trial']} | {row['accuracy']:.4f} | {row['latency_ms']:.3f} | {row['size_mb']:.2f} | "
+            f"{row['speedup']:.2f}x | {row['knobs']} |"
+        )
+    (out / "digits_search.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

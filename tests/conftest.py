@@ -1,0 +1,63 @@
+"""Shared fixtures: real data (scikit-learn digits), small real models, a fast profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tightfit.config import CallableSpec, SpaceSpec
+from tightfit.hardware_profiles import HardwareProfile, get_profile
+from tightfit.kernels import SurgeryContext, export_onnx
+from tightfit.task import TaskData, load_data
+from tests import models
+
+FAST_MEASUREMENT = {"warmup_s": 0.05, "rounds": 3, "min_block_s": 0.005, "min_iters_per_block": 2}
+
+
+@pytest.fixture(scope="session")
+def fast_profile() -> HardwareProfile:
+    """cpu-ort with a short measurement protocol (fast tests; accuracy of latency not asserted)."""
+    base = get_profile("cpu-ort")
+    return base.model_copy(update={"measurement": base.measurement.model_copy(update=FAST_MEASUREMENT)})
+
+
+@pytest.fixture(scope="session")
+def fast_profile_file(tmp_path_factory: pytest.TempPathFactory, fast_profile: HardwareProfile) -> Path:
+    path = tmp_path_factory.mktemp("profiles") / "cpu-ort-fast.yaml"
+    path.write_text(fast_profile.model_copy(update={"name": "cpu-ort-fast"}).to_yaml())
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits() -> TaskData:
+    return load_data(CallableSpec(callable="digits"))
+
+
+@pytest.fixture()
+def tiny_model() -> torch.nn.Module:
+    return models.tiny_resnet()
+
+
+def make_ctx(model: torch.nn.Module, data: TaskData, profile: HardwareProfile, tmp: Path, classifier: str | None = "fc") -> SurgeryContext:
+    example = data.example_inputs()
+    baseline = export_onnx(model, example, data.input_names, tmp / "baseline.onnx")
+    return SurgeryContext(
+        example_inputs=example,
+        input_names=data.input_names,
+        calibration=data.calibration,
+        profile=profile,
+        classifier=classifier,
+        baseline_onnx=baseline,
+    )
+
+
+@pytest.fixture()
+def tiny_ctx(tiny_model: torch.nn.Module, digits: TaskData, fast_profile: HardwareProfile, tmp_path: Path) -> SurgeryContext:
+    return make_ctx(tiny_model, digits, fast_profile, tmp_path)
+
+
+@pytest.fixture()
+def default_space() -> SpaceSpec:
+    return SpaceSpec()

@@ -1,0 +1,126 @@
+"""End to end on the real parts: Optuna journal, local Ray, MLflow SQLite, ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from tightfit.config import config_from_dict
+from tightfit.runs.export import export, sha256
+from tightfit.runs.pareto import front_frame
+from tightfit.runs.workdir import prepare_workdir
+from tightfit.search import run_search
+from tightfit.search._study import load_study
+from tightfit.exceptions import WorkdirError
+
+pytestmark = pytest.mark.slow
+
+
+def small_config(workdir: Path, profile: Path, **extra):
+    raw = {
+        "name": "e2e",
+        "model": {"callable": "digits-cnn", "kwargs": {"width": 8, "epochs": 2}},
+        "data": {"callable": "digits"},
+        "space": {"prune": {"ratios": [0.0, 0.25, 0.5]}, "lowrank": {"rank_fractions": [0.5]}},
+        "profiles": [str(profile)],
+        "n_trials": 6,
+        "n_uniform_seeds": 2,
+        "concurrency": 2,
+        "seed": 0,
+        "workdir": str(workdir),
+        "ray": {"num_cpus": 2},
+        **extra,
+    }
+    return config_from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, fast_profile_file):
+    workdir = tmp_path_factory.mktemp("search")
+    config = small_config(workdir, fast_profile_file)
+    seen = []
+    outcome = run_search(config, progress=lambda *a: seen.append(a))
+    return config, outcome, seen
+
+
+def trial_runs(workdir: Path, kind: str = "trial"):
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("e2e")
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.`tightfit.kind` = '{kind}'", max_results=1000)
+
+
+def test_search_completes_with_a_front(finished) -> None:
+    config, outcome, seen = finished
+    [profile] = outcome.profiles
+    study = profile.study
+    done = study.get_trials(states=(TrialState.COMPLETE, TrialState.FAIL))
+    assert len(done) == 6
+    assert study.trials[0].user_attrs["is_baseline"]  # the baseline is enqueued first
+    assert study.trials[1].user_attrs["seed_kind"] == "uniform"
+    assert not profile.front.empty and profile.front["accuracy"].notna().all()
+    assert seen[-1][1] == 6  # the progress hook saw every trial
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert "accuracy_drop" in t.constraints
+        assert t.user_attrs["latency"]["rounds"] == 3
+
+
+def test_mlflow_has_one_run_per_trial_and_a_summary(finished) -> None:
+    config, outcome, _ = finished
+    runs = trial_runs(outcome.workdir)
+    assert sorted(int(r.data.tags["tightfit.trial"]) for r in runs) == list(range(6))
+    front = set(outcome.profiles[0].front["trial"])
+    for r in runs:
+        assert r.data.tags["tightfit.pareto"] == str(int(r.data.tags["tightfit.trial"]) in front).lower()
+        if r.data.tags["tightfit.status"] == "complete":
+            assert {"accuracy", "latency_ms", "size_mb", "speedup"} <= set(r.data.metrics)
+        else:
+            assert r.data.tags["tightfit.error"]
+    [summary] = trial_runs(outcome.workdir, "summary")
+    assert summary.data.metrics["n_trials"] == 6
+    files = {Path(f).name for f in (outcome.profiles[0].summary_dir).iterdir()}
+    assert {"front.csv", "front.html", "front.png", "trials.csv", "space.json"} <= files
+
+
+def test_export_knee_loads_in_a_fresh_session(finished, tmp_path) -> None:
+    config, outcome, _ = finished
+    [result] = export(outcome.workdir, pick="knee", out=tmp_path)
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    manifest = json.loads(result.manifest.read_text())
+    assert manifest["files"]["model.onnx"]["sha256"] == sha256(result.path)
+    assert manifest["candidate"]["base_model"] and manifest["profile"]["name"] == "cpu-ort-fast"
+    assert abs(result.accuracy_change) < 1e-9  # deterministic replay: the same accuracy
+    assert result.measured["latency_ms"] > 0
+
+
+def test_rerun_resumes_to_more_trials(finished) -> None:
+    config, outcome, _ = finished
+    more = config.model_copy(update={"n_trials": 8})
+    again = run_search(more)
+    study = load_study(more, "cpu-ort-fast", outcome.workdir)
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.FAIL))) == 8
+    assert len(trial_runs(outcome.workdir)) == 8  # no duplicated runs
+    assert len(again.profiles[0].front) >= 1
+
+
+def test_workdir_of_another_search_is_refused(finished) -> None:
+    config, outcome, _ = finished
+    with pytest.raises(WorkdirError, match="belongs to search 'e2e'"):
+        prepare_workdir(config.model_copy(update={"name": "other"}))
+    with pytest.raises(WorkdirError, match="different model, data, space"):
+        prepare_workdir(config.model_copy(update={"seed": 9}))
+
+
+def test_failing_candidates_fail_their_trials_not_the_study(tmp_path, fast_profile_file) -> None:
+    config = small_config(tmp_path, fast_profile_file, trial_timeout_s=0.001, n_trials=3, name="e2e")
+    outcome = run_search(config)
+    [profile] = outcome.profiles
+    failed = profile.study.get_trials(states=(TrialState.FAIL,))
+    assert profile.n_failed == 3 and len(failed) == 3
+    assert all("timed out" in t.user_attrs["error"] for t in failed)
+    assert front_frame(profile.study).empty

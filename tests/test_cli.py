@@ -1,0 +1,70 @@
+"""User mistakes give one clear line on stderr and exit 2, not a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tightfit(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tightfit.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("tightfit: error:")]
+    assert len(errors) == 1, result.stderr
+    for needle in needles:
+        assert needle in errors[0]
+
+
+def config(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "search.yaml"
+    path.write_text(f"workdir: {tmp_path / 'work'}\n" + body)
+    return str(path)
+
+
+def test_bad_config(tmp_path: Path) -> None:
+    path = config(tmp_path, "name: t\nmodel: {callable: digits-cnn}\ndata: {callable: digits}\nspace: {prune: {ratios: [0, 0.5, 1.5]}}\n")
+    assert_user_error(tightfit("search", path), "space.prune.ratios[2] must be in [0, 1), got 1.5")
+
+
+def test_unknown_profile(tmp_path: Path) -> None:
+    path = config(tmp_path, "name: t\nmodel: {callable: digits-cnn}\ndata: {callable: digits}\nprofiles: [tpu-v9]\n")
+    assert_user_error(tightfit("search", path), "unknown hardware profile 'tpu-v9'", "valid: cpu-ort")
+
+
+def test_model_that_cannot_be_exported(tmp_path: Path) -> None:
+    path = config(tmp_path, "name: t\nmodel: {callable: 'tests.models:unexportable'}\ndata: {callable: digits}\n")
+    assert_user_error(tightfit("search", path), "cannot be exported to ONNX", "bessel_j0")
+
+
+def test_model_callable_of_the_wrong_type(tmp_path: Path) -> None:
+    path = config(tmp_path, "name: t\nmodel: {callable: 'tests.models:not_a_module'}\ndata: {callable: digits}\n")
+    assert_user_error(tightfit("search", path), "returned str, expected a torch.nn.Module")
+
+
+def test_missing_module(tmp_path: Path) -> None:
+    path = config(tmp_path, "name: t\nmodel: {callable: 'nosuchpkg.models:net'}\ndata: {callable: digits}\n")
+    assert_user_error(tightfit("search", path), "cannot import module 'nosuchpkg.models'")
+
+
+@pytest.mark.parametrize("args", [("export", "--workdir", "/nonexistent", "--out", "/tmp/x"), ("pareto", "--workdir", "/nonexistent")])
+def test_not_a_workdir(args: tuple[str, ...]) -> None:
+    assert_user_error(tightfit(*args), "not a tightfit work directory")
+
+
+def test_profiles_list_and_show() -> None:
+    listed = tightfit("profiles", "list")
+    assert listed.returncode == 0 and "cpu-ort" in listed.stdout
+    shown = tightfit("profiles", "show", "cpu-ort")
+    assert shown.returncode == 0 and "intra_op_threads: 2" in shown.stdout
+    assert_user_error(tightfit("profiles", "show", "nope"), "unknown hardware profile 'nope'")

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tightfit.config import load_config
+from tightfit.exceptions import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+MINIMAL = "name: t\nmodel: {callable: digits-cnn}\ndata: {callable: digits}\n"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "search.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_example_config_loads() -> None:
+    config = load_config(ROOT / "examples" / "digits.yaml")
+    assert config.name == "digits-resnet"
+    assert config.directions == ["maximize", "minimize", "minimize"]
+    assert config.workdir_path == (Path("runs") / "digits-resnet").resolve()
+    assert config.hardware_profiles()[0].name == "cpu-ort"
+
+
+def test_defaults_and_zero_ratio_always_offered(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL + "space: {prune: {ratios: [0.5, 0.25]}}\n"))
+    assert config.space.prune.ratios == [0.0, 0.25, 0.5]
+    assert config.n_trials == 40 and config.sampler.name == "tpe"
+
+
+def test_ratio_out_of_range_names_the_field(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "space: {prune: {ratios: [0.0, 0.25, 1.5]}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: space.prune.ratios[2] must be in [0, 1), got 1.5"
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("n_trials: many\n", "n_trials"),
+        ("sampler: {name: bayes}\n", "sampler.name"),
+        ("objectives: [latency_ms]\n", "objectives must include 'accuracy'"),
+        ("constraints: {max_accuracy_drop: -1}\n", "constraints.max_accuracy_drop"),
+        ("space: {lowrank: {rank_fractions: [1.5]}}\n", "space.lowrank.rank_fractions[0] must be in (0, 1)"),
+        ("spaec: {}\n", "spaec is not a known field"),
+    ],
+)
+def test_bad_fields_are_named(tmp_path: Path, extra: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=None) as err:
+        load_config(write(tmp_path, MINIMAL + extra))
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_required_field(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="model is required"):
+        load_config(write(tmp_path, "name: t\ndata: {callable: digits}\n"))
+
+
+def test_unknown_profile_lists_the_valid_ones(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, MINIMAL + "profiles: [cpu-ortt]\n"))
+    msg = str(err.value)
+    assert "profiles[0]" in msg and "unknown hardware profile 'cpu-ortt'" in msg
+    assert "did you mean 'cpu-ort'" in msg and "cpu-ort-1t" in msg
+
+
+def test_malformed_yaml_names_the_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"not valid YAML \(.* at line \d+, column \d+\)"):
+        load_config(write(tmp_path, "name: t\nmodel: [unclosed\n"))
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("no/such/search.yaml")
+
+
+def test_profile_file_resolved_relative_to_config(tmp_path: Path, fast_profile_file: Path) -> None:
+    (tmp_path / "p.yaml").write_text(fast_profile_file.read_text())
+    config = load_config(write(tmp_path, MINIMAL + "profiles: [p.yaml]\n"))
+    assert config.hardware_profiles()[0].name == "cpu-ort-fast"
+
+
+def test_fingerprint_ignores_budget_but_not_space(tmp_path: Path) -> None:
+    a = load_config(write(tmp_path, MINIMAL))
+    assert a.fingerprint() == load_config(write(tmp_path, MINIMAL + "n_trials: 7\n")).fingerprint()
+    assert a.fingerprint() != load_config(write(tmp_path, MINIMAL + "seed: 3\n")).fingerprint()
