@@ -20,7 +20,7 @@ run: setup  ## the main job: a 40-trial search on the digits example, then expor
 	$(BIN)/tightfit search examples/digits.yaml
 	$(BIN)/tightfit export --workdir runs/digits-resnet --pick knee --out engines/
 
-test: setup  ## the test suite (what CI runs)
+test: lint  ## the test suite (what CI runs): lint, types, then pytest
 	$(BIN)/python -m pytest
 
 lint: setup

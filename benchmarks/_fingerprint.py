@@ -18,7 +18,9 @@ def fingerprint() -> dict[str, str]:
                 cpu = line.split(":", 1)[1].strip()
             if line.startswith("flags") and not flags:
                 have = set(line.split(":", 1)[1].split())
-                flags = " ".join(sorted(f for f in have if f.startswith(("avx", "amx")) or f in ("fma", "f16c")))
+                flags = " ".join(
+                    sorted(f for f in have if f.startswith(("avx", "amx")) or f in ("fma", "f16c"))
+                )
     except OSError:
         pass
     return {

@@ -47,8 +47,12 @@ def main() -> None:
         "search_wall_s": round(search_s, 1),
         "export_wall_s": round(export_s, 1),
         "baseline": profile.baseline,
-        "front": front[["trial", "accuracy", "latency_ms", "size_mb", "speedup", "knobs"]].to_dict("records"),
-        "best_speedup_within_1pt": float(feasible_within_1pt["speedup"].max()) if len(feasible_within_1pt) else None,
+        "front": front[["trial", "accuracy", "latency_ms", "size_mb", "speedup", "knobs"]].to_dict(
+            "records"
+        ),
+        "best_speedup_within_1pt": float(feasible_within_1pt["speedup"].max())
+        if len(feasible_within_1pt)
+        else None,
         "knee": {
             "trial": knee.trial,
             "logged": knee.logged,

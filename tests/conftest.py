@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests import models
 from tightfit.config import CallableSpec, SpaceSpec
 from tightfit.hardware_profiles import HardwareProfile, get_profile
 from tightfit.kernels import SurgeryContext, export_onnx
 from tightfit.task import TaskData, load_data
-from tests import models
 
 FAST_MEASUREMENT = {"warmup_s": 0.05, "rounds": 3, "min_block_s": 0.005, "min_iters_per_block": 2}
 
@@ -20,11 +20,15 @@ FAST_MEASUREMENT = {"warmup_s": 0.05, "rounds": 3, "min_block_s": 0.005, "min_it
 def fast_profile() -> HardwareProfile:
     """cpu-ort with a short measurement protocol (fast tests; accuracy of latency not asserted)."""
     base = get_profile("cpu-ort")
-    return base.model_copy(update={"measurement": base.measurement.model_copy(update=FAST_MEASUREMENT)})
+    return base.model_copy(
+        update={"measurement": base.measurement.model_copy(update=FAST_MEASUREMENT)}
+    )
 
 
 @pytest.fixture(scope="session")
-def fast_profile_file(tmp_path_factory: pytest.TempPathFactory, fast_profile: HardwareProfile) -> Path:
+def fast_profile_file(
+    tmp_path_factory: pytest.TempPathFactory, fast_profile: HardwareProfile
+) -> Path:
     path = tmp_path_factory.mktemp("profiles") / "cpu-ort-fast.yaml"
     path.write_text(fast_profile.model_copy(update={"name": "cpu-ort-fast"}).to_yaml())
     return path
@@ -40,7 +44,13 @@ def tiny_model() -> torch.nn.Module:
     return models.tiny_resnet()
 
 
-def make_ctx(model: torch.nn.Module, data: TaskData, profile: HardwareProfile, tmp: Path, classifier: str | None = "fc") -> SurgeryContext:
+def make_ctx(
+    model: torch.nn.Module,
+    data: TaskData,
+    profile: HardwareProfile,
+    tmp: Path,
+    classifier: str | None = "fc",
+) -> SurgeryContext:
     example = data.example_inputs()
     baseline = export_onnx(model, example, data.input_names, tmp / "baseline.onnx")
     return SurgeryContext(
@@ -54,7 +64,9 @@ def make_ctx(model: torch.nn.Module, data: TaskData, profile: HardwareProfile, t
 
 
 @pytest.fixture()
-def tiny_ctx(tiny_model: torch.nn.Module, digits: TaskData, fast_profile: HardwareProfile, tmp_path: Path) -> SurgeryContext:
+def tiny_ctx(
+    tiny_model: torch.nn.Module, digits: TaskData, fast_profile: HardwareProfile, tmp_path: Path
+) -> SurgeryContext:
     return make_ctx(tiny_model, digits, fast_profile, tmp_path)
 
 

@@ -13,7 +13,9 @@ class TinyResNet(nn.Module):
 
     def __init__(self, width: int = 16, n_classes: int = 10) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
         self.conv1 = nn.Conv2d(width, 2 * width, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(2 * width)
         self.conv2 = nn.Conv2d(2 * width, 2 * width, 3, padding=1, bias=False)
@@ -55,7 +57,11 @@ def token_mlp(seed: int = 0) -> nn.Module:
 def token_data(n: int = 64, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, 8, 64)).astype(np.float32)
-    return {"calibration": {"tokens": x[:32]}, "validation": {"tokens": x}, "targets": rng.integers(0, 4, n)}
+    return {
+        "calibration": {"tokens": x[:32]},
+        "validation": {"tokens": x},
+        "targets": rng.integers(0, 4, n),
+    }
 
 
 class Unexportable(nn.Module):

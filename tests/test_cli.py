@@ -13,7 +13,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tightfit(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tightfit.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "tightfit.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -33,31 +37,53 @@ def config(tmp_path: Path, body: str) -> str:
 
 
 def test_bad_config(tmp_path: Path) -> None:
-    path = config(tmp_path, "name: t\nmodel: {callable: digits-cnn}\ndata: {callable: digits}\nspace: {prune: {ratios: [0, 0.5, 1.5]}}\n")
+    path = config(
+        tmp_path,
+        "name: t\nmodel: {callable: digits-cnn}\ndata: {callable: digits}\nspace: {prune: {ratios: [0, 0.5, 1.5]}}\n",
+    )
     assert_user_error(tightfit("search", path), "space.prune.ratios[2] must be in [0, 1), got 1.5")
 
 
 def test_unknown_profile(tmp_path: Path) -> None:
-    path = config(tmp_path, "name: t\nmodel: {callable: digits-cnn}\ndata: {callable: digits}\nprofiles: [tpu-v9]\n")
-    assert_user_error(tightfit("search", path), "unknown hardware profile 'tpu-v9'", "valid: cpu-ort")
+    path = config(
+        tmp_path,
+        "name: t\nmodel: {callable: digits-cnn}\ndata: {callable: digits}\nprofiles: [tpu-v9]\n",
+    )
+    assert_user_error(
+        tightfit("search", path), "unknown hardware profile 'tpu-v9'", "valid: cpu-ort"
+    )
 
 
 def test_model_that_cannot_be_exported(tmp_path: Path) -> None:
-    path = config(tmp_path, "name: t\nmodel: {callable: 'tests.models:unexportable'}\ndata: {callable: digits}\n")
+    path = config(
+        tmp_path,
+        "name: t\nmodel: {callable: 'tests.models:unexportable'}\ndata: {callable: digits}\n",
+    )
     assert_user_error(tightfit("search", path), "cannot be exported to ONNX", "bessel_j0")
 
 
 def test_model_callable_of_the_wrong_type(tmp_path: Path) -> None:
-    path = config(tmp_path, "name: t\nmodel: {callable: 'tests.models:not_a_module'}\ndata: {callable: digits}\n")
+    path = config(
+        tmp_path,
+        "name: t\nmodel: {callable: 'tests.models:not_a_module'}\ndata: {callable: digits}\n",
+    )
     assert_user_error(tightfit("search", path), "returned str, expected a torch.nn.Module")
 
 
 def test_missing_module(tmp_path: Path) -> None:
-    path = config(tmp_path, "name: t\nmodel: {callable: 'nosuchpkg.models:net'}\ndata: {callable: digits}\n")
+    path = config(
+        tmp_path, "name: t\nmodel: {callable: 'nosuchpkg.models:net'}\ndata: {callable: digits}\n"
+    )
     assert_user_error(tightfit("search", path), "cannot import module 'nosuchpkg.models'")
 
 
-@pytest.mark.parametrize("args", [("export", "--workdir", "/nonexistent", "--out", "/tmp/x"), ("pareto", "--workdir", "/nonexistent")])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("export", "--workdir", "/nonexistent", "--out", "/tmp/x"),
+        ("pareto", "--workdir", "/nonexistent"),
+    ],
+)
 def test_not_a_workdir(args: tuple[str, ...]) -> None:
     assert_user_error(tightfit(*args), "not a tightfit work directory")
 

@@ -45,7 +45,10 @@ def test_ratio_out_of_range_names_the_field(tmp_path: Path) -> None:
         ("sampler: {name: bayes}\n", "sampler.name"),
         ("objectives: [latency_ms]\n", "objectives must include 'accuracy'"),
         ("constraints: {max_accuracy_drop: -1}\n", "constraints.max_accuracy_drop"),
-        ("space: {lowrank: {rank_fractions: [1.5]}}\n", "space.lowrank.rank_fractions[0] must be in (0, 1)"),
+        (
+            "space: {lowrank: {rank_fractions: [1.5]}}\n",
+            "space.lowrank.rank_fractions[0] must be in (0, 1)",
+        ),
         ("spaec: {}\n", "spaec is not a known field"),
     ],
 )

@@ -23,7 +23,11 @@ from tightfit.hardware_profiles._profile import _yaml_where
 __all__ = ["SearchConfig", "load_config"]
 
 Objective = Literal["accuracy", "latency_ms", "size_mb"]
-DIRECTIONS: dict[str, str] = {"accuracy": "maximize", "latency_ms": "minimize", "size_mb": "minimize"}
+DIRECTIONS: dict[str, str] = {
+    "accuracy": "maximize",
+    "latency_ms": "minimize",
+    "size_mb": "minimize",
+}
 
 
 class CallableSpec(Record):
@@ -77,13 +81,15 @@ class LowRankSpace(Record):
     def _fractions(cls, v: list[float]) -> list[float]:
         for i, f in enumerate(v):
             if not 0.0 < f < 1.0:
-                raise ValueError(f"[{i}] must be in (0, 1) (a fraction of the break-even rank), got {f}")
+                raise ValueError(
+                    f"[{i}] must be in (0, 1) (a fraction of the break-even rank), got {f}"
+                )
         return sorted(set(v))
 
 
 class QuantizeSpace(Record):
     enabled: bool = True
-    bits: list[Literal[32, 8, 4]] = Field(default_factory=lambda: [32, 8])
+    bits: list[Literal[32, 8, 4]] = [32, 8]  # pydantic copies defaults
 
     @field_validator("bits")
     @classmethod
@@ -122,7 +128,7 @@ class SearchConfig(Record):
     model: ModelSpec
     data: CallableSpec
     space: SpaceSpec = Field(default_factory=SpaceSpec)
-    objectives: list[Objective] = Field(default_factory=lambda: ["accuracy", "latency_ms", "size_mb"])
+    objectives: list[Objective] = ["accuracy", "latency_ms", "size_mb"]
     constraints: Constraints = Field(default_factory=Constraints)
     profiles: list[str] = Field(default_factory=lambda: ["cpu-ort"], min_length=1)
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
@@ -130,7 +136,9 @@ class SearchConfig(Record):
     seed: int = 0
     concurrency: int = Field(2, ge=1, description="evaluations in flight at once")
     trial_timeout_s: float = Field(600.0, gt=0.0)
-    n_uniform_seeds: int = Field(4, ge=0, description="uniform-compression candidates enqueued first")
+    n_uniform_seeds: int = Field(
+        4, ge=0, description="uniform-compression candidates enqueued first"
+    )
     workdir: str | None = Field(None, description="default: runs/<name>/")
     ray: RaySpec = Field(default_factory=RaySpec)
 
@@ -140,7 +148,9 @@ class SearchConfig(Record):
         if len(set(v)) != len(v):
             raise ValueError(f"has duplicates: {v}")
         if "accuracy" not in v or len(v) < 2:
-            raise ValueError(f"must include 'accuracy' and at least one of latency_ms, size_mb, got {v}")
+            raise ValueError(
+                f"must include 'accuracy' and at least one of latency_ms, size_mb, got {v}"
+            )
         return v
 
     @model_validator(mode="after")
@@ -185,12 +195,16 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Se
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({_yaml_where(e)})") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a search config must be a mapping of fields, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{path}: a search config must be a mapping of fields, got {type(raw).__name__}"
+        )
     raw = {**raw, **(overrides or {})}
     return config_from_dict(raw, source=str(path), base_dir=path.parent)
 
 
-def config_from_dict(raw: dict[str, Any], source: str = "config", base_dir: Path | None = None) -> SearchConfig:
+def config_from_dict(
+    raw: dict[str, Any], source: str = "config", base_dir: Path | None = None
+) -> SearchConfig:
     """Validate a config mapping; resolve profile paths and the work directory."""
     try:
         config = SearchConfig.model_validate(raw)

@@ -75,7 +75,9 @@ def resolve_callable(spec: str, what: str) -> Callable[..., Any]:
         obj: Any = importlib.import_module(module_name)
     except Exception as e:
         err = DataError if what == "data" else ModelError
-        raise err(f"{what}.callable: cannot import module '{module_name}' ({type(e).__name__}: {e})") from None
+        raise err(
+            f"{what}.callable: cannot import module '{module_name}' ({type(e).__name__}: {e})"
+        ) from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             err = DataError if what == "data" else ModelError
@@ -112,14 +114,18 @@ def _as_named(value: Any, field: str, source: str) -> dict[str, np.ndarray]:
     if isinstance(value, (np.ndarray, torch.Tensor)):
         value = {"input": value}
     if not isinstance(value, Mapping) or not value:
-        raise DataError(f"data.callable '{source}': {field} must be an array or a mapping of input name to array")
+        raise DataError(
+            f"data.callable '{source}': {field} must be an array or a mapping of input name to array"
+        )
     out = {}
     for name, arr in value.items():
         arr = arr.numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
         if arr.dtype == np.float64:
             arr = arr.astype(np.float32)
         if arr.ndim < 1 or len(arr) == 0:
-            raise DataError(f"data.callable '{source}': {field}['{name}'] is empty; give at least one sample")
+            raise DataError(
+                f"data.callable '{source}': {field}['{name}'] is empty; give at least one sample"
+            )
         out[str(name)] = np.ascontiguousarray(arr)
     return out
 
@@ -132,7 +138,12 @@ def load_data(spec: CallableSpec, cache_dir: Path | None = None) -> TaskData:
     except Exception as e:
         raise DataError(f"data.callable '{spec.callable}' failed: {type(e).__name__}: {e}") from e
     if isinstance(raw, TaskData):
-        raw = {"calibration": raw.calibration, "validation": raw.validation, "targets": raw.targets, "metric": raw.metric}
+        raw = {
+            "calibration": raw.calibration,
+            "validation": raw.validation,
+            "targets": raw.targets,
+            "metric": raw.metric,
+        }
     if not isinstance(raw, Mapping) or not {"calibration", "validation", "targets"} <= set(raw):
         raise DataError(
             f"data.callable '{spec.callable}' must return a TaskData or a mapping with "
@@ -160,7 +171,9 @@ def load_data(spec: CallableSpec, cache_dir: Path | None = None) -> TaskData:
             f"data: targets has {len(targets)} entries but validation has "
             f"{[len(v) for v in validation.values()]} samples; they must match"
         )
-    return TaskData(calibration=calibration, validation=validation, targets=targets, metric=str(metric))
+    return TaskData(
+        calibration=calibration, validation=validation, targets=targets, metric=str(metric)
+    )
 
 
 def model_id(model: nn.Module) -> str:

@@ -23,7 +23,9 @@ def test_size_is_the_file_size(tiny_ctx) -> None:
 def test_latency_protocol_records_interleaved_rounds(tiny_ctx, fast_profile) -> None:
     feed = input_feed({"image": (1, 16, 16)}, {"image": "float32"}, fast_profile, seed=0)
     assert feed["image"].shape == (1, 1, 16, 16)  # the profile's batch size
-    r = measure_latency(tiny_ctx.baseline_onnx, tiny_ctx.baseline_onnx, fast_profile, feed, baseline_ref_ms=2.0)
+    r = measure_latency(
+        tiny_ctx.baseline_onnx, tiny_ctx.baseline_onnx, fast_profile, feed, baseline_ref_ms=2.0
+    )
     assert r.rounds == 3 and r.iters_per_block >= 2
     assert r.ratio_ci[0] <= r.ratio <= r.ratio_ci[1]
     assert r.latency_ms == r.ratio * 2.0 and r.speedup == 1 / r.ratio
@@ -33,7 +35,9 @@ def test_latency_protocol_records_interleaved_rounds(tiny_ctx, fast_profile) -> 
 
 def test_input_shapes_from_profile_override(fast_profile) -> None:
     p = fast_profile.model_copy(update={"batch_size": 4, "input_shapes": {"tokens": [128]}})
-    feed = input_feed({"tokens": (64,), "mask": (64,)}, {"tokens": "int64", "mask": "int64"}, p, seed=0)
+    feed = input_feed(
+        {"tokens": (64,), "mask": (64,)}, {"tokens": "int64", "mask": "int64"}, p, seed=0
+    )
     assert feed["tokens"].shape == (4, 128) and feed["mask"].shape == (4, 64)
 
 

@@ -32,7 +32,9 @@ def test_cpu_ort_protocol() -> None:
 def test_invalid_profile_file_names_field(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("name: x\nintra_op_threads: 0\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: intra_op_threads .*greater than or equal to 1"):
+    with pytest.raises(
+        ConfigError, match=r"bad.yaml: intra_op_threads .*greater than or equal to 1"
+    ):
         HardwareProfile.from_yaml(path)
 
 

@@ -27,8 +27,14 @@ def test_noop_candidate_gives_the_baseline_exactly(tiny_model, tiny_ctx, digits,
 
 
 @pytest.mark.parametrize("kernel", list_kernels())
-def test_each_kernel_at_its_strongest_level_runs_and_exports(kernel, tiny_model, tiny_ctx, digits, tmp_path) -> None:
-    units = [u for u in discover_units(tiny_model, tiny_ctx, SpaceSpec()) if u.knob == get_kernel(kernel).knob]
+def test_each_kernel_at_its_strongest_level_runs_and_exports(
+    kernel, tiny_model, tiny_ctx, digits, tmp_path
+) -> None:
+    units = [
+        u
+        for u in discover_units(tiny_model, tiny_ctx, SpaceSpec())
+        if u.knob == get_kernel(kernel).knob
+    ]
     assert units, f"kernel {kernel} found nothing to do on a small ResNet"
     params = {u.param_name: u.choices[-1] if u.knob != "rank" else min(u.choices) for u in units}
     candidate = Candidate.from_params("m", params)

@@ -5,17 +5,21 @@ import copy
 import numpy as np
 import torch
 
+from tightfit.evaluators import predict
 from tightfit.kernels import _torch_pruning as adapter
 from tightfit.kernels import compress
-from tightfit.evaluators import predict
 from tightfit.spaces import Candidate
 
 
 def test_one_ratio_prunes_the_whole_coupled_group(tiny_model, tiny_ctx) -> None:
-    groups = {g.root: g for g in adapter.coupled_groups(tiny_model, tiny_ctx.example_inputs, ("fc",))}
+    groups = {
+        g.root: g for g in adapter.coupled_groups(tiny_model, tiny_ctx.example_inputs, ("fc",))
+    }
     residual = next(g for g in groups.values() if "shortcut" in g.members and "conv2" in g.members)
     model = copy.deepcopy(tiny_model)
-    kept = adapter.prune_groups(model, tiny_ctx.example_inputs, {residual.root: 0.5}, ("fc",), round_to=8)
+    kept = adapter.prune_groups(
+        model, tiny_ctx.example_inputs, {residual.root: 0.5}, ("fc",), round_to=8
+    )
     assert kept[residual.root] == 16
     # every member of the group shrank together, the classifier's outputs did not
     assert model.conv2.out_channels == model.shortcut.out_channels == model.fc.in_features == 16
@@ -53,8 +57,13 @@ def test_batchnorm_recalibration_restores_accuracy(digits, fast_profile, tmp_pat
     model = pretrained_cnn(width=16, epochs=3, cache_dir=tmp_path)
     ctx = make_ctx(model, digits, fast_profile, tmp_path, classifier="fc")
     base = evaluate_accuracy(ctx.baseline_onnx, digits)
-    c = Candidate(base_model="m", prune={g: 0.25 for g in ("stem.0", "layer1.conv1", "layer2.conv1", "layer3.conv1")})
+    c = Candidate(
+        base_model="m",
+        prune={g: 0.25 for g in ("stem.0", "layer1.conv1", "layer2.conv1", "layer3.conv1")},
+    )
     with_bn = evaluate_accuracy(compress(model, c, ctx, tmp_path / "bn").onnx_path, digits)
-    without = evaluate_accuracy(compress(model, c, replace(ctx, recalibrate_bn=False), tmp_path / "nobn").onnx_path, digits)
+    without = evaluate_accuracy(
+        compress(model, c, replace(ctx, recalibrate_bn=False), tmp_path / "nobn").onnx_path, digits
+    )
     assert base > 0.9
     assert with_bn > without

@@ -6,12 +6,11 @@ import torch
 
 from tests import models
 from tests.conftest import make_ctx
-from tightfit.config import SpaceSpec
+from tightfit.config import CallableSpec, SpaceSpec
 from tightfit.evaluators import predict
 from tightfit.kernels import compress
 from tightfit.spaces import Candidate, discover_units
 from tightfit.task import TaskData, load_data
-from tightfit.config import CallableSpec
 
 
 def _ops(path) -> list[str]:
@@ -19,9 +18,16 @@ def _ops(path) -> list[str]:
 
 
 def test_int8_only_where_asked(tiny_model, tiny_ctx, digits, tmp_path) -> None:
-    one = compress(tiny_model, Candidate(base_model="m", bits={"conv2": 8}), tiny_ctx, tmp_path / "one")
+    one = compress(
+        tiny_model, Candidate(base_model="m", bits={"conv2": 8}), tiny_ctx, tmp_path / "one"
+    )
     graph = onnx.load(str(one.onnx_path)).graph
-    quantized = {n.name for n in graph.node if n.op_type == "Conv" and any("DequantizeLinear" in i or "_DequantizeLinear" in i for i in n.input)}
+    quantized = {
+        n.name
+        for n in graph.node
+        if n.op_type == "Conv"
+        and any("DequantizeLinear" in i or "_DequantizeLinear" in i for i in n.input)
+    }
     assert any("conv2" in name for name in quantized)
     assert not any("conv1" in name or "stem" in name for name in quantized)
     # int8 keeps the answers close on real data

@@ -11,12 +11,12 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from tightfit.config import config_from_dict
+from tightfit.exceptions import WorkdirError
 from tightfit.runs.export import export, sha256
 from tightfit.runs.pareto import front_frame
 from tightfit.runs.workdir import prepare_workdir
 from tightfit.search import run_search
 from tightfit.search._study import load_study
-from tightfit.exceptions import WorkdirError
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,9 @@ def finished(tmp_path_factory, fast_profile_file):
 def trial_runs(workdir: Path, kind: str = "trial"):
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
     exp = client.get_experiment_by_name("e2e")
-    return client.search_runs([exp.experiment_id], filter_string=f"tags.`tightfit.kind` = '{kind}'", max_results=1000)
+    return client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`tightfit.kind` = '{kind}'", max_results=1000
+    )
 
 
 def test_search_completes_with_a_front(finished) -> None:
@@ -75,7 +77,10 @@ def test_mlflow_has_one_run_per_trial_and_a_summary(finished) -> None:
     assert sorted(int(r.data.tags["tightfit.trial"]) for r in runs) == list(range(6))
     front = set(outcome.profiles[0].front["trial"])
     for r in runs:
-        assert r.data.tags["tightfit.pareto"] == str(int(r.data.tags["tightfit.trial"]) in front).lower()
+        assert (
+            r.data.tags["tightfit.pareto"]
+            == str(int(r.data.tags["tightfit.trial"]) in front).lower()
+        )
         if r.data.tags["tightfit.status"] == "complete":
             assert {"accuracy", "latency_ms", "size_mb", "speedup"} <= set(r.data.metrics)
         else:
@@ -117,10 +122,60 @@ def test_workdir_of_another_search_is_refused(finished) -> None:
 
 
 def test_failing_candidates_fail_their_trials_not_the_study(tmp_path, fast_profile_file) -> None:
-    config = small_config(tmp_path, fast_profile_file, trial_timeout_s=0.001, n_trials=3, name="e2e")
+    config = small_config(
+        tmp_path, fast_profile_file, trial_timeout_s=0.001, n_trials=3, name="e2e"
+    )
     outcome = run_search(config)
     [profile] = outcome.profiles
     failed = profile.study.get_trials(states=(TrialState.FAIL,))
     assert profile.n_failed == 3 and len(failed) == 3
     assert all("timed out" in t.user_attrs["error"] for t in failed)
     assert front_frame(profile.study).empty
+
+
+def test_ui_serves_the_store_on_localhost(finished) -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    config, outcome, _ = finished
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tightfit.cli",
+            "ui",
+            "--workdir",
+            str(outcome.workdir),
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # the server's workers are killed with their process group
+    )
+    try:
+        body = ""
+        for _ in range(120):
+            try:
+                url = f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name=e2e"
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    body = r.read().decode()
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert '"name": "e2e"' in body or '"name":"e2e"' in body
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert (
+        f"http://127.0.0.1:{port}/#/experiments/" in out and "workflowType=machine_learning" in out
+    )

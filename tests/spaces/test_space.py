@@ -11,9 +11,14 @@ def test_units_of_a_residual_net(tiny_model, tiny_ctx, default_space: SpaceSpec)
     units = {u.param_name: u for u in discover_units(tiny_model, tiny_ctx, default_space)}
     # one ratio per coupled group: conv2 and the shortcut share the residual channels
     prune = {n for n in units if n.endswith(".prune_ratio")}
-    assert prune == {"stem.0.prune_ratio", "conv1.prune_ratio", "shortcut.prune_ratio"} or prune == {
-        "stem.0.prune_ratio", "conv1.prune_ratio", "conv2.prune_ratio"}
-    residual = next(u for n, u in units.items() if n in ("shortcut.prune_ratio", "conv2.prune_ratio"))
+    assert prune == {
+        "stem.0.prune_ratio",
+        "conv1.prune_ratio",
+        "shortcut.prune_ratio",
+    } or prune == {"stem.0.prune_ratio", "conv1.prune_ratio", "conv2.prune_ratio"}
+    residual = next(
+        u for n, u in units.items() if n in ("shortcut.prune_ratio", "conv2.prune_ratio")
+    )
     assert {"conv2", "shortcut", "fc"} <= set(residual.info["members"])
     assert "fc.prune_ratio" not in units  # the classifier's outputs are never pruned
     assert units["conv2.rank"].choices[0] == 1.0  # "not factorized" first
@@ -24,7 +29,9 @@ def test_units_of_a_residual_net(tiny_model, tiny_ctx, default_space: SpaceSpec)
 
 def test_suggest_and_uniform(tiny_model, tiny_ctx, default_space: SpaceSpec) -> None:
     space = CompressionSpace(discover_units(tiny_model, tiny_ctx, default_space), "m", seed=1)
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0)
+    )
     trial = study.ask()
     c = space.suggest(trial)
     assert isinstance(c, Candidate) and set(trial.params) == {u.param_name for u in space.units}

@@ -4,4 +4,11 @@ from tightfit.evaluators.accuracy import evaluate_accuracy, predict
 from tightfit.evaluators.latency import LatencyResult, input_feed, measure_latency
 from tightfit.evaluators.size import size_mb
 
-__all__ = ["LatencyResult", "evaluate_accuracy", "input_feed", "measure_latency", "predict", "size_mb"]
+__all__ = [
+    "LatencyResult",
+    "evaluate_accuracy",
+    "input_feed",
+    "measure_latency",
+    "predict",
+    "size_mb",
+]

@@ -9,7 +9,9 @@ import onnxruntime as ort
 from tightfit.hardware_profiles import HardwareProfile
 
 
-def make_session(path: Path | str, profile: HardwareProfile | None = None, threads: int | None = None) -> ort.InferenceSession:
+def make_session(
+    path: Path | str, profile: HardwareProfile | None = None, threads: int | None = None
+) -> ort.InferenceSession:
     """A session with fixed threads and spinning off (spinning burns cores other work needs)."""
     options = ort.SessionOptions()
     intra = threads or (profile.intra_op_threads if profile else 1)

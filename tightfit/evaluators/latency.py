@@ -91,7 +91,7 @@ def _block(run: Callable[[], object], iters: int) -> np.ndarray:
 
 def _warm(run: Callable[[], object], seconds: float) -> float:
     """Run for ``seconds`` (at least 3 times); return the median time of one run in seconds."""
-    times = []
+    times: list[float] = []
     end = time.perf_counter() + seconds
     while len(times) < 3 or time.perf_counter() < end:
         t0 = time.perf_counter()
@@ -127,15 +127,19 @@ def measure_latency(
     protocol = profile.measurement
     best: LatencyResult | None = None
     for attempt in range(1, (protocol.max_attempts if baseline_ref_ms else 1) + 1):
-        result = _measure_once(candidate, baseline, profile, feed, baseline_ref_ms, seed + attempt - 1, rounds)
+        result = _measure_once(
+            candidate, baseline, profile, feed, baseline_ref_ms, seed + attempt - 1, rounds
+        )
         if baseline_ref_ms is None:
             return result
         slowdown = result.baseline_median_ms / baseline_ref_ms
-        if best is None or abs(math.log(slowdown)) < abs(math.log(best.baseline_median_ms / baseline_ref_ms)):
+        if best is None or abs(math.log(slowdown)) < abs(
+            math.log(best.baseline_median_ms / baseline_ref_ms)
+        ):
             best = result
         if slowdown <= protocol.max_baseline_slowdown:
             break
-    assert best is not None
+    assert best is not None and baseline_ref_ms is not None
     disturbed = best.baseline_median_ms / baseline_ref_ms > protocol.max_baseline_slowdown
     return best.model_copy(update={"attempts": attempt, "disturbed": disturbed})
 
@@ -151,10 +155,16 @@ def _measure_once(
 ) -> LatencyResult:
     protocol = profile.measurement
     rounds = rounds or protocol.rounds
-    sessions = {"candidate": make_session(candidate, profile), "baseline": make_session(baseline, profile)}
+    sessions = {
+        "candidate": make_session(candidate, profile),
+        "baseline": make_session(baseline, profile),
+    }
     runs = {k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}
     per_run = max(_warm(run, protocol.warmup_s) for run in runs.values())
-    iters = min(protocol.max_block_iters, max(protocol.min_iters_per_block, math.ceil(protocol.min_block_s / per_run)))
+    iters = min(
+        protocol.max_block_iters,
+        max(protocol.min_iters_per_block, math.ceil(protocol.min_block_s / per_run)),
+    )
     rng = np.random.default_rng(seed)
     samples: dict[str, list[np.ndarray]] = {"candidate": [], "baseline": []}
     ratios = np.empty(rounds)

@@ -56,7 +56,9 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        self.shortcut = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.bn1(self.conv1(x)))
@@ -68,7 +70,9 @@ class DigitsResNet(nn.Module):
 
     def __init__(self, width: int = 48, n_classes: int = 10) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
         self.layer1 = BasicBlock(width, 2 * width, 1)
         self.layer2 = BasicBlock(2 * width, 4 * width, 2)
         self.layer3 = BasicBlock(4 * width, 8 * width, 2)
@@ -105,7 +109,9 @@ def train(width: int = 48, epochs: int = 4, seed: int = 0) -> DigitsResNet:
     return model.eval()
 
 
-def pretrained_cnn(width: int = 48, epochs: int = 4, seed: int = 0, cache_dir: Path | None = None) -> nn.Module:
+def pretrained_cnn(
+    width: int = 48, epochs: int = 4, seed: int = 0, cache_dir: Path | None = None
+) -> nn.Module:
     """The trained DigitsResNet, from ``cache_dir`` if it was trained there before."""
     cache = Path(cache_dir) / f"digits-resnet-w{width}-e{epochs}-s{seed}.pt" if cache_dir else None
     model = DigitsResNet(width)

@@ -61,7 +61,7 @@ class HardwareProfile(Record):
         default_factory=dict,
         description="per-sample shapes (without batch) that override the data's, by input name",
     )
-    precisions: list[Precision] = Field(default_factory=lambda: ["fp32", "int8"])
+    precisions: list[Precision] = ["fp32", "int8"]  # pydantic copies defaults
     round_to: int = Field(8, ge=1, description="pruned channel counts and ranks are multiples")
     quantization: QuantizationSettings = Field(default_factory=QuantizationSettings)
     measurement: MeasurementProtocol = Field(default_factory=MeasurementProtocol)

@@ -76,7 +76,9 @@ def _check_forward(reference: nn.Module, model: nn.Module, ctx: SurgeryContext) 
         try:
             out = model(*ctx.example_inputs)
         except Exception as e:
-            raise CandidateError(f"compressed model fails its forward pass: {type(e).__name__}: {e}") from e
+            raise CandidateError(
+                f"compressed model fails its forward pass: {type(e).__name__}: {e}"
+            ) from e
         ref = reference(*ctx.example_inputs)
     if not isinstance(out, torch.Tensor) or out.shape != ref.shape:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -91,7 +93,9 @@ def compress(
     """Apply every kernel of ``candidate`` and write ``out_dir/model.onnx``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     compressed, report = apply(model, candidate, ctx)
-    float_path = export_onnx(compressed, ctx.example_inputs, ctx.input_names, out_dir / "float.onnx")
+    float_path = export_onnx(
+        compressed, ctx.example_inputs, ctx.input_names, out_dir / "float.onnx"
+    )
     current = float_path
     for kernel in _KERNELS.values():
         plan = candidate.plan_for(kernel.knob)

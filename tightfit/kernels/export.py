@@ -50,14 +50,16 @@ def export_onnx(
     input_names = list(input_names)
     model.eval()
     buffer = io.BytesIO()
-    chatter = tempfile.TemporaryFile(mode="w+b")  # the exporter prints its IR graph on failure (C++)
+    chatter = tempfile.TemporaryFile(
+        mode="w+b"
+    )  # the exporter prints its IR graph on failure (C++)
     try:
         with warnings.catch_warnings(), torch.no_grad(), _fd_to(chatter, 1):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model,
                 example_inputs,
-                buffer,
+                buffer,  # type: ignore[arg-type]  # file-like objects are accepted
                 dynamo=False,
                 opset_version=OPSET,
                 input_names=input_names,
@@ -67,7 +69,9 @@ def export_onnx(
             )
     except Exception as e:
         chatter.seek(0)
-        logging.getLogger(__name__).debug("export failed; exporter output:\n%s", chatter.read().decode(errors="replace"))
+        logging.getLogger(__name__).debug(
+            "export failed; exporter output:\n%s", chatter.read().decode(errors="replace")
+        )
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CandidateError(f"ONNX export failed: {type(e).__name__}: {first}") from e
     finally:
@@ -102,7 +106,9 @@ def module_of_node(node_name: str) -> list[str]:
     return paths
 
 
-def nodes_by_module(model: onnx.ModelProto, ops: Iterable[str] = COMPUTE_OPS) -> dict[str, list[str]]:
+def nodes_by_module(
+    model: onnx.ModelProto, ops: Iterable[str] = COMPUTE_OPS
+) -> dict[str, list[str]]:
     """Every module path -> the names of its compute nodes (a module owns its submodules' nodes)."""
     ops = set(ops)
     out: dict[str, list[str]] = {}

@@ -9,7 +9,6 @@ shrunk by pruning first still gets a rank that pays.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -59,7 +58,9 @@ def svd_factors(
     squared Frobenius error equals the sum of the discarded squared singular values.
     """
     if not 0 < rank <= min(weight.shape):
-        raise ValueError(f"rank must be in [1, {min(weight.shape)}] for a {tuple(weight.shape)} matrix, got {rank}")
+        raise ValueError(
+            f"rank must be in [1, {min(weight.shape)}] for a {tuple(weight.shape)} matrix, got {rank}"
+        )
     w = weight.detach().double()
     if in_scale is not None:
         s = in_scale.detach().double().clamp_min(1e-8)
@@ -75,6 +76,8 @@ def svd_factors(
 
 def factorize(layer: nn.Module, rank: int, in_scale: torch.Tensor | None = None) -> nn.Sequential:
     """A two-layer Sequential that approximates ``layer`` at ``rank``."""
+    first: nn.Module
+    second: nn.Module
     if isinstance(layer, nn.Linear):
         first_w, second_w = svd_factors(layer.weight, rank, in_scale)
         first = nn.Linear(layer.in_features, rank, bias=False)
@@ -87,12 +90,19 @@ def factorize(layer: nn.Module, rank: int, in_scale: torch.Tensor | None = None)
         scale = None if in_scale is None else in_scale.repeat_interleave(kh * kw)
         first_w, second_w = svd_factors(layer.weight.reshape(out_c, -1), rank, scale)
         first = nn.Conv2d(
-            in_c, rank, (kh, kw), layer.stride, layer.padding, layer.dilation, bias=False
+            in_c,
+            rank,
+            (kh, kw),
+            layer.stride,  # type: ignore[arg-type]
+            layer.padding,  # type: ignore[arg-type]
+            layer.dilation,  # type: ignore[arg-type]
+            bias=False,
         )
         second = nn.Conv2d(rank, out_c, 1, bias=layer.bias is not None)
         first.weight.data.copy_(first_w.reshape(rank, in_c, kh, kw))
         second.weight.data.copy_(second_w.reshape(out_c, rank, 1, 1))
     if layer.bias is not None:
+        assert second.bias is not None
         second.bias.data.copy_(layer.bias.detach())
     return nn.Sequential(first, second).to(layer.weight.device)
 
@@ -108,7 +118,9 @@ def input_scales(
     def hook(path: str):
         def record(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             x = args[0].detach().abs()
-            dims = [d for d in range(x.dim()) if d != (1 if isinstance(_m, nn.Conv2d) else x.dim() - 1)]
+            dims = [
+                d for d in range(x.dim()) if d != (1 if isinstance(_m, nn.Conv2d) else x.dim() - 1)
+            ]
             sums[path] = x.mean(dim=dims)
 
         return record
@@ -170,13 +182,15 @@ class LowRank(Kernel):
             ranks[path] = resolve_rank(layer, fraction, ctx.profile.round_to, ctx.min_rank)
         todo = [p for p, r in ranks.items() if r is not None]
         scales = (
-            input_scales(model, todo, ctx.calibration_tensors()) if self.activation_aware and todo else {}
+            input_scales(model, todo, ctx.calibration_tensors())
+            if self.activation_aware and todo
+            else {}
         )
         for path in todo:
             rank = ranks[path]
             assert rank is not None
             new = factorize(by_path[path], rank, scales.get(path))
-            if not all(math.isfinite(v) for v in new[0].weight.detach().flatten()[:64].tolist()):
+            if not all(bool(torch.isfinite(w).all()) for w in new.parameters()):
                 raise CandidateError(f"low-rank: SVD of '{path}' gave non-finite weights")
             _set_module(model, path, new)
         return {"ranks": ranks}

@@ -79,7 +79,6 @@ def _chain_nodes(model: onnx.ModelProto, seeds: set[str]) -> set[str]:
 
 def _quantize_int8(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     settings = ctx.profile.quantization
@@ -89,7 +88,9 @@ def _quantize_int8(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext) -
     src = pre
     model = onnx.load(str(src))
     include = sorted(nodes | _chain_nodes(model, nodes))
-    reduce_range = (not cpu_has_vnni()) if settings.reduce_range == "auto" else settings.reduce_range
+    reduce_range = (
+        (not cpu_has_vnni()) if settings.reduce_range == "auto" else settings.reduce_range
+    )
     quantize_static(
         str(src),
         str(dst),
@@ -142,7 +143,7 @@ class Quantization(Kernel):
             owned = nodes.get(path, [])
             if not owned:
                 continue
-            choices = [b for b in allowed if b != 4]
+            choices: list[int] = [b for b in allowed if b != 4]
             if 4 in allowed and all(has_constant_weight(onnx_model, n) for n in owned):
                 choices.append(4)
             if len(choices) > 1:

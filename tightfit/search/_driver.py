@@ -82,7 +82,9 @@ def run_search(config: SearchConfig, progress: ProgressHook | None = None) -> Se
     try:
         for profile in config.hardware_profiles():
             _ray.check_feasible(profile)
-            outcome.profiles.append(_ProfileSearch(config, profile, workdir, tracker, progress).run())
+            outcome.profiles.append(
+                _ProfileSearch(config, profile, workdir, tracker, progress).run()
+            )
     finally:
         if started:
             import ray
@@ -105,6 +107,9 @@ class _ProfileSearch:
         self.workdir = workdir
         self.tracker = tracker
         self.progress = progress or (lambda *a: None)
+        self.n_done = 0
+        self.n_failed = 0
+        self.best_speedup: float | None = None
         self.setup = Setup(config=config, profile=profile, cache_dir=str(workdir / "cache"))
         self.summary_dir = workdir / "summary" / profile.name
         self.summary_dir.mkdir(parents=True, exist_ok=True)
@@ -113,7 +118,9 @@ class _ProfileSearch:
     def _prepare(self) -> None:
         ws = workspace(self.setup)  # loads (or trains) the model, exports the baseline
         self.ws = ws
-        self.space = CompressionSpace(discover_units(ws.model, ws.ctx, self.config.space), ws.model_id, self.config.seed)
+        self.space = CompressionSpace(
+            discover_units(ws.model, ws.ctx, self.config.space), ws.model_id, self.config.seed
+        )
         atomic_write(self.summary_dir / "space.json", json.dumps(self.space.describe(), indent=1))
         self.study = open_study(self.config, self.profile.name, self.workdir)
         attrs = self.study.user_attrs
@@ -134,18 +141,26 @@ class _ProfileSearch:
             "size_mb": self.study.user_attrs["baseline_size_mb"],
         }
         for number in recover_interrupted(self.study):
-            self.tracker.mark_interrupted(self.profile.name, number, "driver stopped; trial enqueued again")
+            self.tracker.mark_interrupted(
+                self.profile.name, number, "driver stopped; trial enqueued again"
+            )
         if not self.study.trials:
             self._enqueue_seeds()
 
     def _measure_baseline(self) -> None:
-        ref = self._measure_task(self.baseline_bytes, None, rounds=self.profile.measurement.rounds * BASELINE_ROUNDS_FACTOR)
+        ref = self._measure_task(
+            self.baseline_bytes,
+            None,
+            rounds=self.profile.measurement.rounds * BASELINE_ROUNDS_FACTOR,
+        )
         import ray
 
         latency = ray.get(ref)
         study = self.study
         study.set_user_attr("base_model", self.ws.model_id)
-        study.set_user_attr("baseline_accuracy", evaluate_accuracy(self.ws.baseline_onnx, self.ws.data))
+        study.set_user_attr(
+            "baseline_accuracy", evaluate_accuracy(self.ws.baseline_onnx, self.ws.data)
+        )
         study.set_user_attr("baseline_size_mb", size_mb(self.ws.baseline_onnx))
         study.set_user_attr("baseline_latency_ms", latency.baseline_median_ms)
         study.set_user_attr("environment", latency.environment)
@@ -165,12 +180,23 @@ class _ProfileSearch:
             if c not in queue:
                 queue.append(c)
         for c in queue:
-            self.study.enqueue_trial(s.params_of(c), user_attrs={"seed_kind": "baseline" if c.is_baseline else "uniform"})
+            self.study.enqueue_trial(
+                s.params_of(c), user_attrs={"seed_kind": "baseline" if c.is_baseline else "uniform"}
+            )
 
     # ---- dispatch -----------------------------------------------------------------------
-    def _measure_task(self, onnx_bytes: bytes, ref_ms: float | None, rounds: int | None = None) -> Any:
+    def _measure_task(
+        self, onnx_bytes: bytes, ref_ms: float | None, rounds: int | None = None
+    ) -> Any:
         return self.bench.measure.remote(
-            self.profile, onnx_bytes, self.baseline_bytes, self.shapes, self.dtypes, ref_ms, self.config.seed, rounds
+            self.profile,
+            onnx_bytes,
+            self.baseline_bytes,
+            self.shapes,
+            self.dtypes,
+            ref_ms,
+            self.config.seed,
+            rounds,
         )
 
     def _ask(self) -> _Pending:
@@ -195,14 +221,20 @@ class _ProfileSearch:
     def _complete(self, p: _Pending, latency: Any) -> None:
         one = p.stage_one
         assert one is not None
-        values = {"accuracy": one.accuracy, "latency_ms": latency.latency_ms, "size_mb": one.size_mb}
+        values = {
+            "accuracy": one.accuracy,
+            "latency_ms": latency.latency_ms,
+            "size_mb": one.size_mb,
+        }
         if not all(math.isfinite(v) for v in values.values()):
             return self._fail(p, f"non-finite result {values}")
         drop = self.baseline["accuracy"] - one.accuracy
         t = p.trial
         t.set_constraint("accuracy_drop", drop - self.config.constraints.max_accuracy_drop)
         if self.config.constraints.max_latency_ms is not None:
-            t.set_constraint("latency_ms", latency.latency_ms - self.config.constraints.max_latency_ms)
+            t.set_constraint(
+                "latency_ms", latency.latency_ms - self.config.constraints.max_latency_ms
+            )
         feasible = drop <= self.config.constraints.max_accuracy_drop and (
             self.config.constraints.max_latency_ms is None
             or latency.latency_ms <= self.config.constraints.max_latency_ms
@@ -228,7 +260,10 @@ class _ProfileSearch:
             metrics,
             status="complete",
             feasible=feasible,
-            artifacts={"candidate.json": json.loads(p.candidate.to_json()), "report.json": one.report},
+            artifacts={
+                "candidate.json": json.loads(p.candidate.to_json()),
+                "report.json": one.report,
+            },
         )
         self.n_done += 1
         if feasible:
@@ -256,9 +291,15 @@ class _ProfileSearch:
                     p = waiting.popleft()
                     assert p.stage_one is not None
                     p.submitted = time.monotonic()
-                    measuring = (self._measure_task(p.stage_one.onnx, self.baseline["latency_ms"]), p)
+                    measuring = (
+                        self._measure_task(p.stage_one.onnx, self.baseline["latency_ms"]),
+                        p,
+                    )
                 if measuring is None and not waiting:
-                    while len(compressing) < self.config.concurrency and self.n_done + in_flight < n_trials:
+                    while (
+                        len(compressing) < self.config.concurrency
+                        and self.n_done + in_flight < n_trials
+                    ):
                         p = self._ask()
                         compressing[self.compress_remote.remote(self.setup, p.candidate)] = p
                         in_flight += 1
@@ -279,14 +320,18 @@ class _ProfileSearch:
                             waiting.append(p)
                         except Exception as e:
                             self._fail(p, _ray.error_text(e))
-                    self.progress(self.profile.name, self.n_done, n_trials, self.n_failed, self.best_speedup)
+                    self.progress(
+                        self.profile.name, self.n_done, n_trials, self.n_failed, self.best_speedup
+                    )
                 measuring = self._expire(compressing, measuring)
         except BaseException:
             self._interrupt(compressing, waiting, measuring)
             raise
         return self._summarise()
 
-    def _expire(self, compressing: dict[Any, _Pending], measuring: tuple[Any, _Pending] | None) -> tuple[Any, _Pending] | None:
+    def _expire(
+        self, compressing: dict[Any, _Pending], measuring: tuple[Any, _Pending] | None
+    ) -> tuple[Any, _Pending] | None:
         import ray
 
         limit = self.config.trial_timeout_s
@@ -304,7 +349,12 @@ class _ProfileSearch:
             return None
         return measuring
 
-    def _interrupt(self, compressing: dict[Any, _Pending], waiting: deque[_Pending], measuring: tuple[Any, _Pending] | None) -> None:
+    def _interrupt(
+        self,
+        compressing: dict[Any, _Pending],
+        waiting: deque[_Pending],
+        measuring: tuple[Any, _Pending] | None,
+    ) -> None:
         """Ctrl-C or a crash: mark in-flight trials interrupted and enqueue them again."""
         import ray
 
@@ -315,18 +365,27 @@ class _ProfileSearch:
             p.trial.set_user_attr(ATTR_INTERRUPTED, True)
             self.study.tell(p.trial, state=TrialState.FAIL)
             self.study.enqueue_trial(p.trial.params, user_attrs={"retry_of": p.trial.number})
-            self.tracker.mark_interrupted(self.profile.name, p.trial.number, "interrupted; enqueued again")
+            self.tracker.mark_interrupted(
+                self.profile.name, p.trial.number, "interrupted; enqueued again"
+            )
 
     # ---- the end ------------------------------------------------------------------------
     def _summarise(self) -> ProfileOutcome:
         frame = pareto.trials_frame(self.study)
         front = pareto.front_frame(self.study)
         d = self.summary_dir
-        files = [atomic_write(d / "trials.csv", frame.to_csv(index=False)), atomic_write(d / "front.csv", front.to_csv(index=False))]
+        files = [
+            atomic_write(d / "trials.csv", frame.to_csv(index=False)),
+            atomic_write(d / "front.csv", front.to_csv(index=False)),
+        ]
         files.append(d / "space.json")
         if not front.empty:
             files.append(pareto.front_figure_html(self.study, d / "front.html"))
-            files.append(pareto.front_figure_png(frame, d / "front.png", f"{self.config.name} on {self.profile.name}"))
+            files.append(
+                pareto.front_figure_png(
+                    frame, d / "front.png", f"{self.config.name} on {self.profile.name}"
+                )
+            )
         feasible = frame[frame["feasible"]] if not frame.empty else frame
         metrics = {
             "n_trials": float(self.n_done),
@@ -343,9 +402,15 @@ class _ProfileSearch:
             self.profile.name,
             metrics,
             files,
-            params={"sampler": self.config.sampler.name, "seed": self.config.seed, "n_units": len(self.space)},
+            params={
+                "sampler": self.config.sampler.name,
+                "seed": self.config.seed,
+                "n_units": len(self.space),
+            },
         )
-        return ProfileOutcome(self.profile.name, self.study, front, self.baseline, d, self.n_done, self.n_failed)
+        return ProfileOutcome(
+            self.profile.name, self.study, front, self.baseline, d, self.n_done, self.n_failed
+        )
 
 
 def _best_feasible_speedup(study: optuna.Study) -> float | None:

@@ -21,7 +21,13 @@ from torch import nn
 
 from tightfit._records import Record
 from tightfit.config import SearchConfig
-from tightfit.evaluators import LatencyResult, evaluate_accuracy, input_feed, measure_latency, size_mb
+from tightfit.evaluators import (
+    LatencyResult,
+    evaluate_accuracy,
+    input_feed,
+    measure_latency,
+    size_mb,
+)
 from tightfit.exceptions import CandidateError, ModelError
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.kernels import SurgeryContext, compress, export_onnx
@@ -92,7 +98,9 @@ class Workspace:
         self._scratch = tempfile.TemporaryDirectory(prefix="tightfit-")
         self.scratch = Path(self._scratch.name)
         try:
-            self.baseline_onnx = export_onnx(self.model, example, self.data.input_names, self.scratch / "baseline.onnx")
+            self.baseline_onnx = export_onnx(
+                self.model, example, self.data.input_names, self.scratch / "baseline.onnx"
+            )
         except CandidateError as e:
             raise ModelError(
                 f"{what} cannot be exported to ONNX ({e}); make forward() traceable: tensors in and out, "
@@ -169,15 +177,25 @@ def measure(
         return measure_latency(cand, base, profile, feed, baseline_ref_ms, seed=seed, rounds=rounds)
 
 
-def evaluate_candidate(setup: Setup, candidate: Candidate, baseline_ref_ms: float | None = None) -> Evaluation:
+def evaluate_candidate(
+    setup: Setup, candidate: Candidate, baseline_ref_ms: float | None = None
+) -> Evaluation:
     """Both stages in this process (what a Ray worker pair does), for tests and debugging."""
     ws = workspace(setup)
     one = compress_and_score(setup, candidate)
     shapes, dtypes = ws.input_spec()
     latency = measure(
-        setup.profile, one.onnx, ws.baseline_onnx.read_bytes(), shapes, dtypes, baseline_ref_ms, candidate.seed
+        setup.profile,
+        one.onnx,
+        ws.baseline_onnx.read_bytes(),
+        shapes,
+        dtypes,
+        baseline_ref_ms,
+        candidate.seed,
     )
-    return Evaluation(accuracy=one.accuracy, size_mb=one.size_mb, latency=latency, report=one.report)
+    return Evaluation(
+        accuracy=one.accuracy, size_mb=one.size_mb, latency=latency, report=one.report
+    )
 
 
 def _jsonable(value: Any) -> Any:

@@ -91,7 +91,12 @@ def latency_bench(profile: HardwareProfile) -> Any:
 
     return (
         ray.remote(LatencyBench)
-        .options(num_cpus=0, resources=dict(profile.ray_resources) or None, max_restarts=2, max_task_retries=1)
+        .options(
+            num_cpus=0,
+            resources=dict(profile.ray_resources) or None,
+            max_restarts=2,
+            max_task_retries=1,
+        )
         .remote()
     )
 

@@ -43,7 +43,7 @@ def open_study(config: SearchConfig, profile: str, workdir: Path) -> optuna.Stud
     study = optuna.create_study(
         storage=storage(workdir),
         study_name=study_name(config, profile),
-        directions=config.directions,
+        directions=config.directions,  # type: ignore[arg-type]
         sampler=make_sampler(config.sampler, config.seed),
         load_if_exists=True,
     )

@@ -38,7 +38,12 @@ class Candidate(Record):
 
     def plan_for(self, knob: str) -> dict[str, Any]:
         """The per-unit values of one knob (``prune_ratio``, ``rank`` or ``bits``)."""
-        return {"prune_ratio": self.prune, "rank": self.rank, "bits": self.bits}[knob]
+        plans: dict[str, dict[str, Any]] = {
+            "prune_ratio": self.prune,
+            "rank": self.rank,
+            "bits": self.bits,
+        }
+        return plans[knob]
 
     def to_params(self) -> dict[str, float | int]:
         """Optuna-style params ``<module path>.<knob>`` (only the entries that do something)."""
@@ -62,14 +67,18 @@ class Candidate(Record):
             elif knob == "bits":
                 bits[path] = int(value)
             else:
-                raise ValueError(f"param '{name}' is not '<module path>.<knob>' with knob in {KNOBS}")
+                raise ValueError(
+                    f"param '{name}' is not '<module path>.<knob>' with knob in {KNOBS}"
+                )
         return cls(base_model=base_model, prune=prune, rank=rank, bits=bits, seed=seed)
 
     def summary(self) -> dict[str, float]:
         """A few numbers that describe the candidate at a glance (logged as MLflow params)."""
         return {
             "n_pruned_groups": len(self.prune),
-            "mean_prune_ratio": round(sum(self.prune.values()) / len(self.prune), 4) if self.prune else 0.0,
+            "mean_prune_ratio": round(sum(self.prune.values()) / len(self.prune), 4)
+            if self.prune
+            else 0.0,
             "n_factorized": len(self.rank),
             "n_int8": sum(1 for b in self.bits.values() if b == 8),
             "n_int4": sum(1 for b in self.bits.values() if b == 4),

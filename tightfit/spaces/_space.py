@@ -30,7 +30,9 @@ class CompressionSpace:
     def __init__(self, units: Sequence[Unit], base_model: str, seed: int = 0) -> None:
         names = [u.param_name for u in units]
         if len(set(names)) != len(names):
-            raise ValueError(f"duplicate unit names: {sorted(n for n in names if names.count(n) > 1)}")
+            raise ValueError(
+                f"duplicate unit names: {sorted(n for n in names if names.count(n) > 1)}"
+            )
         self.units = list(units)
         self.base_model = base_model
         self.seed = seed
@@ -40,7 +42,10 @@ class CompressionSpace:
 
     def suggest(self, trial: optuna.Trial) -> Candidate:
         """Sample one value per unit (categorical: ratios, rank fractions and bits are few)."""
-        params = {u.param_name: trial.suggest_categorical(u.param_name, list(u.choices)) for u in self.units}
+        params = {
+            u.param_name: trial.suggest_categorical(u.param_name, list(u.choices))
+            for u in self.units
+        }
         return Candidate.from_params(self.base_model, params, seed=self.seed)
 
     def baseline(self) -> Candidate:
@@ -69,6 +74,10 @@ class CompressionSpace:
 
     def describe(self) -> list[dict[str, Any]]:
         return [
-            {"param": u.param_name, "choices": list(u.choices), **{k: v for k, v in u.info.items() if k != "nodes"}}
+            {
+                "param": u.param_name,
+                "choices": list(u.choices),
+                **{k: v for k, v in u.info.items() if k != "nodes"},
+            }
             for u in self.units
         ]
