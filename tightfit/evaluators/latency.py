@@ -124,24 +124,20 @@ def measure_latency(
     took the cores): the ratio is then biased, since contention slows models unequally. It is
     repeated, up to ``max_attempts`` times, and the least disturbed attempt is kept.
     """
+    if baseline_ref_ms is None:
+        return _measure_once(candidate, baseline, profile, feed, None, seed, rounds)
     protocol = profile.measurement
-    best: LatencyResult | None = None
-    for attempt in range(1, (protocol.max_attempts if baseline_ref_ms else 1) + 1):
-        result = _measure_once(
-            candidate, baseline, profile, feed, baseline_ref_ms, seed + attempt - 1, rounds
+    attempts: list[LatencyResult] = []
+    while len(attempts) < protocol.max_attempts:
+        attempt = _measure_once(
+            candidate, baseline, profile, feed, baseline_ref_ms, seed + len(attempts), rounds
         )
-        if baseline_ref_ms is None:
-            return result
-        slowdown = result.baseline_median_ms / baseline_ref_ms
-        if best is None or abs(math.log(slowdown)) < abs(
-            math.log(best.baseline_median_ms / baseline_ref_ms)
-        ):
-            best = result
-        if slowdown <= protocol.max_baseline_slowdown:
+        attempts.append(attempt)
+        if attempt.baseline_median_ms / baseline_ref_ms <= protocol.max_baseline_slowdown:
             break
-    assert best is not None and baseline_ref_ms is not None
+    best = min(attempts, key=lambda r: abs(math.log(r.baseline_median_ms / baseline_ref_ms)))
     disturbed = best.baseline_median_ms / baseline_ref_ms > protocol.max_baseline_slowdown
-    return best.model_copy(update={"attempts": attempt, "disturbed": disturbed})
+    return best.model_copy(update={"attempts": len(attempts), "disturbed": disturbed})
 
 
 def _measure_once(
