@@ -1,0 +1,197 @@
+"""MLflow logging: one experiment per search, one run per trial, one summary run per profile.
+
+The driver is the only writer (SQLite allows one): it creates a trial's run when the trial is
+dispatched, and logs everything in one ``log_batch`` when the result comes back. Runs are found
+again by their tags (``tightfit.profile`` + ``tightfit.trial``), so a resumed search reuses them
+instead of duplicating them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from tightfit.exceptions import WorkdirError
+
+TAG_SEARCH = "tightfit.search"
+TAG_PROFILE = "tightfit.profile"
+TAG_TRIAL = "tightfit.trial"
+TAG_STATUS = "tightfit.status"
+TAG_ERROR = "tightfit.error"
+TAG_PARETO = "tightfit.pareto"
+TAG_FEASIBLE = "tightfit.feasible"
+TAG_KIND = "tightfit.kind"
+
+MAX_PARAMS_PER_BATCH = 100
+
+
+def tracking_uri(workdir: Path) -> str:
+    return f"sqlite:///{workdir / 'mlflow.db'}"
+
+
+def _quiet() -> None:
+    import os
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    for name in ("mlflow", "alembic", "sqlalchemy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class Tracker:
+    """Writes a search's runs to the MLflow store in its work directory (or a given URI)."""
+
+    def __init__(self, workdir: Path, search: str, uri: str | None = None) -> None:
+        _quiet()
+        from mlflow import MlflowClient
+
+        self.workdir = workdir
+        self.search = search
+        self.uri = uri or tracking_uri(workdir)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        try:
+            experiment = self.client.get_experiment_by_name(search)
+            if experiment is None:
+                artifacts = (workdir / "mlartifacts").resolve().as_uri()
+                self.experiment_id = self.client.create_experiment(
+                    search, artifact_location=artifacts, tags={TAG_SEARCH: search}
+                )
+            else:
+                self.experiment_id = experiment.experiment_id
+        except Exception as e:
+            raise WorkdirError(f"cannot open the MLflow store at {self.uri}: {e}") from e
+        self._runs: dict[tuple[str, int], str] = {}
+        self._pareto: dict[str, bool] = {}
+        self._load_existing()
+
+    def _load_existing(self) -> None:
+        for run in self._search(f"tags.`{TAG_KIND}` = 'trial'"):
+            key = (run.data.tags[TAG_PROFILE], int(run.data.tags[TAG_TRIAL]))
+            self._runs[key] = run.info.run_id
+            self._pareto[run.info.run_id] = run.data.tags.get(TAG_PARETO) == "true"
+
+    def _search(self, query: str) -> list[Any]:
+        runs: list[Any] = []
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], filter_string=query, max_results=1000, page_token=token
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def ui_url(self, host: str = "127.0.0.1", port: int = 5000) -> str:
+        return f"http://{host}:{port}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
+
+    def run_id(self, profile: str, trial: int) -> str | None:
+        return self._runs.get((profile, trial))
+
+    def start_trial(self, profile: str, trial: int, params: dict[str, Any]) -> str:
+        """The trial's run (created RUNNING, or the existing one on resume)."""
+        existing = self._runs.get((profile, trial))
+        if existing is not None:
+            return existing
+        from mlflow.entities import Param
+
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"{profile}-trial-{trial:04d}",
+            tags={
+                TAG_SEARCH: self.search,
+                TAG_PROFILE: profile,
+                TAG_TRIAL: str(trial),
+                TAG_KIND: "trial",
+                TAG_STATUS: "running",
+                TAG_PARETO: "false",
+            },
+        )
+        run_id = run.info.run_id
+        items = [Param(k, str(v)) for k, v in sorted(params.items())]
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(run_id, params=items[i : i + MAX_PARAMS_PER_BATCH])
+        self._runs[(profile, trial)] = run_id
+        self._pareto[run_id] = False
+        return run_id
+
+    def finish_trial(
+        self,
+        run_id: str,
+        metrics: dict[str, float],
+        status: str,
+        error: str | None = None,
+        feasible: bool | None = None,
+        artifacts: dict[str, Any] | None = None,
+    ) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        tags = [RunTag(TAG_STATUS, status)]
+        if error:
+            tags.append(RunTag(TAG_ERROR, error[:5000]))
+        if feasible is not None:
+            tags.append(RunTag(TAG_FEASIBLE, str(feasible).lower()))
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())],
+            tags=tags,
+        )
+        for name, content in (artifacts or {}).items():
+            self.client.log_dict(run_id, content, name)
+        self.client.set_terminated(run_id, "FINISHED" if status == "complete" else "FAILED")
+
+    def set_pareto(self, profile: str, front_trials: set[int]) -> None:
+        """Keep the ``tightfit.pareto`` tag current: write only the runs whose flag changed."""
+        for (p, trial), run_id in self._runs.items():
+            if p != profile:
+                continue
+            on_front = trial in front_trials
+            if self._pareto.get(run_id) != on_front:
+                self.client.set_tag(run_id, TAG_PARETO, str(on_front).lower())
+                self._pareto[run_id] = on_front
+
+    def summary_run(self, profile: str) -> str:
+        found = self._search(f"tags.`{TAG_KIND}` = 'summary' and tags.`{TAG_PROFILE}` = '{profile}'")
+        if found:
+            return found[0].info.run_id
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"{profile}-pareto-front",
+            tags={TAG_SEARCH: self.search, TAG_PROFILE: profile, TAG_KIND: "summary"},
+        )
+        return run.info.run_id
+
+    def log_summary(
+        self,
+        profile: str,
+        metrics: dict[str, float],
+        files: list[Path],
+        params: dict[str, Any] | None = None,
+    ) -> str:
+        from mlflow.entities import Metric, Param
+
+        run_id = self.summary_run(profile)
+        now = int(time.time() * 1000)
+        existing = self.client.get_run(run_id).data.params
+        new_params = [Param(k, str(v)) for k, v in (params or {}).items() if k not in existing]
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            params=new_params[:MAX_PARAMS_PER_BATCH],
+        )
+        for f in files:
+            self.client.log_artifact(run_id, str(f))
+        self.client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    def mark_interrupted(self, profile: str, trial: int, reason: str) -> None:
+        run_id = self._runs.get((profile, trial))
+        if run_id is None:
+            return
+        run = self.client.get_run(run_id)
+        if run.info.status == "RUNNING":
+            self.client.set_tag(run_id, TAG_STATUS, "interrupted")
+            self.client.set_tag(run_id, TAG_ERROR, reason)
+            self.client.set_terminated(run_id, "KILLED")

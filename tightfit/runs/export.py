@@ -1,0 +1,155 @@
+"""Export the chosen Pareto points: replay each candidate, write the engine and its manifest.
+
+Nothing is unpickled: each point is rebuilt from its Candidate through the same
+``kernels.compress`` the search used, then re-measured (accuracy and latency) so the user sees
+the logged and the present numbers side by side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tightfit.config import SearchConfig
+from tightfit.evaluators import evaluate_accuracy, size_mb
+from tightfit.exceptions import TightfitError
+from tightfit.hardware_profiles import HardwareProfile, get_profile
+from tightfit.kernels import compress
+from tightfit.runs.pareto import front_frame, knee
+from tightfit.runs.workdir import atomic_write, load_workdir_config
+from tightfit.search._evaluate import Setup, measure, workspace
+from tightfit.search._study import load_study
+from tightfit.spaces import Candidate
+
+LIBRARIES = ("tightfit", "torch", "torch-pruning", "onnx", "onnxruntime", "optuna", "ray", "mlflow")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    trial: int
+    path: Path
+    manifest: Path
+    logged: dict[str, float]
+    measured: dict[str, float]
+
+    @property
+    def latency_change(self) -> float:
+        return self.measured["latency_ms"] / self.logged["latency_ms"] - 1.0
+
+    @property
+    def accuracy_change(self) -> float:
+        return self.measured["accuracy"] - self.logged["accuracy"]
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _resolve_profile(config: SearchConfig, name: str | None) -> HardwareProfile:
+    profiles = config.hardware_profiles()
+    if name is None:
+        return profiles[0]
+    for p in profiles:
+        if name in (p.name, str(p)):
+            return p
+    raise TightfitError(f"--profile '{name}' is not a profile of this search (it has: {', '.join(p.name for p in profiles)})")
+
+
+def _pick(study: Any, objectives: list[str], pick: str) -> list[int]:
+    from optuna.trial import TrialState
+
+    front = front_frame(study)
+    if pick == "knee":
+        if front.empty:
+            raise TightfitError("the search has no feasible Pareto point yet; run more trials or relax the constraints")
+        return [knee(front, objectives)]
+    if pick == "all":
+        if front.empty:
+            raise TightfitError("the search has no feasible Pareto point yet; run more trials or relax the constraints")
+        return [int(t) for t in front["trial"]]
+    if not pick.isdigit():
+        raise TightfitError(f"--pick must be 'knee', 'all' or a trial number, got '{pick}'")
+    number = int(pick)
+    complete = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    if number not in complete:
+        raise TightfitError(f"trial {number} is not a complete trial of this search; see 'tightfit pareto'")
+    return [number]
+
+
+def export(workdir: Path, pick: str = "knee", out: Path = Path("engines"), profile: str | None = None) -> list[ExportResult]:
+    """Replay the picked trials of ``workdir``'s search into ``out``; re-measure each."""
+    workdir = Path(workdir).resolve()
+    config = load_workdir_config(workdir)
+    hw = _resolve_profile(config, profile)
+    study = load_study(config, hw.name, workdir)
+    numbers = _pick(study, list(config.objectives), pick)
+    setup = Setup(config=config, profile=hw, cache_dir=str(workdir / "cache"))
+    ws = workspace(setup)
+    base_bytes = ws.baseline_onnx.read_bytes()
+    shapes, dtypes = ws.input_spec()
+    reference = measure(hw, base_bytes, base_bytes, shapes, dtypes, None, config.seed, rounds=hw.measurement.rounds * 3)
+    ref_ms = reference.baseline_median_ms
+    results = []
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for number in numbers:
+        trial = trials[number]
+        candidate = Candidate.from_json(trial.user_attrs["candidate"])
+        target = Path(out) / f"{config.name}-{hw.name}-trial{number:04d}"
+        with tempfile.TemporaryDirectory() as tmp:
+            built = compress(ws.model, candidate, ws.ctx, Path(tmp))
+            engine = atomic_write(target / "model.onnx", built.onnx_path.read_bytes())
+        accuracy = evaluate_accuracy(engine, ws.data)  # a fresh session on the written file
+        latency = measure(hw, engine.read_bytes(), base_bytes, shapes, dtypes, ref_ms, config.seed)
+        logged = dict(zip(study.metric_names or config.objectives, trial.values, strict=True))
+        logged["speedup"] = trial.user_attrs.get("speedup", float("nan"))
+        measured = {
+            "accuracy": accuracy,
+            "latency_ms": latency.latency_ms,
+            "size_mb": size_mb(engine),
+            "speedup": latency.speedup,
+        }
+        manifest = {
+            "format": "onnx",
+            "runtime": hw.runtime,
+            "search": config.name,
+            "trial": number,
+            "candidate": json.loads(candidate.to_json()),
+            "profile": hw.model_dump(mode="json"),
+            "metrics_logged": logged,
+            "metrics_measured": measured,
+            "baseline": {"accuracy": study.user_attrs["baseline_accuracy"], "latency_ms_now": ref_ms},
+            "latency": latency.model_dump(mode="json"),
+            "report": built.report,
+            "libraries": library_versions(),
+            "files": {"model.onnx": {"sha256": sha256(engine), "bytes": engine.stat().st_size}},
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        path = atomic_write(target / "manifest.json", json.dumps(manifest, indent=2, default=str))
+        results.append(ExportResult(number, engine, path, logged, measured))
+    return results
+
+
+def profile_name(spec: str) -> str:
+    """The profile name for a config entry (a built-in name or a profile file)."""
+    return get_profile(spec).name

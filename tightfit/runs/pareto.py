@@ -1,0 +1,139 @@
+"""Pareto fronts of a study: the table, the knee point, and the figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    import optuna
+
+DIRECTION_SIGN = {"accuracy": -1.0, "latency_ms": 1.0, "size_mb": 1.0}  # to "lower is better"
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per finished trial: objectives, speedup, feasibility, state and error."""
+    from optuna.trial import TrialState
+
+    names = study.metric_names or [f"value_{i}" for i in range(len(study.directions))]
+    front = {t.number for t in study.best_trials}
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        row: dict = {"trial": t.number, "state": t.state.name.lower()}
+        if t.values is not None:
+            row.update(dict(zip(names, t.values, strict=True)))
+        row["speedup"] = t.user_attrs.get("speedup")
+        row["accuracy_drop"] = t.user_attrs.get("accuracy_drop")
+        row["feasible"] = bool(t.values is not None and all(c <= 0 for c in _constraint_values(t)))
+        row["baseline"] = bool(t.user_attrs.get("is_baseline", False))
+        row["pareto"] = t.number in front
+        row["knobs"] = t.user_attrs.get("summary", "")
+        row["error"] = t.user_attrs.get("error", "")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _constraint_values(trial: optuna.trial.FrozenTrial) -> list[float]:
+    c = trial.constraints
+    if c is None:
+        return []
+    return list(c.values()) if isinstance(c, dict) else list(c)
+
+
+def front_frame(study: optuna.Study) -> pd.DataFrame:
+    """The feasible Pareto front, sorted by latency (or the second objective)."""
+    frame = trials_frame(study)
+    if frame.empty:
+        return frame
+    front = frame[frame["pareto"]].copy()
+    key = "latency_ms" if "latency_ms" in front else front.columns[2]
+    return front.sort_values(key).reset_index(drop=True)
+
+
+def knee(front: pd.DataFrame, objectives: list[str]) -> int:
+    """Trial number of the knee: nearest to the ideal point after min-max scaling each objective.
+
+    Each objective is turned into "lower is better" and scaled to [0, 1] over the front; the
+    knee is the point with the smallest Euclidean distance to (0, ..., 0), the best balance.
+    """
+    if front.empty:
+        raise ValueError("the front is empty")
+    cols = []
+    for name in objectives:
+        v = front[name].to_numpy(dtype=float) * DIRECTION_SIGN[name]
+        span = v.max() - v.min()
+        cols.append((v - v.min()) / span if span > 0 else np.zeros_like(v))
+    dist = np.sqrt(np.sum(np.stack(cols, axis=1) ** 2, axis=1))
+    return int(front["trial"].iloc[int(np.argmin(dist))])
+
+
+def hypervolume(front: pd.DataFrame, baseline: dict[str, float], objectives: list[str]) -> float:
+    """Hypervolume of the front, objectives scaled by the baseline (reference point 1.0 each).
+
+    Accuracy counts as drop below the baseline (0 = baseline, 1 = zero accuracy), latency and
+    size as fractions of the baseline's; points worse than the reference add nothing.
+    """
+    from optuna._hypervolume import compute_hypervolume
+
+    if front.empty:
+        return 0.0
+    pts = []
+    for _, row in front.iterrows():
+        p = []
+        for name in objectives:
+            if name == "accuracy":
+                p.append((baseline["accuracy"] - row[name]) / max(baseline["accuracy"], 1e-12))
+            else:
+                p.append(row[name] / baseline[name])
+        pts.append(p)
+    arr = np.asarray(pts, dtype=float)
+    arr = arr[(arr < 1.0).all(axis=1)]
+    if len(arr) == 0:
+        return 0.0
+    return float(compute_hypervolume(arr, np.ones(len(objectives)), assume_pareto=False))
+
+
+def front_figure_html(study: optuna.Study, path: Path) -> Path:
+    """Optuna's interactive Pareto plot (accuracy vs latency), infeasible trials greyed."""
+    import optuna.visualization as vis
+
+    names = list(study.metric_names or [])
+    fig = vis.plot_pareto_front(
+        study,
+        targets=lambda t: (t.values[names.index("latency_ms")], t.values[names.index("accuracy")]),
+        target_names=["latency_ms", "accuracy"],
+    )
+    fig.update_layout(title=f"Pareto front: {study.study_name}")
+    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+    return path
+
+
+def front_figure_png(frame: pd.DataFrame, path: Path, title: str) -> Path:
+    """A static accuracy-vs-latency scatter with the front marked, for reports and the UI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = frame[frame["state"] == "complete"]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    infeasible = done[~done["feasible"]]
+    feasible = done[done["feasible"] & ~done["pareto"]]
+    front = done[done["pareto"]].sort_values("latency_ms")
+    ax.scatter(infeasible["latency_ms"], infeasible["accuracy"], c="#cccccc", s=18, label="infeasible")
+    ax.scatter(feasible["latency_ms"], feasible["accuracy"], c="#6b8fbf", s=22, label="feasible")
+    ax.plot(front["latency_ms"], front["accuracy"], "-o", c="#d62728", ms=6, label="Pareto front")
+    base = done[done["baseline"]]
+    ax.scatter(base["latency_ms"], base["accuracy"], marker="*", s=160, c="black", label="baseline")
+    ax.set_xlabel("latency (ms, measured)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
