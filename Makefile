@@ -4,9 +4,10 @@ PYTHON ?= python3
 # --index-url https://download.pytorch.org/whl/cpu (or your CUDA build) before installing.
 TORCH ?= torch==2.13.0
 VENV := .venv
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint browser clean
 
 $(BIN)/tightfit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +21,12 @@ run: setup  ## the main job: a 40-trial search on the digits example, then expor
 	$(BIN)/tightfit search examples/digits.yaml
 	$(BIN)/tightfit export --workdir runs/digits-resnet --pick knee --out engines/
 
-test: lint  ## the test suite (what CI runs): lint, types, then pytest
+test: lint browser  ## the test suite (what CI runs): lint, types, then pytest
 	$(BIN)/python -m pytest
+
+browser:  ## headless Chromium for the MLflow UI test (Debian's package; needs root or sudo)
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 lint: setup
 	$(BIN)/ruff check tightfit tests benchmarks

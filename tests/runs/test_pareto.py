@@ -21,7 +21,9 @@ def test_knee_is_the_balanced_point() -> None:
 def test_hypervolume_relative_to_baseline() -> None:
     base = {"accuracy": 1.0, "latency_ms": 10.0}
     # one point: accuracy drop 0 (scaled 0), latency half the baseline: box 1 x 0.5
-    assert hypervolume(pd.DataFrame({"accuracy": [1.0], "latency_ms": [5.0]}), base, OBJ) == pytest.approx(0.5)
+    assert hypervolume(
+        pd.DataFrame({"accuracy": [1.0], "latency_ms": [5.0]}), base, OBJ
+    ) == pytest.approx(0.5)
     two = pd.DataFrame({"accuracy": [1.0, 0.5], "latency_ms": [5.0, 1.0]})
     assert hypervolume(two, base, OBJ) == pytest.approx(0.5 + 0.5 * 0.4)
     assert hypervolume(pd.DataFrame({"accuracy": [1.0], "latency_ms": [20.0]}), base, OBJ) == 0.0

@@ -133,7 +133,9 @@ def test_failing_candidates_fail_their_trials_not_the_study(tmp_path, fast_profi
     assert front_frame(profile.study).empty
 
 
-def test_ui_serves_the_store_on_localhost(finished) -> None:
+@pytest.fixture()
+def ui_server(finished):
+    """`tightfit ui` on a free localhost port; yields (base URL, printed lines)."""
     import os
     import signal
     import socket
@@ -142,7 +144,7 @@ def test_ui_serves_the_store_on_localhost(finished) -> None:
     import time
     import urllib.request
 
-    config, outcome, _ = finished
+    _, outcome, _ = finished
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -162,20 +164,69 @@ def test_ui_serves_the_store_on_localhost(finished) -> None:
         text=True,
         start_new_session=True,  # the server's workers are killed with their process group
     )
+    base = f"http://127.0.0.1:{port}"
     try:
-        body = ""
         for _ in range(120):
             try:
-                url = f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name=e2e"
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    body = r.read().decode()
-                break
+                with urllib.request.urlopen(f"{base}/health", timeout=2):
+                    break
             except OSError:
                 time.sleep(0.5)
-        assert '"name": "e2e"' in body or '"name":"e2e"' in body
+        yield base, proc
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        proc.communicate(timeout=60)
+
+
+def test_ui_serves_the_search_with_its_view(ui_server, finished) -> None:
+    import urllib.request
+
+    base, proc = ui_server
+    url = f"{base}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name=e2e"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        experiment = json.loads(r.read())["experiment"]
+    tags = {t["key"]: t["value"] for t in experiment["tags"]}
+    view = json.loads(tags["mlflow.sharedViewState.tightfit-pareto"])
+    state = json.loads(view["state"])
+    assert {c["type"] for c in state["compareRunCharts"]} == {"SCATTER", "PARALLEL"}
+    first_line = proc.stdout.readline()
     assert (
-        f"http://127.0.0.1:{port}/#/experiments/" in out and "workflowType=machine_learning" in out
+        f"{base}/#/experiments/{experiment['experiment_id']}/runs?viewStateShareKey=tightfit-pareto"
+        in first_line
     )
+
+
+def test_browser_shows_the_accuracy_latency_chart(ui_server, finished, tmp_path) -> None:
+    """Headless Chromium renders the view: the front's chart and the trial runs are on the page."""
+    import os
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail(
+                "chromium is missing: the test set-up (make test) installs Debian's chromium"
+            )
+        pytest.skip("chromium is not installed (make test installs it)")
+    base, proc = ui_server
+    url = proc.stdout.readline().split(" at ", 1)[1].split()[0]
+    assert url.startswith(base)
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1600,1000", "--virtual-time-budget=30000",
+    ]  # fmt: skip
+    shot = tmp_path / "front.png"
+    subprocess.run(
+        [chromium, *flags, f"--screenshot={shot}", url], capture_output=True, timeout=180
+    )
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=180
+    ).stdout
+    assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+    assert "Pareto front (red), feasible (blue)" in dom  # the section of the saved view
+    assert "latency_ms vs. accuracy" in dom  # the scatter card (the UI titles it by its axes)
+    assert "Parallel Coordinates" in dom
+    assert "cpu-ort-fast-trial-0000" in dom  # the trial runs are listed
+    assert "cpu-ort-fast-pareto-front" not in dom  # the summary run is filtered out of the chart

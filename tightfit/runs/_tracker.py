@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tightfit.exceptions import WorkdirError
+from tightfit.runs import _mlflow_view as view
 
 TAG_SEARCH = "tightfit.search"
 TAG_PROFILE = "tightfit.profile"
@@ -42,7 +43,13 @@ def _quiet() -> None:
 class Tracker:
     """Writes a search's runs to the MLflow store in its work directory (or a given URI)."""
 
-    def __init__(self, workdir: Path, search: str, uri: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        search: str,
+        uri: str | None = None,
+        objectives: list[str] | None = None,
+    ) -> None:
         _quiet()
         from mlflow import MlflowClient
 
@@ -63,13 +70,17 @@ class Tracker:
             raise WorkdirError(f"cannot open the MLflow store at {self.uri}: {e}") from e
         self._runs: dict[tuple[str, int], str] = {}
         self._pareto: dict[str, bool] = {}
+        self._feasible: dict[str, bool] = {}
         self._load_existing()
+        if objectives:
+            self.client.set_experiment_tag(self.experiment_id, *view.view_tag(objectives))
 
     def _load_existing(self) -> None:
         for run in self._search(f"tags.`{TAG_KIND}` = 'trial'"):
             key = (run.data.tags[TAG_PROFILE], int(run.data.tags[TAG_TRIAL]))
             self._runs[key] = run.info.run_id
             self._pareto[run.info.run_id] = run.data.tags.get(TAG_PARETO) == "true"
+            self._feasible[run.info.run_id] = run.data.tags.get(TAG_FEASIBLE) == "true"
 
     def _search(self, query: str) -> list[Any]:
         runs: list[Any] = []
@@ -84,7 +95,8 @@ class Tracker:
                 return runs
 
     def ui_url(self, host: str = "127.0.0.1", port: int = 5000) -> str:
-        return f"http://{host}:{port}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
+        """The runs page of this search, opened on the Pareto chart view."""
+        return view.view_url(f"http://{host}:{port}", self.experiment_id)
 
     def run_id(self, profile: str, trial: int) -> str | None:
         return self._runs.get((profile, trial))
@@ -133,6 +145,9 @@ class Tracker:
             tags.append(RunTag(TAG_ERROR, error[:5000]))
         if feasible is not None:
             tags.append(RunTag(TAG_FEASIBLE, str(feasible).lower()))
+        self._feasible[run_id] = bool(feasible)
+        color = view.COLORS["feasible" if feasible else "infeasible"]
+        tags.append(RunTag(view.COLOR_TAG, color))
         self.client.log_batch(
             run_id,
             metrics=[Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())],
@@ -150,10 +165,20 @@ class Tracker:
             on_front = trial in front_trials
             if self._pareto.get(run_id) != on_front:
                 self.client.set_tag(run_id, TAG_PARETO, str(on_front).lower())
+                color = (
+                    "pareto"
+                    if on_front
+                    else "feasible"
+                    if self._feasible.get(run_id)
+                    else "infeasible"
+                )
+                self.client.set_tag(run_id, view.COLOR_TAG, view.COLORS[color])
                 self._pareto[run_id] = on_front
 
     def summary_run(self, profile: str) -> str:
-        found = self._search(f"tags.`{TAG_KIND}` = 'summary' and tags.`{TAG_PROFILE}` = '{profile}'")
+        found = self._search(
+            f"tags.`{TAG_KIND}` = 'summary' and tags.`{TAG_PROFILE}` = '{profile}'"
+        )
         if found:
             return found[0].info.run_id
         run = self.client.create_run(

@@ -73,7 +73,9 @@ def _resolve_profile(config: SearchConfig, name: str | None) -> HardwareProfile:
     for p in profiles:
         if name in (p.name, str(p)):
             return p
-    raise TightfitError(f"--profile '{name}' is not a profile of this search (it has: {', '.join(p.name for p in profiles)})")
+    raise TightfitError(
+        f"--profile '{name}' is not a profile of this search (it has: {', '.join(p.name for p in profiles)})"
+    )
 
 
 def _pick(study: Any, objectives: list[str], pick: str) -> list[int]:
@@ -82,22 +84,30 @@ def _pick(study: Any, objectives: list[str], pick: str) -> list[int]:
     front = front_frame(study)
     if pick == "knee":
         if front.empty:
-            raise TightfitError("the search has no feasible Pareto point yet; run more trials or relax the constraints")
+            raise TightfitError(
+                "the search has no feasible Pareto point yet; run more trials or relax the constraints"
+            )
         return [knee(front, objectives)]
     if pick == "all":
         if front.empty:
-            raise TightfitError("the search has no feasible Pareto point yet; run more trials or relax the constraints")
+            raise TightfitError(
+                "the search has no feasible Pareto point yet; run more trials or relax the constraints"
+            )
         return [int(t) for t in front["trial"]]
     if not pick.isdigit():
         raise TightfitError(f"--pick must be 'knee', 'all' or a trial number, got '{pick}'")
     number = int(pick)
     complete = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     if number not in complete:
-        raise TightfitError(f"trial {number} is not a complete trial of this search; see 'tightfit pareto'")
+        raise TightfitError(
+            f"trial {number} is not a complete trial of this search; see 'tightfit pareto'"
+        )
     return [number]
 
 
-def export(workdir: Path, pick: str = "knee", out: Path = Path("engines"), profile: str | None = None) -> list[ExportResult]:
+def export(
+    workdir: Path, pick: str = "knee", out: Path = Path("engines"), profile: str | None = None
+) -> list[ExportResult]:
     """Replay the picked trials of ``workdir``'s search into ``out``; re-measure each."""
     workdir = Path(workdir).resolve()
     config = load_workdir_config(workdir)
@@ -108,7 +118,16 @@ def export(workdir: Path, pick: str = "knee", out: Path = Path("engines"), profi
     ws = workspace(setup)
     base_bytes = ws.baseline_onnx.read_bytes()
     shapes, dtypes = ws.input_spec()
-    reference = measure(hw, base_bytes, base_bytes, shapes, dtypes, None, config.seed, rounds=hw.measurement.rounds * 3)
+    reference = measure(
+        hw,
+        base_bytes,
+        base_bytes,
+        shapes,
+        dtypes,
+        None,
+        config.seed,
+        rounds=hw.measurement.rounds * 3,
+    )
     ref_ms = reference.baseline_median_ms
     results = []
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -138,7 +157,10 @@ def export(workdir: Path, pick: str = "knee", out: Path = Path("engines"), profi
             "profile": hw.model_dump(mode="json"),
             "metrics_logged": logged,
             "metrics_measured": measured,
-            "baseline": {"accuracy": study.user_attrs["baseline_accuracy"], "latency_ms_now": ref_ms},
+            "baseline": {
+                "accuracy": study.user_attrs["baseline_accuracy"],
+                "latency_ms_now": ref_ms,
+            },
             "latency": latency.model_dump(mode="json"),
             "report": built.report,
             "libraries": library_versions(),

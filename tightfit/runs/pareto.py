@@ -123,7 +123,9 @@ def front_figure_png(frame: pd.DataFrame, path: Path, title: str) -> Path:
     infeasible = done[~done["feasible"]]
     feasible = done[done["feasible"] & ~done["pareto"]]
     front = done[done["pareto"]].sort_values("latency_ms")
-    ax.scatter(infeasible["latency_ms"], infeasible["accuracy"], c="#cccccc", s=18, label="infeasible")
+    ax.scatter(
+        infeasible["latency_ms"], infeasible["accuracy"], c="#cccccc", s=18, label="infeasible"
+    )
     ax.scatter(feasible["latency_ms"], feasible["accuracy"], c="#6b8fbf", s=22, label="feasible")
     ax.plot(front["latency_ms"], front["accuracy"], "-o", c="#d62728", ms=6, label="Pareto front")
     base = done[done["baseline"]]

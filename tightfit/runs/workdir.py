@@ -75,7 +75,11 @@ def prepare_workdir(config: SearchConfig) -> Path:
         atomic_write(
             identity,
             json.dumps(
-                {"name": config.name, "fingerprint": config.fingerprint(), "config": config.model_dump(mode="json")},
+                {
+                    "name": config.name,
+                    "fingerprint": config.fingerprint(),
+                    "config": config.model_dump(mode="json"),
+                },
                 indent=2,
             ),
         )
@@ -86,6 +90,8 @@ def load_workdir_config(workdir: Path) -> SearchConfig:
     """The config a work directory was created with (for export, pareto and ui)."""
     identity = Path(workdir) / IDENTITY
     if not identity.exists():
-        raise WorkdirError(f"'{workdir}' is not a tightfit work directory (no {IDENTITY}); run 'tightfit search' first")
+        raise WorkdirError(
+            f"'{workdir}' is not a tightfit work directory (no {IDENTITY}); run 'tightfit search' first"
+        )
     stored: dict[str, Any] = json.loads(identity.read_text())
     return config_from_dict(stored["config"], source=str(identity))

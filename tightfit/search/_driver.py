@@ -74,7 +74,7 @@ ProgressHook = Callable[[str, int, int, int, float | None], None]
 def run_search(config: SearchConfig, progress: ProgressHook | None = None) -> SearchOutcome:
     """Run (or resume) the whole search; return the front of every profile."""
     workdir = prepare_workdir(config)
-    tracker = Tracker(workdir, config.name)
+    tracker = Tracker(workdir, config.name, objectives=list(config.objectives))
     outcome = SearchOutcome(config=config, workdir=workdir, ui_url=tracker.ui_url())
     for profile in config.hardware_profiles():  # model, data and export errors before Ray starts
         workspace(Setup(config=config, profile=profile, cache_dir=str(workdir / "cache")))
