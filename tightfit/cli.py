@@ -96,7 +96,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             f"{p.n_complete} trials, {p.n_failed} failed; front figure: {p.summary_dir / 'front.html'}"
         )
     console.print(
-        f"MLflow: run [bold]tightfit ui --workdir {outcome.workdir}[/] and open {outcome.ui_url}"
+        f"MLflow: run [bold]tightfit ui --workdir {outcome.workdir}[/] and open {outcome.ui_url}",
+        soft_wrap=True,  # a wrapped link cannot be copied
     )
     return 0
 
