@@ -92,3 +92,29 @@ def test_fingerprint_ignores_budget_but_not_space(tmp_path: Path) -> None:
     a = load_config(write(tmp_path, MINIMAL))
     assert a.fingerprint() == load_config(write(tmp_path, MINIMAL + "n_trials: 7\n")).fingerprint()
     assert a.fingerprint() != load_config(write(tmp_path, MINIMAL + "seed: 3\n")).fingerprint()
+
+
+def test_unknown_field_lists_the_valid_ones(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, MINIMAL + "space: {distill: {}}\n"))
+    assert str(err.value).endswith(
+        "space.distill is not a known field (valid: prune, lowrank, quantize)"
+    )
+    with pytest.raises(ConfigError, match="n_trails is not a known field; did you mean 'n_trials'"):
+        load_config(write(tmp_path, MINIMAL + "n_trails: 3\n"))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "mlflow: {tracking_uri: 'https://alice:s3cret@mlflow.example.com'}\n",
+        "mlflow: {tracking_uri: 'https://mlflow.example.com/?token=abc123'}\n",
+        "ray: {address: 'ray://bob:hunter2@head:10001'}\n",
+    ],
+)
+def test_credentials_in_uris_are_refused_and_not_echoed(tmp_path: Path, extra: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, MINIMAL + extra))
+    msg = str(err.value)
+    assert "must not hold credentials" in msg and "***" in msg
+    assert "s3cret" not in msg and "abc123" not in msg and "hunter2" not in msg

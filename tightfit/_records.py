@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,12 +30,32 @@ def field_path(loc: Sequence[int | str]) -> str:
             out += f"[{part}]"
         elif part.startswith(("function-", "union[", "literal[", "list[", "dict[")):
             continue  # pydantic's internal validator names, not user fields
+        elif not part.isidentifier():
+            out += f"[{part!r}]"  # a key that is no name: quote it so the path stays readable
         else:
             out += f".{part}" if out else part
     return out or "(top level)"
 
 
-def describe_validation_error(source: str, err: ValidationError, limit: int = 5) -> str:
+def _fields_at(root: type[BaseModel] | None, loc: Sequence[int | str]) -> list[str]:
+    """The field names of the record found at ``loc`` inside ``root`` (for "valid: ..." hints)."""
+    model: Any = root
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        annotation = field.annotation if field is not None else None
+        model = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else None
+        )
+    return list(getattr(model, "model_fields", {})) if model is not None else []
+
+
+def describe_validation_error(
+    source: str, err: ValidationError, limit: int = 5, root: type[BaseModel] | None = None
+) -> str:
     """One message per problem, each ``<source>: <field> <what is wrong>``."""
     lines = []
     for item in err.errors()[:limit]:
@@ -44,7 +65,14 @@ def describe_validation_error(source: str, err: ValidationError, limit: int = 5)
             msg = msg[len("Value error, ") :]
         got = item.get("input")
         if item["type"] == "extra_forbidden":
-            msg = "is not a known field (check its spelling)"
+            valid = _fields_at(root, item["loc"][:-1])
+            close = difflib.get_close_matches(str(item["loc"][-1]), valid, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            msg = (
+                f"is not a known field{hint} (valid: {', '.join(valid)})"
+                if valid
+                else "is not a known field"
+            )
         elif item["type"] == "missing":
             msg = "is required"
         elif got is not None and "got" not in msg and not isinstance(got, dict):

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tightfit._secrets import RedactingFilter
 from tightfit.exceptions import TightfitError
 
 log = logging.getLogger("tightfit")
@@ -31,6 +32,7 @@ def _setup_logging(workdir: Path | None) -> None:
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(workdir / "tightfit.log")
+        handler.addFilter(RedactingFilter())
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
 
@@ -163,9 +165,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     workdir = Path(args.workdir).resolve()
     config = load_workdir_config(workdir)
-    url = Tracker(workdir, config.name, objectives=list(config.objectives)).ui_url(
-        args.host, args.port
-    )
+    remote = config.mlflow.tracking_uri
+    if remote and remote.startswith(("http://", "https://")):
+        tracker = Tracker(workdir, config.name, uri=remote)
+        print(
+            f"search '{config.name}' logs to the tracking server {remote}: open {tracker.ui_url()}"
+        )
+        return 0
+    tracker = Tracker(workdir, config.name, objectives=list(config.objectives))
+    url = tracker.ui_url(f"http://{args.host}:{args.port}")
     # One worker and no job runner: 0.5 GB and 8 s to start instead of 2.3 GB and 17 s.
     cmd = [
         sys.executable, "-m", "mlflow", "server",

@@ -16,6 +16,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tightfit._records import Record, describe_validation_error
+from tightfit._secrets import has_secret, redact
 from tightfit.exceptions import ConfigError
 from tightfit.hardware_profiles import HardwareProfile, get_profile
 from tightfit.hardware_profiles._profile import _yaml_where
@@ -116,9 +117,36 @@ class SamplerSpec(Record):
     population_size: int = Field(20, ge=2, description="NSGA-II population")
 
 
+def _no_credentials(value: str | None, variables: str) -> str | None:
+    if value is not None and has_secret(value):
+        raise ValueError(
+            f"must not hold credentials (got {redact(value)!r}); give them through {variables} "
+            "so they never reach configs, logs or MLflow"
+        )
+    return value
+
+
 class RaySpec(Record):
     address: str | None = Field(None, description="None: start a local Ray in the driver")
     num_cpus: int | None = Field(None, ge=1, description="local Ray CPUs; None: all cores")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        return _no_credentials(v, "RAY_AUTH_TOKEN or your cluster's auth")
+
+
+class MlflowSpec(Record):
+    tracking_uri: str | None = Field(
+        None, description="None: sqlite:///<workdir>/mlflow.db; or a tracking server URL"
+    )
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _uri(cls, v: str | None) -> str | None:
+        return _no_credentials(
+            v, "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN"
+        )
 
 
 class SearchConfig(Record):
@@ -141,6 +169,7 @@ class SearchConfig(Record):
     )
     workdir: str | None = Field(None, description="default: runs/<name>/")
     ray: RaySpec = Field(default_factory=RaySpec)
+    mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
 
     @field_validator("objectives")
     @classmethod
@@ -171,7 +200,8 @@ class SearchConfig(Record):
     def fingerprint(self) -> str:
         """Hash of what decides the search's results (not n_trials, concurrency, or timeouts)."""
         keep = self.model_dump(
-            mode="json", exclude={"n_trials", "concurrency", "trial_timeout_s", "workdir", "ray"}
+            mode="json",
+            exclude={"n_trials", "concurrency", "trial_timeout_s", "workdir", "ray", "mlflow"},
         )
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -209,7 +239,7 @@ def config_from_dict(
     try:
         config = SearchConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(describe_validation_error(source, e)) from None
+        raise ConfigError(describe_validation_error(source, e, root=SearchConfig)) from None
     resolved = []
     for i, name in enumerate(config.profiles):
         try:

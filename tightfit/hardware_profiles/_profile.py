@@ -99,7 +99,7 @@ class HardwareProfile(Record):
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
-            raise ConfigError(describe_validation_error(str(path), e)) from None
+            raise ConfigError(describe_validation_error(str(path), e, root=cls)) from None
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -94,9 +94,11 @@ class Tracker:
             if not token:
                 return runs
 
-    def ui_url(self, host: str = "127.0.0.1", port: int = 5000) -> str:
+    def ui_url(self, base: str = "http://127.0.0.1:5000") -> str:
         """The runs page of this search, opened on the Pareto chart view."""
-        return view.view_url(f"http://{host}:{port}", self.experiment_id)
+        if self.uri.startswith(("http://", "https://")):
+            base = self.uri.rstrip("/")
+        return view.view_url(base, self.experiment_id)
 
     def run_id(self, profile: str, trial: int) -> str | None:
         return self._runs.get((profile, trial))

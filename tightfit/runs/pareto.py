@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+from tightfit.runs.workdir import atomic_write
 
 if TYPE_CHECKING:
     import optuna
@@ -107,8 +110,7 @@ def front_figure_html(study: optuna.Study, path: Path) -> Path:
         target_names=["latency_ms", "accuracy"],
     )
     fig.update_layout(title=f"Pareto front: {study.study_name}")
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
-    return path
+    return atomic_write(path, fig.to_html(include_plotlyjs=True, full_html=True))
 
 
 def front_figure_png(frame: pd.DataFrame, path: Path, title: str) -> Path:
@@ -136,6 +138,7 @@ def front_figure_png(frame: pd.DataFrame, path: Path, title: str) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
-    return path
+    return atomic_write(path, buffer.getvalue())

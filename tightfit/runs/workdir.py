@@ -25,9 +25,22 @@ IDENTITY = "search.json"
 
 
 def atomic_write(path: Path, data: bytes | str) -> Path:
-    """Write ``path`` through a temporary file and a rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``path`` through a temporary file and a rename: readers never see half a file.
+
+    A failed write (disk full, read-only folder) leaves the old file as it was and raises
+    WorkdirError naming the path and the reason.
+    """
     raw = data.encode() if isinstance(data, str) else data
+    try:
+        return _atomic_write(path, raw)
+    except OSError as e:
+        raise WorkdirError(
+            f"cannot write '{path}': {e.strerror or e}; free some space or choose a writable folder"
+        ) from e
+
+
+def _atomic_write(path: Path, raw: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     umask = os.umask(0)
     os.umask(umask)

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from tightfit.config import SearchConfig
 from tightfit.evaluators import evaluate_accuracy, size_mb
-from tightfit.exceptions import WorkdirError
+from tightfit.exceptions import ConfigError, WorkdirError
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.runs import pareto
 from tightfit.runs._tracker import Tracker
@@ -74,7 +74,9 @@ ProgressHook = Callable[[str, int, int, int, float | None], None]
 def run_search(config: SearchConfig, progress: ProgressHook | None = None) -> SearchOutcome:
     """Run (or resume) the whole search; return the front of every profile."""
     workdir = prepare_workdir(config)
-    tracker = Tracker(workdir, config.name, objectives=list(config.objectives))
+    tracker = Tracker(
+        workdir, config.name, uri=config.mlflow.tracking_uri, objectives=list(config.objectives)
+    )
     outcome = SearchOutcome(config=config, workdir=workdir, ui_url=tracker.ui_url())
     for profile in config.hardware_profiles():  # model, data and export errors before Ray starts
         workspace(Setup(config=config, profile=profile, cache_dir=str(workdir / "cache")))
@@ -140,6 +142,8 @@ class _ProfileSearch:
             "latency_ms": self.study.user_attrs["baseline_latency_ms"],
             "size_mb": self.study.user_attrs["baseline_size_mb"],
         }
+        if self.config.constraints.max_latency_ms is not None and "fastest_latency_ms" not in attrs:
+            self._check_latency_constraint()
         for number in recover_interrupted(self.study):
             self.tracker.mark_interrupted(
                 self.profile.name, number, "driver stopped; trial enqueued again"
@@ -164,6 +168,31 @@ class _ProfileSearch:
         study.set_user_attr("baseline_size_mb", size_mb(self.ws.baseline_onnx))
         study.set_user_attr("baseline_latency_ms", latency.baseline_median_ms)
         study.set_user_attr("environment", latency.environment)
+
+    def _check_latency_constraint(self) -> None:
+        """Stop early when no candidate of the space can meet ``max_latency_ms``.
+
+        The most compressed candidate (every unit at its strongest level) bounds what the search
+        can reach; it is measured once, before the first trial.
+        """
+        import ray
+
+        strongest = self.space.uniform(prune_ratio=0.99, rank_fraction=0.0, bits=8)
+        try:
+            one = ray.get(self.compress_remote.remote(self.setup, strongest))
+            latency = ray.get(self._measure_task(one.onnx, self.baseline["latency_ms"]))
+        except Exception as e:
+            log.warning("could not measure the most compressed candidate: %s", _ray.error_text(e))
+            return
+        limit = self.config.constraints.max_latency_ms
+        assert limit is not None
+        if latency.latency_ms > limit:
+            raise ConfigError(
+                f"constraints.max_latency_ms = {limit:g} ms cannot be met on {self.profile.name}: the "
+                f"most compressed candidate of this space measures {latency.latency_ms:.3f} ms "
+                f"(baseline {self.baseline['latency_ms']:.3f} ms); raise the limit or widen the space"
+            )
+        self.study.set_user_attr("fastest_latency_ms", latency.latency_ms)
 
     def _enqueue_seeds(self) -> None:
         s = self.space
