@@ -1,0 +1,90 @@
+"""Ctrl-C: the search stops cleanly, marks in-flight trials, and the same command resumes it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from tightfit.config import load_config
+from tightfit.search._study import ATTR_INTERRUPTED, load_study
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def _complete(config, workdir: Path) -> int:
+    try:
+        study = load_study(config, "cpu-ort-fast", workdir)
+    except Exception:  # the study does not exist yet
+        return 0
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def test_sigint_then_rerun_finishes_every_trial(tmp_path: Path, fast_profile_file: Path) -> None:
+    workdir = tmp_path / "work"
+    path = tmp_path / "search.yaml"
+    path.write_text(
+        "name: ctrlc\n"
+        "model: {callable: digits-cnn, kwargs: {width: 8, epochs: 2}}\n"
+        "data: {callable: digits}\n"
+        "space: {prune: {ratios: [0.0, 0.25, 0.5]}, lowrank: {rank_fractions: [0.5]}}\n"
+        f"profiles: ['{fast_profile_file}']\n"
+        f"workdir: '{workdir}'\n"
+        "n_trials: 9\nconcurrency: 2\nn_uniform_seeds: 2\nray: {num_cpus: 2}\n"
+    )
+    config = load_config(path)
+    cmd = [sys.executable, "-m", "tightfit.cli", "search", str(path)]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 300
+    while _complete(config, workdir) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert proc.poll() is None, "the search ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err
+    assert "rerun the same command to resume" in err and "Traceback" not in err
+
+    study = load_study(config, "cpu-ort-fast", workdir)
+    assert not study.get_trials(states=(TrialState.RUNNING,))  # nothing left dangling
+    interrupted = [
+        t for t in study.get_trials(states=(TrialState.FAIL,)) if t.user_attrs.get(ATTR_INTERRUPTED)
+    ]
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ctrlc")
+    runs = client.search_runs([experiment.experiment_id])
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    for t in interrupted:
+        [run] = [r for r in runs if r.data.tags.get("tightfit.trial") == str(t.number)] or [None]
+        assert run is None or run.data.tags["tightfit.status"] == "interrupted"
+
+    rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    study = load_study(config, "cpu-ort-fast", workdir)
+    counted = [
+        t
+        for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.FAIL))
+        if not t.user_attrs.get(ATTR_INTERRUPTED)
+    ]
+    assert len(counted) == 9
+    trial_runs = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`tightfit.kind` = 'trial'", max_results=1000
+    )
+    numbers = [int(r.data.tags["tightfit.trial"]) for r in trial_runs]
+    assert len(numbers) == len(set(numbers))  # one run per trial, none duplicated
+    assert set(numbers) >= {t.number for t in counted}
+    summary = workdir / "summary" / "cpu-ort-fast"
+    assert len(pd.read_csv(summary / "trials.csv")) == len(counted) + len(interrupted)
+    assert not pd.read_csv(summary / "front.csv").empty
+    json.loads((summary / "space.json").read_text())
+    assert not list(summary.glob(".*"))  # no half-written temporaries
