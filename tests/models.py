@@ -81,3 +81,13 @@ def unexportable() -> nn.Module:
 
 def not_a_module() -> str:
     return "not a model"
+
+
+def broken_model() -> nn.Module:
+    raise RuntimeError("weights file is corrupt")
+
+
+def wrong_length_targets() -> dict:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((10, 1, 16, 16)).astype(np.float32)
+    return {"calibration": x, "validation": x, "targets": np.zeros(7, dtype=np.int64)}

@@ -94,3 +94,52 @@ def test_profiles_list_and_show() -> None:
     shown = tightfit("profiles", "show", "cpu-ort")
     assert shown.returncode == 0 and "intra_op_threads: 2" in shown.stdout
     assert_user_error(tightfit("profiles", "show", "nope"), "unknown hardware profile 'nope'")
+
+
+def test_model_callable_that_fails(tmp_path: Path) -> None:
+    path = config(
+        tmp_path,
+        "name: t\nmodel: {callable: 'tests.models:broken_model'}\ndata: {callable: digits}\n",
+    )
+    assert_user_error(
+        tightfit("search", path),
+        "model.callable 'tests.models:broken_model' failed",
+        "weights file is corrupt",
+    )
+
+
+def test_data_of_the_wrong_shape(tmp_path: Path) -> None:
+    path = config(
+        tmp_path,
+        "name: t\nmodel: {callable: 'tests.models:tiny_resnet'}\ndata: {callable: 'tests.models:wrong_length_targets'}\n",
+    )
+    assert_user_error(
+        tightfit("search", path), "targets has 7 entries but validation has [10] samples"
+    )
+
+
+def test_data_that_does_not_fit_the_model(tmp_path: Path) -> None:
+    path = config(
+        tmp_path, "name: t\nmodel: {callable: 'tests.models:token_mlp'}\ndata: {callable: digits}\n"
+    )
+    assert_user_error(tightfit("search", path), "fails on the data's inputs [(2, 1, 16, 16)]")
+
+
+def test_impossible_latency_limit(tmp_path: Path, fast_profile_file: Path) -> None:
+    path = config(
+        tmp_path,
+        "name: t\nmodel: {callable: 'tests.models:tiny_resnet'}\ndata: {callable: digits}\n"
+        f"profiles: ['{fast_profile_file}']\nconstraints: {{max_latency_ms: 0.000001}}\nray: {{num_cpus: 2}}\n",
+    )
+    assert_user_error(
+        tightfit("search", path),
+        "constraints.max_latency_ms = 1e-06 ms cannot be met on cpu-ort-fast",
+    )
+
+
+def test_workdir_of_another_search(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "search.json").write_text('{"name": "someone-else", "fingerprint": "x", "config": {}}')
+    path = config(tmp_path, "name: t\nmodel: {callable: digits-cnn}\ndata: {callable: digits}\n")
+    assert_user_error(tightfit("search", path), "belongs to search 'someone-else'")

@@ -134,7 +134,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from tightfit.runs.export import export
 
-    results = export(Path(args.workdir), pick=args.pick, out=Path(args.out), profile=args.profile)
+    results = export(
+        Path(args.workdir),
+        pick=args.pick,
+        out=Path(args.out),
+        profile=args.profile,
+        register=args.register,
+    )
     console = _console()
     table = Table(title="exported engines: logged vs re-measured")
     for c in [
@@ -154,6 +160,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"{r.measured['speedup']:.2f}x",
         )
     console.print(table)
+    for r in results:
+        if r.registered:
+            console.print(f"trial {r.trial} registered: {r.registered}", soft_wrap=True)
     return 0
 
 
@@ -224,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pick", default="knee", help="knee | all | a trial number")
     p.add_argument("--out", required=True)
     p.add_argument("--profile", default=None, help="which profile's front (default: the first)")
+    p.add_argument(
+        "--register",
+        action="store_true",
+        help="also register the engines in the MLflow Model Registry (aliases: knee, trial-N)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("ui", help="start the MLflow UI for a work directory on 127.0.0.1")

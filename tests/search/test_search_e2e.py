@@ -103,6 +103,28 @@ def test_export_knee_loads_in_a_fresh_session(finished, tmp_path) -> None:
     assert result.measured["latency_ms"] > 0
 
 
+def test_export_register_makes_the_knee_pullable_by_alias(finished, tmp_path) -> None:
+    import mlflow
+
+    config, outcome, _ = finished
+    [result] = export(outcome.workdir, pick="knee", out=tmp_path / "engines", register=True)
+    assert result.registered == "models:/e2e-cpu-ort-fast@knee"
+    uri = f"sqlite:///{outcome.workdir / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    version = client.get_model_version_by_alias("e2e-cpu-ort-fast", "knee")
+    assert version.tags["tightfit.trial"] == str(result.trial)
+    assert version.tags["tightfit.profile"] == "cpu-ort-fast"
+    assert version.tags["sha256"] == sha256(result.path)
+    mlflow.set_registry_uri(uri)
+    pulled = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri="models:/e2e-cpu-ort-fast@knee", dst_path=str(tmp_path / "pulled")
+        )
+    )
+    assert sha256(pulled / "model.onnx") == sha256(result.path)
+    assert json.loads((pulled / "manifest.json").read_text())["trial"] == result.trial
+
+
 def test_rerun_resumes_to_more_trials(finished) -> None:
     config, outcome, _ = finished
     more = config.model_copy(update={"n_trials": 8})

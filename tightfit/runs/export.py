@@ -12,7 +12,7 @@ import json
 import platform
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ class ExportResult:
     manifest: Path
     logged: dict[str, float]
     measured: dict[str, float]
+    registered: str | None = None  # "models:/<name>@<alias>" when registered
 
     @property
     def latency_change(self) -> float:
@@ -105,8 +106,62 @@ def _pick(study: Any, objectives: list[str], pick: str) -> list[int]:
     return [number]
 
 
+def registered_model_name(config: SearchConfig, profile: HardwareProfile) -> str:
+    return f"{config.name}-{profile.name}"
+
+
+def _register(
+    results: list[ExportResult], workdir: Path, config: SearchConfig, hw: HardwareProfile, pick: str
+) -> list[ExportResult]:
+    """Register each engine in the MLflow Model Registry, aliased ``trial-N`` (and ``knee``).
+
+    The engine folder (model.onnx + manifest.json) is logged to the trial's own run, and the
+    version's tags carry the profile and the re-measured metrics, so a deployment pipeline
+    can pull ``models:/<search>-<profile>@knee`` without knowing trial numbers.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from tightfit.runs._tracker import Tracker
+
+    tracker = Tracker(workdir, config.name, uri=config.mlflow.tracking_uri)
+    client = tracker.client
+    name = registered_model_name(config, hw)
+    try:
+        client.create_registered_model(
+            name,
+            tags={"tightfit.search": config.name, "tightfit.profile": hw.name},
+            description=f"Engines exported by tightfit from search '{config.name}' for profile '{hw.name}'.",
+        )
+    except MlflowException as e:
+        if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+            raise
+    out = []
+    for r in results:
+        run_id = tracker.run_id(hw.name, r.trial)
+        if run_id is None:
+            raise TightfitError(f"trial {r.trial} has no MLflow run to attach its engine to")
+        client.log_artifacts(run_id, str(r.path.parent), artifact_path="engine")
+        source = f"{client.get_run(run_id).info.artifact_uri}/engine"
+        tags = {
+            "tightfit.profile": hw.name,
+            "tightfit.trial": str(r.trial),
+            "sha256": sha256(r.path),
+            **{f"metric.{k}": f"{v:.6g}" for k, v in r.measured.items()},
+        }
+        version = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+        aliases = [f"trial-{r.trial}"] + (["knee"] if pick == "knee" else [])
+        for alias in aliases:
+            client.set_registered_model_alias(name, alias, version.version)
+        out.append(replace(r, registered=f"models:/{name}@{aliases[-1]}"))
+    return out
+
+
 def export(
-    workdir: Path, pick: str = "knee", out: Path = Path("engines"), profile: str | None = None
+    workdir: Path,
+    pick: str = "knee",
+    out: Path = Path("engines"),
+    profile: str | None = None,
+    register: bool = False,
 ) -> list[ExportResult]:
     """Replay the picked trials of ``workdir``'s search into ``out``; re-measure each."""
     workdir = Path(workdir).resolve()
@@ -169,7 +224,7 @@ def export(
         }
         path = atomic_write(target / "manifest.json", json.dumps(manifest, indent=2, default=str))
         results.append(ExportResult(number, engine, path, logged, measured))
-    return results
+    return _register(results, workdir, config, hw, pick) if register else results
 
 
 def profile_name(spec: str) -> str:
