@@ -252,3 +252,9 @@ def test_browser_shows_the_accuracy_latency_chart(ui_server, finished, tmp_path)
     assert "Parallel Coordinates" in dom
     assert "cpu-ort-fast-trial-0000" in dom  # the trial runs are listed
     assert "cpu-ort-fast-pareto-front" not in dom  # the summary run is filtered out of the chart
+    table_url = url.replace("compareRunsMode=CHART", "compareRunsMode=TABLE")
+    table = subprocess.run(
+        [chromium, *flags, "--dump-dom", table_url], capture_output=True, text=True, timeout=180
+    ).stdout
+    for column in ("accuracy", "latency_ms", "speedup", "size_mb", "tightfit.pareto"):
+        assert f">{column}<" in table, column  # the objectives are columns of the runs table

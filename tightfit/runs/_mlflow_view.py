@@ -42,6 +42,8 @@ def view_state(objectives: list[str]) -> dict[str, object]:
         "orderByKey": f"metrics.`{x}`",
         "orderByAsc": True,
         "runsHiddenMode": "SHOW_ALL",
+        "selectedColumns": [f"metrics.`{m}`" for m in metrics]
+        + ["tags.`tightfit.pareto`", "tags.`tightfit.feasible`", "tags.`tightfit.status`"],
         "hideEmptyCharts": True,
         "compareRunSections": [
             {
