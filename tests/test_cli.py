@@ -44,6 +44,31 @@ def test_bad_config(tmp_path: Path) -> None:
     assert_user_error(tightfit("search", path), "space.prune.ratios[2] must be in [0, 1), got 1.5")
 
 
+def test_malformed_yaml(tmp_path: Path) -> None:
+    path = config(tmp_path, "name: t\nmodel: {callable: digits-cnn\n")
+    assert_user_error(tightfit("search", path), "not valid YAML", "line")
+
+
+def test_wrong_type(tmp_path: Path) -> None:
+    path = config(
+        tmp_path,
+        "name: t\nmodel: {callable: digits-cnn}\ndata: {callable: digits}\nn_trials: lots\n",
+    )
+    assert_user_error(
+        tightfit("search", path), "n_trials input should be a valid integer", "got 'lots'"
+    )
+
+
+def test_unknown_sampler_and_kernel(tmp_path: Path) -> None:
+    body = "name: t\nmodel: {callable: digits-cnn}\ndata: {callable: digits}\n"
+    result = tightfit("search", config(tmp_path, body + "sampler: {name: cmaes}\n"))
+    assert_user_error(result, "sampler.name input should be 'tpe', 'nsga2' or 'random'")
+    result = tightfit("search", config(tmp_path, body + "space: {distill: {}}\n"))
+    assert_user_error(
+        result, "space.distill is not a known field (valid: prune, lowrank, quantize)"
+    )
+
+
 def test_unknown_profile(tmp_path: Path) -> None:
     path = config(
         tmp_path,

@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from tightfit.config import load_config
+from tightfit.runs.export import sha256
 from tightfit.search._study import ATTR_INTERRUPTED, load_study
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,3 +89,24 @@ def test_sigint_then_rerun_finishes_every_trial(tmp_path: Path, fast_profile_fil
     assert not pd.read_csv(summary / "front.csv").empty
     json.loads((summary / "space.json").read_text())
     assert not list(summary.glob(".*"))  # no half-written temporaries
+    engines = tmp_path / "engines"
+    exported = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tightfit.cli",
+            "export",
+            "--workdir",
+            str(workdir),
+            "--out",
+            str(engines),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert exported.returncode == 0, exported.stderr
+    [manifest] = engines.glob("*/manifest.json")
+    files = json.loads(manifest.read_text())["files"]
+    assert sha256(manifest.parent / "model.onnx") == files["model.onnx"]["sha256"]
