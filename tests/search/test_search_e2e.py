@@ -258,3 +258,21 @@ def test_browser_shows_the_accuracy_latency_chart(ui_server, finished, tmp_path)
     ).stdout
     for column in ("accuracy", "latency_ms", "speedup", "size_mb", "tightfit.pareto"):
         assert f">{column}<" in table, column  # the objectives are columns of the runs table
+
+
+def test_pareto_command_prints_the_front(finished) -> None:
+    import subprocess
+    import sys
+
+    _, outcome, _ = finished
+    out = subprocess.run(
+        [sys.executable, "-m", "tightfit.cli", "pareto", "--workdir", str(outcome.workdir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "COLUMNS": "200"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert "e2e on" in out.stdout and "latency_ms" in out.stdout
+    for trial in outcome.profiles[0].front["trial"]:
+        assert f"│ {trial} " in out.stdout or f"│ {trial}  " in out.stdout

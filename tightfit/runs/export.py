@@ -24,7 +24,7 @@ from tightfit.hardware_profiles import HardwareProfile, get_profile
 from tightfit.kernels import compress
 from tightfit.runs.pareto import front_frame, knee
 from tightfit.runs.workdir import atomic_write, load_workdir_config
-from tightfit.search._evaluate import Setup, measure, workspace
+from tightfit.search._evaluate import Setup, measure, measure_reference, workspace
 from tightfit.search._study import load_study
 from tightfit.spaces import Candidate
 
@@ -173,17 +173,7 @@ def export(
     ws = workspace(setup)
     base_bytes = ws.baseline_onnx.read_bytes()
     shapes, dtypes = ws.input_spec()
-    reference = measure(
-        hw,
-        base_bytes,
-        base_bytes,
-        shapes,
-        dtypes,
-        None,
-        config.seed,
-        rounds=hw.measurement.rounds * 3,
-    )
-    ref_ms = reference.baseline_median_ms
+    ref_ms = measure_reference(hw, base_bytes, shapes, dtypes, config.seed).baseline_median_ms
     results = []
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     for number in numbers:

@@ -37,7 +37,6 @@ from tightfit.spaces import Candidate, CompressionSpace, discover_units
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5
-BASELINE_ROUNDS_FACTOR = 3  # the reference latency of the baseline gets 3x the rounds
 
 
 @dataclass
@@ -152,14 +151,14 @@ class _ProfileSearch:
             self._enqueue_seeds()
 
     def _measure_baseline(self) -> None:
-        ref = self._measure_task(
-            self.baseline_bytes,
-            None,
-            rounds=self.profile.measurement.rounds * BASELINE_ROUNDS_FACTOR,
-        )
         import ray
 
-        latency = ray.get(ref)
+        _ray.warm_up(self.config.concurrency)
+        latency = ray.get(
+            self.bench.reference.remote(
+                self.profile, self.baseline_bytes, self.shapes, self.dtypes, self.config.seed
+            )
+        )
         study = self.study
         study.set_user_attr("base_model", self.ws.model_id)
         study.set_user_attr(
@@ -180,7 +179,7 @@ class _ProfileSearch:
         strongest = self.space.uniform(prune_ratio=0.99, rank_fraction=0.0, bits=8)
         try:
             one = ray.get(self.compress_remote.remote(self.setup, strongest))
-            latency = ray.get(self._measure_task(one.onnx, self.baseline["latency_ms"]))
+            latency = ray.get(self._measure_task(one.onnx))
         except Exception as e:
             log.warning("could not measure the most compressed candidate: %s", _ray.error_text(e))
             return
@@ -214,18 +213,16 @@ class _ProfileSearch:
             )
 
     # ---- dispatch -----------------------------------------------------------------------
-    def _measure_task(
-        self, onnx_bytes: bytes, ref_ms: float | None, rounds: int | None = None
-    ) -> Any:
+    def _measure_task(self, onnx_bytes: bytes) -> Any:
+        """Latency of ``onnx_bytes`` against the baseline, scaled by the reference latency."""
         return self.bench.measure.remote(
             self.profile,
             onnx_bytes,
             self.baseline_bytes,
             self.shapes,
             self.dtypes,
-            ref_ms,
+            self.baseline["latency_ms"],
             self.config.seed,
-            rounds,
         )
 
     def _ask(self) -> _Pending:
@@ -321,7 +318,7 @@ class _ProfileSearch:
                     assert p.stage_one is not None
                     p.submitted = time.monotonic()
                     measuring = (
-                        self._measure_task(p.stage_one.onnx, self.baseline["latency_ms"]),
+                        self._measure_task(p.stage_one.onnx),
                         p,
                     )
                 if measuring is None and not waiting:

@@ -177,6 +177,30 @@ def measure(
         return measure_latency(cand, base, profile, feed, baseline_ref_ms, seed=seed, rounds=rounds)
 
 
+REFERENCE_REPEATS = 3
+
+
+def measure_reference(
+    profile: HardwareProfile,
+    baseline_bytes: bytes,
+    input_shapes: dict[str, tuple[int, ...]],
+    input_dtypes: dict[str, str],
+    seed: int,
+) -> LatencyResult:
+    """The baseline's reference latency: the quietest of a few measurements of it.
+
+    Every latency_ms of a search is a ratio times this number, so it must not be measured while
+    something else runs (at start-up, Ray is still starting worker processes). Interference only
+    ever adds time, so of ``REFERENCE_REPEATS`` measurements the one with the lowest median is
+    the least disturbed.
+    """
+    results = [
+        measure(profile, baseline_bytes, baseline_bytes, input_shapes, input_dtypes, None, seed + i)
+        for i in range(REFERENCE_REPEATS)
+    ]
+    return min(results, key=lambda r: r.baseline_median_ms)
+
+
 def evaluate_candidate(
     setup: Setup, candidate: Candidate, baseline_ref_ms: float | None = None
 ) -> Evaluation:

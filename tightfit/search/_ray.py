@@ -75,6 +75,27 @@ class LatencyBench:
 
         return measure(*args, **kwargs)
 
+    def reference(self, *args: Any, **kwargs: Any) -> Any:
+        from tightfit.search._evaluate import measure_reference
+
+        return measure_reference(*args, **kwargs)
+
+
+def _import_stages() -> None:
+    import tightfit.search._evaluate  # noqa: F401  (the import is the work: torch, onnx, ...)
+
+
+def warm_up(n_workers: int) -> None:
+    """Start the task workers now (one per CPU a trial may use) and wait until they are up.
+
+    Ray starts worker processes lazily; their start-up would otherwise run beside the first
+    latency measurements.
+    """
+    import ray
+
+    task = ray.remote(num_cpus=1)(_import_stages)
+    ray.get([task.remote() for _ in range(n_workers)])
+
 
 def compress_function() -> Any:
     """Stage 1 as a Ray task: one CPU; system failures retried, never user errors."""
