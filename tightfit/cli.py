@@ -191,6 +191,19 @@ def cmd_ui(args: argparse.Namespace) -> int:
     ]  # fmt: skip
     print(f"MLflow UI for '{config.name}' at {url}  (Ctrl-C to stop)", flush=True)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    if args.open:  # a helper waits for the server, then opens the page in the default browser
+        import subprocess
+
+        opener = (
+            "import sys, time, urllib.request, webbrowser\n"
+            "for _ in range(240):\n"
+            "    try:\n"
+            "        urllib.request.urlopen(sys.argv[1] + '/health', timeout=1); break\n"
+            "    except OSError: time.sleep(0.5)\n"
+            "webbrowser.open(sys.argv[2])\n"
+        )
+        base = f"http://{args.host}:{args.port}"
+        subprocess.Popen([sys.executable, "-c", opener, base, url], start_new_session=True)
     os.execve(sys.executable, cmd, env)  # the server replaces this process: signals reach it
     return 0
 
@@ -244,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--open", action="store_true", help="open the Pareto view in your browser")
     p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("profiles", help="list or show hardware profiles")
