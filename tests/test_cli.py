@@ -168,3 +168,20 @@ def test_workdir_of_another_search(tmp_path: Path) -> None:
     (work / "search.json").write_text('{"name": "someone-else", "fingerprint": "x", "config": {}}')
     path = config(tmp_path, "name: t\nmodel: {callable: digits-cnn}\ndata: {callable: digits}\n")
     assert_user_error(tightfit("search", path), "belongs to search 'someone-else'")
+
+
+def test_disk_full_anywhere_is_one_clear_line(monkeypatch, capsys) -> None:
+    import argparse
+    import errno
+
+    from tightfit import cli
+
+    def fills_the_disk(args: argparse.Namespace) -> int:
+        raise RuntimeError("write failed") from OSError(errno.ENOSPC, "No space left on device")
+
+    parser = argparse.ArgumentParser()
+    parser.set_defaults(func=fills_the_disk)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    assert cli.main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tightfit: error: the disk is full") and "rerun to resume" in err

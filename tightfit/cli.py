@@ -281,9 +281,28 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    except Exception:
+    except Exception as e:
+        if _disk_full(e):  # from any layer (MLflow's SQLite, Optuna's journal, Ray's spill files)
+            log.exception("disk full")
+            print(
+                f"tightfit: error: the disk is full ({e}); free some space and rerun to resume",
+                file=sys.stderr,
+            )
+            return 2
         log.exception("unexpected error (a bug in tightfit; please report it with this log)")
         raise
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    import errno
+
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "database or disk is full" in str(exc) or "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 if __name__ == "__main__":
