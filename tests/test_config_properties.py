@@ -51,7 +51,7 @@ configs = st.one_of(
         optional={**{f: values for f in FIELDS if f not in VALID}, **nested},
     ),
 )
-NAME = r"[A-Za-z_]\w*"
+NAME = r"[^\W\d]\w*"  # a Python identifier, Unicode letters included
 KEY = r"\[(?:\d+|'[^']*'|\"[^\"]*\")\]"
 PATH = re.compile(
     rf"^cfg\.yaml: (\(top level\)|(?:{NAME}|{KEY})(?:\.{NAME}|{KEY})*)(?: |\[\d+\] |: )"

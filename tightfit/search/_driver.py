@@ -65,6 +65,8 @@ class _Pending:
     run_id: str
     submitted: float = field(default_factory=time.monotonic)
     stage_one: StageOne | None = None
+    told: bool = False  # Optuna has its result
+    logged: Callable[[], None] | None = None  # the MLflow write still owed, if any
 
 
 ProgressHook = Callable[[str, int, int, int, float | None], None]
@@ -111,6 +113,7 @@ class _ProfileSearch:
         self.n_done = 0
         self.n_failed = 0
         self.best_speedup: float | None = None
+        self._current: _Pending | None = None
         self.setup = Setup(config=config, profile=profile, cache_dir=str(workdir / "cache"))
         self.summary_dir = workdir / "summary" / profile.name
         self.summary_dir.mkdir(parents=True, exist_ok=True)
@@ -236,10 +239,19 @@ class _ProfileSearch:
         return _Pending(trial, candidate, run_id)
 
     # ---- results ------------------------------------------------------------------------
+    def _record(self, p: _Pending, write: Callable[[], None]) -> None:
+        """Write a told trial to MLflow; if interrupted, ``_interrupt`` finishes the write."""
+        p.told = True
+        p.logged = write
+        write()
+        p.logged = None
+
     def _fail(self, p: _Pending, reason: str) -> None:
         p.trial.set_user_attr("error", reason)
         self.study.tell(p.trial, state=TrialState.FAIL)
-        self.tracker.finish_trial(p.run_id, {}, status="failed", error=reason)
+        self._record(
+            p, lambda: self.tracker.finish_trial(p.run_id, {}, status="failed", error=reason)
+        )
         self.n_failed += 1
         self.n_done += 1
         log.info("trial %d failed: %s", p.trial.number, reason)
@@ -281,15 +293,12 @@ class _ProfileSearch:
             "size_reduction": self.baseline["size_mb"] / one.size_mb,
             "compress_s": one.seconds,
         }
-        self.tracker.finish_trial(
-            p.run_id,
-            metrics,
-            status="complete",
-            feasible=feasible,
-            artifacts={
-                "candidate.json": json.loads(p.candidate.to_json()),
-                "report.json": one.report,
-            },
+        artifacts = {"candidate.json": json.loads(p.candidate.to_json()), "report.json": one.report}
+        self._record(
+            p,
+            lambda: self.tracker.finish_trial(
+                p.run_id, metrics, status="complete", feasible=feasible, artifacts=artifacts
+            ),
         )
         self.n_done += 1
         if feasible:
@@ -335,17 +344,22 @@ class _ProfileSearch:
                     if measuring is not None and ref == measuring[0]:
                         p = measuring[1]
                         measuring = None
+                        self._current = p
                         try:
                             self._complete(p, ray.get(ref))
                         except Exception as e:
+                            if p.told:
+                                raise  # recording failed, not the candidate: a real error
                             self._fail(p, f"latency: {_ray.error_text(e)}")
                     else:
                         p = compressing.pop(ref)
+                        self._current = p
                         try:
                             p.stage_one = ray.get(ref)
                             waiting.append(p)
                         except Exception as e:
                             self._fail(p, _ray.error_text(e))
+                    self._current = None
                     self.progress(
                         self.profile.name, self.n_done, n_trials, self.n_failed, self.best_speedup
                     )
@@ -385,6 +399,12 @@ class _ProfileSearch:
         import ray
 
         pending = list(compressing.values()) + list(waiting) + ([measuring[1]] if measuring else [])
+        current = self._current  # the trial whose result was being recorded, if any
+        if current is not None and current not in pending:
+            if not current.told:
+                pending.append(current)
+            elif current.logged is not None:
+                current.logged()  # Optuna has it: finish its MLflow run, don't re-run it
         for ref in compressing:
             ray.cancel(ref, force=True)
         for p in pending:
@@ -394,6 +414,8 @@ class _ProfileSearch:
             self.tracker.mark_interrupted(
                 self.profile.name, p.trial.number, "interrupted; enqueued again"
             )
+        for number in recover_interrupted(self.study):  # e.g. one asked but not yet dispatched
+            self.tracker.mark_interrupted(self.profile.name, number, "interrupted; enqueued again")
 
     # ---- the end ------------------------------------------------------------------------
     def _summarise(self) -> ProfileOutcome:

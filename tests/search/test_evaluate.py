@@ -1,0 +1,42 @@
+"""evaluate_candidate without Optuna, Ray or MLflow: the pure core of a trial."""
+
+from __future__ import annotations
+
+import pytest
+
+from tightfit.config import config_from_dict
+from tightfit.exceptions import CandidateError
+from tightfit.search import Setup, evaluate_candidate
+from tightfit.search._evaluate import workspace
+from tightfit.spaces import Candidate
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, fast_profile) -> Setup:
+    work = tmp_path_factory.mktemp("evaluate")
+    config = config_from_dict(
+        {
+            "name": "pure",
+            "model": {"callable": "digits-cnn", "kwargs": {"width": 8, "epochs": 2}},
+            "data": {"callable": "digits"},
+            "workdir": str(work),
+        }
+    )
+    return Setup(config=config, profile=fast_profile, cache_dir=str(work / "cache"))
+
+
+def test_baseline_and_a_compressed_candidate(setup: Setup) -> None:
+    ws = workspace(setup)
+    base = evaluate_candidate(setup, Candidate(base_model=ws.model_id), baseline_ref_ms=1.0)
+    assert base.accuracy > 0.3 and base.report == {}  # a tiny net trained 2 epochs; chance is 0.1
+    small = evaluate_candidate(
+        setup, Candidate(base_model=ws.model_id, prune={"layer3.conv1": 0.5}, bits={"fc": 8}), 1.0
+    )
+    assert small.size_mb < base.size_mb
+    assert small.report["prune"]["kept_channels"] == {"layer3.conv1": 32}
+    assert small.latency.rounds == 3 and small.latency.latency_ms == small.latency.ratio * 1.0
+
+
+def test_candidate_for_another_model_is_refused(setup: Setup) -> None:
+    with pytest.raises(CandidateError, match="made for base model 0000"):
+        evaluate_candidate(setup, Candidate(base_model="0000", bits={"fc": 8}))
