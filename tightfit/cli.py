@@ -37,15 +37,13 @@ def _setup_logging(workdir: Path | None) -> None:
         root.addHandler(handler)
 
 
-def _front_table(outcome_profile: Any, objectives: list[str]) -> Any:
+def _front_table(front: Any, title: str, objectives: list[str]) -> Any:
+    """The feasible Pareto front as a rich table (``tightfit search`` and ``tightfit pareto``)."""
     from rich.table import Table
 
-    front = outcome_profile.front
-    table = Table(
-        title=f"Pareto front on {outcome_profile.profile} ({len(front)} points, feasible only)"
-    )
+    table = Table(title=f"{title}: Pareto front ({len(front)} points, feasible only)")
     for col in ["trial", *objectives, "speedup", "knobs"]:
-        table.add_column(col, justify="left" if col == "knobs" else "right")
+        table.add_column(col, justify="left" if col in ("trial", "knobs") else "right")
     for _, row in front.iterrows():
         cells = [str(int(row["trial"]))]
         for o in objectives:
@@ -91,7 +89,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
         outcome = run_search(config, progress=progress)
     for p in outcome.profiles:
-        console.print(_front_table(p, list(config.objectives)))
+        console.print(
+            _front_table(p.front, f"{config.name} on {p.profile}", list(config.objectives))
+        )
         console.print(
             f"baseline on {p.profile}: accuracy {p.baseline['accuracy']:.4f}, "
             f"latency {p.baseline['latency_ms']:.3f} ms, size {p.baseline['size_mb']:.2f} MB; "
@@ -105,8 +105,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
     from tightfit.runs import front_frame
     from tightfit.runs.export import profile_name
     from tightfit.runs.workdir import load_workdir_config
@@ -116,16 +114,9 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     config = load_workdir_config(workdir)
     console = _console()
     for profile in [args.profile] if args.profile else config.profiles:
-        front = front_frame(load_study(config, profile_name(profile), workdir))
-        table = Table(title=f"{config.name} on {profile}")
-        cols = ["trial", *config.objectives, "speedup", "knobs"]
-        for c in cols:
-            table.add_column(c)
-        for _, row in front.iterrows():
-            table.add_row(
-                *[f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in cols]
-            )
-        console.print(table)
+        name = profile_name(profile)
+        front = front_frame(load_study(config, name, workdir))
+        console.print(_front_table(front, f"{config.name} on {name}", list(config.objectives)))
     return 0
 
 

@@ -62,9 +62,10 @@ class TaskData:
 
 def resolve_callable(spec: str, what: str) -> Callable[..., Any]:
     """Import ``module:callable`` (or a built-in example name)."""
+    err = DataError if what == "data" else ModelError
     target = EXAMPLES.get(spec, spec)
     if ":" not in target:
-        raise ModelError(
+        raise err(
             f"{what}.callable: {unknown_name_message('built-in example', spec, EXAMPLES)}"
             "; or give 'module:callable'"
         )
@@ -74,17 +75,15 @@ def resolve_callable(spec: str, what: str) -> Callable[..., Any]:
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as e:
-        err = DataError if what == "data" else ModelError
         raise err(
             f"{what}.callable: cannot import module '{module_name}' ({type(e).__name__}: {e})"
         ) from None
     for part in attr.split("."):
         if not hasattr(obj, part):
-            err = DataError if what == "data" else ModelError
             raise err(f"{what}.callable: module '{module_name}' has no attribute '{attr}'")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ModelError(f"{what}.callable: '{target}' is not callable")
+        raise err(f"{what}.callable: '{target}' is not callable")
     return obj
 
 

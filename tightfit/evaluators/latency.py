@@ -115,7 +115,6 @@ def measure_latency(
     feed: dict[str, np.ndarray],
     baseline_ref_ms: float | None = None,
     seed: int = 0,
-    rounds: int | None = None,
 ) -> LatencyResult:
     """Measure ``candidate`` against ``baseline`` under ``profile``'s protocol.
 
@@ -125,12 +124,12 @@ def measure_latency(
     repeated, up to ``max_attempts`` times, and the least disturbed attempt is kept.
     """
     if baseline_ref_ms is None:
-        return _measure_once(candidate, baseline, profile, feed, None, seed, rounds)
+        return _measure_once(candidate, baseline, profile, feed, None, seed)
     protocol = profile.measurement
     attempts: list[LatencyResult] = []
     while len(attempts) < protocol.max_attempts:
         attempt = _measure_once(
-            candidate, baseline, profile, feed, baseline_ref_ms, seed + len(attempts), rounds
+            candidate, baseline, profile, feed, baseline_ref_ms, seed + len(attempts)
         )
         attempts.append(attempt)
         if attempt.baseline_median_ms / baseline_ref_ms <= protocol.max_baseline_slowdown:
@@ -147,10 +146,9 @@ def _measure_once(
     feed: dict[str, np.ndarray],
     baseline_ref_ms: float | None = None,
     seed: int = 0,
-    rounds: int | None = None,
 ) -> LatencyResult:
     protocol = profile.measurement
-    rounds = rounds or protocol.rounds
+    rounds = protocol.rounds
     sessions = {
         "candidate": make_session(candidate, profile),
         "baseline": make_session(baseline, profile),

@@ -66,7 +66,7 @@ class _Pending:
     submitted: float = field(default_factory=time.monotonic)
     stage_one: StageOne | None = None
     told: bool = False  # Optuna has its result
-    logged: Callable[[], None] | None = None  # the MLflow write still owed, if any
+    owed_write: Callable[[], None] | None = None  # the MLflow write still owed, if any
 
 
 ProgressHook = Callable[[str, int, int, int, float | None], None]
@@ -79,11 +79,12 @@ def run_search(config: SearchConfig, progress: ProgressHook | None = None) -> Se
         workdir, config.name, uri=config.mlflow.tracking_uri, objectives=list(config.objectives)
     )
     outcome = SearchOutcome(config=config, workdir=workdir, ui_url=tracker.ui_url())
-    for profile in config.hardware_profiles():  # model, data and export errors before Ray starts
+    profiles = config.hardware_profiles()
+    for profile in profiles:  # model, data and export errors before Ray starts
         workspace(Setup(config=config, profile=profile, cache_dir=str(workdir / "cache")))
     started = _ray.start_ray(config)
     try:
-        for profile in config.hardware_profiles():
+        for profile in profiles:
             _ray.check_feasible(profile)
             outcome.profiles.append(
                 _ProfileSearch(config, profile, workdir, tracker, progress).run()
@@ -242,9 +243,9 @@ class _ProfileSearch:
     def _record(self, p: _Pending, write: Callable[[], None]) -> None:
         """Write a told trial to MLflow; if interrupted, ``_interrupt`` finishes the write."""
         p.told = True
-        p.logged = write
+        p.owed_write = write
         write()
-        p.logged = None
+        p.owed_write = None
 
     def _fail(self, p: _Pending, reason: str) -> None:
         p.trial.set_user_attr("error", reason)
@@ -403,8 +404,8 @@ class _ProfileSearch:
         if current is not None and current not in pending:
             if not current.told:
                 pending.append(current)
-            elif current.logged is not None:
-                current.logged()  # Optuna has it: finish its MLflow run, don't re-run it
+            elif current.owed_write is not None:
+                current.owed_write()  # Optuna has it: finish its MLflow run, don't re-run it
         for ref in compressing:
             ray.cancel(ref, force=True)
         for p in pending:

@@ -141,9 +141,8 @@ def compress_and_score(setup: Setup, candidate: Candidate) -> StageOne:
             f"candidate was made for base model {candidate.base_model}, but the model callable "
             f"now returns {ws.model_id}; the model or its weights changed"
         )
-    out_dir = Path(tempfile.mkdtemp(prefix="trial-", dir=ws.scratch))
-    try:
-        result = compress(ws.model, candidate, ws.ctx, out_dir)
+    with tempfile.TemporaryDirectory(prefix="trial-", dir=ws.scratch) as out_dir:
+        result = compress(ws.model, candidate, ws.ctx, Path(out_dir))
         accuracy = evaluate_accuracy(result.onnx_path, ws.data)
         return StageOne(
             accuracy=accuracy,
@@ -152,10 +151,6 @@ def compress_and_score(setup: Setup, candidate: Candidate) -> StageOne:
             report=_jsonable(result.report),
             seconds=time.perf_counter() - t0,
         )
-    finally:
-        for f in out_dir.glob("*"):
-            f.unlink()
-        out_dir.rmdir()
 
 
 def measure(
@@ -166,7 +161,6 @@ def measure(
     input_dtypes: dict[str, str],
     baseline_ref_ms: float | None,
     seed: int,
-    rounds: int | None = None,
 ) -> LatencyResult:
     """Stage 2: latency of ``onnx_bytes`` against the baseline under ``profile``."""
     with tempfile.TemporaryDirectory(prefix="tightfit-lat-") as tmp:
@@ -174,7 +168,7 @@ def measure(
         cand.write_bytes(onnx_bytes)
         base.write_bytes(baseline_bytes)
         feed = input_feed(input_shapes, input_dtypes, profile, seed)
-        return measure_latency(cand, base, profile, feed, baseline_ref_ms, seed=seed, rounds=rounds)
+        return measure_latency(cand, base, profile, feed, baseline_ref_ms, seed=seed)
 
 
 REFERENCE_REPEATS = 3
