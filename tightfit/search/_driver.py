@@ -31,6 +31,7 @@ from tightfit.runs._tracker import Tracker
 from tightfit.runs.workdir import atomic_write, prepare_workdir
 from tightfit.search import _ray
 from tightfit.search._evaluate import Setup, StageOne, workspace
+from tightfit.search._signals import DeferredInterrupt
 from tightfit.search._study import ATTR_INTERRUPTED, counted_trials, open_study, recover_interrupted
 from tightfit.spaces import Candidate, CompressionSpace, discover_units
 
@@ -147,12 +148,13 @@ class _ProfileSearch:
         }
         if self.config.constraints.max_latency_ms is not None and "fastest_latency_ms" not in attrs:
             self._check_latency_constraint()
-        for number in recover_interrupted(self.study):
-            self.tracker.mark_interrupted(
-                self.profile.name, number, "driver stopped; trial enqueued again"
-            )
-        if not self.study.trials:
-            self._enqueue_seeds()
+        with DeferredInterrupt():  # journal and MLflow writes: not cut half-way by Ctrl-C
+            for number in recover_interrupted(self.study):
+                self.tracker.mark_interrupted(
+                    self.profile.name, number, "driver stopped; trial enqueued again"
+                )
+            if not self.study.trials:
+                self._enqueue_seeds()
 
     def _measure_baseline(self) -> None:
         import ray
@@ -308,18 +310,24 @@ class _ProfileSearch:
 
     # ---- the loop -----------------------------------------------------------------------
     def run(self) -> ProfileOutcome:
-        import ray
-
         self._prepare()
         self.n_done, self.n_failed = counted_trials(self.study)
         self.best_speedup = _best_feasible_speedup(self.study)
         n_trials = self.config.n_trials
+        self.progress(self.profile.name, self.n_done, n_trials, self.n_failed, self.best_speedup)
+        with DeferredInterrupt() as stop:
+            self._loop(stop, n_trials)
+        return self._summarise()
+
+    def _loop(self, stop: DeferredInterrupt, n_trials: int) -> None:
+        import ray
+
         compressing: dict[Any, _Pending] = {}
         waiting: deque[_Pending] = deque()
         measuring: tuple[Any, _Pending] | None = None
-        self.progress(self.profile.name, self.n_done, n_trials, self.n_failed, self.best_speedup)
         try:
             while True:
+                stop.check()  # Ctrl-C takes effect here, between complete steps
                 in_flight = len(compressing) + len(waiting) + (measuring is not None)
                 if self.n_done >= n_trials and in_flight == 0:
                     break
@@ -368,7 +376,6 @@ class _ProfileSearch:
         except BaseException:
             self._interrupt(compressing, waiting, measuring)
             raise
-        return self._summarise()
 
     def _expire(
         self, compressing: dict[Any, _Pending], measuring: tuple[Any, _Pending] | None
