@@ -13,7 +13,21 @@ from tightfit.hardware_profiles import HardwareProfile, get_profile
 from tightfit.kernels import SurgeryContext, export_onnx
 from tightfit.task import TaskData, load_data
 
-FAST_MEASUREMENT = {"warmup_s": 0.05, "rounds": 3, "min_block_s": 0.005, "min_iters_per_block": 2}
+FAST_MEASUREMENT = {
+    "warmup_s": 0.05,
+    "rounds": 3,
+    "max_rounds": 3,
+    "min_block_s": 0.005,
+    "min_iters_per_block": 2,
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _latency_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests (and the CLI processes they start) never read or write the user's cache."""
+    import os
+
+    os.environ["TIGHTFIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("tightfit-cache"))
 
 
 @pytest.fixture(scope="session")

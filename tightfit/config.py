@@ -117,6 +117,29 @@ class SamplerSpec(Record):
     population_size: int = Field(20, ge=2, description="NSGA-II population")
 
 
+class LatencySpec(Record):
+    """How latency measurements are reused and pre-screened."""
+
+    cache: bool = Field(
+        True, description="reuse measurements of the same architecture across trials and searches"
+    )
+    cache_dir: str | None = Field(
+        None, description="None: $TIGHTFIT_CACHE_DIR or ~/.cache/tightfit (shared by searches)"
+    )
+    prescreen: bool = Field(
+        True, description="skip measuring candidates the latency predictor says are dominated"
+    )
+    prescreen_after: int = Field(
+        12, ge=3, description="measured trials before the predictor is trusted to skip any"
+    )
+    prescreen_margin: float = Field(
+        0.15,
+        ge=0.0,
+        lt=1.0,
+        description="skip only if still dominated with the predicted latency this much lower",
+    )
+
+
 def _no_credentials(value: str | None, variables: str) -> str | None:
     if value is not None and has_secret(value):
         raise ValueError(
@@ -160,6 +183,7 @@ class SearchConfig(Record):
     constraints: Constraints = Field(default_factory=Constraints)
     profiles: list[str] = Field(default_factory=lambda: ["cpu-ort"], min_length=1)
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+    latency: LatencySpec = Field(default_factory=LatencySpec)
     n_trials: int = Field(40, ge=1, le=100_000)
     seed: int = 0
     concurrency: int = Field(2, ge=1, description="evaluations in flight at once")
@@ -201,7 +225,15 @@ class SearchConfig(Record):
         """Hash of what decides the search's results (not n_trials, concurrency, or timeouts)."""
         keep = self.model_dump(
             mode="json",
-            exclude={"n_trials", "concurrency", "trial_timeout_s", "workdir", "ray", "mlflow"},
+            exclude={
+                "n_trials",
+                "concurrency",
+                "trial_timeout_s",
+                "workdir",
+                "ray",
+                "mlflow",
+                "latency",
+            },
         )
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 

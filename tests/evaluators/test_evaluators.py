@@ -56,3 +56,58 @@ def test_disturbed_measurements_are_repeated(tiny_ctx, fast_profile) -> None:
     # a reference far above: the first attempt is quiet
     quiet = measure_latency(base, base, fast_profile, feed, baseline_ref_ms=1e6)
     assert quiet.attempts == 1 and not quiet.disturbed
+
+
+def _protocol(profile, **update):
+    return profile.model_copy(update={"measurement": profile.measurement.model_copy(update=update)})
+
+
+def test_rounds_are_added_until_the_interval_is_narrow(tiny_ctx, fast_profile) -> None:
+    feed = input_feed({"image": (1, 16, 16)}, {"image": "float32"}, fast_profile, seed=0)
+    base = tiny_ctx.baseline_onnx
+    loose = _protocol(fast_profile, rounds=3, max_rounds=9, target_ci=10.0)
+    assert measure_latency(base, base, loose, feed).rounds == 3  # narrow enough at once
+    # an interval this narrow is never reached on real timings: stops at max_rounds
+    strict = _protocol(fast_profile, rounds=3, max_rounds=9, target_ci=1e-9, budget_s=60)
+    r = measure_latency(base, base, strict, feed)
+    assert r.rounds == 9
+    assert [len(b) for b in r.samples_ms["candidate"]] == [r.iters_per_block] * 9
+    assert len(r.samples_ms["baseline"]) == 9
+    # ... or stops when the time budget is spent
+    short = _protocol(fast_profile, rounds=3, max_rounds=1000, target_ci=1e-9, budget_s=0.01)
+    assert 3 <= measure_latency(base, base, short, feed).rounds < 1000
+
+
+def test_environment_fingerprint_and_pinning(tiny_ctx, fast_profile) -> None:
+    import os
+
+    feed = input_feed({"image": (1, 16, 16)}, {"image": "float32"}, fast_profile, seed=0)
+    r = measure_latency(tiny_ctx.baseline_onnx, tiny_ctx.baseline_onnx, fast_profile, feed)
+    env = r.environment
+    assert env["cpu"] and env["cpu_count"] == str(os.cpu_count())
+    assert (
+        env["shapes"] == "image=1x1x16x16" and env["execution_provider"] == "CPUExecutionProvider"
+    )
+    assert "spinning=off" in env["session_options"]
+    if hasattr(os, "sched_setaffinity"):
+        allowed = sorted(os.sched_getaffinity(0))
+        assert env["pinned_cpus"] == ",".join(map(str, allowed[: fast_profile.intra_op_threads]))
+        assert sorted(os.sched_getaffinity(0)) == allowed  # restored afterwards
+
+
+def test_fp16_profile_exports_an_fp16_graph(tiny_model, digits, fast_profile, tmp_path) -> None:
+    import onnx
+
+    from tests.conftest import make_ctx
+    from tightfit.kernels import compress
+    from tightfit.spaces import Candidate
+
+    fp16 = fast_profile.model_copy(update={"float_precision": "fp16", "precisions": ["fp16"]})
+    ctx = make_ctx(tiny_model, digits, fp16, tmp_path)
+    out = compress(tiny_model, Candidate(base_model="m"), ctx, tmp_path / "c")
+    model = onnx.load(str(out.onnx_path))
+    dtypes = {i.data_type for i in model.graph.initializer if len(i.dims) > 1}
+    assert dtypes == {onnx.TensorProto.FLOAT16}
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 io
+    fp32_acc = evaluate_accuracy(ctx.baseline_onnx, digits)
+    assert abs(evaluate_accuracy(out.onnx_path, digits) - fp32_acc) <= 0.01

@@ -38,13 +38,39 @@ def test_invalid_profile_file_names_field(tmp_path: Path) -> None:
         HardwareProfile.from_yaml(path)
 
 
-def test_profile_needs_fp32(tmp_path: Path) -> None:
+def test_profile_needs_its_float_precision(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("name: x\nprecisions: [int8]\n")
-    with pytest.raises(ConfigError, match="precisions must include 'fp32'"):
+    with pytest.raises(ConfigError, match="precisions must include float_precision 'fp32'"):
         HardwareProfile.from_yaml(path)
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("runtime: tensorrt", "runtime 'tensorrt' .* needs device: cuda"),
+        (
+            "runtime: torch-cuda\ndevice: cuda\nprecisions: [fp32, int8]",
+            "torch-cuda' runs float graphs only: remove int8/int4",
+        ),
+        ("measurement: {rounds: 10, max_rounds: 5}", r"max_rounds \(5\) must be at least rounds"),
+        ("ray_resources: {GPU: 1}", "'GPU' is not a custom resource; use num_gpus"),
+    ],
+)
+def test_inconsistent_profiles_are_refused(tmp_path: Path, body: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"name: x\n{body}\n")
+    with pytest.raises(ConfigError, match=message):
+        HardwareProfile.from_yaml(path)
+
+
+def test_gpu_profiles_are_built_in() -> None:
+    for name in ("gpu-ort-cuda-fp16", "gpu-torch-cuda-fp16", "gpu-trt-fp16", "gpu-trt-int8"):
+        profile = get_profile(name)
+        assert profile.is_gpu and profile.num_gpus == 1 and profile.float_precision == "fp16"
+    assert get_profile("gpu-trt-int8").quantization.symmetric_activations
+
+
 def test_unknown_profile() -> None:
-    with pytest.raises(ConfigError, match="valid: cpu-ort, cpu-ort-1t"):
+    with pytest.raises(ConfigError, match="valid: cpu-ort, cpu-ort-1t, gpu-ort-cuda-fp16"):
         get_profile("gpu-magic")

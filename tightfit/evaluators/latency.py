@@ -1,10 +1,13 @@
 """Latency measured on the target runtime, interleaved with the baseline.
 
-Protocol (design decision 8; research/surgery-and-latency.md part B): fixed threads, spinning
-off, warm-up by time; then ``rounds`` rounds in which the candidate and the baseline each run a
-block of inferences, in random order. A round's ratio is the candidate's block median over the
+Protocol (design decision 8; research/surgery-and-latency.md part B), the same for every
+runtime (``backends``): fixed threads pinned to their CPUs where the OS allows, spinning off,
+warm-up by time; then rounds in which the candidate and the baseline each run a block of
+inferences, in random order. A round's ratio is the candidate's block median over the
 baseline's; the score is the median ratio over rounds, with a bootstrap confidence interval.
-Slow drifts of a shared machine hit both models of a round alike and cancel in the ratio.
+After ``rounds`` rounds, more are added until the interval is narrow enough (``target_ci``), or
+``max_rounds`` or the time budget is reached. Slow drifts of a shared machine hit both models of
+a round alike and cancel in the ratio. The raw block times are kept (``samples_ms``).
 ``latency_ms`` is that ratio times a reference latency of the baseline measured once per
 search, so trials measured at different times are comparable.
 """
@@ -12,17 +15,16 @@ search, so trials measured at different times are comparable.
 from __future__ import annotations
 
 import math
-import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import Field
 
 from tightfit._records import Record
-from tightfit.evaluators._ort import make_session
+from tightfit.evaluators.backends import environment, open_runner, pinned
 from tightfit.hardware_profiles import HardwareProfile
 
 N_BOOTSTRAP = 2000
@@ -35,12 +37,26 @@ class LatencyResult(Record):
     speedup: float
     median_ms: float = Field(description="candidate's median over all its timed inferences")
     p90_ms: float
+    p99_ms: float = 0.0
     baseline_median_ms: float
     rounds: int
     iters_per_block: int
+    seconds: float = Field(0.0, description="wall time of the measurement")
     attempts: int = Field(1, description="measurements taken; >1 when earlier ones were disturbed")
     disturbed: bool = Field(False, description="even the best attempt's baseline ran slow")
     environment: dict[str, str] = Field(default_factory=dict)
+    samples_ms: dict[str, list[list[float]]] = Field(
+        default_factory=dict, description="raw times per model per round (ms)"
+    )
+
+    @property
+    def ci_half_width(self) -> float:
+        """Half the CI's width as a fraction of the ratio."""
+        return (self.ratio_ci[1] - self.ratio_ci[0]) / 2 / self.ratio
+
+    def summary(self) -> dict[str, Any]:
+        """The result without its raw samples and environment (what a trial keeps)."""
+        return self.model_dump(mode="json", exclude={"environment", "samples_ms"})
 
 
 def input_feed(
@@ -59,37 +75,7 @@ def input_feed(
     return feed
 
 
-def environment(profile: HardwareProfile) -> dict[str, str]:
-    import onnxruntime
-
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cpu_count": str(os.cpu_count()),
-        "onnxruntime": onnxruntime.__version__,
-        "execution_provider": profile.execution_provider,
-        "intra_op_threads": str(profile.intra_op_threads),
-        "batch_size": str(profile.batch_size),
-    }
-
-
-def _block(run: Callable[[], object], iters: int) -> np.ndarray:
-    times = np.empty(iters)
-    for i in range(iters):
-        t0 = time.perf_counter_ns()
-        run()
-        times[i] = time.perf_counter_ns() - t0
-    return times / 1e6
-
-
-def _warm(run: Callable[[], object], seconds: float) -> float:
+def _warm(run: Callable[[], None], seconds: float) -> float:
     """Run for ``seconds`` (at least 3 times); return the median time of one run in seconds."""
     times: list[float] = []
     end = time.perf_counter() + seconds
@@ -148,39 +134,56 @@ def _measure_once(
     seed: int = 0,
 ) -> LatencyResult:
     protocol = profile.measurement
-    rounds = protocol.rounds
-    sessions = {
-        "candidate": make_session(candidate, profile),
-        "baseline": make_session(baseline, profile),
-    }
-    runs = {k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}
-    per_run = max(_warm(run, protocol.warmup_s) for run in runs.values())
-    iters = min(
-        protocol.max_block_iters,
-        max(protocol.min_iters_per_block, math.ceil(protocol.min_block_s / per_run)),
-    )
-    rng = np.random.default_rng(seed)
-    samples: dict[str, list[np.ndarray]] = {"candidate": [], "baseline": []}
-    ratios = np.empty(rounds)
-    for r in range(rounds):
-        order = ["candidate", "baseline"] if rng.random() < 0.5 else ["baseline", "candidate"]
-        block = {name: _block(runs[name], iters) for name in order}
-        for name, times in block.items():
-            samples[name].append(times)
-        ratios[r] = np.median(block["candidate"]) / np.median(block["baseline"])
+    t_start = time.perf_counter()
+    with pinned(profile) as cpus:
+        runners = {
+            "candidate": open_runner(candidate, profile, feed),
+            "baseline": open_runner(baseline, profile, feed),
+        }
+        per_run = max(_warm(r.run, protocol.warmup_s) for r in runners.values())
+        iters = min(
+            protocol.max_block_iters,
+            max(protocol.min_iters_per_block, math.ceil(protocol.min_block_s / per_run)),
+        )
+        rng = np.random.default_rng(seed)
+        samples: dict[str, list[np.ndarray]] = {"candidate": [], "baseline": []}
+        ratios: list[float] = []
+        t_rounds = time.perf_counter()
+        while True:
+            order = ["candidate", "baseline"] if rng.random() < 0.5 else ["baseline", "candidate"]
+            block = {name: runners[name].block(iters) for name in order}
+            for name, times in block.items():
+                samples[name].append(times)
+            ratios.append(float(np.median(block["candidate"]) / np.median(block["baseline"])))
+            if len(ratios) < protocol.rounds:
+                continue
+            ci = bootstrap_ci(np.array(ratios), seed)
+            narrow = (ci[1] - ci[0]) / 2 <= protocol.target_ci * float(np.median(ratios))
+            if (
+                narrow
+                or len(ratios) >= protocol.max_rounds
+                or time.perf_counter() - t_rounds > protocol.budget_s
+            ):
+                break
     cand = np.concatenate(samples["candidate"])
     base = np.concatenate(samples["baseline"])
     ratio = float(np.median(ratios))
     ref = baseline_ref_ms if baseline_ref_ms is not None else float(np.median(base))
+    env = environment(profile, feed)
+    if cpus is not None:
+        env["pinned_cpus"] = ",".join(map(str, cpus))
     return LatencyResult(
         latency_ms=ratio * ref,
         ratio=ratio,
-        ratio_ci=bootstrap_ci(ratios, seed),
+        ratio_ci=ci,
         speedup=1.0 / ratio,
         median_ms=float(np.median(cand)),
         p90_ms=float(np.quantile(cand, 0.9)),
+        p99_ms=float(np.quantile(cand, 0.99)),
         baseline_median_ms=float(np.median(base)),
-        rounds=rounds,
+        rounds=len(ratios),
         iters_per_block=iters,
-        environment=environment(profile),
+        seconds=time.perf_counter() - t_start,
+        environment=env,
+        samples_ms={k: [np.round(b, 5).tolist() for b in v] for k, v in samples.items()},
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tightfit._records import Record, describe_validation_error
 from tightfit.exceptions import ConfigError
@@ -23,7 +23,16 @@ class MeasurementProtocol(Record):
     """
 
     warmup_s: float = Field(0.3, ge=0.0, description="warm-up per model, by time")
-    rounds: int = Field(12, ge=3, description="interleaved candidate/baseline rounds")
+    rounds: int = Field(12, ge=3, description="interleaved candidate/baseline rounds, at least")
+    max_rounds: int = Field(
+        40, ge=3, description="more rounds, up to this many, while the ratio's CI is too wide"
+    )
+    target_ci: float = Field(
+        0.02,
+        gt=0.0,
+        description="stop adding rounds once the 95% CI half-width is this fraction of the ratio",
+    )
+    budget_s: float = Field(30.0, gt=0.0, description="stop adding rounds after this long")
     min_block_s: float = Field(0.05, gt=0.0, description="minimum time per model per round")
     min_iters_per_block: int = Field(5, ge=1)
     max_block_iters: int = Field(2000, ge=1)
@@ -33,6 +42,17 @@ class MeasurementProtocol(Record):
         description="a measurement whose baseline ran this much slower than its reference was disturbed: repeat it",
     )
     max_attempts: int = Field(3, ge=1, description="attempts at an undisturbed measurement")
+    pin_threads: bool = Field(
+        True, description="pin the measuring threads to as many CPUs as they use (Linux)"
+    )
+
+    @model_validator(mode="after")
+    def _max_rounds_at_least_rounds(self) -> MeasurementProtocol:
+        if self.max_rounds < self.rounds:
+            raise ValueError(
+                f"max_rounds ({self.max_rounds}) must be at least rounds ({self.rounds})"
+            )
+        return self
 
 
 class QuantizationSettings(Record):
@@ -44,14 +64,25 @@ class QuantizationSettings(Record):
     # x86 without VNNI saturates in vpmaddubsw with full-range U8S8: use 7-bit weights there.
     reduce_range: bool | Literal["auto"] = "auto"
     calibrate_method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"
+    symmetric_activations: bool = Field(
+        False, description="zero-point 0 for activations (TensorRT accepts only symmetric Q/DQ)"
+    )
+
+
+Runtime = Literal["onnxruntime", "tensorrt", "torch-cuda"]
 
 
 class HardwareProfile(Record):
-    """A named deployment target: runtime, threads, shapes, precisions and measurement protocol."""
+    """A named deployment target: runtime, threads, shapes, precisions and measurement protocol.
+
+    ``runtime`` is what runs the exported ONNX: ONNX Runtime (CPU or CUDA execution provider),
+    TensorRT (an engine built from the ONNX), or ``torch-cuda`` (the ONNX converted to a PyTorch
+    module and replayed as a CUDA graph: a GPU target verifiable where TensorRT is absent).
+    """
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     description: str = ""
-    runtime: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    runtime: Runtime = "onnxruntime"
     device: Literal["cpu", "cuda"] = "cpu"
     execution_provider: str = "CPUExecutionProvider"
     intra_op_threads: int = Field(1, ge=1)
@@ -61,6 +92,9 @@ class HardwareProfile(Record):
         default_factory=dict,
         description="per-sample shapes (without batch) that override the data's, by input name",
     )
+    float_precision: Literal["fp32", "fp16"] = Field(
+        "fp32", description="precision of the baseline and of every layer not quantized"
+    )
     precisions: list[Precision] = ["fp32", "int8"]  # pydantic copies defaults
     round_to: int = Field(8, ge=1, description="pruned channel counts and ranks are multiples")
     quantization: QuantizationSettings = Field(default_factory=QuantizationSettings)
@@ -69,21 +103,54 @@ class HardwareProfile(Record):
         default_factory=dict,
         description="Ray custom resources a measurement asks for (one slot per device)",
     )
+    num_gpus: float = Field(0.0, ge=0.0, description="GPUs a measurement asks Ray for")
 
     @field_validator("precisions")
     @classmethod
-    def _fp32_first(cls, v: list[str]) -> list[str]:
-        if "fp32" not in v:
-            raise ValueError("must include 'fp32' (the uncompressed baseline)")
+    def _no_duplicates(cls, v: list[str]) -> list[str]:
         if len(set(v)) != len(v):
             raise ValueError(f"has duplicates: {v}")
         return v
 
+    @field_validator("ray_resources")
+    @classmethod
+    def _custom_only(cls, v: dict[str, float]) -> dict[str, float]:
+        for key in ("CPU", "GPU"):
+            if key in v:
+                raise ValueError(f"'{key}' is not a custom resource; use num_gpus for GPUs")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HardwareProfile:
+        if self.float_precision not in self.precisions:
+            raise ValueError(
+                f"precisions must include float_precision '{self.float_precision}' "
+                "(the uncompressed baseline)"
+            )
+        gpu = self.runtime in ("tensorrt", "torch-cuda") or self.execution_provider.startswith(
+            ("CUDA", "Tensorrt")
+        )
+        if gpu and self.device != "cuda":
+            raise ValueError(
+                f"runtime '{self.runtime}' ({self.execution_provider}) needs device: cuda"
+            )
+        if self.runtime == "torch-cuda" and (
+            "int8" in self.precisions or "int4" in self.precisions
+        ):
+            raise ValueError(
+                "runtime 'torch-cuda' runs float graphs only: remove int8/int4 from precisions"
+            )
+        return self
+
     @property
     def bits_allowed(self) -> list[int]:
-        """Bit-widths this target runs: 32, and 8 / 4 where int8 / int4 are allowed."""
-        table = {"fp32": 32, "int8": 8, "int4": 4}
-        return sorted((table[p] for p in self.precisions if p in table), reverse=True)
+        """Per-layer bit-widths: 32 (the float precision, fp32 or fp16), and 8 / 4 where allowed."""
+        table = {"int8": 8, "int4": 4}
+        return [32, *sorted((table[p] for p in self.precisions if p in table), reverse=True)]
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.device == "cuda"
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> HardwareProfile:

@@ -15,6 +15,7 @@ from tightfit.exceptions import CandidateError
 from tightfit.kernels._base import SurgeryContext
 from tightfit.kernels._registry import _KERNELS
 from tightfit.kernels.export import export_onnx
+from tightfit.kernels.precision import to_float16
 
 if TYPE_CHECKING:
     from tightfit.spaces import Candidate
@@ -103,6 +104,9 @@ def compress(
             dst = out_dir / f"{kernel.name}.onnx"
             report[kernel.name] = kernel.apply_onnx(current, dst, plan, ctx)
             current = dst
+    if ctx.profile.float_precision == "fp16":
+        current = to_float16(current, out_dir / "fp16.onnx")
+        report["float_precision"] = "fp16"
     final = out_dir / "model.onnx"
     current.replace(final)
     for stale in out_dir.glob("*.onnx"):

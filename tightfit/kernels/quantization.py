@@ -102,6 +102,7 @@ def _quantize_int8(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext) -
         activation_type=getattr(QuantType, settings.activation_type),
         weight_type=getattr(QuantType, settings.weight_type),
         calibrate_method=getattr(CalibrationMethod, settings.calibrate_method),
+        extra_options={"ActivationSymmetric": settings.symmetric_activations},
     )
 
 

@@ -138,26 +138,29 @@ class Tracker:
         error: str | None = None,
         feasible: bool | None = None,
         artifacts: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None,
     ) -> None:
+        """Log a finished trial: metrics, status, extra tags and JSON artifacts, in one batch."""
         from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
-        tags = [RunTag(TAG_STATUS, status)]
+        run_tags = [RunTag(TAG_STATUS, status), *(RunTag(k, v) for k, v in (tags or {}).items())]
         if error:
-            tags.append(RunTag(TAG_ERROR, error[:5000]))
+            run_tags.append(RunTag(TAG_ERROR, error[:5000]))
         if feasible is not None:
-            tags.append(RunTag(TAG_FEASIBLE, str(feasible).lower()))
+            run_tags.append(RunTag(TAG_FEASIBLE, str(feasible).lower()))
         self._feasible[run_id] = bool(feasible)
         color = view.COLORS["feasible" if feasible else "infeasible"]
-        tags.append(RunTag(view.COLOR_TAG, color))
+        run_tags.append(RunTag(view.COLOR_TAG, color))
         self.client.log_batch(
             run_id,
             metrics=[Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())],
-            tags=tags,
+            tags=run_tags,
         )
         for name, content in (artifacts or {}).items():
             self.client.log_dict(run_id, content, name)
-        self.client.set_terminated(run_id, "FINISHED" if status == "complete" else "FAILED")
+        finished = status in ("complete", "prescreened")
+        self.client.set_terminated(run_id, "FINISHED" if finished else "FAILED")
 
     def set_pareto(self, profile: str, front_trials: set[int]) -> None:
         """Keep the ``tightfit.pareto`` tag current: write only the runs whose flag changed."""

@@ -206,7 +206,7 @@ def export(
                 "accuracy": study.user_attrs["baseline_accuracy"],
                 "latency_ms_now": ref_ms,
             },
-            "latency": latency.model_dump(mode="json"),
+            "latency": {**latency.summary(), "environment": latency.environment},
             "report": built.report,
             "libraries": library_versions(),
             "files": {"model.onnx": {"sha256": sha256(engine), "bytes": engine.stat().st_size}},

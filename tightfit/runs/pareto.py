@@ -24,8 +24,10 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     names = study.metric_names or [f"value_{i}" for i in range(len(study.directions))]
     front = {t.number for t in study.best_trials}
     rows = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-        row: dict = {"trial": t.number, "state": t.state.name.lower()}
+    states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+    for t in study.get_trials(deepcopy=False, states=states):
+        state = "prescreened" if t.state == TrialState.PRUNED else t.state.name.lower()
+        row: dict = {"trial": t.number, "state": state}
         if t.values is not None:
             row.update(dict(zip(names, t.values, strict=True)))
         row["speedup"] = t.user_attrs.get("speedup")
@@ -33,6 +35,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row["feasible"] = bool(t.values is not None and all(c <= 0 for c in _constraint_values(t)))
         row["baseline"] = bool(t.user_attrs.get("is_baseline", False))
         row["pareto"] = t.number in front
+        row["predicted_latency_ms"] = t.user_attrs.get("predicted_latency_ms")
+        row["latency_cache"] = t.user_attrs.get("latency_cache")
         row["knobs"] = t.user_attrs.get("summary", "")
         row["error"] = t.user_attrs.get("error", "")
         rows.append(row)

@@ -24,6 +24,8 @@ from optuna.trial import TrialState
 
 from tightfit.config import SearchConfig
 from tightfit.evaluators import evaluate_accuracy, size_mb
+from tightfit.evaluators.latency_cache import LatencyCache, architecture_signature, cache_key
+from tightfit.evaluators.predictor import LatencyPredictor, spearman
 from tightfit.exceptions import ConfigError, WorkdirError
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.runs import pareto
@@ -67,6 +69,9 @@ class _Pending:
     submitted: float = field(default_factory=time.monotonic)
     stage_one: StageOne | None = None
     told: bool = False  # Optuna has its result
+    cache_key: str = ""
+    cache: str = ""  # "hit" or "miss" once looked up
+    predicted_ms: float | None = None
     owed_write: Callable[[], None] | None = None  # the MLflow write still owed, if any
 
 
@@ -137,6 +142,11 @@ class _ProfileSearch:
             )
         self.compress_remote = _ray.compress_function()
         self.bench = _ray.latency_bench(self.profile)
+        import ray
+
+        missing = ray.get(self.bench.runtime_missing.remote(self.profile))
+        if missing:
+            raise ConfigError(f"hardware profile '{self.profile.name}' cannot measure: {missing}")
         self.baseline_bytes = ws.baseline_onnx.read_bytes()
         self.shapes, self.dtypes = ws.input_spec()
         if "baseline_latency_ms" not in attrs:
@@ -146,6 +156,7 @@ class _ProfileSearch:
             "latency_ms": self.study.user_attrs["baseline_latency_ms"],
             "size_mb": self.study.user_attrs["baseline_size_mb"],
         }
+        self._prepare_latency_reuse()
         if self.config.constraints.max_latency_ms is not None and "fastest_latency_ms" not in attrs:
             self._check_latency_constraint()
         with DeferredInterrupt():  # journal and MLflow writes: not cut half-way by Ctrl-C
@@ -155,6 +166,17 @@ class _ProfileSearch:
                 )
             if not self.study.trials:
                 self._enqueue_seeds()
+
+    def _prepare_latency_reuse(self) -> None:
+        """The latency cache, and the predictor refitted on the trials measured so far."""
+        spec = self.config.latency
+        self.cache = LatencyCache(spec.cache_dir) if spec.cache else None
+        self.baseline_signature = architecture_signature(self.baseline_bytes)
+        self.environment = self.study.user_attrs.get("environment", {})
+        self.predictor = LatencyPredictor()
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if "features" in t.user_attrs and "latency" in t.user_attrs:
+                self.predictor.add(t.user_attrs["features"], t.user_attrs["latency"]["latency_ms"])
 
     def _measure_baseline(self) -> None:
         import ray
@@ -282,9 +304,14 @@ class _ProfileSearch:
         )
         t.set_user_attr("speedup", latency.speedup)
         t.set_user_attr("accuracy_drop", drop)
-        t.set_user_attr("latency", latency.model_dump(mode="json", exclude={"environment"}))
+        t.set_user_attr("latency", latency.summary())
         t.set_user_attr("report", one.report)
+        t.set_user_attr("features", one.features)
+        t.set_user_attr("latency_cache", p.cache)
         self.study.tell(t, [values[o] for o in self.config.objectives])
+        if p.cache == "miss" and self.cache is not None:
+            self.cache.put(p.cache_key, latency)
+        self.predictor.add(one.features, latency.latency_ms)
         metrics = {
             **values,
             "accuracy_drop": drop,
@@ -295,18 +322,98 @@ class _ProfileSearch:
             "latency_p90_ms": latency.p90_ms,
             "size_reduction": self.baseline["size_mb"] / one.size_mb,
             "compress_s": one.seconds,
+            "latency_rounds": latency.rounds,
+            "latency_ci_half_width": latency.ci_half_width,
+            "latency_measure_s": latency.seconds,
         }
-        artifacts = {"candidate.json": json.loads(p.candidate.to_json()), "report.json": one.report}
+        if p.predicted_ms is not None:
+            metrics["predicted_latency_ms"] = p.predicted_ms
+        artifacts: dict[str, Any] = {
+            "candidate.json": json.loads(p.candidate.to_json()),
+            "report.json": one.report,
+        }
+        if latency.samples_ms:
+            artifacts["latency_samples.json"] = {
+                "samples_ms": latency.samples_ms,
+                "environment": latency.environment,
+            }
+        tags = {"tightfit.latency_cache": p.cache, "tightfit.signature": one.signature[:16]}
+        tags.update({f"env.{k}": v for k, v in latency.environment.items()})
         self._record(
             p,
             lambda: self.tracker.finish_trial(
-                p.run_id, metrics, status="complete", feasible=feasible, artifacts=artifacts
+                p.run_id,
+                metrics,
+                status="complete",
+                feasible=feasible,
+                artifacts=artifacts,
+                tags=tags,
             ),
         )
         self.n_done += 1
         if feasible:
             self.best_speedup = max(self.best_speedup or 0.0, latency.speedup)
         self.tracker.set_pareto(self.profile.name, {b.number for b in self.study.best_trials})
+
+    def _reuse_or_skip(self, p: _Pending) -> bool:
+        """Finish ``p`` without measuring it, if its latency is cached or predicted dominated."""
+        one = p.stage_one
+        assert one is not None
+        p.cache_key = cache_key(
+            one.signature, self.baseline_signature, self.profile, self.environment
+        )
+        cached = self.cache.get(p.cache_key, self.baseline["latency_ms"]) if self.cache else None
+        if cached is not None:
+            p.cache = "hit"
+            self._complete(p, cached)
+            return True
+        p.cache = "miss"
+        spec = self.config.latency
+        if len(self.predictor) < spec.prescreen_after:
+            return False
+        p.predicted_ms = self.predictor.predict(one.features)
+        if p.predicted_ms is None:
+            return False
+        p.trial.set_user_attr("predicted_latency_ms", p.predicted_ms)
+        optimistic = p.predicted_ms * (1.0 - spec.prescreen_margin)
+        if spec.prescreen and self._dominated(one, optimistic):
+            self._prescreen(p)
+            return True
+        return False
+
+    def _dominated(self, one: StageOne, latency_ms: float) -> bool:
+        """True if a measured front point is at least as good in every objective, better in one."""
+        mine = {"accuracy": -one.accuracy, "latency_ms": latency_ms, "size_mb": one.size_mb}
+        objectives = list(self.config.objectives)
+        for t in self.study.best_trials:
+            theirs = dict(zip(objectives, t.values, strict=True))
+            theirs["accuracy"] = -theirs["accuracy"]
+            pairs = [(theirs[o], mine[o]) for o in objectives]
+            if all(a <= b for a, b in pairs) and any(a < b for a, b in pairs):
+                return True
+        return False
+
+    def _prescreen(self, p: _Pending) -> None:
+        one = p.stage_one
+        assert one is not None and p.predicted_ms is not None
+        p.trial.set_user_attr("stage", "prescreened")
+        self.study.tell(p.trial, state=TrialState.PRUNED)
+        metrics = {
+            "accuracy": one.accuracy,
+            "size_mb": one.size_mb,
+            "predicted_latency_ms": p.predicted_ms,
+            "compress_s": one.seconds,
+        }
+        self._record(
+            p,
+            lambda: self.tracker.finish_trial(
+                p.run_id, metrics, status="prescreened", tags={"tightfit.latency_cache": "miss"}
+            ),
+        )
+        self.n_done += 1
+        log.info(
+            "trial %d pre-screened: predicted %.3f ms, dominated", p.trial.number, p.predicted_ms
+        )
 
     # ---- the loop -----------------------------------------------------------------------
     def run(self) -> ProfileOutcome:
@@ -365,9 +472,11 @@ class _ProfileSearch:
                         self._current = p
                         try:
                             p.stage_one = ray.get(ref)
-                            waiting.append(p)
                         except Exception as e:
                             self._fail(p, _ray.error_text(e))
+                        else:
+                            if not self._reuse_or_skip(p):
+                                waiting.append(p)
                     self._current = None
                     self.progress(
                         self.profile.name, self.n_done, n_trials, self.n_failed, self.best_speedup
@@ -454,6 +563,7 @@ class _ProfileSearch:
         }
         if not feasible.empty:
             metrics["best_feasible_speedup"] = float(feasible["speedup"].max())
+        metrics.update(_latency_reuse_metrics_of(self.study))
         self.tracker.log_summary(
             self.profile.name,
             metrics,
@@ -467,6 +577,37 @@ class _ProfileSearch:
         return ProfileOutcome(
             self.profile.name, self.study, front, self.baseline, d, self.n_done, self.n_failed
         )
+
+
+def _latency_reuse_metrics_of(study: optuna.Study) -> dict[str, float]:
+    """Cache hits, pre-screened trials, time saved, and the predictor's rank correlation.
+
+    The correlation is over trials whose latency was predicted *before* it was measured (not
+    refitted afterwards), so it is what the pre-screening decisions actually relied on.
+    """
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    measured = [t for t in done if t.state == TrialState.COMPLETE and "latency" in t.user_attrs]
+    fresh = [t for t in measured if t.user_attrs.get("latency_cache") == "miss"]
+    seconds = [t.user_attrs["latency"].get("seconds", 0.0) for t in fresh]
+    mean_s = sum(seconds) / len(seconds) if seconds else 0.0
+    predicted = [t for t in fresh if "predicted_latency_ms" in t.user_attrs]
+    n_pre = sum(1 for t in done if t.state == TrialState.PRUNED)
+    n_hits = sum(1 for t in measured if t.user_attrs.get("latency_cache") == "hit")
+    out = {
+        "n_latency_measured": float(len(fresh)),
+        "n_latency_cache_hits": float(n_hits),
+        "n_prescreened": float(n_pre),
+        "latency_measure_s_mean": mean_s,
+        "latency_s_saved": (n_pre + n_hits) * mean_s,
+        "n_predicted": float(len(predicted)),
+    }
+    rho = spearman(
+        [t.user_attrs["predicted_latency_ms"] for t in predicted],
+        [t.user_attrs["latency"]["latency_ms"] for t in predicted],
+    )
+    if rho == rho:
+        out["predictor_spearman"] = rho
+    return out
 
 
 def _best_feasible_speedup(study: optuna.Study) -> float | None:

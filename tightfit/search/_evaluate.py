@@ -28,9 +28,12 @@ from tightfit.evaluators import (
     measure_latency,
     size_mb,
 )
+from tightfit.evaluators.latency_cache import architecture_signature
+from tightfit.evaluators.predictor import graph_features
 from tightfit.exceptions import CandidateError, ModelError
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.kernels import SurgeryContext, compress, export_onnx
+from tightfit.kernels.precision import to_float16
 from tightfit.spaces import Candidate
 from tightfit.task import TaskData, load_data, load_model, model_id
 
@@ -51,6 +54,8 @@ class StageOne(Record):
     onnx: bytes
     report: dict[str, Any] = Field(default_factory=dict)
     seconds: float
+    signature: str = Field("", description="architecture signature (latency cache key part)")
+    features: dict[str, float] = Field(default_factory=dict, description="latency predictor input")
 
 
 class Evaluation(Record):
@@ -106,6 +111,9 @@ class Workspace:
                 f"{what} cannot be exported to ONNX ({e}); make forward() traceable: tensors in and out, "
                 "no data-dependent Python control flow, no .numpy()/.item() on activations"
             ) from None
+        self.float_onnx = self.baseline_onnx  # the graph units are discovered on
+        if setup.profile.float_precision == "fp16":
+            self.baseline_onnx = to_float16(self.float_onnx, self.scratch / "baseline-fp16.onnx")
         self.ctx = SurgeryContext(
             example_inputs=example,
             input_names=self.data.input_names,
@@ -113,7 +121,7 @@ class Workspace:
             profile=setup.profile,
             ignore=tuple(setup.config.model.ignore),
             classifier=classifier,
-            baseline_onnx=self.baseline_onnx,
+            baseline_onnx=self.float_onnx,
             min_rank=setup.config.space.lowrank.min_rank,
         )
 
@@ -144,12 +152,15 @@ def compress_and_score(setup: Setup, candidate: Candidate) -> StageOne:
     with tempfile.TemporaryDirectory(prefix="trial-", dir=ws.scratch) as out_dir:
         result = compress(ws.model, candidate, ws.ctx, Path(out_dir))
         accuracy = evaluate_accuracy(result.onnx_path, ws.data)
+        onnx_bytes = result.onnx_path.read_bytes()
         return StageOne(
             accuracy=accuracy,
             size_mb=size_mb(result.onnx_path),
-            onnx=result.onnx_path.read_bytes(),
+            onnx=onnx_bytes,
             report=_jsonable(result.report),
             seconds=time.perf_counter() - t0,
+            signature=architecture_signature(onnx_bytes),
+            features=graph_features(onnx_bytes),
         )
 
 

@@ -59,6 +59,11 @@ def check_feasible(profile: HardwareProfile) -> None:
     import ray
 
     total = ray.cluster_resources()
+    if total.get("GPU", 0) < profile.num_gpus:
+        raise ConfigError(
+            f"hardware profile '{profile.name}' measures on a GPU, but no Ray node has one; "
+            "run on a machine with an NVIDIA GPU or join a GPU node to the cluster"
+        )
     missing = {k: v for k, v in profile.ray_resources.items() if total.get(k, 0) < v}
     if missing:
         raise ConfigError(
@@ -74,6 +79,11 @@ class LatencyBench:
         from tightfit.search._evaluate import measure
 
         return measure(*args, **kwargs)
+
+    def runtime_missing(self, profile: HardwareProfile) -> str | None:
+        from tightfit.evaluators.backends import runtime_missing
+
+        return runtime_missing(profile)
 
     def reference(self, *args: Any, **kwargs: Any) -> Any:
         from tightfit.search._evaluate import measure_reference
@@ -114,6 +124,7 @@ def latency_bench(profile: HardwareProfile) -> Any:
         ray.remote(LatencyBench)
         .options(
             num_cpus=0,
+            num_gpus=profile.num_gpus,
             resources=dict(profile.ray_resources) or None,
             max_restarts=2,
             max_task_retries=1,

@@ -1,0 +1,123 @@
+"""A latency predictor fitted online on the search's own measurements, for pre-screening.
+
+Features come from the candidate's ONNX graph: multiply-accumulates per precision (float,
+int8 Q/DQ, 4-bit MatMulNBits) and the number of operators (each costs a dispatch, which
+dominates small models). Latency is modelled as a non-negative combination of them (NNLS), the
+per-layer cost table of OFA/APQ in the form our own measurements can fit. It only decides which
+candidates are worth measuring: measured latency alone decides the front, and the predictions
+made before each measurement are kept to report the predictor's rank correlation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+from onnx import shape_inference
+
+FEATURES = ("one", "mmac_float", "mmac_int8", "mmac_int4", "n_ops")
+_COMPUTE = {"Conv", "Gemm", "MatMul", "ConvTranspose", "MatMulNBits"}
+
+
+def _shape(info: dict[str, list[int]], name: str) -> list[int] | None:
+    dims = info.get(name)
+    return dims if dims is not None and all(d > 0 for d in dims) else None
+
+
+def graph_features(onnx_bytes: bytes) -> dict[str, float]:
+    """Features of one exported candidate (shapes from ONNX shape inference, batch as exported)."""
+    model = onnx.load_from_string(onnx_bytes)
+    try:
+        model = shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - features degrade to what is known without shapes
+        pass
+    graph = model.graph
+    shapes: dict[str, list[int]] = {}
+    for vi in [*graph.value_info, *graph.input, *graph.output]:
+        dims = [
+            d.dim_value if d.HasField("dim_value") else 1 for d in vi.type.tensor_type.shape.dim
+        ]
+        shapes[vi.name] = dims
+    for init in graph.initializer:
+        shapes[init.name] = list(init.dims)
+    producer = {out: n for n in graph.node for out in n.output}
+    attrs = {
+        n.name: {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        for n in graph.node
+    }
+    feats = dict.fromkeys(FEATURES, 0.0)
+    feats["one"] = 1.0
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear", "Identity", "Constant"):
+            feats["n_ops"] += 1
+        if node.op_type not in _COMPUTE:
+            continue
+        out = _shape(shapes, node.output[0])
+        macs = 0.0
+        if out is None:
+            continue
+        if node.op_type in ("Conv", "ConvTranspose"):
+            w = _shape(shapes, node.input[1])
+            if w is not None:
+                macs = float(np.prod(out)) * float(np.prod(w[1:]))
+        elif node.op_type == "MatMulNBits":
+            k = attrs[node.name].get("K", 0)
+            macs = float(np.prod(out)) * float(k)
+        else:  # Gemm / MatMul: output elements x the reduced dimension
+            a = _shape(shapes, node.input[0])
+            if a is not None:
+                trans_a = node.op_type == "Gemm" and attrs[node.name].get("transA", 0)
+                macs = float(np.prod(out)) * float(a[0] if trans_a else a[-1])
+        src = producer.get(node.input[0])
+        if node.op_type == "MatMulNBits":
+            feats["mmac_int4"] += macs / 1e6
+        elif src is not None and src.op_type == "DequantizeLinear":
+            feats["mmac_int8"] += macs / 1e6
+        else:
+            feats["mmac_float"] += macs / 1e6
+    return feats
+
+
+class LatencyPredictor:
+    """latency_ms ~ non-negative weights . features, refitted on every new measurement."""
+
+    def __init__(self) -> None:
+        self.x: list[list[float]] = []
+        self.y: list[float] = []
+        self.coef: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def add(self, features: dict[str, float], latency_ms: float) -> None:
+        if not math.isfinite(latency_ms):
+            return
+        self.x.append([features[f] for f in FEATURES])
+        self.y.append(latency_ms)
+        self.coef = None
+
+    def _fit(self) -> np.ndarray:
+        from scipy.optimize import nnls
+
+        x, y = np.asarray(self.x), np.asarray(self.y)
+        scale = np.maximum(np.abs(x).max(axis=0), 1e-12)  # conditioning; undone below
+        coef, _ = nnls(x / scale, y)
+        return np.asarray(coef / scale)
+
+    def predict(self, features: dict[str, float]) -> float | None:
+        if len(self.y) < 3:
+            return None
+        if self.coef is None:
+            self.coef = self._fit()
+        return float(np.dot(self.coef, [features[f] for f in FEATURES]))
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman rank correlation (NaN with fewer than 3 pairs or a constant side)."""
+    if len(a) < 3:
+        return float("nan")
+    from scipy.stats import spearmanr
+
+    rho = spearmanr(a, b).statistic
+    return float(rho) if rho == rho else float("nan")
