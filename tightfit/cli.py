@@ -204,13 +204,90 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 
     if args.action == "list":
         for name in list_profiles():
-            print(f"{name:16s} {get_profile(name).description}")
+            print(f"{name:20s} {get_profile(name).description}")
         return 0
     if not args.name:
         raise TightfitError(
-            "profiles show: give a profile name, e.g. 'tightfit profiles show cpu-ort'"
+            f"profiles {args.action}: give a profile name, e.g. 'tightfit profiles {args.action} cpu-ort'"
         )
+    if args.action == "calibrate":
+        return _calibrate(args)
     print(get_profile(args.name).to_yaml(), end="")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from tightfit.evaluators import input_feed
+    from tightfit.evaluators.backends import require_runtime
+    from tightfit.evaluators.calibrate import calibrate, calibrated_profile
+    from tightfit.hardware_profiles import get_profile
+    from tightfit.runs.workdir import atomic_write
+
+    profile = get_profile(args.name)
+    require_runtime(profile)
+    with tempfile.TemporaryDirectory(prefix="tightfit-calibrate-") as tmp:
+        if args.config:
+            from tightfit.config import load_config
+            from tightfit.search._evaluate import Setup, workspace
+
+            config = load_config(args.config)
+            ws = workspace(
+                Setup(config=config, profile=profile, cache_dir=str(config.workdir_path / "cache"))
+            )
+            model, (shapes, dtypes) = ws.baseline_onnx, ws.input_spec()
+            what = f"the baseline of {args.config}"
+        else:  # latency needs no trained weights: the example network, randomly initialised
+            import torch
+
+            from tightfit.examples.digits import DigitsResNet
+            from tightfit.kernels import export_onnx
+
+            torch.manual_seed(0)
+            model = export_onnx(
+                DigitsResNet(48).eval(),
+                (torch.randn(2, 1, 16, 16),),
+                ("image",),
+                Path(tmp) / "m.onnx",
+            )
+            if profile.float_precision == "fp16":
+                from tightfit.kernels.precision import to_float16
+
+                model = to_float16(model, Path(tmp) / "m16.onnx")
+            shapes, dtypes = {"image": (1, 16, 16)}, {"image": "float32"}
+            what = "the digits example network (random weights)"
+        feed = input_feed(shapes, dtypes, profile, seed=0)
+        print(
+            f"calibrating {profile.name} with {what}: {args.repeats} A/A runs of {args.max_rounds} rounds"
+        )
+        result = calibrate(
+            profile,
+            model,
+            feed,
+            repeats=args.repeats,
+            max_rounds=args.max_rounds,
+            target_ci=args.target_ci,
+        )
+    print(f"  model latency           {result.model_ms:.4f} ms")
+    print(
+        f"  block CV                {result.block_cv:.2%}  (one model, block medians across rounds)"
+    )
+    print(f"  round ratio CV          {result.round_ratio_cv:.2%}  (A/A ratio per round)")
+    print(f"  worst A/A median error  {result.aa_ratio_error:.2%}")
+    print("  rounds  CI half-width")
+    for k, w in result.ci_half_width.items():
+        mark = " <- recommended" if k == result.recommended_rounds else ""
+        print(f"  {k:6d}  {w:.2%}{mark}")
+    verdict = "meets" if result.reached else "does NOT meet (even at the most rounds measured)"
+    print(
+        f"rounds: {result.recommended_rounds} {verdict} the target CI half-width of "
+        f"{result.target_ci:.1%} on this machine"
+    )
+    if args.save:
+        saved = calibrated_profile(profile, result)
+        atomic_write(Path(args.save), saved.to_yaml())
+        print(f"saved {Path(args.save)} (use it as a profile path in a search config)")
     return 0
 
 
@@ -251,9 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--open", action="store_true", help="open the Pareto view in your browser")
     p.set_defaults(func=cmd_ui)
 
-    p = sub.add_parser("profiles", help="list or show hardware profiles")
-    p.add_argument("action", choices=["list", "show"])
-    p.add_argument("name", nargs="?")
+    p = sub.add_parser("profiles", help="list, show or calibrate hardware profiles")
+    p.add_argument("action", choices=["list", "show", "calibrate"])
+    p.add_argument("name", nargs="?", help="a built-in profile name or a profile .yaml file")
+    p.add_argument("--config", help="calibrate: measure this search's model (default: example)")
+    p.add_argument("--repeats", type=int, default=3, help="calibrate: independent A/A runs")
+    p.add_argument("--max-rounds", type=int, default=40, help="calibrate: rounds per run")
+    p.add_argument("--target-ci", type=float, default=None, help="calibrate: CI half-width wanted")
+    p.add_argument("--save", help="calibrate: write the profile with the recommended rounds here")
     p.set_defaults(func=cmd_profiles)
     return parser
 

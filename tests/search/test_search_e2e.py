@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 def small_config(workdir: Path, profile: Path, **extra):
     raw = {
-        "name": "e2e",
+        "name": extra.pop("name", "e2e"),
         "model": {"callable": "digits-cnn", "kwargs": {"width": 8, "epochs": 2}},
         "data": {"callable": "digits"},
         "space": {"prune": {"ratios": [0.0, 0.25, 0.5]}, "lowrank": {"rank_fractions": [0.5]}},
@@ -42,7 +42,7 @@ def small_config(workdir: Path, profile: Path, **extra):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, fast_profile_file):
     workdir = tmp_path_factory.mktemp("search")
-    config = small_config(workdir, fast_profile_file)
+    config = small_config(workdir, fast_profile_file, latency={"cache_dir": str(workdir / "lc")})
     seen = []
     outcome = run_search(config, progress=lambda *a: seen.append(a))
     return config, outcome, seen
@@ -276,3 +276,55 @@ def test_pareto_command_prints_the_front(finished) -> None:
     assert "e2e on" in out.stdout and "latency_ms" in out.stdout
     for trial in outcome.profiles[0].front["trial"]:
         assert f"│ {trial} " in out.stdout or f"│ {trial}  " in out.stdout
+
+
+def test_latency_samples_environment_and_cache_misses_are_logged(finished) -> None:
+    config, outcome, _ = finished
+    client = MlflowClient(tracking_uri=f"sqlite:///{outcome.workdir / 'mlflow.db'}")
+    complete = [
+        r for r in trial_runs(outcome.workdir) if r.data.tags["tightfit.status"] == "complete"
+    ]
+    assert complete
+    seen: set[str] = set()
+    for r in sorted(complete, key=lambda r: int(r.data.tags["tightfit.trial"])):
+        tags = r.data.tags
+        assert tags["env.cpu"] and tags["env.execution_provider"] == "CPUExecutionProvider"
+        # a fresh cache: the first trial of each architecture is measured, repeats are hits
+        first = tags["tightfit.signature"] not in seen
+        seen.add(tags["tightfit.signature"])
+        assert tags["tightfit.latency_cache"] == ("miss" if first else "hit")
+        assert r.data.metrics["latency_rounds"] == 3
+        if first:
+            path = client.download_artifacts(r.info.run_id, "latency_samples.json")
+            samples = json.loads(Path(path).read_text())["samples_ms"]
+            assert len(samples["candidate"]) == len(samples["baseline"]) == 3
+
+
+def test_a_second_search_reuses_every_measurement(finished, tmp_path, fast_profile_file) -> None:
+    config, outcome, _ = finished
+    again = small_config(
+        tmp_path / "again",
+        fast_profile_file,
+        name="e2e-again",
+        latency={"cache_dir": str(outcome.workdir / "lc")},
+    )
+    [profile] = run_search(again).profiles
+    complete = profile.study.get_trials(states=(TrialState.COMPLETE,))
+    assert complete and all(t.user_attrs["latency_cache"] == "hit" for t in complete)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'again' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("e2e-again")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`tightfit.kind` = 'trial'")
+    hits = [r for r in runs if r.data.tags.get("tightfit.latency_cache") == "hit"]
+    assert len(hits) == len(complete)
+    [summary] = client.search_runs(
+        [exp.experiment_id], filter_string="tags.`tightfit.kind` = 'summary'"
+    )
+    assert summary.data.metrics["n_latency_measured"] == 0
+    assert summary.data.metrics["n_latency_cache_hits"] == len(complete)
+    # the cached ratios are the first search's, scaled to this search's reference latency
+    before = {
+        t.user_attrs["candidate"]: t.user_attrs["latency"]["ratio"]
+        for t in outcome.profiles[0].study.get_trials(states=(TrialState.COMPLETE,))
+    }
+    for t in complete:
+        assert t.user_attrs["latency"]["ratio"] == before[t.user_attrs["candidate"]]

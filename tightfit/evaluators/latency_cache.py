@@ -4,7 +4,7 @@ Latency depends on the graph's shapes, operators and precisions, not on its weig
 key is a hash of:
 
 - the candidate's **architecture signature**: its ONNX graph with the values of float and
-  quantized weight tensors removed (names, shapes and types kept; integer tensors, which hold
+  quantized weight tensors removed (names, shapes and types kept; int64 tensors, which hold
   shapes and axes, kept whole), so the precision plan (Q/DQ nodes, fp16 casts) is part of it;
 - the same signature of the **baseline** it was measured against (a latency is a ratio to it);
 - the **profile** (everything but its name and description) and the **environment** that
@@ -36,6 +36,7 @@ _DROP_VALUES = {
     onnx.TensorProto.BFLOAT16,
     onnx.TensorProto.DOUBLE,
     onnx.TensorProto.INT8,
+    onnx.TensorProto.INT32,  # quantized biases
     onnx.TensorProto.UINT8,
     onnx.TensorProto.INT4,
     onnx.TensorProto.UINT4,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -104,6 +104,9 @@ class HardwareProfile(Record):
         description="Ray custom resources a measurement asks for (one slot per device)",
     )
     num_gpus: float = Field(0.0, ge=0.0, description="GPUs a measurement asks Ray for")
+    calibration: dict[str, Any] | None = Field(
+        None, description="written by 'tightfit profiles calibrate --save': the noise measured"
+    )
 
     @field_validator("precisions")
     @classmethod

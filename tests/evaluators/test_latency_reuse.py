@@ -1,0 +1,114 @@
+"""Architecture signatures, the latency cache and the latency predictor, on real exports."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tests import models
+from tests.conftest import make_ctx
+from tightfit.evaluators.latency import LatencyResult
+from tightfit.evaluators.latency_cache import LatencyCache, architecture_signature, cache_key
+from tightfit.evaluators.predictor import FEATURES, LatencyPredictor, graph_features, spearman
+from tightfit.kernels import compress
+from tightfit.spaces import CompressionSpace, discover_units
+
+
+@pytest.fixture()
+def exported(digits, fast_profile, tmp_path):
+    """ONNX bytes of a few candidates of two models with equal shapes and different weights."""
+    out = {}
+    for seed in (1, 2):  # noisy weights (the exporter folds identical tensors into one)
+        model = models.tiny_resnet()
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(seed * 0.01 * torch.randn_like(param))
+        ctx = make_ctx(model, digits, fast_profile, tmp_path / f"m{seed}")
+        space = CompressionSpace(discover_units(model, ctx, _space()), "m", 0)
+        for name, c in {
+            "base": space.baseline(),
+            "prune": space.uniform(prune_ratio=0.5),
+            "int8": space.uniform(bits=8),
+        }.items():
+            result = compress(model, c, ctx, tmp_path / f"{seed}-{name}")
+            out[seed, name] = result.onnx_path.read_bytes()
+    return out
+
+
+def _space():
+    from tightfit.config import SpaceSpec
+
+    return SpaceSpec.model_validate(
+        {
+            "prune": {"ratios": [0.0, 0.5]},
+            "lowrank": {"enabled": False},
+            "quantize": {"bits": [32, 8]},
+        }
+    )
+
+
+def test_signature_ignores_weight_values_but_not_shapes_or_precision(exported) -> None:
+    sig = {k: architecture_signature(v) for k, v in exported.items()}
+    assert exported[1, "base"] != exported[2, "base"]  # other weights ...
+    for name in ("base", "prune", "int8"):
+        assert sig[1, name] == sig[2, name]  # ... same architecture
+    assert len({sig[1, "base"], sig[1, "prune"], sig[1, "int8"]}) == 3
+
+
+def test_cache_round_trip_rescales_to_the_reference(tmp_path, fast_profile) -> None:
+    cache = LatencyCache(tmp_path)
+    result = LatencyResult(
+        latency_ms=2.0,
+        ratio=0.5,
+        ratio_ci=(0.45, 0.55),
+        speedup=2.0,
+        median_ms=1.0,
+        p90_ms=1.1,
+        baseline_median_ms=2.0,
+        rounds=12,
+        iters_per_block=10,
+        samples_ms={"candidate": [[1.0]], "baseline": [[2.0]]},
+    )
+    env = {"cpu": "x", "onnxruntime": "1", "clocks_sm": "1980 MHz"}
+    key = cache_key("a", "b", fast_profile, env)
+    assert cache.get(key, 3.0) is None
+    cache.put(key, result)
+    hit = LatencyCache(tmp_path).get(key, 3.0)  # another process / search opens the same file
+    assert hit is not None and hit.latency_ms == 1.5 and hit.ratio_ci == (0.45, 0.55)
+    assert hit.samples_ms == {}  # raw samples stay with the trial that measured them
+    # clocks are volatile and not part of the key; threads and the runtime are
+    assert cache_key("a", "b", fast_profile, {**env, "clocks_sm": "345 MHz"}) == key
+    two = fast_profile.model_copy(update={"intra_op_threads": 1})
+    assert cache_key("a", "b", two, env) != key
+    assert cache_key("a", "b", fast_profile, {**env, "onnxruntime": "2"}) != key
+    assert len(cache) == 1
+
+
+def test_features_follow_the_compression(exported) -> None:
+    f = {k[1]: graph_features(v) for k, v in exported.items() if k[0] == 1}
+    assert f["base"]["mmac_float"] > 0 and f["base"]["mmac_int8"] == 0
+    assert f["prune"]["mmac_float"] < 0.6 * f["base"]["mmac_float"]
+    assert f["int8"]["mmac_int8"] > 0.5 * f["base"]["mmac_float"]
+    assert f["int8"]["mmac_float"] < f["base"]["mmac_float"]
+
+
+def test_predictor_fits_non_negative_costs() -> None:
+    rng = np.random.default_rng(0)
+    truth = {"one": 0.05, "mmac_float": 0.02, "mmac_int8": 0.005, "mmac_int4": 0.0, "n_ops": 0.003}
+    predictor = LatencyPredictor()
+    assert predictor.predict(dict.fromkeys(FEATURES, 1.0)) is None  # nothing to fit yet
+    points = []
+    for _ in range(20):
+        f = {"one": 1.0, **{k: float(rng.uniform(0, 10)) for k in FEATURES[1:]}}
+        y = sum(truth[k] * f[k] for k in FEATURES)
+        predictor.add(f, y)
+        points.append((f, y))
+    predictor.add(points[0][0], math.nan)  # a failed measurement is ignored
+    assert len(predictor) == 20
+    preds = [predictor.predict(f) for f, _ in points]
+    assert np.allclose(preds, [y for _, y in points], rtol=1e-6)
+    assert spearman(preds, [y for _, y in points]) == pytest.approx(1.0)
+    assert math.isnan(spearman([1.0, 2.0], [1.0, 2.0]))
