@@ -22,15 +22,24 @@ from benchmarks._fingerprint import fingerprint  # noqa: E402
 from tightfit.config import load_config  # noqa: E402
 from tightfit.runs.export import export  # noqa: E402
 from tightfit.search import run_search  # noqa: E402
+from tightfit.search._driver import latency_reuse_metrics  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n-trials", type=int, default=40)
     parser.add_argument("--config", default=str(ROOT / "examples" / "digits.yaml"))
+    parser.add_argument(
+        "--no-prescreen", action="store_true", help="measure every candidate (for comparison)"
+    )
+    parser.add_argument("--tag", default="", help="suffix of the result files")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tightfit-bench-"))
-    config = load_config(args.config, {"n_trials": args.n_trials, "workdir": str(tmp / "work")})
+    latency = {"cache_dir": str(tmp / "latency-cache"), "prescreen": not args.no_prescreen}
+    config = load_config(
+        args.config,
+        {"n_trials": args.n_trials, "workdir": str(tmp / "work"), "latency": latency},
+    )
     t0 = time.perf_counter()
     outcome = run_search(config)
     search_s = time.perf_counter() - t0
@@ -60,11 +69,14 @@ def main() -> None:
             "latency_change": knee.latency_change,
             "accuracy_change": knee.accuracy_change,
         },
+        "latency_reuse": latency_reuse_metrics(profile.study),
+        "prescreen": not args.no_prescreen,
         "machine": fingerprint(),
     }
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "digits_search.json").write_text(json.dumps(result, indent=2, default=float))
+    name = f"digits_search{args.tag}"
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=float))
     lines = [
         "# digits example search (cpu-ort)",
         "",
@@ -77,6 +89,8 @@ def main() -> None:
         f"- best speedup within 1 point of the baseline's accuracy: {result['best_speedup_within_1pt']:.2f}x",
         f"- knee (trial {knee.trial}): accuracy {knee.logged['accuracy']:.4f} -> {knee.measured['accuracy']:.4f}, "
         f"latency {knee.logged['latency_ms']:.3f} -> {knee.measured['latency_ms']:.3f} ms ({knee.latency_change:+.1%})",
+        f"- latency pre-screening {'on' if result['prescreen'] else 'off'}: "
+        + ", ".join(f"{k} {v:.3g}" for k, v in result["latency_reuse"].items()),
         "",
         "| trial | accuracy | latency_ms | size_mb | speedup | knobs |",
         "| ---: | ---: | ---: | ---: | ---: | --- |",
@@ -86,7 +100,7 @@ def main() -> None:
             f"| {row['trial']} | {row['accuracy']:.4f} | {row['latency_ms']:.3f} | {row['size_mb']:.2f} | "
             f"{row['speedup']:.2f}x | {row['knobs']} |"
         )
-    (out / "digits_search.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     shutil.rmtree(tmp, ignore_errors=True)
 

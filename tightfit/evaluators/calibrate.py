@@ -75,11 +75,12 @@ def calibrate(
             lo, hi = bootstrap_ci(rs[:k], seed + i)
             half.append((hi - lo) / 2 / float(np.median(rs[:k])))
         widths[k] = float(np.mean(half))
-    meeting = [k for k, w in widths.items() if w <= target]
+    # a bootstrap over fewer than 8 rounds understates the spread: never recommend fewer
+    meeting = [k for k, w in widths.items() if w <= target and k >= 8]
     return Calibration(
         profile=profile.name,
         target_ci=target,
-        recommended_rounds=max(3, min(meeting)) if meeting else max_rounds,
+        recommended_rounds=min(meeting) if meeting else max_rounds,
         reached=bool(meeting),
         repeats=repeats,
         rounds_measured=max_rounds,

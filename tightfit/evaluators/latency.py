@@ -41,6 +41,9 @@ class LatencyResult(Record):
     baseline_median_ms: float
     rounds: int
     iters_per_block: int
+    rounds_dropped: int = Field(
+        0, description="rounds left out because the baseline ran slow (the cores were taken)"
+    )
     seconds: float = Field(0.0, description="wall time of the measurement")
     attempts: int = Field(1, description="measurements taken; >1 when earlier ones were disturbed")
     disturbed: bool = Field(False, description="even the best attempt's baseline ran slow")
@@ -104,10 +107,11 @@ def measure_latency(
 ) -> LatencyResult:
     """Measure ``candidate`` against ``baseline`` under ``profile``'s protocol.
 
-    With a reference latency of the baseline, a measurement whose baseline ran more than
+    With a reference latency of the baseline, a round whose baseline ran more than
     ``max_baseline_slowdown`` times slower than that reference was disturbed (another process
-    took the cores): the ratio is then biased, since contention slows models unequally. It is
-    repeated, up to ``max_attempts`` times, and the least disturbed attempt is kept.
+    took the cores): its ratio is biased, since contention slows models unequally, and it is
+    left out. A measurement with fewer than 3 undisturbed rounds is repeated, up to
+    ``max_attempts`` times, and the least disturbed attempt is kept.
     """
     if baseline_ref_ms is None:
         return _measure_once(candidate, baseline, profile, feed, None, seed)
@@ -118,10 +122,10 @@ def measure_latency(
             candidate, baseline, profile, feed, baseline_ref_ms, seed + len(attempts)
         )
         attempts.append(attempt)
-        if attempt.baseline_median_ms / baseline_ref_ms <= protocol.max_baseline_slowdown:
+        if not attempt.disturbed:
             break
-    best = min(attempts, key=lambda r: abs(math.log(r.baseline_median_ms / baseline_ref_ms)))
-    disturbed = best.baseline_median_ms / baseline_ref_ms > protocol.max_baseline_slowdown
+    best = min(attempts, key=lambda r: (r.disturbed, r.rounds_dropped))
+    disturbed = best.disturbed
     return best.model_copy(update={"attempts": len(attempts), "disturbed": disturbed})
 
 
@@ -147,24 +151,38 @@ def _measure_once(
         )
         rng = np.random.default_rng(seed)
         samples: dict[str, list[np.ndarray]] = {"candidate": [], "baseline": []}
-        ratios: list[float] = []
+        every: list[float] = []  # the ratio of every round
+        ratios: list[float] = []  # of the rounds whose baseline ran at its reference speed
+        slow_ms = (
+            baseline_ref_ms * protocol.max_baseline_slowdown
+            if baseline_ref_ms is not None
+            else None
+        )
         t_rounds = time.perf_counter()
         while True:
             order = ["candidate", "baseline"] if rng.random() < 0.5 else ["baseline", "candidate"]
             block = {name: runners[name].block(iters) for name in order}
             for name, times in block.items():
                 samples[name].append(times)
-            ratios.append(float(np.median(block["candidate"]) / np.median(block["baseline"])))
-            if len(ratios) < protocol.rounds:
-                continue
-            ci = bootstrap_ci(np.array(ratios), seed)
-            narrow = (ci[1] - ci[0]) / 2 <= protocol.target_ci * float(np.median(ratios))
-            if (
-                narrow
-                or len(ratios) >= protocol.max_rounds
-                or time.perf_counter() - t_rounds > protocol.budget_s
-            ):
+            every.append(float(np.median(block["candidate"]) / np.median(block["baseline"])))
+            # a round whose baseline ran slow had its cores taken by another process: left out
+            if slow_ms is None or np.median(block["baseline"]) <= slow_ms:
+                ratios.append(every[-1])
+            spent = (
+                time.perf_counter() - t_rounds > protocol.budget_s
+                or len(every) >= 2 * protocol.max_rounds
+            )
+            if len(ratios) >= protocol.rounds:
+                ci = bootstrap_ci(np.array(ratios), seed)
+                narrow = (ci[1] - ci[0]) / 2 <= protocol.target_ci * float(np.median(ratios))
+                if narrow or len(ratios) >= protocol.max_rounds:
+                    break
+            if spent and len(every) >= protocol.rounds:  # the minimum is always run
                 break
+    disturbed = len(ratios) < 3  # the cores were taken all along: every round is used, flagged
+    if disturbed:
+        ratios = every
+    ci = bootstrap_ci(np.array(ratios), seed)
     cand = np.concatenate(samples["candidate"])
     base = np.concatenate(samples["baseline"])
     ratio = float(np.median(ratios))
@@ -182,6 +200,8 @@ def _measure_once(
         p99_ms=float(np.quantile(cand, 0.99)),
         baseline_median_ms=float(np.median(base)),
         rounds=len(ratios),
+        rounds_dropped=len(every) - len(ratios),
+        disturbed=disturbed,
         iters_per_block=iters,
         seconds=time.perf_counter() - t_start,
         environment=env,

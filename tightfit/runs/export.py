@@ -106,6 +106,58 @@ def _pick(study: Any, objectives: list[str], pick: str) -> list[int]:
     return [number]
 
 
+PLAN_TAGS = ("gpu", "gpu_capability", "tensorrt", "cuda", "driver_version")
+
+
+def plan_tags() -> dict[str, str]:
+    """What a TensorRT plan is bound to: GPU model, TensorRT, CUDA and driver versions."""
+    import tensorrt as trt
+
+    from tightfit.evaluators.backends import gpu_environment
+
+    env = {**gpu_environment(), "tensorrt": trt.__version__}
+    return {k: env.get(k, "unknown") for k in PLAN_TAGS}
+
+
+class PlanMismatchError(TightfitError):
+    pass
+
+
+def check_plan(manifest: dict[str, Any], here: dict[str, str]) -> None:
+    """Refuse a plan built for another GPU / TensorRT / CUDA / driver than ``here``."""
+    built = manifest.get("plan", {})
+    diffs = [
+        f"{k}: plan {built.get(k)!r}, here {here.get(k)!r}"
+        for k in PLAN_TAGS
+        if built.get(k) != here.get(k)
+    ]
+    if diffs:
+        raise PlanMismatchError(
+            "this TensorRT plan was built for other hardware or software ("
+            + "; ".join(diffs)
+            + "); rebuild it here with 'tightfit export', or ship model.onnx and build on the target"
+        )
+
+
+def load_plan(engine_dir: Path) -> bytes:
+    """The plan of an exported engine folder, after checking it was built for this machine.
+
+    A plan is native code for one GPU model and TensorRT version; loading another's fails or,
+    worse, runs slower kernels. Only plans tightfit wrote (sha256 in the manifest) are loaded.
+    """
+    engine_dir = Path(engine_dir)
+    manifest = json.loads((engine_dir / "manifest.json").read_text())
+    if "model.plan" not in manifest.get("files", {}):
+        raise TightfitError(
+            f"{engine_dir} has no TensorRT plan (its profile is not a TensorRT one)"
+        )
+    check_plan(manifest, plan_tags())
+    plan = engine_dir / "model.plan"
+    if sha256(plan) != manifest["files"]["model.plan"]["sha256"]:
+        raise TightfitError(f"{plan} does not match the sha256 in its manifest; export it again")
+    return plan.read_bytes()
+
+
 def registered_model_name(config: SearchConfig, profile: HardwareProfile) -> str:
     return f"{config.name}-{profile.name}"
 
@@ -183,6 +235,16 @@ def export(
         with tempfile.TemporaryDirectory() as tmp:
             built = compress(ws.model, candidate, ws.ctx, Path(tmp))
             engine = atomic_write(target / "model.onnx", built.onnx_path.read_bytes())
+        files = {"model.onnx": {"sha256": sha256(engine), "bytes": engine.stat().st_size}}
+        extra: dict[str, Any] = {}
+        if hw.runtime == "tensorrt":  # the deployable engine, bound to this GPU and TensorRT
+            from tightfit.evaluators import input_feed
+            from tightfit.evaluators.backends import build_engine
+
+            feed = input_feed(shapes, dtypes, hw, config.seed)
+            plan = atomic_write(target / "model.plan", build_engine(engine, hw, feed))
+            files["model.plan"] = {"sha256": sha256(plan), "bytes": plan.stat().st_size}
+            extra["plan"] = plan_tags()
         accuracy = evaluate_accuracy(engine, ws.data)  # a fresh session on the written file
         latency = measure(hw, engine.read_bytes(), base_bytes, shapes, dtypes, ref_ms, config.seed)
         logged = dict(zip(study.metric_names or config.objectives, trial.values, strict=True))
@@ -209,7 +271,8 @@ def export(
             "latency": {**latency.summary(), "environment": latency.environment},
             "report": built.report,
             "libraries": library_versions(),
-            "files": {"model.onnx": {"sha256": sha256(engine), "bytes": engine.stat().st_size}},
+            "files": files,
+            **extra,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         path = atomic_write(target / "manifest.json", json.dumps(manifest, indent=2, default=str))

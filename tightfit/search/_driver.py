@@ -563,7 +563,7 @@ class _ProfileSearch:
         }
         if not feasible.empty:
             metrics["best_feasible_speedup"] = float(feasible["speedup"].max())
-        metrics.update(_latency_reuse_metrics_of(self.study))
+        metrics.update(latency_reuse_metrics(self.study))
         self.tracker.log_summary(
             self.profile.name,
             metrics,
@@ -579,7 +579,7 @@ class _ProfileSearch:
         )
 
 
-def _latency_reuse_metrics_of(study: optuna.Study) -> dict[str, float]:
+def latency_reuse_metrics(study: optuna.Study) -> dict[str, float]:
     """Cache hits, pre-screened trials, time saved, and the predictor's rank correlation.
 
     The correlation is over trials whose latency was predicted *before* it was measured (not

@@ -1,0 +1,189 @@
+"""Are latency measurements repeatable? `python benchmarks/latency_repeatability.py`.
+
+A front of candidates of the digits example network (pruned, factorized, int8 and mixes: a
+spread of speedups, some close together) is measured twice, independently, on ``cpu-ort``:
+
+- **tightfit's protocol**: a fresh reference latency of the baseline, then each candidate
+  interleaved with the baseline over rounds, median ratio, more rounds to a target CI;
+- **the naive protocol**: the baseline timed once, then each candidate back to back (mean of
+  ``NAIVE_RUNS`` runs after one warm-up run), speedup = baseline mean / candidate mean.
+
+The two passes of each protocol are compared: Spearman rank correlation of the latencies and the
+median absolute difference of the speedups (relative). Latency needs no trained weights: the
+network is randomly initialised (int8 calibration still uses the real digits images). Writes
+benchmarks/results/latency_repeatability.{json,md} with the machine fingerprint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._fingerprint import fingerprint  # noqa: E402
+
+NAIVE_RUNS = 100
+
+
+def candidates(space):  # a spread of speedups, several of them close together
+    return {
+        "baseline": space.baseline(),
+        "prune-0.25": space.uniform(prune_ratio=0.25),
+        "prune-0.5": space.uniform(prune_ratio=0.5),
+        "lowrank-0.5": space.uniform(rank_fraction=0.5),
+        "int8": space.uniform(bits=8),
+        "prune-0.25+int8": space.uniform(prune_ratio=0.25, bits=8),
+        "prune-0.5+int8": space.uniform(prune_ratio=0.5, bits=8),
+        "lowrank-0.5+int8": space.uniform(rank_fraction=0.5, bits=8),
+        "prune-0.375+lowrank-0.75+int8": space.uniform(
+            prune_ratio=0.375, rank_fraction=0.75, bits=8
+        ),
+        "prune-0.125": space.uniform(prune_ratio=0.125),
+    }
+
+
+def naive_pass(paths: dict[str, Path], baseline: Path, profile, feed) -> dict[str, float]:
+    from tightfit.evaluators._ort import make_session
+
+    def mean_ms(path: Path) -> float:
+        session = make_session(path, profile)
+        session.run(None, feed)
+        t0 = time.perf_counter()
+        for _ in range(NAIVE_RUNS):
+            session.run(None, feed)
+        return (time.perf_counter() - t0) / NAIVE_RUNS * 1e3
+
+    base = mean_ms(baseline)
+    return {name: mean_ms(p) / base for name, p in paths.items()}  # latency ratio
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--profile", default="cpu-ort")
+    args = parser.parse_args()
+
+    import torch
+
+    from tightfit.config import CallableSpec, SpaceSpec
+    from tightfit.evaluators import input_feed
+    from tightfit.evaluators.predictor import spearman
+    from tightfit.examples.digits import DigitsResNet
+    from tightfit.hardware_profiles import get_profile
+    from tightfit.kernels import SurgeryContext, compress, export_onnx
+    from tightfit.search._evaluate import find_output_layer, measure, measure_reference
+    from tightfit.spaces import CompressionSpace, discover_units
+    from tightfit.task import load_data
+
+    profile = get_profile(args.profile)
+    data = load_data(CallableSpec(callable="digits"))
+    torch.manual_seed(0)
+    model = DigitsResNet(48).eval()
+    tmp = Path(tempfile.mkdtemp(prefix="tightfit-repeat-"))
+    example = data.example_inputs()
+    baseline = export_onnx(model, example, data.input_names, tmp / "baseline.onnx")
+    ctx = SurgeryContext(
+        example_inputs=example,
+        input_names=data.input_names,
+        calibration=data.calibration,
+        profile=profile,
+        classifier=find_output_layer(model, example),
+        baseline_onnx=baseline,
+    )
+    space = CompressionSpace(discover_units(model, ctx, SpaceSpec()), "bench", 0)
+    paths = {
+        name: compress(model, c, ctx, tmp / name).onnx_path for name, c in candidates(space).items()
+    }
+    shapes = {k: tuple(v.shape[1:]) for k, v in data.validation.items()}
+    dtypes = {k: str(v.dtype) for k, v in data.validation.items()}
+    feed = input_feed(shapes, dtypes, profile, seed=0)
+    base_bytes = baseline.read_bytes()
+
+    ours, naive, seconds = [], [], {"ours": 0.0, "naive": 0.0}
+    rng = np.random.default_rng(0)
+    for p in range(2):
+        t0 = time.perf_counter()
+        ref = measure_reference(profile, base_bytes, shapes, dtypes, seed=100 * p)
+        order = list(paths)
+        rng.shuffle(order)
+        results = {
+            name: measure(
+                profile,
+                paths[name].read_bytes(),
+                base_bytes,
+                shapes,
+                dtypes,
+                ref.baseline_median_ms,
+                seed=100 * p + i,
+            )
+            for i, name in enumerate(order)
+        }
+        ours.append({n: r.ratio for n, r in results.items()})
+        seconds["ours"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        naive.append(naive_pass({n: paths[n] for n in order}, baseline, profile, feed))
+        seconds["naive"] += time.perf_counter() - t0
+        print(f"pass {p + 1}: ours {seconds['ours']:.0f} s, naive {seconds['naive']:.0f} s so far")
+
+    names = list(paths)
+
+    def compare(passes: list[dict[str, float]]) -> dict[str, float]:
+        a = [passes[0][n] for n in names]
+        b = [passes[1][n] for n in names]
+        speed_a, speed_b = 1 / np.array(a), 1 / np.array(b)
+        diffs = np.abs(speed_a - speed_b) / speed_a
+        return {
+            "spearman": spearman(a, b),
+            "median_abs_speedup_diff": float(np.median(diffs)),
+            "max_abs_speedup_diff": float(np.max(diffs)),
+        }
+
+    result = {
+        "profile": profile.name,
+        "n_candidates": len(names),
+        "tightfit": {**compare(ours), "seconds": round(seconds["ours"], 1)},
+        "naive": {**compare(naive), "seconds": round(seconds["naive"], 1), "runs": NAIVE_RUNS},
+        "speedups": {
+            n: {
+                "tightfit": [1 / ours[0][n], 1 / ours[1][n]],
+                "naive": [1 / naive[0][n], 1 / naive[1][n]],
+            }
+            for n in names
+        },
+        "machine": fingerprint(),
+    }
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latency_repeatability.json").write_text(json.dumps(result, indent=2))
+    m = result["machine"]
+    t, nv = result["tightfit"], result["naive"]
+    lines = [
+        f"# Latency repeatability on {profile.name}: two independent passes over {len(names)} candidates",
+        "",
+        f"Machine: {m['cpu']} ({m['cpu_count']} cores; {m['cpu_flags']}), onnxruntime {m['onnxruntime']}",
+        "",
+        "| protocol | Spearman (pass 1 vs 2) | median abs speedup diff | max abs speedup diff | seconds (2 passes) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        f"| tightfit (interleaved, median ratio, adaptive rounds) | {t['spearman']:.3f} | {t['median_abs_speedup_diff']:.2%} | {t['max_abs_speedup_diff']:.2%} | {t['seconds']:.0f} |",
+        f"| naive (back to back, mean of {NAIVE_RUNS}) | {nv['spearman']:.3f} | {nv['median_abs_speedup_diff']:.2%} | {nv['max_abs_speedup_diff']:.2%} | {nv['seconds']:.0f} |",
+        "",
+        "| candidate | tightfit pass 1 | pass 2 | naive pass 1 | pass 2 |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for n, s in result["speedups"].items():
+        lines.append(
+            f"| {n} | {s['tightfit'][0]:.3f}x | {s['tightfit'][1]:.3f}x | {s['naive'][0]:.3f}x | {s['naive'][1]:.3f}x |"
+        )
+    (out / "latency_repeatability.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
