@@ -68,6 +68,7 @@ def naive_pass(paths: dict[str, Path], baseline: Path, profile, feed) -> dict[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--profile", default="cpu-ort")
+    parser.add_argument("--tag", default="", help="suffix of the result files")
     args = parser.parse_args()
 
     import torch
@@ -161,7 +162,7 @@ def main() -> None:
     }
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "latency_repeatability.json").write_text(json.dumps(result, indent=2))
+    (out / f"latency_repeatability{args.tag}.json").write_text(json.dumps(result, indent=2))
     m = result["machine"]
     t, nv = result["tightfit"], result["naive"]
     lines = [
@@ -181,7 +182,7 @@ def main() -> None:
         lines.append(
             f"| {n} | {s['tightfit'][0]:.3f}x | {s['tightfit'][1]:.3f}x | {s['naive'][0]:.3f}x | {s['naive'][1]:.3f}x |"
         )
-    (out / "latency_repeatability.md").write_text("\n".join(lines) + "\n")
+    (out / f"latency_repeatability{args.tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

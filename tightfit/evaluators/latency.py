@@ -188,6 +188,9 @@ def _measure_once(
     ratio = float(np.median(ratios))
     ref = baseline_ref_ms if baseline_ref_ms is not None else float(np.median(base))
     env = environment(profile, feed)
+    for name, runner in runners.items():
+        if hasattr(runner, "timing"):
+            env[f"timing_{name}"] = runner.timing
     if cpus is not None:
         env["pinned_cpus"] = ",".join(map(str, cpus))
     return LatencyResult(
