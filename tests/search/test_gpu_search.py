@@ -26,11 +26,12 @@ def test_search_export_and_remeasure_on_the_gpu(tmp_path: Path) -> None:
     path = tmp_path / "gpu-fast.yaml"
     path.write_text(profile.model_copy(update={"name": "gpu-fast", "measurement": fast}).to_yaml())
     config = small_config(tmp_path / "work", path, n_trials=8, ray={})
-    [outcome] = run_search(config).profiles
+    search = run_search(config)
+    [outcome] = search.profiles
     complete = outcome.study.get_trials(states=(TrialState.COMPLETE,))
     assert len(complete) >= 6 and not outcome.front.empty
     assert outcome.study.user_attrs["environment"]["gpu"]
-    [result] = export(outcome.workdir, pick="knee", out=tmp_path / "engines")
+    [result] = export(search.workdir, pick="knee", out=tmp_path / "engines")
     model = onnx.load(str(result.path))  # reload: an fp16 graph with fp32 inputs and outputs
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
     manifest = json.loads(result.manifest.read_text())

@@ -200,6 +200,30 @@ class OrtDeviceRunner:
 
 
 # ---- GPU: PyTorch CUDA graphs -----------------------------------------------------------------
+def _initializers_inlined(model: Any) -> Any:
+    """Replace ``Identity(initializer)`` nodes by a copy of the initializer (in place).
+
+    The TorchScript exporter shares equal weights (e.g. all-zero biases) through Identity nodes;
+    onnx2torch wants a Conv's weights and bias to be initializers.
+    """
+    import onnx
+
+    inits = {i.name: i for i in model.graph.initializer}
+    kept = []
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            model.graph.initializer.append(copy)
+            inits[copy.name] = copy
+        else:
+            kept.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return model
+
+
 class TorchCudaRunner:
     """The ONNX as a PyTorch module on the GPU, captured once and replayed as a CUDA graph."""
 
@@ -209,7 +233,7 @@ class TorchCudaRunner:
         import torch
         from onnx2torch import convert
 
-        self.module = convert(onnx.load(str(path))).cuda().eval()
+        self.module = convert(_initializers_inlined(onnx.load(str(path)))).cuda().eval()
         self.inputs = _torch_inputs(feed)
         args = [self.inputs[k] for k in feed]
         stream = torch.cuda.Stream()
