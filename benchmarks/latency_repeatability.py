@@ -51,15 +51,12 @@ def candidates(space):  # a spread of speedups, several of them close together
 
 
 def naive_pass(paths: dict[str, Path], baseline: Path, profile, feed) -> dict[str, float]:
-    from tightfit.evaluators._ort import make_session
+    from tightfit.evaluators.backends import open_runner
 
-    def mean_ms(path: Path) -> float:
-        session = make_session(path, profile)
-        session.run(None, feed)
-        t0 = time.perf_counter()
-        for _ in range(NAIVE_RUNS):
-            session.run(None, feed)
-        return (time.perf_counter() - t0) / NAIVE_RUNS * 1e3
+    def mean_ms(path: Path) -> float:  # the same runtime and timer, none of the protocol
+        runner = open_runner(path, profile, feed)
+        runner.run()
+        return float(runner.block(NAIVE_RUNS).mean())
 
     base = mean_ms(baseline)
     return {name: mean_ms(p) / base for name, p in paths.items()}  # latency ratio
@@ -84,19 +81,24 @@ def main() -> None:
     from tightfit.task import load_data
 
     profile = get_profile(args.profile)
+    if profile.float_precision == "fp16":
+        from tightfit.kernels.precision import to_float16
     data = load_data(CallableSpec(callable="digits"))
     torch.manual_seed(0)
     model = DigitsResNet(48).eval()
     tmp = Path(tempfile.mkdtemp(prefix="tightfit-repeat-"))
     example = data.example_inputs()
     baseline = export_onnx(model, example, data.input_names, tmp / "baseline.onnx")
+    float_baseline = baseline
+    if profile.float_precision == "fp16":
+        baseline = to_float16(float_baseline, tmp / "baseline-fp16.onnx")
     ctx = SurgeryContext(
         example_inputs=example,
         input_names=data.input_names,
         calibration=data.calibration,
         profile=profile,
         classifier=find_output_layer(model, example),
-        baseline_onnx=baseline,
+        baseline_onnx=float_baseline,
     )
     space = CompressionSpace(discover_units(model, ctx, SpaceSpec()), "bench", 0)
     paths = {

@@ -97,7 +97,14 @@ def test_features_follow_the_compression(exported) -> None:
 
 def test_predictor_fits_non_negative_costs() -> None:
     rng = np.random.default_rng(0)
-    truth = {"one": 0.05, "mmac_float": 0.02, "mmac_int8": 0.005, "mmac_int4": 0.0, "n_ops": 0.003}
+    truth = {
+        "one": 0.05,
+        "mmac_float": 0.02,
+        "mmac_int8": 0.005,
+        "mmac_int4": 0.0,
+        "n_ops": 0.003,
+        "weight_mb": 0.01,
+    }
     predictor = LatencyPredictor()
     assert predictor.predict(dict.fromkeys(FEATURES, 1.0)) is None  # nothing to fit yet
     points = []

@@ -1,8 +1,8 @@
 """A latency predictor fitted online on the search's own measurements, for pre-screening.
 
 Features come from the candidate's ONNX graph: multiply-accumulates per precision (float,
-int8 Q/DQ, 4-bit MatMulNBits) and the number of operators (each costs a dispatch, which
-dominates small models). Latency is modelled as a non-negative combination of them (NNLS), the
+int8 Q/DQ, 4-bit MatMulNBits), the number of operators (each costs a dispatch, which
+dominates small models) and the size of the weights (memory traffic). Latency is modelled as a non-negative combination of them (NNLS), the
 per-layer cost table of OFA/APQ in the form our own measurements can fit. It only decides which
 candidates are worth measuring: measured latency alone decides the front, and the predictions
 made before each measurement are kept to report the predictor's rank correlation.
@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import shape_inference
 
-FEATURES = ("one", "mmac_float", "mmac_int8", "mmac_int4", "n_ops")
+FEATURES = ("one", "mmac_float", "mmac_int8", "mmac_int4", "n_ops", "weight_mb")
 _COMPUTE = {"Conv", "Gemm", "MatMul", "ConvTranspose", "MatMulNBits"}
 
 
@@ -48,6 +48,7 @@ def graph_features(onnx_bytes: bytes) -> dict[str, float]:
     }
     feats = dict.fromkeys(FEATURES, 0.0)
     feats["one"] = 1.0
+    feats["weight_mb"] = len(onnx_bytes) / 1e6
     for node in graph.node:
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear", "Identity", "Constant"):
             feats["n_ops"] += 1
