@@ -151,6 +151,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"{r.measured['speedup']:.2f}x",
         )
     console.print(table)
+    console.print(
+        "latency now = the re-measured ratio to the baseline x the search's reference latency "
+        "(the manifest has the baseline's latency now, to see the machine's drift)"
+    )
     for r in results:
         if r.registered:
             console.print(f"trial {r.trial} registered: {r.registered}", soft_wrap=True)

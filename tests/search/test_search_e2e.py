@@ -68,7 +68,9 @@ def test_search_completes_with_a_front(finished) -> None:
     assert seen[-1][1] == 6  # the progress hook saw every trial
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
         assert "accuracy_drop" in t.constraints
-        assert t.user_attrs["latency"]["rounds"] == 3
+        lat = t.user_attrs["latency"]
+        # 3 rounds; a measurement with too few undisturbed ones uses all its rounds (max 2 x 3)
+        assert 3 <= lat["rounds"] <= 6 and lat["rounds"] + lat["rounds_dropped"] <= 6
 
 
 def test_mlflow_has_one_run_per_trial_and_a_summary(finished) -> None:
@@ -293,11 +295,12 @@ def test_latency_samples_environment_and_cache_misses_are_logged(finished) -> No
         first = tags["tightfit.signature"] not in seen
         seen.add(tags["tightfit.signature"])
         assert tags["tightfit.latency_cache"] == ("miss" if first else "hit")
-        assert r.data.metrics["latency_rounds"] == 3
-        if first:
+        assert 3 <= r.data.metrics["latency_rounds"] <= 6
+        if first:  # every round's raw block times, the dropped ones included
             path = client.download_artifacts(r.info.run_id, "latency_samples.json")
             samples = json.loads(Path(path).read_text())["samples_ms"]
-            assert len(samples["candidate"]) == len(samples["baseline"]) == 3
+            assert len(samples["candidate"]) == len(samples["baseline"])
+            assert r.data.metrics["latency_rounds"] <= len(samples["candidate"]) <= 6
 
 
 def test_a_second_search_reuses_every_measurement(finished, tmp_path, fast_profile_file) -> None:
