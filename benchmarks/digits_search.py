@@ -22,7 +22,7 @@ from benchmarks._fingerprint import fingerprint  # noqa: E402
 from tightfit.config import load_config  # noqa: E402
 from tightfit.runs.export import export  # noqa: E402
 from tightfit.search import run_search  # noqa: E402
-from tightfit.search._driver import latency_reuse_metrics  # noqa: E402
+from tightfit.search._reuse import latency_reuse_metrics  # noqa: E402
 
 
 def main() -> None:

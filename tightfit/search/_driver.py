@@ -24,8 +24,6 @@ from optuna.trial import TrialState
 
 from tightfit.config import SearchConfig
 from tightfit.evaluators import evaluate_accuracy, size_mb
-from tightfit.evaluators.latency_cache import LatencyCache, architecture_signature, cache_key
-from tightfit.evaluators.predictor import LatencyPredictor, spearman
 from tightfit.exceptions import ConfigError, WorkdirError
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.runs import pareto
@@ -33,6 +31,7 @@ from tightfit.runs._tracker import Tracker
 from tightfit.runs.workdir import atomic_write, prepare_workdir
 from tightfit.search import _ray
 from tightfit.search._evaluate import Setup, StageOne, workspace
+from tightfit.search._reuse import LatencyReuse, latency_reuse_metrics
 from tightfit.search._signals import DeferredInterrupt
 from tightfit.search._study import ATTR_INTERRUPTED, counted_trials, open_study, recover_interrupted
 from tightfit.spaces import Candidate, CompressionSpace, discover_units
@@ -156,7 +155,13 @@ class _ProfileSearch:
             "latency_ms": self.study.user_attrs["baseline_latency_ms"],
             "size_mb": self.study.user_attrs["baseline_size_mb"],
         }
-        self._prepare_latency_reuse()
+        self.reuse = LatencyReuse(
+            self.config.latency,
+            self.profile,
+            self.baseline_bytes,
+            self.baseline["latency_ms"],
+            self.study,
+        )
         if self.config.constraints.max_latency_ms is not None and "fastest_latency_ms" not in attrs:
             self._check_latency_constraint()
         with DeferredInterrupt():  # journal and MLflow writes: not cut half-way by Ctrl-C
@@ -166,17 +171,6 @@ class _ProfileSearch:
                 )
             if not self.study.trials:
                 self._enqueue_seeds()
-
-    def _prepare_latency_reuse(self) -> None:
-        """The latency cache, and the predictor refitted on the trials measured so far."""
-        spec = self.config.latency
-        self.cache = LatencyCache(spec.cache_dir) if spec.cache else None
-        self.baseline_signature = architecture_signature(self.baseline_bytes)
-        self.environment = self.study.user_attrs.get("environment", {})
-        self.predictor = LatencyPredictor()
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if "features" in t.user_attrs and "latency" in t.user_attrs:
-                self.predictor.add(t.user_attrs["features"], t.user_attrs["latency"]["latency_ms"])
 
     def _measure_baseline(self) -> None:
         import ray
@@ -309,9 +303,7 @@ class _ProfileSearch:
         t.set_user_attr("features", one.features)
         t.set_user_attr("latency_cache", p.cache)
         self.study.tell(t, [values[o] for o in self.config.objectives])
-        if p.cache == "miss" and self.cache is not None:
-            self.cache.put(p.cache_key, latency)
-        self.predictor.add(one.features, latency.latency_ms)
+        self.reuse.record(p.cache_key, one, latency, measured=p.cache == "miss")
         metrics = {
             **values,
             "accuracy_drop": drop,
@@ -359,39 +351,23 @@ class _ProfileSearch:
         """Finish ``p`` without measuring it, if its latency is cached or predicted dominated."""
         one = p.stage_one
         assert one is not None
-        p.cache_key = cache_key(
-            one.signature, self.baseline_signature, self.profile, self.environment
-        )
-        cached = self.cache.get(p.cache_key, self.baseline["latency_ms"]) if self.cache else None
+        p.cache_key = self.reuse.key(one)
+        cached = self.reuse.cached(p.cache_key)
         if cached is not None:
             p.cache = "hit"
             self._complete(p, cached)
             return True
         p.cache = "miss"
-        spec = self.config.latency
-        if len(self.predictor) < spec.prescreen_after:
-            return False
-        p.predicted_ms = self.predictor.predict(one.features)
+        p.predicted_ms = self.reuse.predict(one)
         if p.predicted_ms is None:
             return False
         p.trial.set_user_attr("predicted_latency_ms", p.predicted_ms)
-        optimistic = p.predicted_ms * (1.0 - spec.prescreen_margin)
-        if spec.prescreen and self._dominated(one, optimistic):
-            self._prescreen(p)
-            return True
-        return False
-
-    def _dominated(self, one: StageOne, latency_ms: float) -> bool:
-        """True if a measured front point is at least as good in every objective, better in one."""
-        mine = {"accuracy": -one.accuracy, "latency_ms": latency_ms, "size_mb": one.size_mb}
         objectives = list(self.config.objectives)
-        for t in self.study.best_trials:
-            theirs = dict(zip(objectives, t.values, strict=True))
-            theirs["accuracy"] = -theirs["accuracy"]
-            pairs = [(theirs[o], mine[o]) for o in objectives]
-            if all(a <= b for a, b in pairs) and any(a < b for a, b in pairs):
-                return True
-        return False
+        front = [dict(zip(objectives, t.values, strict=True)) for t in self.study.best_trials]
+        if self.reuse.worth_measuring(one, p.predicted_ms, front):
+            return False
+        self._prescreen(p)
+        return True
 
     def _prescreen(self, p: _Pending) -> None:
         one = p.stage_one
@@ -577,37 +553,6 @@ class _ProfileSearch:
         return ProfileOutcome(
             self.profile.name, self.study, front, self.baseline, d, self.n_done, self.n_failed
         )
-
-
-def latency_reuse_metrics(study: optuna.Study) -> dict[str, float]:
-    """Cache hits, pre-screened trials, time saved, and the predictor's rank correlation.
-
-    The correlation is over trials whose latency was predicted *before* it was measured (not
-    refitted afterwards), so it is what the pre-screening decisions actually relied on.
-    """
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    measured = [t for t in done if t.state == TrialState.COMPLETE and "latency" in t.user_attrs]
-    fresh = [t for t in measured if t.user_attrs.get("latency_cache") == "miss"]
-    seconds = [t.user_attrs["latency"].get("seconds", 0.0) for t in fresh]
-    mean_s = sum(seconds) / len(seconds) if seconds else 0.0
-    predicted = [t for t in fresh if "predicted_latency_ms" in t.user_attrs]
-    n_pre = sum(1 for t in done if t.state == TrialState.PRUNED)
-    n_hits = sum(1 for t in measured if t.user_attrs.get("latency_cache") == "hit")
-    out = {
-        "n_latency_measured": float(len(fresh)),
-        "n_latency_cache_hits": float(n_hits),
-        "n_prescreened": float(n_pre),
-        "latency_measure_s_mean": mean_s,
-        "latency_s_saved": (n_pre + n_hits) * mean_s,
-        "n_predicted": float(len(predicted)),
-    }
-    rho = spearman(
-        [t.user_attrs["predicted_latency_ms"] for t in predicted],
-        [t.user_attrs["latency"]["latency_ms"] for t in predicted],
-    )
-    if rho == rho:
-        out["predictor_spearman"] = rho
-    return out
 
 
 def _best_feasible_speedup(study: optuna.Study) -> float | None:

@@ -1,0 +1,54 @@
+"""Pre-screening decisions: dominance over the measured front, with the optimism margin."""
+
+from __future__ import annotations
+
+from tightfit.search._reuse import dominates
+
+
+def test_dominance_per_objective_direction() -> None:
+    front = {"accuracy": 0.99, "latency_ms": 1.0, "size_mb": 2.0}
+    assert dominates(front, {"accuracy": 0.98, "latency_ms": 1.0, "size_mb": 2.0})
+    assert dominates(front, {"accuracy": 0.99, "latency_ms": 1.2, "size_mb": 2.0})
+    assert not dominates(front, dict(front))  # equal: not dominated
+    assert not dominates(front, {"accuracy": 0.995, "latency_ms": 5.0, "size_mb": 9.0})
+    assert not dominates(front, {"accuracy": 0.98, "latency_ms": 0.9, "size_mb": 2.0})
+    # only the objectives both have count (a search without size_mb)
+    assert dominates({"accuracy": 0.99, "latency_ms": 1.0}, {**front, "latency_ms": 1.1})
+
+
+def test_margin_makes_skipping_conservative(tmp_path) -> None:
+    import optuna
+
+    from tightfit.config import LatencySpec
+    from tightfit.hardware_profiles import get_profile
+    from tightfit.search._evaluate import StageOne
+    from tightfit.search._reuse import LatencyReuse
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    spec = LatencySpec(cache=False, prescreen_margin=0.2)
+    reuse = LatencyReuse(spec, get_profile("cpu-ort"), _tiny_onnx(), 1.0, study)
+    one = StageOne(accuracy=0.98, size_mb=2.0, onnx=b"", seconds=0.0)
+    front = [{"accuracy": 0.99, "latency_ms": 1.0, "size_mb": 2.0}]
+    assert not reuse.worth_measuring(one, predicted_ms=1.5, front=front)  # 1.2 > 1.0: skip
+    assert reuse.worth_measuring(one, predicted_ms=1.2, front=front)  # 0.96 < 1.0: measure
+    off = LatencyReuse(
+        spec.model_copy(update={"prescreen": False}),
+        get_profile("cpu-ort"),
+        _tiny_onnx(),
+        1.0,
+        study,
+    )
+    assert off.worth_measuring(one, predicted_ms=10.0, front=front)
+
+
+def _tiny_onnx() -> bytes:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    return onnx.helper.make_model(graph).SerializeToString()

@@ -1,0 +1,109 @@
+"""Latency a trial need not measure: the cache, and pre-screening by the latency predictor.
+
+Pure bookkeeping around ``evaluators.latency_cache`` and ``evaluators.predictor``; the driver
+decides what to do with a hit or a "dominated" verdict.
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+from tightfit.config import LatencySpec
+from tightfit.evaluators import LatencyResult
+from tightfit.evaluators.latency_cache import LatencyCache, architecture_signature, cache_key
+from tightfit.evaluators.predictor import LatencyPredictor, spearman
+from tightfit.hardware_profiles import HardwareProfile
+from tightfit.search._evaluate import StageOne
+
+
+class LatencyReuse:
+    """The cache of this machine, and a predictor refitted on the study's measurements."""
+
+    def __init__(
+        self,
+        spec: LatencySpec,
+        profile: HardwareProfile,
+        baseline_onnx: bytes,
+        reference_ms: float,
+        study: optuna.Study,
+    ) -> None:
+        self.spec = spec
+        self.profile = profile
+        self.reference_ms = reference_ms
+        self.cache = LatencyCache(spec.cache_dir) if spec.cache else None
+        self.baseline_signature = architecture_signature(baseline_onnx)
+        self.environment: dict[str, str] = study.user_attrs.get("environment", {})
+        self.predictor = LatencyPredictor()
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if "features" in t.user_attrs and "latency" in t.user_attrs:
+                self.predictor.add(t.user_attrs["features"], t.user_attrs["latency"]["latency_ms"])
+
+    def key(self, one: StageOne) -> str:
+        return cache_key(one.signature, self.baseline_signature, self.profile, self.environment)
+
+    def cached(self, key: str) -> LatencyResult | None:
+        return self.cache.get(key, self.reference_ms) if self.cache is not None else None
+
+    def predict(self, one: StageOne) -> float | None:
+        """The predicted latency, once the predictor has ``prescreen_after`` measurements."""
+        if len(self.predictor) < self.spec.prescreen_after:
+            return None
+        return self.predictor.predict(one.features)
+
+    def worth_measuring(self, one: StageOne, predicted_ms: float, front: list[dict]) -> bool:
+        """False if even an optimistic latency leaves ``one`` dominated by a measured point."""
+        if not self.spec.prescreen:
+            return True
+        mine = {
+            "accuracy": one.accuracy,
+            "latency_ms": predicted_ms * (1.0 - self.spec.prescreen_margin),
+            "size_mb": one.size_mb,
+        }
+        return not any(dominates(theirs, mine) for theirs in front)
+
+    def record(self, key: str, one: StageOne, latency: LatencyResult, measured: bool) -> None:
+        if measured and self.cache is not None:
+            self.cache.put(key, latency)
+        self.predictor.add(one.features, latency.latency_ms)
+
+
+SIGN = {"accuracy": -1.0, "latency_ms": 1.0, "size_mb": 1.0}  # to "lower is better"
+
+
+def dominates(a: dict[str, float], b: dict[str, float]) -> bool:
+    """``a`` is at least as good as ``b`` in every objective they share, and better in one."""
+    keys = [k for k in a if k in b]
+    pairs = [(SIGN[k] * a[k], SIGN[k] * b[k]) for k in keys]
+    return bool(pairs) and all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
+
+
+def latency_reuse_metrics(study: optuna.Study) -> dict[str, float]:
+    """Cache hits, pre-screened trials, time saved, and the predictor's rank correlation.
+
+    The correlation is over trials whose latency was predicted *before* it was measured (not
+    refitted afterwards), so it is what the pre-screening decisions actually relied on.
+    """
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    measured = [t for t in done if t.state == TrialState.COMPLETE and "latency" in t.user_attrs]
+    fresh = [t for t in measured if t.user_attrs.get("latency_cache") == "miss"]
+    seconds = [t.user_attrs["latency"].get("seconds", 0.0) for t in fresh]
+    mean_s = sum(seconds) / len(seconds) if seconds else 0.0
+    predicted = [t for t in fresh if "predicted_latency_ms" in t.user_attrs]
+    n_pre = sum(1 for t in done if t.state == TrialState.PRUNED)
+    n_hits = sum(1 for t in measured if t.user_attrs.get("latency_cache") == "hit")
+    out = {
+        "n_latency_measured": float(len(fresh)),
+        "n_latency_cache_hits": float(n_hits),
+        "n_prescreened": float(n_pre),
+        "latency_measure_s_mean": mean_s,
+        "latency_s_saved": (n_pre + n_hits) * mean_s,
+        "n_predicted": float(len(predicted)),
+    }
+    rho = spearman(
+        [t.user_attrs["predicted_latency_ms"] for t in predicted],
+        [t.user_attrs["latency"]["latency_ms"] for t in predicted],
+    )
+    if rho == rho:
+        out["predictor_spearman"] = rho
+    return out
