@@ -78,10 +78,15 @@ def main() -> None:
     name = f"digits_search{args.tag}"
     (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=float))
     lines = [
-        "# digits example search (cpu-ort)",
+        f"# digits example search ({', '.join(config.profiles)})",
         "",
         f"Machine: {result['machine']['cpu']} ({result['machine']['cpu_count']} cores; {result['machine']['cpu_flags']}), "
-        f"onnxruntime {result['machine']['onnxruntime']}, torch {result['machine']['torch']}",
+        f"onnxruntime {result['machine']['onnxruntime']}, torch {result['machine']['torch']}"
+        + (
+            f"; GPU {profile.study.user_attrs['environment'].get('gpu')}"
+            if "gpu" in profile.study.user_attrs.get("environment", {})
+            else ""
+        ),
         "",
         f"- {result['n_trials']} trials ({result['n_failed']} failed) in {search_s:.0f} s; export of the knee {export_s:.0f} s",
         f"- baseline: accuracy {profile.baseline['accuracy']:.4f}, latency {profile.baseline['latency_ms']:.3f} ms, "
