@@ -21,7 +21,7 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -105,13 +105,17 @@ class OrtCpuRunner:
         self.session.run(None, self.feed)
 
     def block(self, iters: int) -> np.ndarray:
-        times = np.empty(iters)
-        run, feed = self.session.run, self.feed
-        for i in range(iters):
-            t0 = time.perf_counter_ns()
-            run(None, feed)
-            times[i] = time.perf_counter_ns() - t0
-        return times / 1e6
+        return host_timed_block(self.run, iters)
+
+
+def host_timed_block(run: Callable[[], None], iters: int) -> np.ndarray:
+    """Milliseconds of each of ``iters`` synchronous calls of ``run``, by the host clock."""
+    times = np.empty(iters)
+    for i in range(iters):
+        t0 = time.perf_counter_ns()
+        run()
+        times[i] = time.perf_counter_ns() - t0
+    return times / 1e6
 
 
 @contextmanager
@@ -191,12 +195,7 @@ class OrtDeviceRunner:
         self.binding.synchronize_outputs()
 
     def block(self, iters: int) -> np.ndarray:
-        times = np.empty(iters)
-        for i in range(iters):
-            t0 = time.perf_counter_ns()
-            self.run()
-            times[i] = time.perf_counter_ns() - t0
-        return times / 1e6
+        return host_timed_block(self.run, iters)
 
 
 # ---- GPU: PyTorch CUDA graphs -----------------------------------------------------------------

@@ -9,7 +9,6 @@ that the runtime can fuse whole int8 chains). 4-bit uses ``MatMulNBitsQuantizer`
 
 from __future__ import annotations
 
-import functools
 import logging
 import shutil
 import tempfile
@@ -30,13 +29,11 @@ from tightfit.kernels.export import COMPUTE_OPS, has_constant_weight, nodes_by_m
 CALIBRATION_BATCH = 32
 
 
-@functools.cache
 def cpu_has_vnni() -> bool:
     """True on x86 CPUs with VNNI / AMX (full-range U8S8 int8 is safe there)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    from tightfit.evaluators.backends import cpu_environment
+
+    flags = cpu_environment()["cpu_flags"].split(",")
     return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
