@@ -46,7 +46,9 @@ class LatencyResult(Record):
     )
     seconds: float = Field(0.0, description="wall time of the measurement")
     attempts: int = Field(1, description="measurements taken; >1 when earlier ones were disturbed")
-    disturbed: bool = Field(False, description="even the best attempt's baseline ran slow")
+    disturbed: bool = Field(
+        False, description="fewer than 3 rounds ran undisturbed, even in the best attempt"
+    )
     environment: dict[str, str] = Field(default_factory=dict)
     samples_ms: dict[str, list[list[float]]] = Field(
         default_factory=dict, description="raw times per model per round (ms)"
