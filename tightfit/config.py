@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -186,7 +186,11 @@ class SearchConfig(Record):
     latency: LatencySpec = Field(default_factory=LatencySpec)
     n_trials: int = Field(40, ge=1, le=100_000)
     seed: int = 0
-    concurrency: int = Field(2, ge=1, description="evaluations in flight at once")
+    concurrency: int = Field(2, ge=1, description="evaluations in flight at once, per profile")
+    profile_concurrency: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict,
+        description="evaluations in flight for the named profiles, instead of 'concurrency'",
+    )
     trial_timeout_s: float = Field(600.0, gt=0.0)
     n_uniform_seeds: int = Field(
         4, ge=0, description="uniform-compression candidates enqueued first"
@@ -228,6 +232,7 @@ class SearchConfig(Record):
             exclude={
                 "n_trials",
                 "concurrency",
+                "profile_concurrency",
                 "trial_timeout_s",
                 "workdir",
                 "ray",
@@ -238,7 +243,19 @@ class SearchConfig(Record):
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
     def hardware_profiles(self) -> list[HardwareProfile]:
-        return [get_profile(p) for p in self.profiles]
+        profiles = [get_profile(p) for p in self.profiles]
+        names = {p.name for p in profiles}
+        unknown = sorted(set(self.profile_concurrency) - names)
+        if unknown:
+            raise ConfigError(
+                f"profile_concurrency: {', '.join(unknown)} is not a profile of this search "
+                f"(its profiles: {', '.join(sorted(names))}); use one of those names"
+            )
+        return profiles
+
+    def concurrency_of(self, profile: str) -> int:
+        """Evaluations in flight for ``profile``."""
+        return self.profile_concurrency.get(profile, self.concurrency)
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchConfig:
@@ -281,4 +298,9 @@ def config_from_dict(
         p = Path(name)
         is_file = name.endswith((".yaml", ".yml"))
         resolved.append(str((base_dir or Path()) / p) if is_file and not p.is_absolute() else name)
-    return config.model_copy(update={"profiles": resolved, "workdir": str(config.workdir_path)})
+    config = config.model_copy(update={"profiles": resolved, "workdir": str(config.workdir_path)})
+    try:
+        config.hardware_profiles()  # profile_concurrency names profiles of this search
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return config

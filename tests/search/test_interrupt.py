@@ -110,3 +110,66 @@ def test_sigint_then_rerun_finishes_every_trial(tmp_path: Path, fast_profile_fil
     [manifest] = engines.glob("*/manifest.json")
     files = json.loads(manifest.read_text())["files"]
     assert sha256(manifest.parent / "model.onnx") == files["model.onnx"]["sha256"]
+
+
+def test_sigkill_then_rerun_reconciles_mlflow(tmp_path: Path, fast_profile_file: Path) -> None:
+    """The driver killed outright (no clean-up of any kind), then the same command again."""
+    import os
+
+    workdir = tmp_path / "work"
+    path = tmp_path / "search.yaml"
+    path.write_text(
+        "name: killed\n"
+        "model: {callable: digits-cnn, kwargs: {width: 8, epochs: 2}}\n"
+        "data: {callable: digits}\n"
+        "space: {prune: {ratios: [0.0, 0.25, 0.5]}, lowrank: {rank_fractions: [0.5]}}\n"
+        f"profiles: ['{fast_profile_file}']\n"
+        f"workdir: '{workdir}'\n"
+        "n_trials: 10\nconcurrency: 2\nn_uniform_seeds: 2\nray: {num_cpus: 2}\n"
+    )
+    config = load_config(path)
+    cmd = [sys.executable, "-m", "tightfit.cli", "search", str(path)]
+    # a session of its own: the kill takes the driver and the local Ray it started, as a crash would
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 300
+    while _complete(config, workdir) < 4 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the search ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    study = load_study(config, "cpu-ort-fast", workdir)
+    left_running = [t.number for t in study.get_trials(states=(TrialState.RUNNING,))]
+
+    rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    study = load_study(config, "cpu-ort-fast", workdir)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    counted = [
+        t
+        for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.FAIL))
+        if not t.user_attrs.get(ATTR_INTERRUPTED)
+    ]
+    assert len(counted) == 10
+    for number in left_running:  # failed as interrupted and run again under a new number
+        assert study.trials[number].user_attrs.get(ATTR_INTERRUPTED)
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("killed")
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`tightfit.kind` = 'trial'", max_results=1000
+    )
+    numbers = sorted(int(r.data.tags["tightfit.trial"]) for r in runs)
+    assert numbers == [t.number for t in study.trials]  # exactly one run per trial
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    by_number = {int(r.data.tags["tightfit.trial"]): r for r in runs}
+    for t in study.trials:
+        status = by_number[t.number].data.tags["tightfit.status"]
+        expected = (
+            "complete"
+            if t.state == TrialState.COMPLETE
+            else "interrupted"
+            if t.user_attrs.get(ATTR_INTERRUPTED)
+            else "failed"
+        )
+        assert status == expected, (t.number, t.state, status)

@@ -49,6 +49,10 @@ class LatencyResult(Record):
     disturbed: bool = Field(
         False, description="fewer than 3 rounds ran undisturbed, even in the best attempt"
     )
+    node_id: str = Field("", description="the Ray node that measured (empty outside Ray)")
+    window: tuple[float, float] | None = Field(
+        None, description="when the measurement ran there (unix seconds, start and end)"
+    )
     environment: dict[str, str] = Field(default_factory=dict)
     samples_ms: dict[str, list[list[float]]] = Field(
         default_factory=dict, description="raw times per model per round (ms)"

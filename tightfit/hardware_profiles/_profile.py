@@ -103,6 +103,10 @@ class HardwareProfile(Record):
         default_factory=dict,
         description="Ray custom resources a measurement asks for (one slot per device)",
     )
+    ray_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="node labels a measuring node must carry (Ray label selector), e.g. {hw: t4}",
+    )
     num_gpus: float = Field(0.0, ge=0.0, description="GPUs a measurement asks Ray for")
     calibration: dict[str, Any] | None = Field(
         None, description="written by 'tightfit profiles calibrate --save': the noise measured"
@@ -121,7 +125,15 @@ class HardwareProfile(Record):
         for key in ("CPU", "GPU"):
             if key in v:
                 raise ValueError(f"'{key}' is not a custom resource; use num_gpus for GPUs")
+        for key, amount in v.items():
+            if amount <= 0:
+                raise ValueError(f"'{key}': {amount:g} must be > 0 (one slot per device: 1)")
         return v
+
+    @property
+    def dedicated(self) -> bool:
+        """Measurements run on nodes set aside for them (a resource or label), not on these cores."""
+        return bool(self.ray_resources or self.ray_labels)
 
     @model_validator(mode="after")
     def _consistent(self) -> HardwareProfile:

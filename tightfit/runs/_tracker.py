@@ -216,6 +216,49 @@ class Tracker:
         self.client.set_terminated(run_id, "FINISHED")
         return run_id
 
+    def reconcile(self, profile: str, trials: list[Any], objectives: list[str]) -> int:
+        """After a crash, give every finished trial of ``profile`` exactly one finished run.
+
+        A driver killed between telling Optuna and writing MLflow leaves a run RUNNING (or, killed
+        right after asking, no run at all). The study is the source of truth: such runs are
+        written from the trial (values, status, error) and tagged ``tightfit.reconciled``.
+        Returns how many runs were written.
+        """
+        from optuna.trial import TrialState
+
+        running = {
+            run.info.run_id
+            for run in self._search(
+                f"tags.`{TAG_KIND}` = 'trial' and tags.`{TAG_PROFILE}` = '{profile}' "
+                "and attributes.status = 'RUNNING'"
+            )
+        }
+        fixed = 0
+        for t in trials:
+            if not t.state.is_finished():
+                continue
+            run_id = self._runs.get((profile, t.number))
+            if run_id is not None and run_id not in running:
+                continue
+            if run_id is None:
+                run_id = self.start_trial(profile, t.number, t.params)
+            tags = {"tightfit.reconciled": "true"}
+            if t.state == TrialState.COMPLETE:
+                metrics = dict(zip(objectives, t.values, strict=True))
+                for key in ("speedup", "accuracy_drop"):
+                    if key in t.user_attrs:
+                        metrics[key] = t.user_attrs[key]
+                self.finish_trial(run_id, metrics, "complete", tags=tags)
+            elif t.state == TrialState.PRUNED:
+                self.finish_trial(run_id, {}, "prescreened", tags=tags)
+            elif t.user_attrs.get("interrupted"):
+                self.mark_interrupted(profile, t.number, "driver stopped; trial enqueued again")
+            else:
+                error = str(t.user_attrs.get("error", "failed; the driver stopped before logging"))
+                self.finish_trial(run_id, {}, "failed", error=error, tags=tags)
+            fixed += 1
+        return fixed
+
     def mark_interrupted(self, profile: str, trial: int, reason: str) -> None:
         run_id = self._runs.get((profile, trial))
         if run_id is None:

@@ -1,9 +1,15 @@
 """The search driver: one process, the only writer of the Optuna study and of MLflow.
 
 Per hardware profile: export and score the baseline, discover the space, open (or resume) the
-study, enqueue the baseline and uniform-compression seeds, then keep ``concurrency`` trials in
-flight as Ray tasks. A measurement holds the cores it measures on: while one is queued or
-running, no compression task is dispatched, and measurements run one at a time.
+study, enqueue the baseline and uniform-compression seeds, then keep the profile's concurrency
+of trials in flight. Compression runs as Ray tasks on any node; measurements run in one
+``LatencyBench`` actor per measuring device (``_ray``). On one machine a measurement holds the
+cores it measures on: while one is queued or running, no compression task is dispatched. On
+nodes set aside for measurement (a profile with Ray resources or labels), compression goes on.
+
+A node that dies takes its work with it: Ray reruns its compression tasks elsewhere, and the
+driver moves its measurement to another actor and starts a replacement actor. Every trial is
+told once.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ from tightfit.spaces import Candidate, CompressionSpace, discover_units
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5
+MAX_MEASURE_ATTEMPTS = 3  # a measurement whose node died is moved, at most this many times
+BENCH_START_S = 300.0  # the first measurement actor must be up by then
 
 
 @dataclass
@@ -71,6 +79,7 @@ class _Pending:
     cache_key: str = ""
     cache: str = ""  # "hit" or "miss" once looked up
     predicted_ms: float | None = None
+    moves: int = 0  # times its measurement moved because the measuring node died
     owed_write: Callable[[], None] | None = None  # the MLflow write still owed, if any
 
 
@@ -89,8 +98,9 @@ def run_search(config: SearchConfig, progress: ProgressHook | None = None) -> Se
         workspace(Setup(config=config, profile=profile, cache_dir=str(workdir / "cache")))
     started = _ray.start_ray(config)
     try:
-        for profile in profiles:
+        for profile in profiles:  # every profile can be measured, before the first trial
             _ray.check_feasible(profile)
+        for profile in profiles:
             outcome.profiles.append(
                 _ProfileSearch(config, profile, workdir, tracker, progress).run()
             )
@@ -120,6 +130,12 @@ class _ProfileSearch:
         self.n_failed = 0
         self.best_speedup: float | None = None
         self._current: _Pending | None = None
+        self.concurrency = config.concurrency_of(profile.name)
+        self.benches: list[Any] = []  # every measurement actor alive
+        self.idle: list[Any] = []  # those ready and not measuring
+        self.starting: dict[Any, Any] = {}  # readiness probe -> actor, until it answers
+        self.wait_s = 0.0  # time the loop spent waiting on Ray (the rest is orchestration)
+        self.loop_s = 0.0
         self.setup = Setup(config=config, profile=profile, cache_dir=str(workdir / "cache"))
         self.summary_dir = workdir / "summary" / profile.name
         self.summary_dir.mkdir(parents=True, exist_ok=True)
@@ -140,12 +156,7 @@ class _ProfileSearch:
                 f"'{self.config.name}' started ({attrs['base_model']}); use a new search name or workdir"
             )
         self.compress_remote = _ray.compress_function()
-        self.bench = _ray.latency_bench(self.profile)
-        import ray
-
-        missing = ray.get(self.bench.runtime_missing.remote(self.profile))
-        if missing:
-            raise ConfigError(f"hardware profile '{self.profile.name}' cannot measure: {missing}")
+        self._start_benches()
         self.baseline_bytes = ws.baseline_onnx.read_bytes()
         self.shapes, self.dtypes = ws.input_spec()
         if "baseline_latency_ms" not in attrs:
@@ -169,15 +180,95 @@ class _ProfileSearch:
                 self.tracker.mark_interrupted(
                     self.profile.name, number, "driver stopped; trial enqueued again"
                 )
+            fixed = self.tracker.reconcile(
+                self.profile.name,
+                self.study.get_trials(deepcopy=False),
+                list(self.config.objectives),
+            )
+            if fixed:
+                log.info("%d MLflow runs written from the study (the driver had stopped)", fixed)
+                self.tracker.set_pareto(
+                    self.profile.name, {t.number for t in self.study.best_trials}
+                )
             if not self.study.trials:
                 self._enqueue_seeds()
+
+    # ---- measurement actors -----------------------------------------------------------
+    def _start_benches(self) -> None:
+        """One actor per device the profile may use at once; wait for the first to answer.
+
+        On one machine (no resource or label) that is one actor; on a cluster, as many as there
+        are devices (slots), at most the profile's concurrency.
+        """
+        import ray
+
+        slots = _ray.measurement_slots(self.profile)
+        n = min(slots, self.concurrency) if self.profile.dedicated else 1
+        for _ in range(max(n, 1)):
+            self._add_bench()
+        deadline = time.monotonic() + BENCH_START_S
+        while not self.idle:
+            ready, _ = ray.wait(list(self.starting), num_returns=1, timeout=5.0)
+            for ref in ready:
+                self._bench_started(ref, strict=True)
+            if not self.idle and time.monotonic() > deadline:
+                raise ConfigError(
+                    f"hardware profile '{self.profile.name}': no measurement actor could start "
+                    f"within {BENCH_START_S:g} s; its devices may be held by another search "
+                    "(see `ray status`)"
+                )
+
+    def _add_bench(self) -> None:
+        bench = _ray.latency_bench(self.profile)
+        self.benches.append(bench)
+        self.starting[bench.runtime_missing.remote(self.profile)] = bench
+
+    def _bench_started(self, ref: Any, strict: bool = False) -> None:
+        """A new actor answered its readiness probe: put it to work, or drop it."""
+        import ray
+
+        bench = self.starting.pop(ref)
+        try:
+            missing = ray.get(ref)
+        except Exception as e:
+            missing = _ray.error_text(e)
+        if not missing:
+            self.idle.append(bench)
+            return
+        self._drop_bench(bench)
+        if strict:
+            raise ConfigError(f"hardware profile '{self.profile.name}' cannot measure: {missing}")
+        log.warning("a measurement actor of %s could not start: %s", self.profile.name, missing)
+
+    def _drop_bench(self, bench: Any) -> None:
+        import ray
+
+        if bench in self.benches:
+            self.benches.remove(bench)
+        if bench in self.idle:
+            self.idle.remove(bench)
+        try:
+            ray.kill(bench, no_restart=True)
+        except Exception:  # already dead with its node
+            pass
+
+    def _replace_bench(self, bench: Any) -> None:
+        """Kill ``bench`` (dead or stuck) and start another; Ray places it once a device is free."""
+        self._drop_bench(bench)
+        self._add_bench()
+
+    def _stop_benches(self) -> None:
+        """Free the devices (the next profile, or another search, may need them)."""
+        for bench in list(self.benches):
+            self._drop_bench(bench)
+        self.starting.clear()
 
     def _measure_baseline(self) -> None:
         import ray
 
         _ray.warm_up(self.config.concurrency)
         latency = ray.get(
-            self.bench.reference.remote(
+            self.idle[0].reference.remote(
                 self.profile, self.baseline_bytes, self.shapes, self.dtypes, self.config.seed
             )
         )
@@ -201,7 +292,7 @@ class _ProfileSearch:
         strongest = self.space.uniform(prune_ratio=0.99, rank_fraction=0.0, bits=8)
         try:
             one = ray.get(self.compress_remote.remote(self.setup, strongest))
-            latency = ray.get(self._measure_task(one.onnx))
+            latency = ray.get(self._measure_task(one.onnx, self.idle[0]))
         except Exception as e:
             log.warning("could not measure the most compressed candidate: %s", _ray.error_text(e))
             return
@@ -235,9 +326,9 @@ class _ProfileSearch:
             )
 
     # ---- dispatch -----------------------------------------------------------------------
-    def _measure_task(self, onnx_bytes: bytes) -> Any:
+    def _measure_task(self, onnx_bytes: bytes, bench: Any) -> Any:
         """Latency of ``onnx_bytes`` against the baseline, scaled by the reference latency."""
-        return self.bench.measure.remote(
+        return bench.measure.remote(
             self.profile,
             onnx_bytes,
             self.baseline_bytes,
@@ -302,6 +393,8 @@ class _ProfileSearch:
         t.set_user_attr("report", one.report)
         t.set_user_attr("features", one.features)
         t.set_user_attr("latency_cache", p.cache)
+        t.set_user_attr("compress_node_id", one.node_id)
+        t.set_user_attr("measurement_moves", p.moves)
         self.study.tell(t, [values[o] for o in self.config.objectives])
         self.reuse.record(p.cache_key, one, latency, measured=p.cache == "miss")
         metrics = {
@@ -329,7 +422,12 @@ class _ProfileSearch:
                 "samples_ms": latency.samples_ms,
                 "environment": latency.environment,
             }
-        tags = {"tightfit.latency_cache": p.cache, "tightfit.signature": one.signature[:16]}
+        tags = {
+            "tightfit.latency_cache": p.cache,
+            "tightfit.signature": one.signature[:16],
+            "tightfit.node_id": latency.node_id,
+            "tightfit.compress_node_id": one.node_id,
+        }
         tags.update({f"env.{k}": v for k, v in latency.environment.items()})
         self._record(
             p,
@@ -393,56 +491,58 @@ class _ProfileSearch:
 
     # ---- the loop -----------------------------------------------------------------------
     def run(self) -> ProfileOutcome:
-        self._prepare()
-        self.n_done, self.n_failed = counted_trials(self.study)
-        self.best_speedup = _best_feasible_speedup(self.study)
-        n_trials = self.config.n_trials
-        self.progress(self.profile.name, self.n_done, n_trials, self.n_failed, self.best_speedup)
-        with DeferredInterrupt() as stop:
-            self._loop(stop, n_trials)
+        try:
+            self._prepare()
+            self.n_done, self.n_failed = counted_trials(self.study)
+            self.best_speedup = _best_feasible_speedup(self.study)
+            n_trials = self.config.n_trials
+            self.progress(
+                self.profile.name, self.n_done, n_trials, self.n_failed, self.best_speedup
+            )
+            t0 = time.monotonic()
+            with DeferredInterrupt() as stop:
+                self._loop(stop, n_trials)
+            self.loop_s = time.monotonic() - t0
+        finally:
+            self._stop_benches()
         return self._summarise()
 
     def _loop(self, stop: DeferredInterrupt, n_trials: int) -> None:
         import ray
 
         compressing: dict[Any, _Pending] = {}
-        waiting: deque[_Pending] = deque()
-        measuring: tuple[Any, _Pending] | None = None
+        waiting: deque[_Pending] = deque()  # compressed, waiting for a measurement actor
+        measuring: dict[Any, tuple[Any, _Pending]] = {}  # ref -> (actor, trial)
+        shared_cores = not self.profile.dedicated  # measurements run where compression does
         try:
             while True:
                 stop.check()  # Ctrl-C takes effect here, between complete steps
-                in_flight = len(compressing) + len(waiting) + (measuring is not None)
+                in_flight = len(compressing) + len(waiting) + len(measuring)
                 if self.n_done >= n_trials and in_flight == 0:
                     break
-                if measuring is None and waiting and not compressing:
+                while waiting and self.idle and not (shared_cores and compressing):
                     p = waiting.popleft()
                     assert p.stage_one is not None
                     p.submitted = time.monotonic()
-                    measuring = (
-                        self._measure_task(p.stage_one.onnx),
-                        p,
-                    )
-                if measuring is None and not waiting:
-                    while (
-                        len(compressing) < self.config.concurrency
-                        and self.n_done + in_flight < n_trials
-                    ):
+                    bench = self.idle.pop()
+                    measuring[self._measure_task(p.stage_one.onnx, bench)] = (bench, p)
+                if not (shared_cores and (measuring or waiting)):
+                    while in_flight < self.concurrency and self.n_done + in_flight < n_trials:
                         p = self._ask()
                         compressing[self.compress_remote.remote(self.setup, p.candidate)] = p
                         in_flight += 1
-                refs = list(compressing) + ([measuring[0]] if measuring else [])
-                ready, _ = ray.wait(refs, num_returns=1, timeout=POLL_S)
+                refs = [*compressing, *measuring, *self.starting]
+                t_wait = time.monotonic()
+                ready, _ = ray.wait(refs, num_returns=1, timeout=POLL_S) if refs else ([], [])
+                self.wait_s += time.monotonic() - t_wait
                 for ref in ready:
-                    if measuring is not None and ref == measuring[0]:
-                        p = measuring[1]
-                        measuring = None
+                    if ref in self.starting:
+                        self._bench_started(ref)
+                        continue
+                    if ref in measuring:
+                        bench, p = measuring.pop(ref)
                         self._current = p
-                        try:
-                            self._complete(p, ray.get(ref))
-                        except Exception as e:
-                            if p.told:
-                                raise  # recording failed, not the candidate: a real error
-                            self._fail(p, f"latency: {_ray.error_text(e)}")
+                        self._measured(ref, bench, p, waiting)
                     else:
                         p = compressing.pop(ref)
                         self._current = p
@@ -457,14 +557,42 @@ class _ProfileSearch:
                     self.progress(
                         self.profile.name, self.n_done, n_trials, self.n_failed, self.best_speedup
                     )
-                measuring = self._expire(compressing, measuring)
+                self._expire(compressing, measuring)
         except BaseException:
             self._interrupt(compressing, waiting, measuring)
             raise
 
+    def _measured(self, ref: Any, bench: Any, p: _Pending, waiting: deque[_Pending]) -> None:
+        """A measurement came back: complete the trial, or move it if its node died."""
+        import ray
+
+        try:
+            latency = ray.get(ref)
+        except Exception as e:
+            if not _ray.is_system_failure(e):
+                self.idle.append(bench)
+                return self._fail(p, f"latency: {_ray.error_text(e)}")
+            self._replace_bench(bench)
+            p.moves += 1
+            if p.moves >= MAX_MEASURE_ATTEMPTS:
+                return self._fail(
+                    p, f"latency: the measuring node died {p.moves} times ({_ray.error_text(e)})"
+                )
+            log.warning(
+                "trial %d: its measuring node died (%s); measuring it on another",
+                p.trial.number,
+                _ray.error_text(e),
+            )
+            waiting.appendleft(p)
+            return None
+        self.idle.append(bench)
+        self._complete(p, latency)  # an error here is in recording, not the candidate's
+        return None
+
     def _expire(
-        self, compressing: dict[Any, _Pending], measuring: tuple[Any, _Pending] | None
-    ) -> tuple[Any, _Pending] | None:
+        self, compressing: dict[Any, _Pending], measuring: dict[Any, tuple[Any, _Pending]]
+    ) -> None:
+        """Fail the trials whose stage ran past ``trial_timeout_s``, and cancel their work."""
         import ray
 
         limit = self.config.trial_timeout_s
@@ -474,24 +602,22 @@ class _ProfileSearch:
                 ray.cancel(ref, force=True)
                 del compressing[ref]
                 self._fail(p, f"timed out after {limit:g} s (compression and accuracy)")
-        if measuring is not None and now - measuring[1].submitted > limit:
-            # an actor call cannot be force-cancelled: replace the stuck actor
-            ray.kill(self.bench, no_restart=True)
-            self.bench = _ray.latency_bench(self.profile)
-            self._fail(measuring[1], f"timed out after {limit:g} s (latency measurement)")
-            return None
-        return measuring
+        for ref, (bench, p) in list(measuring.items()):
+            if now - p.submitted > limit:
+                del measuring[ref]
+                self._replace_bench(bench)  # an actor call cannot be force-cancelled
+                self._fail(p, f"timed out after {limit:g} s (latency measurement)")
 
     def _interrupt(
         self,
         compressing: dict[Any, _Pending],
         waiting: deque[_Pending],
-        measuring: tuple[Any, _Pending] | None,
+        measuring: dict[Any, tuple[Any, _Pending]],
     ) -> None:
         """Ctrl-C or a crash: mark in-flight trials interrupted and enqueue them again."""
         import ray
 
-        pending = list(compressing.values()) + list(waiting) + ([measuring[1]] if measuring else [])
+        pending = [*compressing.values(), *waiting, *(p for _, p in measuring.values())]
         current = self._current  # the trial whose result was being recorded, if any
         if current is not None and current not in pending:
             if not current.told:
@@ -540,6 +666,11 @@ class _ProfileSearch:
         if not feasible.empty:
             metrics["best_feasible_speedup"] = float(feasible["speedup"].max())
         metrics.update(latency_reuse_metrics(self.study))
+        loop_s = self.loop_s
+        if loop_s > 0:  # what the driver itself cost: sampling, dispatch, telling, logging
+            metrics["search_wall_s"] = loop_s
+            metrics["orchestration_s"] = loop_s - self.wait_s
+            metrics["orchestration_share"] = (loop_s - self.wait_s) / loop_s
         self.tracker.log_summary(
             self.profile.name,
             metrics,

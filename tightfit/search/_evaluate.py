@@ -56,6 +56,8 @@ class StageOne(Record):
     seconds: float
     signature: str = Field("", description="architecture signature (latency cache key part)")
     features: dict[str, float] = Field(default_factory=dict, description="latency predictor input")
+    node_id: str = Field("", description="the Ray node that compressed (empty outside Ray)")
+    started_at: float = Field(0.0, description="unix time the work started on that node")
 
 
 class Evaluation(Record):

@@ -1,11 +1,12 @@
-"""Ray execution: a local Ray by default; compression as tasks, measurement in an actor.
+"""Ray execution: a local Ray by default; compression as tasks, measurement in actors.
 
-Measurements run in one long-lived ``LatencyBench`` actor per hardware profile, placed by the
-profile's Ray resources (one slot per device on a cluster). An actor, not a task: a task takes a
-pooled worker, and Ray then starts a replacement worker process whose start-up (imports) runs
-beside the measurement and slowed it by up to 2x in our runs. The actor is started once and
-stays warm. That no other tightfit work runs on the measured cores is the driver's rule: it
-dispatches no compression task while a measurement is queued or running.
+Measurements run in long-lived ``LatencyBench`` actors, one per measuring device, placed by the
+profile's Ray resources (one slot per device, so Ray never puts two measurements on a device)
+and node labels. An actor, not a task: a task takes a pooled worker, and Ray then starts a
+replacement worker process whose start-up (imports) runs beside the measurement and slowed it
+by up to 2x in our runs. The actors are started once and stay warm. On one machine (a profile
+with no resource or label) a measurement shares the cores with compression, so the driver
+dispatches no compression task while one is queued or running.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ def start_ray(config: SearchConfig) -> bool:
     logging.getLogger("ray").setLevel(logging.ERROR)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] = "0"
-    if config.ray.address:
-        ray.init(address=config.ray.address, logging_level=logging.ERROR, log_to_driver=False)
+    # RAY_ADDRESS is set inside a Ray Job (tightfit submit): join the cluster the job runs on
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         return True
     # Local workers inherit this environment: let them import user modules from the cwd.
     paths = [str(Path.cwd()), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
@@ -54,31 +57,81 @@ def start_ray(config: SearchConfig) -> bool:
     return True
 
 
-def check_feasible(profile: HardwareProfile) -> None:
-    """Stop before the first trial if no node offers the profile's resources (Ray would wait forever)."""
+def _demand(profile: HardwareProfile) -> dict[str, float]:
+    """What one measurement asks of a node: its custom resources and GPUs."""
+    return {**profile.ray_resources, **({"GPU": profile.num_gpus} if profile.num_gpus else {})}
+
+
+def measurement_slots(profile: HardwareProfile, nodes: list[dict[str, Any]] | None = None) -> int:
+    """How many measurements of ``profile`` the cluster can run at once (devices that fit it).
+
+    Counts, over the alive nodes whose labels match the profile's ``ray_labels``, how many times
+    each node's total resources hold one measurement's demand. A profile with no demand (a CPU
+    profile on one machine) measures on the driver's machine: one slot.
+    """
     import ray
 
-    total = ray.cluster_resources()
-    if total.get("GPU", 0) < profile.num_gpus:
+    demand = _demand(profile)
+    if not demand and not profile.ray_labels:
+        return 1
+    slots = 0
+    for node in ray.nodes() if nodes is None else nodes:
+        labels = node.get("Labels") or {}
+        if not node.get("Alive") or any(labels.get(k) != v for k, v in profile.ray_labels.items()):
+            continue
+        have = node.get("Resources") or {}
+        slots += min((int(have.get(k, 0) // v) for k, v in demand.items()), default=1)
+    return slots
+
+
+def check_feasible(profile: HardwareProfile, nodes: list[dict[str, Any]] | None = None) -> int:
+    """Stop before the first trial if no node can measure ``profile`` (Ray would wait forever).
+
+    Returns the number of measurement slots (devices) the cluster offers the profile.
+    """
+    slots = measurement_slots(profile, nodes)
+    if slots:
+        return slots
+    name = profile.name
+    if profile.ray_labels:
+        wanted = ",".join(f"{k}={v}" for k, v in profile.ray_labels.items())
         raise ConfigError(
-            f"hardware profile '{profile.name}' measures on a GPU, but no Ray node has one; "
+            f"hardware profile '{name}': no alive Ray node has the labels {{{wanted}}} together "
+            f"with {_demand(profile) or 'a CPU'}; start one with `ray start --labels={wanted}"
+            + "".join(
+                f" --resources='{{\"{k}\": {v:g}}}'" for k, v in profile.ray_resources.items()
+            )
+            + "` or remove 'ray_labels' from the profile"
+        )
+    if profile.num_gpus and not profile.ray_resources:
+        raise ConfigError(
+            f"hardware profile '{name}' measures on a GPU, but no Ray node has one; "
             "run on a machine with an NVIDIA GPU or join a GPU node to the cluster"
         )
-    missing = {k: v for k, v in profile.ray_resources.items() if total.get(k, 0) < v}
-    if missing:
-        raise ConfigError(
-            f"hardware profile '{profile.name}': no Ray node offers {missing}; start a node with "
-            f"--resources='{{\"{next(iter(missing))}\": 1}}' or remove 'ray_resources' from the profile"
-        )
+    key, amount = next(iter(profile.ray_resources.items()))
+    raise ConfigError(
+        f"hardware profile '{name}': no Ray node offers {_demand(profile)}; start a node with "
+        f"--resources='{{\"{key}\": {amount:g}}}'"
+        + (" and a GPU" if profile.num_gpus else "")
+        + " or remove 'ray_resources' from the profile"
+    )
 
 
 class LatencyBench:
     """Measures candidates against the baseline, one at a time (see the module docstring)."""
 
     def measure(self, *args: Any, **kwargs: Any) -> Any:
+        """A candidate's latency, with the node and the time window it was measured in."""
+        import time
+
+        import ray
+
         from tightfit.search._evaluate import measure
 
-        return measure(*args, **kwargs)
+        start = time.time()
+        result = measure(*args, **kwargs)
+        node = ray.get_runtime_context().get_node_id()
+        return result.model_copy(update={"node_id": node, "window": (start, time.time())})
 
     def runtime_missing(self, profile: HardwareProfile) -> str | None:
         from tightfit.evaluators.backends import runtime_missing
@@ -107,29 +160,59 @@ def warm_up(n_workers: int) -> None:
     ray.get([task.remote() for _ in range(n_workers)])
 
 
-def compress_function() -> Any:
-    """Stage 1 as a Ray task: one CPU; system failures retried, never user errors."""
+def _compress_on_node(setup: Any, candidate: Any) -> Any:
+    import time
+
     import ray
 
     from tightfit.search._evaluate import compress_and_score
 
-    return ray.remote(num_cpus=1, max_retries=2)(compress_and_score)
+    start = time.time()
+    one = compress_and_score(setup, candidate)
+    node = ray.get_runtime_context().get_node_id()
+    return one.model_copy(update={"node_id": node, "started_at": start})
+
+
+def compress_function() -> Any:
+    """Stage 1 as a Ray task: one CPU, anywhere; system failures (a node died) retried
+    elsewhere by Ray, never user errors."""
+    import ray
+
+    return ray.remote(num_cpus=1, max_retries=2)(_compress_on_node)
 
 
 def latency_bench(profile: HardwareProfile) -> Any:
-    """The profile's measurement actor (restarted if its process dies)."""
+    """A measurement actor for ``profile``, holding one device slot while it lives.
+
+    Not restarted by Ray: if its node dies, the driver moves the measurement to another actor
+    and starts a replacement, which Ray places once a device is free again.
+    """
     import ray
 
-    return (
-        ray.remote(LatencyBench)
-        .options(
-            num_cpus=0,
-            num_gpus=profile.num_gpus,
-            resources=dict(profile.ray_resources) or None,
-            max_restarts=2,
-            max_task_retries=1,
-        )
-        .remote()
+    options: dict[str, Any] = {
+        "num_cpus": 0,
+        "num_gpus": profile.num_gpus,
+        "resources": dict(profile.ray_resources) or None,
+        "max_restarts": 0,
+    }
+    if profile.ray_labels:
+        options["label_selector"] = dict(profile.ray_labels)
+    return ray.remote(LatencyBench).options(**options).remote()
+
+
+def is_system_failure(exc: BaseException) -> bool:
+    """The node or the worker process died (retry elsewhere), as opposed to the work failing."""
+    import ray.exceptions
+
+    return isinstance(
+        exc,
+        (
+            ray.exceptions.RayActorError,
+            ray.exceptions.WorkerCrashedError,
+            ray.exceptions.NodeDiedError,
+            ray.exceptions.ObjectLostError,
+            ray.exceptions.OwnerDiedError,
+        ),
     )
 
 

@@ -1,0 +1,189 @@
+"""Searches on a multi-node Ray cluster started in the test (head and workers on this machine).
+
+Hardware affinity (every measurement on a node that offers its profile's resource and label,
+one at a time per device) and a worker node killed mid-search (nothing lost, nothing
+duplicated). The nodes are Ray processes of their own, as on a real cluster; only the machine
+is shared.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from tightfit.config import config_from_dict
+from tightfit.hardware_profiles import HardwareProfile
+from tightfit.search import run_search
+from tightfit.search._study import load_study
+
+pytestmark = pytest.mark.slow
+
+
+def _profile_file(tmp: Path, base: HardwareProfile, name: str, resource: str, hw: str) -> Path:
+    profile = base.model_copy(
+        update={
+            "name": name,
+            "ray_resources": {resource: 1.0},
+            "ray_labels": {"hw": hw},
+            "measurement": base.measurement.model_copy(update={"pin_threads": False}),
+        }
+    )
+    path = tmp / f"{name}.yaml"
+    path.write_text(profile.to_yaml())
+    return path
+
+
+def _config(tmp: Path, name: str, profiles: list[Path], address: str, **extra: object):
+    return config_from_dict(
+        {
+            "name": name,
+            "model": {"callable": "digits-cnn", "kwargs": {"width": 8, "epochs": 2}},
+            "data": {"callable": "digits"},
+            "space": {"prune": {"ratios": [0.0, 0.25, 0.5]}, "lowrank": {"rank_fractions": [0.5]}},
+            "profiles": [str(p) for p in profiles],
+            "workdir": str(tmp / "work"),
+            "n_uniform_seeds": 2,
+            "latency": {"cache": False, "prescreen": False},  # every trial is measured
+            "ray": {"address": address},
+            **extra,
+        }
+    )
+
+
+@pytest.fixture()
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    nodes = {
+        "x1": c.add_node(num_cpus=1, resources={"lat:x": 1}, labels={"hw": "x"}),
+        "x2": c.add_node(num_cpus=1, resources={"lat:x": 1}, labels={"hw": "x"}),
+        "y": c.add_node(num_cpus=1, resources={"lat:y": 1}, labels={"hw": "y"}),
+    }
+    c.wait_for_nodes()
+    yield c, {k: n.node_id for k, n in nodes.items()}
+    c.shutdown()
+
+
+def _measured(study) -> list[dict]:
+    """The latency summaries of the trials that were measured (not the baseline's reference)."""
+    return [
+        t.user_attrs["latency"]
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    ]
+
+
+def _overlaps(windows: list[tuple[float, float]]) -> list[tuple[tuple, tuple]]:
+    windows = sorted(windows)
+    return [(a, b) for a, b in zip(windows, windows[1:], strict=False) if b[0] < a[1]]
+
+
+def test_measurements_run_only_on_their_profiles_nodes(
+    tmp_path: Path, fast_profile: HardwareProfile, cluster
+) -> None:
+    c, ids = cluster
+    px = _profile_file(tmp_path, fast_profile, "lat-x", "lat:x", "x")
+    py = _profile_file(tmp_path, fast_profile, "lat-y", "lat:y", "y")
+    config = _config(
+        tmp_path, "affinity", [px, py], c.address, n_trials=8, concurrency=3,
+        profile_concurrency={"lat-y": 2},
+    )  # fmt: skip
+    outcome = run_search(config)
+
+    offers = {"lat-x": {ids["x1"], ids["x2"]}, "lat-y": {ids["y"]}}
+    for p in outcome.profiles:
+        study = load_study(config, p.profile, config.workdir_path)
+        measured = _measured(study)
+        assert len(measured) == 8
+        nodes = {m["node_id"] for m in measured}
+        assert nodes <= offers[p.profile], (p.profile, nodes)
+        for node in nodes:  # one measurement at a time per device
+            windows = [tuple(m["window"]) for m in measured if m["node_id"] == node]
+            assert not _overlaps(windows), (p.profile, node)
+        compress = {t.user_attrs["compress_node_id"] for t in study.trials if t.user_attrs}
+        assert compress - {""}  # compression ran on the cluster too, anywhere
+    # both x nodes measured: the profile had two devices and used them
+    assert {m["node_id"] for m in _measured(load_study(config, "lat-x", config.workdir_path))} == {
+        ids["x1"],
+        ids["x2"],
+    }
+    client = MlflowClient(tracking_uri=f"sqlite:///{config.workdir_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("affinity")
+    runs = client.search_runs(
+        [exp.experiment_id], filter_string="tags.`tightfit.kind` = 'trial'", max_results=100
+    )
+    assert {r.data.tags["tightfit.node_id"] for r in runs} <= offers["lat-x"] | offers["lat-y"]
+
+
+def test_no_node_offers_the_profile_stops_before_the_first_trial(
+    tmp_path: Path, fast_profile: HardwareProfile, cluster
+) -> None:
+    from tightfit.exceptions import ConfigError
+
+    c, _ = cluster
+    pz = _profile_file(tmp_path, fast_profile, "lat-z", "lat:z", "z")
+    config = _config(tmp_path, "nowhere", [pz], c.address, n_trials=2)
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match=r"lat-z.*no alive Ray node has the labels \{hw=z\}"):
+        run_search(config)
+    assert time.monotonic() - t0 < 120  # it does not wait for a node that never comes
+    assert (
+        not (config.workdir_path / "optuna.journal").exists()
+        or not load_study(config, "lat-z", config.workdir_path).trials
+    )
+
+
+def test_worker_node_killed_mid_search_loses_and_duplicates_nothing(
+    tmp_path: Path, fast_profile: HardwareProfile, cluster
+) -> None:
+    c, ids = cluster
+    px = _profile_file(tmp_path, fast_profile, "lat-x", "lat:x", "x")
+    n_trials = 10
+    config = _config(tmp_path, "killnode", [px], c.address, n_trials=n_trials, concurrency=3)
+    victim = next(n for n in c.worker_nodes if n.node_id == ids["x1"])
+    killed_at: list[float] = []
+
+    def kill_when_running() -> None:
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline:
+            try:
+                done = load_study(config, "lat-x", config.workdir_path).get_trials(
+                    deepcopy=False, states=(TrialState.COMPLETE,)
+                )
+            except Exception:  # not created yet
+                done = []
+            if len(done) >= 3:
+                killed_at.append(time.time())
+                c.remove_node(victim, allow_graceful=False)
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_when_running, daemon=True)
+    killer.start()
+    run_search(config)
+    killer.join(timeout=5)
+    assert killed_at, "the node was not killed during the search"
+
+    study = load_study(config, "lat-x", config.workdir_path)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    assert len(complete) == n_trials
+    assert not study.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.RUNNING))
+    # no candidate evaluated twice: a retried task or a moved measurement tells its trial once
+    assert len({t.number for t in complete}) == n_trials
+    after = [m for m in _measured(study) if m["window"][0] > killed_at[0] + 1.0]
+    assert after and all(m["node_id"] == ids["x2"] for m in after)
+    client = MlflowClient(tracking_uri=f"sqlite:///{config.workdir_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("killnode")
+    runs = client.search_runs(
+        [exp.experiment_id], filter_string="tags.`tightfit.kind` = 'trial'", max_results=100
+    )
+    numbers = sorted(int(r.data.tags["tightfit.trial"]) for r in runs)
+    assert numbers == sorted(t.number for t in complete)  # one run per trial
+    assert all(r.info.status == "FINISHED" for r in runs)
+    moved = sum(t.user_attrs.get("measurement_moves", 0) for t in complete)
+    print(f"measurements moved off the killed node: {moved}")
