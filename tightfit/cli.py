@@ -1,4 +1,4 @@
-"""The ``tightfit`` command: search, pareto, export, ui, profiles.
+"""The ``tightfit`` command: search, submit, status, logs, pareto, export, ui, profiles.
 
 User mistakes (TightfitError) print one line per problem and exit 2; bugs keep their traceback
 in ``<workdir>/tightfit.log`` and on stderr.
@@ -295,6 +295,102 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from tightfit.search import jobs
+
+    env = {}
+    for item in args.env or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise jobs.JobError(f"--env {item!r}: write it as KEY=VALUE")
+        env[key] = value
+    s = jobs.submit(
+        Path(args.config),
+        args.address,
+        python=args.python,
+        working_dir=Path(args.working_dir) if args.working_dir else None,
+        remote_workdir=args.remote_workdir,
+        ship_tightfit=not args.no_ship_tightfit,
+        env=env,
+        n_trials=args.n_trials,
+    )
+    console = _console()
+    console.print(f"submitted [bold]{s.submission_id}[/]: {s.entrypoint}")
+    console.print(
+        f"  project {s.working_dir} uploaded; study and MLflow store in {s.remote_workdir} "
+        "on the head node (unless the config names a tracking server)"
+    )
+    if not args.follow:
+        console.print(
+            f"  follow it: tightfit logs {s.submission_id} --follow   ·   tightfit status"
+        )
+        return 0
+    status = jobs.follow(
+        jobs.client(args.address), s.submission_id, lambda t: print(t, end="", flush=True)
+    )
+    console.print(f"job {s.submission_id}: {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from tightfit.search import jobs
+
+    client = jobs.client(args.address)
+    found = jobs.jobs_of(client, args.search)
+    if not found:
+        _console().print(
+            "no tightfit jobs on this cluster" + (f" for '{args.search}'" if args.search else "")
+        )
+        return 0
+    rows = [
+        [
+            j.submission_id,
+            (j.metadata or {}).get("tightfit.search", ""),
+            jobs.status_text(j.status),
+            _when(j.start_time),
+            _when(j.end_time),
+            (j.message or "").replace("\n", " "),
+        ]
+        for j in found
+    ]
+    console = _console()
+    if not console.is_terminal:  # piped: whole lines, one job each, for grep and scripts
+        for row in rows:
+            print("\t".join(row))
+        return 0
+    table = Table(title="tightfit jobs")
+    for col in ("submission id", "search", "status", "started", "ended"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("message", overflow="ellipsis", max_width=40)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    return 0
+
+
+def _when(ms: int | None) -> str:
+    import datetime
+
+    if not ms:
+        return ""
+    return datetime.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from tightfit.search import jobs
+
+    client = jobs.client(args.address)
+    job = jobs.find_job(client, args.name)
+    if args.follow:
+        status = jobs.follow(client, job.submission_id, lambda t: print(t, end="", flush=True))
+        print(f"job {job.submission_id}: {status}", file=sys.stderr)
+        return 0 if status == "SUCCEEDED" else 1
+    print(client.get_job_logs(job.submission_id), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tightfit", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -307,6 +403,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=int, default=None, help="override n_trials")
     p.add_argument("--workdir", default=None, help="override the work directory")
     p.set_defaults(func=cmd_search)
+
+    address_help = "the cluster's job server, http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS)"
+    p = sub.add_parser("submit", help="run a search on a Ray cluster, as a Ray Job")
+    p.add_argument("config", help="search YAML file")
+    p.add_argument("--address", default=None, help=address_help)
+    p.add_argument(
+        "--python",
+        default=None,
+        help="the interpreter on the head node that has tightfit's dependencies "
+        "(default: this one's path, right when the cluster runs this machine's environment)",
+    )
+    p.add_argument(
+        "--working-dir",
+        default=None,
+        help="project folder uploaded with the job: config, profiles, model code "
+        "(default: the config's folder)",
+    )
+    p.add_argument(
+        "--remote-workdir",
+        default=None,
+        help="work directory on the head node (default: the config's if absolute, "
+        "else $HOME/tightfit-runs/<name>)",
+    )
+    p.add_argument("--n-trials", type=int, default=None, help="override n_trials")
+    p.add_argument("--env", action="append", help="KEY=VALUE for the job's environment")
+    p.add_argument(
+        "--no-ship-tightfit",
+        action="store_true",
+        help="use the tightfit installed on the cluster instead of uploading this one",
+    )
+    p.add_argument("--follow", action="store_true", help="stream the logs until the job ends")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", help="the tightfit jobs on a Ray cluster")
+    p.add_argument("search", nargs="?", default=None, help="only this search's jobs")
+    p.add_argument("--address", default=None, help=address_help)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("logs", help="a submitted search's logs")
+    p.add_argument("name", help="a search name (its latest job) or a submission id")
+    p.add_argument("--address", default=None, help=address_help)
+    p.add_argument("--follow", action="store_true", help="stream until the job ends")
+    p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("pareto", help="print the Pareto front of a finished search")
     p.add_argument("--workdir", required=True)

@@ -1,0 +1,209 @@
+"""Searches submitted to a Ray cluster as Ray Jobs: ``tightfit submit``, ``status`` and ``logs``.
+
+The job runs ``tightfit search`` on the cluster's head node with an explicit interpreter (a Ray
+Job's entrypoint otherwise runs whatever ``python`` the head's PATH finds). The runtime
+environment carries the project folder (the config, the profiles and the user's model code) as
+the job's working directory, and the tightfit package itself. The study and the MLflow store live
+where the driver runs: in ``remote_workdir`` on the head, or at the tracking server the config
+names. A job's submission id is derived from the search name, ``tightfit-<name>``, then
+``tightfit-<name>-2`` and so on, because Ray never reuses one; submitting the same search again
+resumes its study.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tightfit.config import load_config
+from tightfit.exceptions import ConfigError, TightfitError
+
+PREFIX = "tightfit-"
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+UPLOAD_EXCLUDES = [
+    ".git",
+    ".venv",
+    "venv",
+    "__pycache__",
+    "runs",
+    "engines",
+    "mlruns",
+    "mlartifacts",
+    "*.db",
+    "*.onnx",
+    "*.plan",
+    "*.journal",
+]
+
+
+class JobError(TightfitError):
+    """The job server cannot be reached, or no job matches."""
+
+
+@dataclass
+class Submission:
+    submission_id: str
+    entrypoint: str
+    working_dir: Path
+    remote_workdir: str
+
+
+def client(address: str | None) -> Any:
+    """A Job client for ``address`` (the Ray dashboard, http://HEAD:8265)."""
+    import os
+
+    from ray.job_submission import JobSubmissionClient
+
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
+    if not address or address == "auto" or address.startswith("ray://"):
+        raise JobError(
+            "no job server address: give --address http://HEAD:8265 (the Ray dashboard of the "
+            "cluster's head node) or set RAY_API_SERVER_ADDRESS"
+        )
+    try:
+        return JobSubmissionClient(address)
+    except Exception as e:  # connection refused, wrong port, no dashboard
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise JobError(
+            f"cannot reach the Ray job server at {address} ({first}); the head node must run "
+            "the dashboard (ray[default], `ray start --head --dashboard-host=0.0.0.0`)"
+        ) from None
+
+
+def jobs_of(jobs: Any, search: str | None = None) -> list[Any]:
+    """tightfit's jobs (of one search, if named), oldest first."""
+    mine = [
+        j
+        for j in jobs.list_jobs()
+        if j.submission_id
+        and j.submission_id.startswith(PREFIX)
+        and (search is None or (j.metadata or {}).get("tightfit.search") == search)
+    ]
+    return sorted(mine, key=lambda j: j.start_time or 0)
+
+
+def next_submission_id(jobs: Any, search: str) -> str:
+    """``tightfit-<search>``, or the next free ``-<n>``; refuse while one is still running."""
+    taken = jobs_of(jobs, search)
+    for j in taken:
+        if status_text(j.status) not in TERMINAL:
+            raise JobError(
+                f"search '{search}' is already running on the cluster as job {j.submission_id}; "
+                f"follow it with `tightfit logs {search}` or stop it with `ray job stop "
+                f"{j.submission_id}`"
+            )
+    ids = {j.submission_id for j in taken}
+    base = f"{PREFIX}{search}"
+    if base not in ids:
+        return base
+    n = 2
+    while f"{base}-{n}" in ids:
+        n += 1
+    return f"{base}-{n}"
+
+
+def submit(
+    config_path: Path,
+    address: str | None,
+    python: str | None = None,
+    working_dir: Path | None = None,
+    remote_workdir: str | None = None,
+    ship_tightfit: bool = True,
+    env: dict[str, str] | None = None,
+    n_trials: int | None = None,
+) -> Submission:
+    """Submit the search of ``config_path`` to the cluster at ``address`` as a Ray Job."""
+    import tightfit
+
+    config_path = config_path.resolve()
+    config = load_config(config_path)  # a bad config fails here, not on the cluster
+    working_dir = (working_dir or config_path.parent).resolve()
+    try:
+        relative = config_path.relative_to(working_dir)
+    except ValueError:
+        raise ConfigError(
+            f"--working-dir {working_dir} must contain the config {config_path}: the job runs "
+            "the config from the uploaded folder"
+        ) from None
+    if remote_workdir is None:
+        # a relative workdir would land in the job's temporary copy of the project
+        given = _workdir_in(config_path.read_text())
+        absolute = given is not None and Path(given).is_absolute()
+        remote_workdir = given if absolute else f"$HOME/tightfit-runs/{config.name}"
+    assert remote_workdir is not None
+    command = [python or sys.executable, "-m", "tightfit.cli", "search", str(relative)]
+    entrypoint = " ".join(shlex.quote(c) for c in command)
+    if remote_workdir.startswith("$HOME/"):  # expanded by the job's shell on the head
+        entrypoint += ' --workdir "$HOME"/' + shlex.quote(remote_workdir.removeprefix("$HOME/"))
+    else:
+        entrypoint += f" --workdir {shlex.quote(remote_workdir)}"
+    if n_trials is not None:
+        entrypoint += f" --n-trials {int(n_trials)}"
+    runtime_env: dict[str, Any] = {
+        "working_dir": str(working_dir),
+        "excludes": UPLOAD_EXCLUDES,
+        "env_vars": {"PYTHONUNBUFFERED": "1", **(env or {})},
+    }
+    if ship_tightfit:
+        runtime_env["py_modules"] = [str(Path(tightfit.__file__).parent)]
+    jobs = client(address)
+    submission_id = next_submission_id(jobs, config.name)
+    try:
+        jobs.submit_job(
+            entrypoint=entrypoint,
+            runtime_env=runtime_env,
+            submission_id=submission_id,
+            metadata={"tightfit.search": config.name, "tightfit.config": str(relative)},
+        )
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise JobError(f"the job server refused search '{config.name}': {first}") from None
+    return Submission(submission_id, entrypoint, working_dir, remote_workdir)
+
+
+def _workdir_in(raw: str) -> str | None:
+    import yaml
+
+    data = yaml.safe_load(raw)
+    value = data.get("workdir") if isinstance(data, dict) else None
+    return str(value) if value else None
+
+
+def find_job(jobs: Any, name: str) -> Any:
+    """The job ``name`` names: a submission id, or a search's latest job."""
+    every = jobs_of(jobs)
+    for j in every:
+        if j.submission_id == name:
+            return j
+    of_search = [j for j in every if (j.metadata or {}).get("tightfit.search") == name]
+    if not of_search:
+        known = sorted({(j.metadata or {}).get("tightfit.search", "?") for j in every})
+        raise JobError(
+            f"no tightfit job for '{name}' on this cluster"
+            + (
+                f"; its searches: {', '.join(known)}"
+                if known
+                else "; submit one with `tightfit submit`"
+            )
+        )
+    return of_search[-1]
+
+
+def follow(jobs: Any, submission_id: str, write: Any) -> str:
+    """Stream a job's logs to ``write`` until it ends; return its final status."""
+    import asyncio
+
+    async def tail() -> None:
+        async for chunk in jobs.tail_job_logs(submission_id):
+            write(chunk)
+
+    asyncio.run(tail())
+    return status_text(jobs.get_job_status(submission_id))
+
+
+def status_text(status: Any) -> str:
+    """'SUCCEEDED', not 'JobStatus.SUCCEEDED'."""
+    return str(getattr(status, "value", status))
