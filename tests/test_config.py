@@ -118,3 +118,18 @@ def test_credentials_in_uris_are_refused_and_not_echoed(tmp_path: Path, extra: s
     msg = str(err.value)
     assert "must not hold credentials" in msg and "***" in msg
     assert "s3cret" not in msg and "abc123" not in msg and "hunter2" not in msg
+
+
+def test_profile_concurrency_caps_each_profile_and_names_real_profiles(tmp_path) -> None:
+    from tightfit.config import config_from_dict
+    from tightfit.exceptions import ConfigError
+
+    base = {"name": "c", "model": {"callable": "digits-cnn"}, "data": {"callable": "digits"}}
+    config = config_from_dict({**base, "concurrency": 4, "profile_concurrency": {"cpu-ort": 8}})
+    assert config.concurrency_of("cpu-ort") == 4  # never more than the search's
+    config = config_from_dict({**base, "concurrency": 4, "profile_concurrency": {"cpu-ort": 1}})
+    assert config.concurrency_of("cpu-ort") == 1
+    with pytest.raises(ConfigError, match=r"profile_concurrency: gpu-x is not a profile"):
+        config_from_dict({**base, "profile_concurrency": {"gpu-x": 1}})
+    with pytest.raises(ConfigError, match="profile_concurrency"):
+        config_from_dict({**base, "profile_concurrency": {"cpu-ort": 0}})

@@ -186,10 +186,12 @@ class SearchConfig(Record):
     latency: LatencySpec = Field(default_factory=LatencySpec)
     n_trials: int = Field(40, ge=1, le=100_000)
     seed: int = 0
-    concurrency: int = Field(2, ge=1, description="evaluations in flight at once, per profile")
+    concurrency: int = Field(
+        2, ge=1, description="evaluations in flight at once, over all profiles of the search"
+    )
     profile_concurrency: dict[str, Annotated[int, Field(ge=1)]] = Field(
         default_factory=dict,
-        description="evaluations in flight for the named profiles, instead of 'concurrency'",
+        description="at most this many of them for the named profiles (default: concurrency)",
     )
     trial_timeout_s: float = Field(600.0, gt=0.0)
     n_uniform_seeds: int = Field(
@@ -254,8 +256,8 @@ class SearchConfig(Record):
         return profiles
 
     def concurrency_of(self, profile: str) -> int:
-        """Evaluations in flight for ``profile``."""
-        return self.profile_concurrency.get(profile, self.concurrency)
+        """At most this many evaluations of ``profile`` in flight."""
+        return min(self.profile_concurrency.get(profile, self.concurrency), self.concurrency)
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchConfig:

@@ -74,6 +74,7 @@ class _Pending:
     candidate: Candidate
     run_id: str
     submitted: float = field(default_factory=time.monotonic)
+    dispatched_at: float = field(default_factory=time.time)  # unix time, vs the worker's clock
     stage_one: StageOne | None = None
     told: bool = False  # Optuna has its result
     cache_key: str = ""
@@ -97,19 +98,89 @@ def run_search(config: SearchConfig, progress: ProgressHook | None = None) -> Se
     for profile in profiles:  # model, data and export errors before Ray starts
         workspace(Setup(config=config, profile=profile, cache_dir=str(workdir / "cache")))
     started = _ray.start_ray(config)
+    searches: list[_ProfileSearch] = []
     try:
         for profile in profiles:  # every profile can be measured, before the first trial
             _ray.check_feasible(profile)
         for profile in profiles:
-            outcome.profiles.append(
-                _ProfileSearch(config, profile, workdir, tracker, progress).run()
-            )
+            searches.append(_ProfileSearch(config, profile, workdir, tracker, progress))
+            searches[-1].prepare()
+        clock = _Clock()
+        with DeferredInterrupt() as stop:
+            _drive(searches, config.concurrency, stop, clock)
+        clock.end = time.monotonic()
+        for s in searches:
+            outcome.profiles.append(s.summarise(clock))
     finally:
+        for s in searches:
+            s.stop_benches()
         if started:
             import ray
 
             ray.shutdown()
     return outcome
+
+
+@dataclass
+class _Clock:
+    """The driver loop's wall time, and how much of it went to waiting on Ray."""
+
+    start: float = field(default_factory=time.monotonic)
+    wait_s: float = 0.0
+    end: float | None = None
+
+    @property
+    def wall_s(self) -> float:
+        return (self.end or time.monotonic()) - self.start
+
+
+def _drive(
+    searches: list[_ProfileSearch], concurrency: int, stop: DeferredInterrupt, clock: _Clock
+) -> None:
+    """Every profile's trials at once: at most ``concurrency`` in flight over all profiles.
+
+    Measurements of profiles without nodes of their own (``HardwareProfile.dedicated``) run on
+    this machine's cores: one at a time, only when no compression runs, and no compression is
+    dispatched while one is queued or running. Profiles take turns asking for new trials.
+    """
+    import ray
+
+    try:
+        while True:
+            stop.check()  # Ctrl-C takes effect here, between complete steps
+            active = [s for s in searches if not s.finished]
+            if not active:
+                return
+            compressing = any(s.compressing for s in searches)
+            local_busy = any(s.shared_cores and s.measuring for s in searches)
+            for s in active:
+                if not s.shared_cores:
+                    s.start_measurements()
+                elif not compressing and not local_busy and s.waiting:
+                    s.start_measurements(limit=1)
+                    local_busy = True
+            if not any(s.shared_cores and (s.measuring or s.waiting) for s in searches):
+                in_flight = sum(s.in_flight for s in searches)
+                asked = True
+                while asked and in_flight < concurrency:
+                    asked = False
+                    for s in active:
+                        if in_flight < concurrency and s.wants_trial:
+                            s.ask_and_dispatch()
+                            in_flight += 1
+                            asked = True
+            owner = {ref: s for s in searches for ref in s.refs()}
+            t_wait = time.monotonic()
+            ready, _ = ray.wait(list(owner), num_returns=1, timeout=POLL_S) if owner else ([], [])
+            clock.wait_s += time.monotonic() - t_wait
+            for ref in ready:
+                owner[ref].handle(ref)
+            for s in searches:
+                s.expire()
+    except BaseException:
+        for s in searches:
+            s.interrupt()
+        raise
 
 
 class _ProfileSearch:
@@ -134,8 +205,10 @@ class _ProfileSearch:
         self.benches: list[Any] = []  # every measurement actor alive
         self.idle: list[Any] = []  # those ready and not measuring
         self.starting: dict[Any, Any] = {}  # readiness probe -> actor, until it answers
-        self.wait_s = 0.0  # time the loop spent waiting on Ray (the rest is orchestration)
-        self.loop_s = 0.0
+        self.compressing: dict[Any, _Pending] = {}  # ref -> trial
+        self.waiting: deque[_Pending] = deque()  # compressed, waiting for a measurement actor
+        self.measuring: dict[Any, tuple[Any, _Pending]] = {}  # ref -> (actor, trial)
+        self.shared_cores = not profile.dedicated  # measures where compression runs
         self.setup = Setup(config=config, profile=profile, cache_dir=str(workdir / "cache"))
         self.summary_dir = workdir / "summary" / profile.name
         self.summary_dir.mkdir(parents=True, exist_ok=True)
@@ -257,7 +330,7 @@ class _ProfileSearch:
         self._drop_bench(bench)
         self._add_bench()
 
-    def _stop_benches(self) -> None:
+    def stop_benches(self) -> None:
         """Free the devices (the next profile, or another search, may need them)."""
         for bench in list(self.benches):
             self._drop_bench(bench)
@@ -350,7 +423,7 @@ class _ProfileSearch:
 
     # ---- results ------------------------------------------------------------------------
     def _record(self, p: _Pending, write: Callable[[], None]) -> None:
-        """Write a told trial to MLflow; if interrupted, ``_interrupt`` finishes the write."""
+        """Write a told trial to MLflow; if interrupted, ``interrupt`` finishes the write."""
         p.told = True
         p.owed_write = write
         write()
@@ -411,6 +484,8 @@ class _ProfileSearch:
             "latency_ci_half_width": latency.ci_half_width,
             "latency_measure_s": latency.seconds,
         }
+        if one.started_at:  # from dispatch to the worker starting it: Ray's queue and scheduling
+            metrics["dispatch_s"] = max(0.0, one.started_at - p.dispatched_at)
         if p.predicted_ms is not None:
             metrics["predicted_latency_ms"] = p.predicted_ms
         artifacts: dict[str, Any] = {
@@ -490,79 +565,78 @@ class _ProfileSearch:
         )
 
     # ---- the loop -----------------------------------------------------------------------
-    def run(self) -> ProfileOutcome:
+    def prepare(self) -> None:
         try:
             self._prepare()
-            self.n_done, self.n_failed = counted_trials(self.study)
-            self.best_speedup = _best_feasible_speedup(self.study)
-            n_trials = self.config.n_trials
-            self.progress(
-                self.profile.name, self.n_done, n_trials, self.n_failed, self.best_speedup
-            )
-            t0 = time.monotonic()
-            with DeferredInterrupt() as stop:
-                self._loop(stop, n_trials)
-            self.loop_s = time.monotonic() - t0
-        finally:
-            self._stop_benches()
-        return self._summarise()
+        except BaseException:
+            self.stop_benches()
+            raise
+        self.n_done, self.n_failed = counted_trials(self.study)
+        self.best_speedup = _best_feasible_speedup(self.study)
+        self._report()
 
-    def _loop(self, stop: DeferredInterrupt, n_trials: int) -> None:
+    def _report(self) -> None:
+        self.progress(
+            self.profile.name, self.n_done, self.config.n_trials, self.n_failed, self.best_speedup
+        )
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.compressing) + len(self.waiting) + len(self.measuring)
+
+    @property
+    def finished(self) -> bool:
+        return self.n_done >= self.config.n_trials and self.in_flight == 0
+
+    @property
+    def wants_trial(self) -> bool:
+        """Below this profile's concurrency, with trials still to ask for."""
+        n = self.in_flight
+        return n < self.concurrency and self.n_done + n < self.config.n_trials
+
+    def ask_and_dispatch(self) -> None:
+        p = self._ask()
+        self.compressing[self.compress_remote.remote(self.setup, p.candidate)] = p
+
+    def start_measurements(self, limit: int | None = None) -> None:
+        """Send waiting trials to idle measurement actors (at most ``limit``)."""
+        started = 0
+        while self.waiting and self.idle and (limit is None or started < limit):
+            p = self.waiting.popleft()
+            assert p.stage_one is not None
+            p.submitted = time.monotonic()
+            bench = self.idle.pop()
+            self.measuring[self._measure_task(p.stage_one.onnx, bench)] = (bench, p)
+            started += 1
+
+    def refs(self) -> list[Any]:
+        return [*self.compressing, *self.measuring, *self.starting]
+
+    def handle(self, ref: Any) -> None:
+        """One of this profile's Ray results is ready."""
         import ray
 
-        compressing: dict[Any, _Pending] = {}
-        waiting: deque[_Pending] = deque()  # compressed, waiting for a measurement actor
-        measuring: dict[Any, tuple[Any, _Pending]] = {}  # ref -> (actor, trial)
-        shared_cores = not self.profile.dedicated  # measurements run where compression does
-        try:
-            while True:
-                stop.check()  # Ctrl-C takes effect here, between complete steps
-                in_flight = len(compressing) + len(waiting) + len(measuring)
-                if self.n_done >= n_trials and in_flight == 0:
-                    break
-                while waiting and self.idle and not (shared_cores and compressing):
-                    p = waiting.popleft()
-                    assert p.stage_one is not None
-                    p.submitted = time.monotonic()
-                    bench = self.idle.pop()
-                    measuring[self._measure_task(p.stage_one.onnx, bench)] = (bench, p)
-                if not (shared_cores and (measuring or waiting)):
-                    while in_flight < self.concurrency and self.n_done + in_flight < n_trials:
-                        p = self._ask()
-                        compressing[self.compress_remote.remote(self.setup, p.candidate)] = p
-                        in_flight += 1
-                refs = [*compressing, *measuring, *self.starting]
-                t_wait = time.monotonic()
-                ready, _ = ray.wait(refs, num_returns=1, timeout=POLL_S) if refs else ([], [])
-                self.wait_s += time.monotonic() - t_wait
-                for ref in ready:
-                    if ref in self.starting:
-                        self._bench_started(ref)
-                        continue
-                    if ref in measuring:
-                        bench, p = measuring.pop(ref)
-                        self._current = p
-                        self._measured(ref, bench, p, waiting)
-                    else:
-                        p = compressing.pop(ref)
-                        self._current = p
-                        try:
-                            p.stage_one = ray.get(ref)
-                        except Exception as e:
-                            self._fail(p, _ray.error_text(e))
-                        else:
-                            if not self._reuse_or_skip(p):
-                                waiting.append(p)
-                    self._current = None
-                    self.progress(
-                        self.profile.name, self.n_done, n_trials, self.n_failed, self.best_speedup
-                    )
-                self._expire(compressing, measuring)
-        except BaseException:
-            self._interrupt(compressing, waiting, measuring)
-            raise
+        if ref in self.starting:
+            self._bench_started(ref)
+            return
+        if ref in self.measuring:
+            bench, p = self.measuring.pop(ref)
+            self._current = p
+            self._measured(ref, bench, p)
+        else:
+            p = self.compressing.pop(ref)
+            self._current = p
+            try:
+                p.stage_one = ray.get(ref)
+            except Exception as e:
+                self._fail(p, _ray.error_text(e))
+            else:
+                if not self._reuse_or_skip(p):
+                    self.waiting.append(p)
+        self._current = None
+        self._report()
 
-    def _measured(self, ref: Any, bench: Any, p: _Pending, waiting: deque[_Pending]) -> None:
+    def _measured(self, ref: Any, bench: Any, p: _Pending) -> None:
         """A measurement came back: complete the trial, or move it if its node died."""
         import ray
 
@@ -583,41 +657,35 @@ class _ProfileSearch:
                 p.trial.number,
                 _ray.error_text(e),
             )
-            waiting.appendleft(p)
+            self.waiting.appendleft(p)
             return None
         self.idle.append(bench)
         self._complete(p, latency)  # an error here is in recording, not the candidate's
         return None
 
-    def _expire(
-        self, compressing: dict[Any, _Pending], measuring: dict[Any, tuple[Any, _Pending]]
-    ) -> None:
+    def expire(self) -> None:
         """Fail the trials whose stage ran past ``trial_timeout_s``, and cancel their work."""
         import ray
 
         limit = self.config.trial_timeout_s
         now = time.monotonic()
-        for ref, p in list(compressing.items()):
+        for ref, p in list(self.compressing.items()):
             if now - p.submitted > limit:
                 ray.cancel(ref, force=True)
-                del compressing[ref]
+                del self.compressing[ref]
                 self._fail(p, f"timed out after {limit:g} s (compression and accuracy)")
-        for ref, (bench, p) in list(measuring.items()):
+        for ref, (bench, p) in list(self.measuring.items()):
             if now - p.submitted > limit:
-                del measuring[ref]
+                del self.measuring[ref]
                 self._replace_bench(bench)  # an actor call cannot be force-cancelled
                 self._fail(p, f"timed out after {limit:g} s (latency measurement)")
 
-    def _interrupt(
-        self,
-        compressing: dict[Any, _Pending],
-        waiting: deque[_Pending],
-        measuring: dict[Any, tuple[Any, _Pending]],
-    ) -> None:
+    def interrupt(self) -> None:
         """Ctrl-C or a crash: mark in-flight trials interrupted and enqueue them again."""
         import ray
 
-        pending = [*compressing.values(), *waiting, *(p for _, p in measuring.values())]
+        compressing = self.compressing
+        pending = [*compressing.values(), *self.waiting, *(p for _, p in self.measuring.values())]
         current = self._current  # the trial whose result was being recorded, if any
         if current is not None and current not in pending:
             if not current.told:
@@ -637,7 +705,7 @@ class _ProfileSearch:
             self.tracker.mark_interrupted(self.profile.name, number, "interrupted; enqueued again")
 
     # ---- the end ------------------------------------------------------------------------
-    def _summarise(self) -> ProfileOutcome:
+    def summarise(self, clock: _Clock) -> ProfileOutcome:
         frame = pareto.trials_frame(self.study)
         front = pareto.front_frame(self.study)
         d = self.summary_dir
@@ -666,11 +734,12 @@ class _ProfileSearch:
         if not feasible.empty:
             metrics["best_feasible_speedup"] = float(feasible["speedup"].max())
         metrics.update(latency_reuse_metrics(self.study))
-        loop_s = self.loop_s
-        if loop_s > 0:  # what the driver itself cost: sampling, dispatch, telling, logging
-            metrics["search_wall_s"] = loop_s
-            metrics["orchestration_s"] = loop_s - self.wait_s
-            metrics["orchestration_share"] = (loop_s - self.wait_s) / loop_s
+        # what the driver itself cost (sampling, dispatch, telling, logging), for the whole
+        # search: the profiles ran together
+        wall = clock.wall_s
+        metrics["search_wall_s"] = wall
+        metrics["orchestration_s"] = wall - clock.wait_s
+        metrics["orchestration_share"] = (wall - clock.wait_s) / wall
         self.tracker.log_summary(
             self.profile.name,
             metrics,
