@@ -67,7 +67,9 @@ def measurement_slots(profile: HardwareProfile, nodes: list[dict[str, Any]] | No
 
     Counts, over the alive nodes whose labels match the profile's ``ray_labels``, how many times
     each node's total resources hold one measurement's demand. A profile with no demand (a CPU
-    profile on one machine) measures on the driver's machine: one slot.
+    profile on one machine) measures on the driver's machine: one slot. Labels without a
+    resource give one slot too: nothing would stop Ray from putting two measurements on one
+    node, so the profile's measurements run one at a time.
     """
     import ray
 
@@ -81,7 +83,7 @@ def measurement_slots(profile: HardwareProfile, nodes: list[dict[str, Any]] | No
             continue
         have = node.get("Resources") or {}
         slots += min((int(have.get(k, 0) // v) for k, v in demand.items()), default=1)
-    return slots
+    return slots if demand else min(slots, 1)
 
 
 def check_feasible(profile: HardwareProfile, nodes: list[dict[str, Any]] | None = None) -> int:
