@@ -145,6 +145,7 @@ def _drive(
     """
     import ray
 
+    turn = 0  # which profile asks first, in rotation
     try:
         while True:
             stop.check()  # Ctrl-C takes effect here, between complete steps
@@ -164,11 +165,12 @@ def _drive(
                 asked = True
                 while asked and in_flight < concurrency:
                     asked = False
-                    for s in active:
+                    for s in active[turn % len(active) :] + active[: turn % len(active)]:
                         if in_flight < concurrency and s.wants_trial:
                             s.ask_and_dispatch()
                             in_flight += 1
                             asked = True
+                            turn += 1
             owner = {ref: s for s in searches for ref in s.refs()}
             t_wait = time.monotonic()
             ready, _ = ray.wait(list(owner), num_returns=1, timeout=POLL_S) if owner else ([], [])
