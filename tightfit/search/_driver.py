@@ -607,7 +607,7 @@ class _ProfileSearch:
             p = self.waiting.popleft()
             assert p.stage_one is not None
             p.submitted = time.monotonic()
-            bench = self.idle.pop()
+            bench = self.idle.pop(0)  # the longest idle: devices take turns
             self.measuring[self._measure_task(p.stage_one.onnx, bench)] = (bench, p)
             started += 1
 
