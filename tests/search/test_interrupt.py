@@ -30,27 +30,41 @@ def _complete(config, workdir: Path) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
-def test_sigint_then_rerun_finishes_every_trial(tmp_path: Path, fast_profile_file: Path) -> None:
-    workdir = tmp_path / "work"
+def _search_file(tmp_path: Path, name: str, profile: Path, n_trials: int) -> Path:
     path = tmp_path / "search.yaml"
     path.write_text(
-        "name: ctrlc\n"
+        f"name: {name}\n"
         "model: {callable: digits-cnn, kwargs: {width: 8, epochs: 2}}\n"
         "data: {callable: digits}\n"
         "space: {prune: {ratios: [0.0, 0.25, 0.5]}, lowrank: {rank_fractions: [0.5]}}\n"
-        f"profiles: ['{fast_profile_file}']\n"
-        f"workdir: '{workdir}'\n"
-        "n_trials: 9\nconcurrency: 2\nn_uniform_seeds: 2\nray: {num_cpus: 2}\n"
+        f"profiles: ['{profile}']\n"
+        f"workdir: '{tmp_path / 'work'}'\n"
+        f"n_trials: {n_trials}\nconcurrency: 2\nn_uniform_seeds: 2\nray: {{num_cpus: 2}}\n"
     )
+    return path
+
+
+def _start_when(config, cmd: list[str], n_complete: int, **popen: object) -> subprocess.Popen:
+    """Start the search; return once ``n_complete`` trials are complete (it still runs)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, **popen)  # type: ignore[call-overload]
+    deadline = time.monotonic() + 300
+    workdir = config.workdir_path
+    while (
+        _complete(config, workdir) < n_complete
+        and time.monotonic() < deadline
+        and proc.poll() is None
+    ):
+        time.sleep(0.1)
+    assert proc.poll() is None, "the search ended before it could be stopped"
+    return proc
+
+
+def test_sigint_then_rerun_finishes_every_trial(tmp_path: Path, fast_profile_file: Path) -> None:
+    workdir = tmp_path / "work"
+    path = _search_file(tmp_path, "ctrlc", fast_profile_file, n_trials=9)
     config = load_config(path)
     cmd = [sys.executable, "-m", "tightfit.cli", "search", str(path)]
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.monotonic() + 300
-    while _complete(config, workdir) < 3 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-    assert proc.poll() is None, "the search ended before it could be interrupted"
+    proc = _start_when(config, cmd, 3, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 130, err
@@ -117,26 +131,18 @@ def test_sigkill_then_rerun_reconciles_mlflow(tmp_path: Path, fast_profile_file:
     import os
 
     workdir = tmp_path / "work"
-    path = tmp_path / "search.yaml"
-    path.write_text(
-        "name: killed\n"
-        "model: {callable: digits-cnn, kwargs: {width: 8, epochs: 2}}\n"
-        "data: {callable: digits}\n"
-        "space: {prune: {ratios: [0.0, 0.25, 0.5]}, lowrank: {rank_fractions: [0.5]}}\n"
-        f"profiles: ['{fast_profile_file}']\n"
-        f"workdir: '{workdir}'\n"
-        "n_trials: 10\nconcurrency: 2\nn_uniform_seeds: 2\nray: {num_cpus: 2}\n"
-    )
+    path = _search_file(tmp_path, "killed", fast_profile_file, n_trials=10)
     config = load_config(path)
     cmd = [sys.executable, "-m", "tightfit.cli", "search", str(path)]
     # a session of its own: the kill takes the driver and the local Ray it started, as a crash would
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    proc = _start_when(
+        config,
+        cmd,
+        4,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
-    deadline = time.monotonic() + 300
-    while _complete(config, workdir) < 4 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    assert proc.poll() is None, "the search ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     study = load_study(config, "cpu-ort-fast", workdir)

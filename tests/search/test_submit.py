@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
+from tests.test_cli import tightfit as _cli
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.search import jobs
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
@@ -47,16 +45,6 @@ def job_server():
             time.sleep(1)
     yield address
     c.shutdown()
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "tightfit.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_submit_runs_the_search_on_the_cluster(
