@@ -133,3 +133,18 @@ def test_profile_concurrency_caps_each_profile_and_names_real_profiles(tmp_path)
         config_from_dict({**base, "profile_concurrency": {"gpu-x": 1}})
     with pytest.raises(ConfigError, match="profile_concurrency"):
         config_from_dict({**base, "profile_concurrency": {"cpu-ort": 0}})
+
+
+def test_optuna_storage_is_a_journal_path_or_a_database_url_without_a_password() -> None:
+    from tightfit.config import config_from_dict
+    from tightfit.exceptions import ConfigError
+
+    base = {"name": "c", "model": {"callable": "digits-cnn"}, "data": {"callable": "digits"}}
+    for ok in ("/data/studies.journal", "sqlite:///s.db", "postgresql+psycopg2://db:5432/s"):
+        assert config_from_dict({**base, "optuna": {"storage": ok}}).optuna.storage == ok
+    with pytest.raises(ConfigError, match=r"optuna\.storage.*redis"):
+        config_from_dict({**base, "optuna": {"storage": "redis://host"}})
+    with pytest.raises(ConfigError, match=r"optuna\.storage.*\.journal"):
+        config_from_dict({**base, "optuna": {"storage": "studies.db"}})
+    with pytest.raises(ConfigError, match=r"optuna\.storage.*PGPASSWORD"):
+        config_from_dict({**base, "optuna": {"storage": "postgresql://u:hunter2@db/s"}})

@@ -172,6 +172,30 @@ class MlflowSpec(Record):
         )
 
 
+class OptunaSpec(Record):
+    storage: str | None = Field(
+        None,
+        description="None: a journal file in the work directory; a path ending in .journal; "
+        "or a database URL (sqlite:///..., postgresql://..., mysql://...)",
+    )
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if "://" in v:
+            scheme = v.split("://", 1)[0].split("+", 1)[0]
+            if scheme not in ("sqlite", "postgresql", "mysql"):
+                raise ValueError(
+                    f"{v!r}: a database URL must be sqlite://, postgresql:// or mysql://; "
+                    "or give a path ending in .journal"
+                )
+        elif not v.endswith(".journal"):
+            raise ValueError(f"{v!r}: give a path ending in .journal, or a database URL")
+        return _no_credentials(v, "PGPASSWORD / ~/.pgpass (PostgreSQL) or ~/.my.cnf (MySQL)")
+
+
 class SearchConfig(Record):
     """A whole search, as validated from its YAML file."""
 
@@ -200,6 +224,7 @@ class SearchConfig(Record):
     workdir: str | None = Field(None, description="default: runs/<name>/")
     ray: RaySpec = Field(default_factory=RaySpec)
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
+    optuna: OptunaSpec = Field(default_factory=OptunaSpec)
 
     @field_validator("objectives")
     @classmethod
@@ -239,6 +264,7 @@ class SearchConfig(Record):
                 "workdir",
                 "ray",
                 "mlflow",
+                "optuna",
                 "latency",
             },
         )

@@ -331,3 +331,23 @@ def test_a_second_search_reuses_every_measurement(finished, tmp_path, fast_profi
     }
     for t in complete:
         assert t.user_attrs["latency"]["ratio"] == before[t.user_attrs["candidate"]]
+
+
+def test_study_in_a_database_given_by_the_config(tmp_path: Path, fast_profile_file: Path) -> None:
+    """optuna.storage: the study lives in a database (here SQLite), not the work directory."""
+    import optuna
+
+    from tests.test_cli import tightfit
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    workdir = tmp_path / "work"
+    config = small_config(
+        workdir, fast_profile_file, n_trials=3, name="indb", optuna={"storage": url}
+    )
+    run_search(config)
+    assert not (workdir / "optuna.journal").exists()
+    study = optuna.load_study(study_name="indb:cpu-ort-fast", storage=url)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
+    shown = tightfit("pareto", "--workdir", str(workdir))  # finds the study through the config
+    assert shown.returncode == 0, shown.stderr
+    assert "Pareto front" in shown.stdout

@@ -223,7 +223,7 @@ class _ProfileSearch:
             discover_units(ws.model, ws.ctx, self.config.space), ws.model_id, self.config.seed
         )
         atomic_write(self.summary_dir / "space.json", json.dumps(self.space.describe(), indent=1))
-        self.study = open_study(self.config, self.profile.name, self.workdir)
+        self.study = open_study(self.config, self.profile.name)
         attrs = self.study.user_attrs
         if attrs.get("base_model", ws.model_id) != ws.model_id:
             raise WorkdirError(

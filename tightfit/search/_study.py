@@ -30,18 +30,23 @@ def make_sampler(spec: SamplerSpec, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def storage(workdir: Path) -> JournalStorage:
-    return JournalStorage(JournalFileBackend(str(workdir / "optuna.journal")))
+def storage(config: SearchConfig) -> optuna.storages.BaseStorage:
+    """The config's ``optuna.storage``: a journal file (default: in the work directory), or a
+    database that several machines can reach."""
+    where = config.optuna.storage or str(config.workdir_path / "optuna.journal")
+    if "://" in where:
+        return optuna.storages.RDBStorage(where)
+    return JournalStorage(JournalFileBackend(str(Path(where).expanduser())))
 
 
 def study_name(config: SearchConfig, profile: str) -> str:
     return f"{config.name}:{profile}"
 
 
-def open_study(config: SearchConfig, profile: str, workdir: Path) -> optuna.Study:
+def open_study(config: SearchConfig, profile: str) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        storage=storage(workdir),
+        storage=storage(config),
         study_name=study_name(config, profile),
         directions=config.directions,  # type: ignore[arg-type]
         sampler=make_sampler(config.sampler, config.seed),
@@ -54,9 +59,12 @@ def open_study(config: SearchConfig, profile: str, workdir: Path) -> optuna.Stud
     return study
 
 
-def load_study(config: SearchConfig, profile: str, workdir: Path) -> optuna.Study:
+def load_study(config: SearchConfig, profile: str, workdir: Path | None = None) -> optuna.Study:
+    """The study of (search, profile); ``workdir`` overrides the config's work directory."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=study_name(config, profile), storage=storage(workdir))
+    if workdir is not None and workdir.resolve() != config.workdir_path:
+        config = config.model_copy(update={"workdir": str(workdir.resolve())})
+    return optuna.load_study(study_name=study_name(config, profile), storage=storage(config))
 
 
 def recover_interrupted(study: optuna.Study) -> list[int]:
