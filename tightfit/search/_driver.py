@@ -1,9 +1,10 @@
 """The search driver: one process, the only writer of the Optuna study and of MLflow.
 
 Per hardware profile: export and score the baseline, discover the space, open (or resume) the
-study, enqueue the baseline and uniform-compression seeds, then keep the profile's concurrency
-of trials in flight. Compression runs as Ray tasks on any node; measurements run in one
-``LatencyBench`` actor per measuring device (``_ray``). On one machine a measurement holds the
+study, enqueue the baseline and uniform-compression seeds. Then one loop (``_drive``) runs every
+profile's trials at once, ``concurrency`` in flight over the search and at most
+``profile_concurrency`` per profile. Compression runs as Ray tasks on any node; measurements run
+in one ``LatencyBench`` actor per measuring device (``_ray``). On one machine a measurement holds the
 cores it measures on: while one is queued or running, no compression task is dispatched. On
 nodes set aside for measurement (a profile with Ray resources or labels), compression goes on.
 
