@@ -62,7 +62,7 @@ def open_study(config: SearchConfig, profile: str) -> optuna.Study:
 def load_study(config: SearchConfig, profile: str, workdir: Path | None = None) -> optuna.Study:
     """The study of (search, profile); ``workdir`` overrides the config's work directory."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if workdir is not None and workdir.resolve() != config.workdir_path:
+    if workdir is not None:
         config = config.model_copy(update={"workdir": str(workdir.resolve())})
     return optuna.load_study(study_name=study_name(config, profile), storage=storage(config))
 

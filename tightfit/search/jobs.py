@@ -66,11 +66,16 @@ def client(address: str | None) -> Any:
     try:
         return JobSubmissionClient(address)
     except Exception as e:  # connection refused, wrong port, no dashboard
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise JobError(
-            f"cannot reach the Ray job server at {address} ({first}); the head node must run "
+            f"cannot reach the Ray job server at {address} ({_first_line(e)}); the head node must run "
             "the dashboard (ray[default], `ray start --head --dashboard-host=0.0.0.0`)"
         ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of the job server's (often long) error."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def jobs_of(jobs: Any, search: str | None = None) -> list[Any]:
@@ -159,8 +164,7 @@ def submit(
             metadata={"tightfit.search": config.name, "tightfit.config": str(relative)},
         )
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise JobError(f"the job server refused search '{config.name}': {first}") from None
+        raise JobError(f"the job server refused search '{config.name}': {_first_line(e)}") from None
     return Submission(submission_id, entrypoint, working_dir, remote_workdir)
 
 
