@@ -112,9 +112,22 @@ class Constraints(Record):
 
 
 class SamplerSpec(Record):
-    name: Literal["tpe", "nsga2", "random"] = "tpe"
+    """Which Optuna sampler proposes trials, with every setting explicit (and the search's seed).
+
+    - ``tpe``: multivariate TPE with the constant liar (trials in flight count as bad), so
+      concurrent trials do not all land on one spot.
+    - ``nsga2``: NSGA-II, a genetic algorithm; good with large budgets.
+    - ``random``: uniform random levels; the honest neutral baseline.
+    - ``qmc``: scrambled quasi-Monte Carlo (Sobol or Halton) points over the unit levels: spreads
+      a small budget more evenly than random.
+    """
+
+    name: Literal["tpe", "nsga2", "random", "qmc"] = "tpe"
     n_startup_trials: int = Field(10, ge=0, description="TPE: random trials before the model")
+    n_ei_candidates: int = Field(24, ge=1, description="TPE: candidates scored per proposal")
     population_size: int = Field(20, ge=2, description="NSGA-II population")
+    crossover_prob: float = Field(0.9, ge=0.0, le=1.0, description="NSGA-II")
+    qmc_type: Literal["sobol", "halton"] = Field("sobol", description="QMC sequence")
 
 
 class LatencySpec(Record):
@@ -137,6 +150,56 @@ class LatencySpec(Record):
         ge=0.0,
         lt=1.0,
         description="skip only if still dominated with the predicted latency this much lower",
+    )
+
+
+class SeedsSpec(Record):
+    """Baseline candidates enqueued before the sampler's first trial (after the baseline)."""
+
+    uniform: int = Field(4, ge=0, description="uniform compression: one level for every unit")
+    global_magnitude: int = Field(
+        2, ge=0, description="global magnitude pruning, spread over global ratios"
+    )
+
+
+class RecoverySpec(Record):
+    """What repairs a compressed model before it is scored (and again, the same, at export)."""
+
+    batchnorm: bool = Field(
+        True,
+        description="re-estimate BatchNorm statistics on the calibration data after pruning or "
+        "factorization (one forward pass, no labels)",
+    )
+
+
+class SensitivitySpec(Record):
+    """A one-unit-at-a-time accuracy scan before the search (see tightfit.search.sensitivity)."""
+
+    enabled: bool = True
+    shrink: bool = Field(True, description="drop levels that alone break the accuracy constraint")
+    seeds: int = Field(3, ge=0, description="allocations from the scan enqueued as seeds")
+
+
+class StagedSpec(Record):
+    """Multi-fidelity evaluation inside each trial (Optuna's pruners do not serve
+    multi-objective studies): cheap stages first, the costly ones only for candidates that may
+    still reach the front."""
+
+    enabled: bool = True
+    subset_fraction: float = Field(
+        0.25, gt=0.0, le=1.0, description="share of the validation samples scored first"
+    )
+    min_subset: int = Field(100, ge=10, description="at least this many samples in that subset")
+    z: float = Field(
+        2.0,
+        ge=0.0,
+        description="stop after the subset only if its accuracy drop exceeds the limit by this "
+        "many standard errors",
+    )
+    measure_infeasible: bool = Field(
+        False,
+        description="measure latency even when the full accuracy breaks the constraint "
+        "(such a candidate can never be on the front)",
     )
 
 
@@ -208,6 +271,9 @@ class SearchConfig(Record):
     profiles: list[str] = Field(default_factory=lambda: ["cpu-ort"], min_length=1)
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     latency: LatencySpec = Field(default_factory=LatencySpec)
+    staged: StagedSpec = Field(default_factory=StagedSpec)
+    sensitivity: SensitivitySpec = Field(default_factory=SensitivitySpec)
+    recovery: RecoverySpec = Field(default_factory=RecoverySpec)
     n_trials: int = Field(40, ge=1, le=100_000)
     seed: int = 0
     concurrency: int = Field(
@@ -218,9 +284,12 @@ class SearchConfig(Record):
         description="at most this many of them for the named profiles (default: concurrency)",
     )
     trial_timeout_s: float = Field(600.0, gt=0.0)
-    n_uniform_seeds: int = Field(
-        4, ge=0, description="uniform-compression candidates enqueued first"
+    strategy: Literal["search", "uniform", "global_magnitude"] = Field(
+        "search",
+        description="search: the sampler proposes trials; uniform / global_magnitude: that "
+        "baseline alone (its sweep in an order shuffled by the seed, at most n_trials)",
     )
+    seeds: SeedsSpec = Field(default_factory=lambda: SeedsSpec())
     workdir: str | None = Field(None, description="default: runs/<name>/")
     ray: RaySpec = Field(default_factory=RaySpec)
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)

@@ -47,8 +47,11 @@ def _config(tmp: Path, name: str, profiles: list[Path], address: str, **extra: o
             "space": {"prune": {"ratios": [0.0, 0.25, 0.5]}, "lowrank": {"rank_fractions": [0.5]}},
             "profiles": [str(p) for p in profiles],
             "workdir": str(tmp / "work"),
-            "n_uniform_seeds": 2,
-            "latency": {"cache": False, "prescreen": False},  # every trial is measured
+            "seeds": {"uniform": 2, "global_magnitude": 0},
+            # every trial is measured
+            "latency": {"cache": False, "prescreen": False},
+            "staged": {"enabled": False},
+            "sensitivity": {"enabled": False},
             "ray": {"address": address},
             **extra,
         }

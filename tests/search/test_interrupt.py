@@ -39,7 +39,7 @@ def _search_file(tmp_path: Path, name: str, profile: Path, n_trials: int) -> Pat
         "space: {prune: {ratios: [0.0, 0.25, 0.5]}, lowrank: {rank_fractions: [0.5]}}\n"
         f"profiles: ['{profile}']\n"
         f"workdir: '{tmp_path / 'work'}'\n"
-        f"n_trials: {n_trials}\nconcurrency: 2\nn_uniform_seeds: 2\nray: {{num_cpus: 2}}\n"
+        f"n_trials: {n_trials}\nconcurrency: 2\nseeds: {{uniform: 2, global_magnitude: 0}}\nsensitivity: {{enabled: false}}\nray: {{num_cpus: 2}}\n"
     )
     return path
 
@@ -88,7 +88,7 @@ def test_sigint_then_rerun_finishes_every_trial(tmp_path: Path, fast_profile_fil
     study = load_study(config, "cpu-ort-fast", workdir)
     counted = [
         t
-        for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.FAIL))
+        for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))
         if not t.user_attrs.get(ATTR_INTERRUPTED)
     ]
     assert len(counted) == 9
@@ -154,7 +154,7 @@ def test_sigkill_then_rerun_reconciles_mlflow(tmp_path: Path, fast_profile_file:
     assert not study.get_trials(states=(TrialState.RUNNING,))
     counted = [
         t
-        for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.FAIL))
+        for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))
         if not t.user_attrs.get(ATTR_INTERRUPTED)
     ]
     assert len(counted) == 10
@@ -171,9 +171,12 @@ def test_sigkill_then_rerun_reconciles_mlflow(tmp_path: Path, fast_profile_file:
     by_number = {int(r.data.tags["tightfit.trial"]): r for r in runs}
     for t in study.trials:
         status = by_number[t.number].data.tags["tightfit.status"]
+        stage = t.user_attrs.get("stage", "prescreened")
         expected = (
             "complete"
             if t.state == TrialState.COMPLETE
+            else ("prescreened" if stage == "prescreened" else "stopped")
+            if t.state == TrialState.PRUNED
             else "interrupted"
             if t.user_attrs.get(ATTR_INTERRUPTED)
             else "failed"

@@ -29,7 +29,7 @@ def small_config(workdir: Path, profile: Path, **extra):
         "space": {"prune": {"ratios": [0.0, 0.25, 0.5]}, "lowrank": {"rank_fractions": [0.5]}},
         "profiles": [str(profile)],
         "n_trials": 6,
-        "n_uniform_seeds": 2,
+        "seeds": {"uniform": 2, "global_magnitude": 0},
         "concurrency": 2,
         "seed": 0,
         "workdir": str(workdir),
@@ -60,7 +60,7 @@ def test_search_completes_with_a_front(finished) -> None:
     config, outcome, seen = finished
     [profile] = outcome.profiles
     study = profile.study
-    done = study.get_trials(states=(TrialState.COMPLETE, TrialState.FAIL))
+    done = study.get_trials(states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))
     assert len(done) == 6
     assert study.trials[0].user_attrs["is_baseline"]  # the baseline is enqueued first
     assert study.trials[1].user_attrs["seed_kind"] == "uniform"
@@ -71,6 +71,13 @@ def test_search_completes_with_a_front(finished) -> None:
         lat = t.user_attrs["latency"]
         # 3 rounds; a measurement with too few undisturbed ones uses all its rounds (max 2 x 3)
         assert 3 <= lat["rounds"] <= 6 and lat["rounds"] + lat["rounds_dropped"] <= 6
+    limit = config.constraints.max_accuracy_drop
+    for t in study.get_trials(states=(TrialState.PRUNED,)):
+        # staged evaluation: not measured, because its accuracy already rules it out
+        assert t.user_attrs["stage"] in ("subset", "accuracy", "prescreened")
+        if t.user_attrs["stage"] != "prescreened":
+            assert t.constraints["accuracy_drop"] > 0 and t.user_attrs["accuracy_drop"] > limit
+            assert "latency" not in t.user_attrs
 
 
 def test_mlflow_has_one_run_per_trial_and_a_summary(finished) -> None:
@@ -85,12 +92,52 @@ def test_mlflow_has_one_run_per_trial_and_a_summary(finished) -> None:
         )
         if r.data.tags["tightfit.status"] == "complete":
             assert {"accuracy", "latency_ms", "size_mb", "speedup"} <= set(r.data.metrics)
+        elif r.data.tags["tightfit.status"] == "stopped":
+            assert r.data.tags["tightfit.stage"] in ("subset", "accuracy")
+            assert "accuracy" in r.data.metrics and "latency_ms" not in r.data.metrics
         else:
             assert r.data.tags["tightfit.error"]
     [summary] = trial_runs(outcome.workdir, "summary")
     assert summary.data.metrics["n_trials"] == 6
+    # the front's hypervolume, logged after every trial: never decreasing
+    client = MlflowClient(tracking_uri=f"sqlite:///{outcome.workdir / 'mlflow.db'}")
+    history = client.get_metric_history(summary.info.run_id, "hypervolume")
+    steps = sorted((m.step, m.value) for m in history)
+    assert [s for s, _ in steps][:6] == list(range(1, 7))
+    values = [v for _, v in steps]
+    assert values == sorted(values) and values[-1] > 0
     files = {Path(f).name for f in (outcome.profiles[0].summary_dir).iterdir()}
     assert {"front.csv", "front.html", "front.png", "trials.csv", "space.json"} <= files
+    assert {"sensitivity.csv", "sensitivity.png"} <= files
+    logged = {a.path for a in client.list_artifacts(summary.info.run_id)}
+    assert {"sensitivity.csv", "sensitivity.png", "front.csv"} <= logged
+    assert "sensitivity_s" in summary.data.metrics
+
+
+def test_sensitivity_scan_shrinks_the_space_and_seeds(finished) -> None:
+    """Every (unit, level) was scored alone; levels that break the constraint alone are gone
+    from the searched space, and no trial used one."""
+    import pandas as pd
+
+    config, outcome, _ = finished
+    [profile] = outcome.profiles
+    scan = pd.read_csv(profile.summary_dir / "sensitivity.csv")
+    assert len(scan) > 0 and set(scan["level"]) >= {1}
+    space = {
+        u["param"]: u["levels"]
+        for u in json.loads((profile.summary_dir / "space.json").read_text())
+    }
+    dropped = json.loads((profile.summary_dir / "dropped_levels.json").read_text())
+    limit = config.constraints.max_accuracy_drop
+    for param, values in dropped.items():
+        assert not set(values) & set(space.get(param, []))
+        first = scan[(scan["param"] == param) & (scan["value"] == values[0])]
+        assert float(first["accuracy_drop"].iloc[0]) > limit  # it broke the constraint alone
+    for t in profile.study.trials:
+        c = json.loads(t.user_attrs["candidate"])
+        used = {f"{k}.prune_ratio": v for k, v in c["prune"].items()}
+        used |= {f"{k}.rank": v for k, v in c["rank"].items()}
+        assert all(v not in dropped.get(k, []) for k, v in used.items())
 
 
 def test_export_knee_loads_in_a_fresh_session(finished, tmp_path) -> None:
@@ -132,7 +179,9 @@ def test_rerun_resumes_to_more_trials(finished) -> None:
     more = config.model_copy(update={"n_trials": 8})
     again = run_search(more)
     study = load_study(more, "cpu-ort-fast", outcome.workdir)
-    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.FAIL))) == 8
+    assert (
+        len(study.get_trials(states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))) == 8
+    )
     assert len(trial_runs(outcome.workdir)) == 8  # no duplicated runs
     assert len(again.profiles[0].front) >= 1
 
@@ -147,7 +196,12 @@ def test_workdir_of_another_search_is_refused(finished) -> None:
 
 def test_failing_candidates_fail_their_trials_not_the_study(tmp_path, fast_profile_file) -> None:
     config = small_config(
-        tmp_path, fast_profile_file, trial_timeout_s=0.001, n_trials=3, name="e2e"
+        tmp_path,
+        fast_profile_file,
+        trial_timeout_s=0.001,
+        n_trials=3,
+        name="e2e",
+        sensitivity={"enabled": False},  # its tasks would warm the workers: trials run faster
     )
     outcome = run_search(config)
     [profile] = outcome.profiles
@@ -347,7 +401,31 @@ def test_study_in_a_database_given_by_the_config(tmp_path: Path, fast_profile_fi
     run_search(config)
     assert not (workdir / "optuna.journal").exists()
     study = optuna.load_study(study_name="indb:cpu-ort-fast", storage=url)
-    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
+    done = (TrialState.COMPLETE, TrialState.PRUNED)  # pruned: stopped by staged evaluation
+    assert len(study.get_trials(states=done)) == 3
     shown = tightfit("pareto", "--workdir", str(workdir))  # finds the study through the config
     assert shown.returncode == 0, shown.stderr
     assert "Pareto front" in shown.stdout
+
+
+def test_a_baseline_strategy_runs_its_sweep_alone(tmp_path, fast_profile_file) -> None:
+    """``strategy: global_magnitude``: the baseline, then its seeded sweep; no sampler trial.
+    Every candidate prunes by one global threshold, so none is factorized."""
+    config = small_config(
+        tmp_path / "work",
+        fast_profile_file,
+        name="gmp",
+        strategy="global_magnitude",
+        n_trials=4,
+        staged={"enabled": False},
+    )
+    outcome = run_search(config)
+    study = outcome.profiles[0].study
+    ran = [t for t in study.trials if t.state.is_finished()]  # the rest of the sweep waits
+    kinds = [t.user_attrs.get("seed_kind") for t in ran]
+    assert kinds == ["baseline"] + ["global_magnitude"] * 3
+    candidates = [json.loads(t.user_attrs["candidate"]) for t in ran[1:]]
+    assert not any(c["rank"] for c in candidates) and any(c["prune"] for c in candidates)
+    again = run_search(config.model_copy(update={"workdir": str(tmp_path / "again")}))
+    assert [t.params for t in again.profiles[0].study.trials] == [t.params for t in study.trials]
+    assert len(study.trials) > 4  # the whole sweep was planned: a rerun with more trials goes on

@@ -61,7 +61,7 @@ def test_submit_runs_the_search_on_the_cluster(
         "data: {callable: digits}\n"
         "space: {prune: {ratios: [0.0, 0.5]}, lowrank: {rank_fractions: [0.5]}}\n"
         "profiles: [cpu-fast.yaml]\n"
-        "n_trials: 5\nconcurrency: 1\nn_uniform_seeds: 1\n"
+        "n_trials: 5\nconcurrency: 1\nseeds: {uniform: 1, global_magnitude: 0}\n"
     )
     remote = tmp_path / "on-head"
     cache = os.environ["TIGHTFIT_CACHE_DIR"]

@@ -21,7 +21,9 @@ def test_units_of_a_residual_net(tiny_model, tiny_ctx, default_space: SpaceSpec)
     )
     assert {"conv2", "shortcut", "fc"} <= set(residual.info["members"])
     assert "fc.prune_ratio" not in units  # the classifier's outputs are never pruned
-    assert units["conv2.rank"].choices[0] == 1.0  # "not factorized" first
+    # levels run from the no-op to the strongest compression
+    assert units["conv2.rank"].choices == (1.0, 0.75, 0.5, 0.25)
+    assert units["stem.0.prune_ratio"].choices == tuple(sorted(units["stem.0.prune_ratio"].choices))
     assert units["fc.bits"].choices == (32, 8)  # Gemm: no 4-bit
     for u in units.values():
         assert len(u.choices) > 1
@@ -34,11 +36,14 @@ def test_suggest_and_uniform(tiny_model, tiny_ctx, default_space: SpaceSpec) -> 
     )
     trial = study.ask()
     c = space.suggest(trial)
-    assert isinstance(c, Candidate) and set(trial.params) == {u.param_name for u in space.units}
-    assert Candidate.from_params("m", trial.params, seed=1) == c
+    assert isinstance(c, Candidate) and set(trial.params) == {u.level_name for u in space.units}
+    assert space.candidate(trial.params) == c
+    assert space.params_of(c) == trial.params  # levels round-trip
     u = space.uniform(prune_ratio=0.3, bits=8)
     assert set(u.prune.values()) == {0.25} and set(u.bits.values()) == {8} and not u.rank
-    assert space.params_of(space.baseline()) == {x.param_name: x.choices[0] for x in space.units}
+    assert space.params_of(space.baseline()) == {x.level_name: 0 for x in space.units}
+    values = space.values_of(u)
+    assert values["conv2.rank"] == 1.0 and values["fc.bits"] == 8
 
 
 def test_duplicate_units_rejected(tiny_model, tiny_ctx, default_space: SpaceSpec) -> None:

@@ -24,9 +24,62 @@ def predict(onnx_path: Path, inputs: dict[str, np.ndarray], threads: int = 1) ->
     return np.concatenate(outs)
 
 
-def evaluate_accuracy(onnx_path: Path, data: TaskData, threads: int = 1) -> float:
-    """The data's metric on the validation split; a non-finite output fails the candidate."""
-    outputs = predict(onnx_path, data.validation, threads)
+def _outputs(onnx_path: Path, data: TaskData, rows: np.ndarray | None, threads: int) -> np.ndarray:
+    inputs = data.validation if rows is None else {k: v[rows] for k, v in data.validation.items()}
+    outputs = predict(onnx_path, inputs, threads)
     if not np.isfinite(outputs).all():
         raise CandidateError("the exported model outputs NaN or inf on validation data")
-    return data.metric_fn()(outputs, data.targets)
+    return outputs
+
+
+def evaluate_accuracy(
+    onnx_path: Path, data: TaskData, threads: int = 1, subset: np.ndarray | None = None
+) -> float:
+    """The data's metric on the validation split (or the ``subset`` of its sample indices);
+    a non-finite output fails the candidate."""
+    targets = data.targets if subset is None else data.targets[subset]
+    return data.metric_fn()(_outputs(onnx_path, data, subset, threads), targets)
+
+
+def staged_accuracy(
+    onnx_path: Path,
+    data: TaskData,
+    subset: np.ndarray,
+    baseline_subset_accuracy: float,
+    max_drop: float,
+    z: float,
+) -> tuple[float, str]:
+    """Accuracy on ``subset`` first; on the whole split only if the candidate may be feasible.
+
+    Returns (accuracy, stage): stage ``"subset"`` when the subset already shows the drop is
+    beyond ``max_drop`` (:func:`clearly_infeasible`; the accuracy is the subset's), else
+    ``"full"``, computed over every sample (the subset's outputs are reused).
+    """
+    first = _outputs(onnx_path, data, subset, threads=1)
+    metric = data.metric_fn()
+    subset_accuracy = metric(first, data.targets[subset])
+    if clearly_infeasible(subset_accuracy, baseline_subset_accuracy, len(subset), max_drop, z):
+        return subset_accuracy, "subset"
+    rest = np.setdiff1d(np.arange(len(data.targets)), subset)
+    second = _outputs(onnx_path, data, rest, threads=1)
+    outputs = np.empty((len(data.targets), *first.shape[1:]), dtype=first.dtype)
+    outputs[subset], outputs[rest] = first, second
+    return metric(outputs, data.targets), "full"
+
+
+def validation_subset(n: int, fraction: float, minimum: int, seed: int = 0) -> np.ndarray | None:
+    """Sorted indices of a fixed random subset of ``n`` validation samples (None: all of them)."""
+    size = max(minimum, int(round(n * fraction)))
+    if size >= n:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+def clearly_infeasible(
+    subset_accuracy: float, baseline_subset_accuracy: float, n: int, max_drop: float, z: float
+) -> bool:
+    """Whether the subset's accuracy drop exceeds ``max_drop`` by more than ``z`` standard
+    errors (binomial, at the subset accuracy), so the full evaluation cannot rescue it."""
+    p = min(max(subset_accuracy, 1.0 / n), 1.0 - 1.0 / n)
+    se = float(np.sqrt(p * (1.0 - p) / n))
+    return baseline_subset_accuracy - subset_accuracy - max_drop > z * se

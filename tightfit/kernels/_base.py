@@ -19,7 +19,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Unit:
-    """One searchable knob: a module path, the knob's name and its choices (first = no-op)."""
+    """One searchable knob: a module path, the knob's name and its choices.
+
+    Choices are ordered from the no-op (first) to the strongest compression (last): a unit's
+    *level* is an index into them, so samplers see an ordered integer per unit.
+    """
 
     path: str
     knob: str
@@ -28,7 +32,13 @@ class Unit:
 
     @property
     def param_name(self) -> str:
+        """``<module path>.<knob>``: the name of the unit's value (Candidate params, MLflow)."""
         return f"{self.path}.{self.knob}"
+
+    @property
+    def level_name(self) -> str:
+        """``<module path>.<knob>.level``: the name of the Optuna param (an index into choices)."""
+        return f"{self.path}.{self.knob}.level"
 
 
 @dataclass(frozen=True)

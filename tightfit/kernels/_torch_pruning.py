@@ -94,3 +94,24 @@ def prune_groups(
         )
         pruner.step()
     return {p: _out_channels(by_path[p]) for p in ratios}
+
+
+def channel_importance(
+    model: nn.Module, example_inputs: tuple[torch.Tensor, ...], ignored: tuple[str, ...]
+) -> dict[str, list[float]]:
+    """Each coupled group's per-channel importance (by root path), as :func:`prune_groups`
+    ranks channels: L2 magnitude over the whole group, mean-normalised per group (torch-pruning's
+    default, the scale its global pruning compares groups on)."""
+    paths = _paths(model)
+    importance = tp.importance.GroupMagnitudeImportance(p=2)
+    out: dict[str, list[float]] = {}
+    with torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+        for group in graph.get_all_groups(
+            ignored_layers=_modules(model, ignored), root_module_types=list(ROOT_TYPES)
+        ):
+            root = paths.get(group[0].dep.target.module)
+            if root is not None:
+                with torch.no_grad():
+                    out[root] = [float(v) for v in importance(group)]
+    return out

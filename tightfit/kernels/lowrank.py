@@ -169,7 +169,7 @@ class LowRank(Kernel):
             ]
             if choices:
                 info = {"break_even_rank": round(break_even_rank(layer), 1)}
-                units.append(Unit(path, self.knob, (1.0, *choices), info))
+                units.append(Unit(path, self.knob, (1.0, *sorted(choices, reverse=True)), info))
         return units
 
     def apply(self, model: nn.Module, plan: dict[str, Any], ctx: SurgeryContext) -> dict[str, Any]:

@@ -55,3 +55,8 @@ class StructuredPruning(Kernel):
         except Exception as e:  # torch-pruning raises many types on odd graphs
             raise CandidateError(f"pruning failed: {type(e).__name__}: {e}") from e
         return {"kept_channels": kept}
+
+    def channel_importance(self, model: nn.Module, ctx: SurgeryContext) -> dict[str, list[float]]:
+        """Per coupled group (by root path), the importance of each channel, on the scale the
+        pruner ranks them by (so a global threshold can be drawn across groups)."""
+        return adapter.channel_importance(model, ctx.example_inputs, self._ignored(ctx))

@@ -71,6 +71,7 @@ class Tracker:
         self._runs: dict[tuple[str, int], str] = {}
         self._pareto: dict[str, bool] = {}
         self._feasible: dict[str, bool] = {}
+        self._summary: dict[str, str] = {}  # profile -> summary run id
         self._load_existing()
         if objectives:
             self.client.set_experiment_tag(self.experiment_id, *view.view_tag(objectives))
@@ -159,7 +160,7 @@ class Tracker:
         )
         for name, content in (artifacts or {}).items():
             self.client.log_dict(run_id, content, name)
-        finished = status in ("complete", "prescreened")
+        finished = status in ("complete", "prescreened", "stopped")
         self.client.set_terminated(run_id, "FINISHED" if finished else "FAILED")
 
     def set_pareto(self, profile: str, front_trials: set[int]) -> None:
@@ -181,17 +182,45 @@ class Tracker:
                 self._pareto[run_id] = on_front
 
     def summary_run(self, profile: str) -> str:
+        """The profile's summary run (its front, figures and progress), created once."""
+        if profile in self._summary:
+            return self._summary[profile]
         found = self._search(
             f"tags.`{TAG_KIND}` = 'summary' and tags.`{TAG_PROFILE}` = '{profile}'"
         )
         if found:
-            return found[0].info.run_id
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"{profile}-pareto-front",
-            tags={TAG_SEARCH: self.search, TAG_PROFILE: profile, TAG_KIND: "summary"},
+            self._summary[profile] = found[0].info.run_id
+        else:
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=f"{profile}-pareto-front",
+                tags={TAG_SEARCH: self.search, TAG_PROFILE: profile, TAG_KIND: "summary"},
+            )
+            self._summary[profile] = run.info.run_id
+        return self._summary[profile]
+
+    def log_progress(self, profile: str, metrics: dict[str, float], step: int) -> None:
+        """Metrics of the search so far (e.g. the front's hypervolume) at ``step`` trials, on
+        the profile's summary run: MLflow charts them over trials."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.summary_run(profile),
+            metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()],
         )
-        return run.info.run_id
+
+    def log_files(self, profile: str, files: list[Path]) -> None:
+        """Files (tables, figures) on the profile's summary run."""
+        run_id = self.summary_run(profile)
+        for f in files:
+            self.client.log_artifact(run_id, str(f))
+
+    def stop_summary(self, profile: str) -> None:
+        """An interrupted search: end its summary run KILLED (a rerun finishes it)."""
+        run_id = self._summary.get(profile)
+        if run_id is not None and self.client.get_run(run_id).info.status == "RUNNING":
+            self.client.set_terminated(run_id, "KILLED")
 
     def log_summary(
         self,
@@ -199,7 +228,9 @@ class Tracker:
         metrics: dict[str, float],
         files: list[Path],
         params: dict[str, Any] | None = None,
+        step: int = 0,
     ) -> str:
+        """The profile's final metrics (at ``step``: the trials done), files and params."""
         from mlflow.entities import Metric, Param
 
         run_id = self.summary_run(profile)
@@ -208,7 +239,7 @@ class Tracker:
         new_params = [Param(k, str(v)) for k, v in (params or {}).items() if k not in existing]
         self.client.log_batch(
             run_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()],
             params=new_params[:MAX_PARAMS_PER_BATCH],
         )
         for f in files:
@@ -249,8 +280,10 @@ class Tracker:
                     if key in t.user_attrs:
                         metrics[key] = t.user_attrs[key]
                 self.finish_trial(run_id, metrics, "complete", tags=tags)
-            elif t.state == TrialState.PRUNED:
-                self.finish_trial(run_id, {}, "prescreened", tags=tags)
+            elif t.state == TrialState.PRUNED:  # not measured: pre-screened, or stopped early
+                stage = t.user_attrs.get("stage", "prescreened")
+                status = "prescreened" if stage == "prescreened" else "stopped"
+                self.finish_trial(run_id, {}, status, tags={**tags, "tightfit.stage": stage})
             elif t.user_attrs.get("interrupted"):
                 self.mark_interrupted(profile, t.number, "driver stopped; trial enqueued again")
             else:

@@ -26,7 +26,9 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     rows = []
     states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
     for t in study.get_trials(deepcopy=False, states=states):
-        state = "prescreened" if t.state == TrialState.PRUNED else t.state.name.lower()
+        state = t.state.name.lower()
+        if t.state == TrialState.PRUNED:  # not measured: "prescreened", "subset" or "accuracy"
+            state = t.user_attrs.get("stage", "prescreened")
         row: dict = {"trial": t.number, "state": state}
         if t.values is not None:
             row.update(dict(zip(names, t.values, strict=True)))
@@ -83,12 +85,19 @@ def hypervolume(front: pd.DataFrame, baseline: dict[str, float], objectives: lis
     Accuracy counts as drop below the baseline (0 = baseline, 1 = zero accuracy), latency and
     size as fractions of the baseline's; points worse than the reference add nothing.
     """
-    from optuna._hypervolume import compute_hypervolume
-
     if front.empty:
         return 0.0
+    return hypervolume_of(front[objectives].to_dict("records"), baseline, objectives)
+
+
+def hypervolume_of(
+    points: list[dict[str, float]], baseline: dict[str, float], objectives: list[str]
+) -> float:
+    """:func:`hypervolume` of objective values (dominated points may be among them)."""
+    from optuna._hypervolume import compute_hypervolume
+
     pts = []
-    for _, row in front.iterrows():
+    for row in points:
         p = []
         for name in objectives:
             if name == "accuracy":
@@ -96,11 +105,39 @@ def hypervolume(front: pd.DataFrame, baseline: dict[str, float], objectives: lis
             else:
                 p.append(row[name] / baseline[name])
         pts.append(p)
-    arr = np.asarray(pts, dtype=float)
+    arr = np.asarray(pts, dtype=float).reshape(-1, len(objectives))
     arr = arr[(arr < 1.0).all(axis=1)]
     if len(arr) == 0:
         return 0.0
     return float(compute_hypervolume(arr, np.ones(len(objectives)), assume_pareto=False))
+
+
+def hypervolume_history(
+    study: optuna.Study, baseline: dict[str, float], objectives: list[str]
+) -> list[float]:
+    """The front's hypervolume after each finished trial, in the order trials finished.
+
+    Only complete, feasible trials add points (as on the front); failed, pre-screened and
+    stopped trials count as spent trials that added nothing.
+    """
+    from optuna.trial import TrialState
+
+    states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=states)
+        if not t.user_attrs.get("interrupted")
+    ]
+    done.sort(key=lambda t: (t.datetime_complete or t.datetime_start, t.number))
+    points: list[dict[str, float]] = []
+    history = []
+    for t in done:
+        if t.state == TrialState.COMPLETE and all(c <= 0 for c in _constraint_values(t)):
+            points.append(dict(zip(objectives, t.values, strict=True)))
+            history.append(hypervolume_of(points, baseline, objectives))
+        else:
+            history.append(history[-1] if history else 0.0)
+    return history
 
 
 def front_figure_html(study: optuna.Study, path: Path) -> Path:

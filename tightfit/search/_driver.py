@@ -36,7 +36,7 @@ from tightfit.hardware_profiles import HardwareProfile
 from tightfit.runs import pareto
 from tightfit.runs._tracker import Tracker
 from tightfit.runs.workdir import atomic_write, prepare_workdir
-from tightfit.search import _ray
+from tightfit.search import _ray, sensitivity, strategies
 from tightfit.search._evaluate import Setup, StageOne, workspace
 from tightfit.search._reuse import LatencyReuse, latency_reuse_metrics
 from tightfit.search._signals import DeferredInterrupt
@@ -202,6 +202,8 @@ class _ProfileSearch:
         self.progress = progress or (lambda *a: None)
         self.n_done = 0
         self.n_failed = 0
+        self.n_trials = config.n_trials
+        self.scan: pd.DataFrame | None = None  # the sensitivity scan, if enabled
         self.best_speedup: float | None = None
         self._current: _Pending | None = None
         self.concurrency = config.concurrency_of(profile.name)
@@ -266,6 +268,8 @@ class _ProfileSearch:
                 self.tracker.set_pareto(
                     self.profile.name, {t.number for t in self.study.best_trials}
                 )
+            if self.config.sensitivity.enabled:
+                self._sensitivity()
             if not self.study.trials:
                 self._enqueue_seeds()
 
@@ -382,9 +386,82 @@ class _ProfileSearch:
             )
         self.study.set_user_attr("fastest_latency_ms", latency.latency_ms)
 
-    def _enqueue_seeds(self) -> None:
+    def _sensitivity(self) -> None:
+        """Scan each (unit, level) alone on the validation subset (or load the scan a previous
+        run of this search saved), then shrink the space and keep the scan for the seeds."""
+        import ray
+
+        attrs = self.study.user_attrs
+        if "sensitivity" in attrs:
+            scan = pd.DataFrame(attrs["sensitivity"])
+        elif self.study.trials:  # a study begun without a scan: its space stays as it was
+            log.info("sensitivity scan skipped: study %s began without one", self.study.study_name)
+            return
+        else:
+            t0 = time.monotonic()
+            probes = sensitivity.probes(self.space)
+            refs = [
+                self.compress_remote.remote(self.setup, p.candidate(self.space), True)
+                for p in probes
+            ]
+            rows = []
+            for probe, ref in zip(probes, refs, strict=True):
+                try:
+                    one = ray.get(ref)
+                    rows.append((probe, one.accuracy, one.size_mb))
+                except Exception as e:  # a level that cannot be applied alone: dropped below
+                    log.warning(
+                        "sensitivity %s=%s failed: %s",
+                        probe.unit.param_name,
+                        probe.value,
+                        _ray.error_text(e),
+                    )
+                    rows.append((probe, float("nan"), float("nan")))
+            scan = sensitivity.table(rows, self.ws.baseline_subset_accuracy)
+            self.study.set_user_attr("sensitivity", scan.to_dict("records"))
+            self.study.set_user_attr("sensitivity_s", time.monotonic() - t0)
+        self.scan = scan
+        n = len(self.ws.subset) if self.ws.subset is not None else len(self.ws.data.targets)
+        metrics = {"sensitivity_s": float(self.study.user_attrs.get("sensitivity_s", 0.0))}
+        if self.config.sensitivity.shrink:
+            self.space, dropped = sensitivity.shrink(
+                self.space,
+                scan,
+                self.config.constraints.max_accuracy_drop,
+                n,
+                self.config.staged.z,
+            )
+            metrics["n_levels_dropped"] = float(sum(len(v) for v in dropped.values()))
+            atomic_write(
+                self.summary_dir / "space.json", json.dumps(self.space.describe(), indent=1)
+            )
+            atomic_write(self.summary_dir / "dropped_levels.json", json.dumps(dropped, indent=1))
+        files = [
+            atomic_write(self.summary_dir / "sensitivity.csv", scan.to_csv(index=False)),
+            sensitivity.figure_png(
+                scan,
+                self.summary_dir / "sensitivity.png",
+                f"{self.config.name} on {self.profile.name}: each unit alone",
+            ),
+        ]
+        self.tracker.log_progress(self.profile.name, metrics, step=0)
+        self.tracker.log_files(self.profile.name, files)
+
+    def _plan(self) -> list[tuple[str, Candidate]]:
+        """What the study starts with: the baseline, then either the strategy's whole sweep (a
+        baseline strategy) or a few seeds of each baseline (``seeds``), as (kind, candidate)."""
         s = self.space
-        seeds = [
+        plan = [("baseline", s.baseline())]
+        strategy = self.config.strategy
+        if strategy != "search":
+            importance = strategies.channel_importance(self.ws.model, self.ws.ctx)
+            sweep = (
+                strategies.uniform_sweep(s, seed=self.config.seed)
+                if strategy == "uniform"
+                else strategies.global_magnitude_sweep(s, importance, seed=self.config.seed)
+            )
+            return plan + [(strategy, c) for c in sweep]
+        uniform = [
             s.uniform(bits=8),
             s.uniform(prune_ratio=0.25, bits=8),
             s.uniform(rank_fraction=0.5, bits=8),
@@ -392,14 +469,30 @@ class _ProfileSearch:
             s.uniform(prune_ratio=0.25),
             s.uniform(rank_fraction=0.5),
         ]
-        queue = [s.baseline()]
-        for c in seeds[: self.config.n_uniform_seeds]:
-            if c not in queue:
-                queue.append(c)
-        for c in queue:
-            self.study.enqueue_trial(
-                s.params_of(c), user_attrs={"seed_kind": "baseline" if c.is_baseline else "uniform"}
-            )
+        seeds = self.config.seeds
+        plan += [("uniform", c) for c in uniform[: seeds.uniform]]
+        k = self.config.sensitivity.seeds
+        if self.scan is not None and k:
+            limit = self.config.constraints.max_accuracy_drop
+            plan += [("sensitivity", c) for c in sensitivity.seeds(s, self.scan, limit, k)]
+        if seeds.global_magnitude:
+            importance = strategies.channel_importance(self.ws.model, self.ws.ctx)
+            sweep = strategies.global_magnitude_sweep(s, importance)
+            # with int8 where the space has it: the allocation practitioners deploy
+            quantized = [c for c in sweep if c.bits] or sweep
+            chosen = strategies.spread(quantized, seeds.global_magnitude)
+            plan += [("global_magnitude", c) for c in chosen]
+        unique: list[tuple[str, Candidate]] = []
+        for kind, c in plan:
+            if all(c != other for _, other in unique):
+                unique.append((kind, c))
+        return unique
+
+    def _enqueue_seeds(self) -> None:
+        plan = self._plan()
+        self.study.set_user_attr("n_planned", len(plan))
+        for kind, c in plan:
+            self.study.enqueue_trial(self.space.params_of(c), user_attrs={"seed_kind": kind})
 
     # ---- dispatch -----------------------------------------------------------------------
     def _measure_task(self, onnx_bytes: bytes, bench: Any) -> Any:
@@ -420,7 +513,10 @@ class _ProfileSearch:
         trial.set_user_attr("candidate", candidate.to_json())
         trial.set_user_attr("is_baseline", candidate.is_baseline)
         trial.set_user_attr("summary", _knobs_text(candidate))
-        params = {**trial.params, **{f"summary.{k}": v for k, v in candidate.summary().items()}}
+        params = {
+            **self.space.values_of(candidate),
+            **{f"summary.{k}": v for k, v in candidate.summary().items()},
+        }
         run_id = self.tracker.start_trial(self.profile.name, trial.number, params)
         return _Pending(trial, candidate, run_id)
 
@@ -440,6 +536,7 @@ class _ProfileSearch:
         )
         self.n_failed += 1
         self.n_done += 1
+        self._told()
         log.info("trial %d failed: %s", p.trial.number, reason)
 
     def _complete(self, p: _Pending, latency: Any) -> None:
@@ -463,6 +560,7 @@ class _ProfileSearch:
             self.config.constraints.max_latency_ms is None
             or latency.latency_ms <= self.config.constraints.max_latency_ms
         )
+        t.set_user_attr("stage", "complete")
         t.set_user_attr("speedup", latency.speedup)
         t.set_user_attr("accuracy_drop", drop)
         t.set_user_attr("latency", latency.summary())
@@ -501,6 +599,7 @@ class _ProfileSearch:
                 "environment": latency.environment,
             }
         tags = {
+            "tightfit.stage": "complete",
             "tightfit.latency_cache": p.cache,
             "tightfit.signature": one.signature[:16],
             "tightfit.node_id": latency.node_id,
@@ -522,6 +621,53 @@ class _ProfileSearch:
         if feasible:
             self.best_speedup = max(self.best_speedup or 0.0, latency.speedup)
         self.tracker.set_pareto(self.profile.name, {b.number for b in self.study.best_trials})
+        self._told()
+
+    def _stopped_early(self, p: _Pending) -> bool:
+        """Staged evaluation: finish ``p`` unmeasured if its accuracy already rules it out.
+
+        Stage ``subset``: the validation subset showed a drop clearly beyond the constraint;
+        stage ``accuracy``: the full validation did. Neither can reach the front, so neither
+        is worth a latency measurement. The trial is told PRUNED with its constraint violation,
+        so the samplers learn the region is infeasible.
+        """
+        one = p.stage_one
+        assert one is not None
+        staged = self.config.staged
+        drop = self.baseline["accuracy"] - one.accuracy
+        limit = self.config.constraints.max_accuracy_drop
+        if not staged.enabled or not (
+            one.stage == "subset" or (drop > limit and not staged.measure_infeasible)
+        ):
+            return False
+        stage = "subset" if one.stage == "subset" else "accuracy"
+        t = p.trial
+        t.set_constraint("accuracy_drop", drop - limit)
+        t.set_user_attr("stage", stage)
+        t.set_user_attr("accuracy_drop", drop)
+        t.set_user_attr("accuracy_stage", one.stage)
+        t.set_user_attr("report", one.report)
+        self.study.tell(t, state=TrialState.PRUNED)
+        metrics = {
+            "accuracy": one.accuracy,
+            "accuracy_drop": drop,
+            "size_mb": one.size_mb,
+            "compress_s": one.seconds,
+        }
+        self._record(
+            p,
+            lambda: self.tracker.finish_trial(
+                p.run_id,
+                metrics,
+                status="stopped",
+                feasible=False,
+                tags={"tightfit.stage": stage, "tightfit.compress_node_id": one.node_id},
+            ),
+        )
+        self.n_done += 1
+        self._told()
+        log.info("trial %d stopped at stage %s: accuracy drop %.4f", t.number, stage, drop)
+        return True
 
     def _reuse_or_skip(self, p: _Pending) -> bool:
         """Finish ``p`` without measuring it, if its latency is cached or predicted dominated."""
@@ -549,6 +695,10 @@ class _ProfileSearch:
         one = p.stage_one
         assert one is not None and p.predicted_ms is not None
         p.trial.set_user_attr("stage", "prescreened")
+        p.trial.set_constraint(
+            "accuracy_drop",
+            self.baseline["accuracy"] - one.accuracy - self.config.constraints.max_accuracy_drop,
+        )
         self.study.tell(p.trial, state=TrialState.PRUNED)
         metrics = {
             "accuracy": one.accuracy,
@@ -563,6 +713,7 @@ class _ProfileSearch:
             ),
         )
         self.n_done += 1
+        self._told()
         log.info(
             "trial %d pre-screened: predicted %.3f ms, dominated", p.trial.number, p.predicted_ms
         )
@@ -575,12 +726,25 @@ class _ProfileSearch:
             self.stop_benches()
             raise
         self.n_done, self.n_failed = counted_trials(self.study)
+        self.n_trials = self.config.n_trials
+        if self.config.strategy != "search":  # a baseline alone: its sweep, at most n_trials
+            self.n_trials = min(self.n_trials, int(self.study.user_attrs["n_planned"]))
         self.best_speedup = _best_feasible_speedup(self.study)
         self._report()
 
+    def _told(self) -> None:
+        """After each told trial: the front's hypervolume so far, charted over trials in MLflow."""
+        objectives: list[str] = list(self.config.objectives)
+        points = [dict(zip(objectives, t.values, strict=True)) for t in self.study.best_trials]
+        hv = pareto.hypervolume_of(points, self.baseline, objectives)
+        metrics = {"hypervolume": hv}
+        if self.best_speedup is not None:
+            metrics["best_feasible_speedup"] = self.best_speedup
+        self.tracker.log_progress(self.profile.name, metrics, step=self.n_done)
+
     def _report(self) -> None:
         self.progress(
-            self.profile.name, self.n_done, self.config.n_trials, self.n_failed, self.best_speedup
+            self.profile.name, self.n_done, self.n_trials, self.n_failed, self.best_speedup
         )
 
     @property
@@ -589,13 +753,13 @@ class _ProfileSearch:
 
     @property
     def finished(self) -> bool:
-        return self.n_done >= self.config.n_trials and self.in_flight == 0
+        return self.n_done >= self.n_trials and self.in_flight == 0
 
     @property
     def wants_trial(self) -> bool:
         """Below this profile's concurrency, with trials still to ask for."""
         n = self.in_flight
-        return n < self.concurrency and self.n_done + n < self.config.n_trials
+        return n < self.concurrency and self.n_done + n < self.n_trials
 
     def ask_and_dispatch(self) -> None:
         p = self._ask()
@@ -634,7 +798,7 @@ class _ProfileSearch:
             except Exception as e:
                 self._fail(p, _ray.error_text(e))
             else:
-                if not self._reuse_or_skip(p):
+                if not self._stopped_early(p) and not self._reuse_or_skip(p):
                     self.waiting.append(p)
         self._current = None
         self._report()
@@ -706,6 +870,7 @@ class _ProfileSearch:
             )
         for number in recover_interrupted(self.study):  # e.g. one asked but not yet dispatched
             self.tracker.mark_interrupted(self.profile.name, number, "interrupted; enqueued again")
+        self.tracker.stop_summary(self.profile.name)
 
     # ---- the end ------------------------------------------------------------------------
     def summarise(self, clock: _Clock) -> ProfileOutcome:
@@ -752,6 +917,7 @@ class _ProfileSearch:
                 "seed": self.config.seed,
                 "n_units": len(self.space),
             },
+            step=self.n_done,
         )
         return ProfileOutcome(
             self.profile.name, self.study, front, self.baseline, d, self.n_done, self.n_failed

@@ -28,6 +28,7 @@ from tightfit.evaluators import (
     measure_latency,
     size_mb,
 )
+from tightfit.evaluators.accuracy import staged_accuracy, validation_subset
 from tightfit.evaluators.latency_cache import architecture_signature
 from tightfit.evaluators.predictor import graph_features
 from tightfit.exceptions import CandidateError, ModelError
@@ -58,6 +59,9 @@ class StageOne(Record):
     features: dict[str, float] = Field(default_factory=dict, description="latency predictor input")
     node_id: str = Field("", description="the Ray node that compressed (empty outside Ray)")
     started_at: float = Field(0.0, description="unix time the work started on that node")
+    stage: str = Field(
+        "full", description="'subset': stopped after the validation subset (accuracy is its)"
+    )
 
 
 class Evaluation(Record):
@@ -125,6 +129,33 @@ class Workspace:
             classifier=classifier,
             baseline_onnx=self.float_onnx,
             min_rank=setup.config.space.lowrank.min_rank,
+            recalibrate_bn=setup.config.recovery.batchnorm,
+        )
+
+    @functools.cached_property
+    def subset(self) -> np.ndarray | None:
+        """The validation samples staged evaluation scores first (None: staging is off)."""
+        staged = self.setup.config.staged
+        if not staged.enabled:
+            return None
+        n = len(self.data.targets)
+        return validation_subset(n, staged.subset_fraction, staged.min_subset, seed=0)
+
+    @functools.cached_property
+    def baseline_subset_accuracy(self) -> float:
+        return evaluate_accuracy(self.baseline_onnx, self.data, subset=self.subset)
+
+    def score(self, onnx_path: Path) -> tuple[float, str]:
+        """(accuracy, stage) of an exported candidate: staged when the config says so."""
+        if self.subset is None:
+            return evaluate_accuracy(onnx_path, self.data), "full"
+        return staged_accuracy(
+            onnx_path,
+            self.data,
+            self.subset,
+            self.baseline_subset_accuracy,
+            self.setup.config.constraints.max_accuracy_drop,
+            self.setup.config.staged.z,
         )
 
     def input_spec(self) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
@@ -142,8 +173,12 @@ def workspace(setup: Setup) -> Workspace:
     return _workspace(setup.to_json())
 
 
-def compress_and_score(setup: Setup, candidate: Candidate) -> StageOne:
-    """Stage 1: apply ``candidate``, export, measure accuracy (ONNX Runtime) and size."""
+def compress_and_score(setup: Setup, candidate: Candidate, subset_only: bool = False) -> StageOne:
+    """Stage 1: apply ``candidate``, export, measure accuracy (ONNX Runtime) and size.
+
+    ``subset_only`` (the sensitivity scan): accuracy on the staged-evaluation subset only, and
+    no ONNX bytes returned (stage ``"subset"``).
+    """
     t0 = time.perf_counter()
     ws = workspace(setup)
     if candidate.base_model != ws.model_id:
@@ -153,7 +188,15 @@ def compress_and_score(setup: Setup, candidate: Candidate) -> StageOne:
         )
     with tempfile.TemporaryDirectory(prefix="trial-", dir=ws.scratch) as out_dir:
         result = compress(ws.model, candidate, ws.ctx, Path(out_dir))
-        accuracy = evaluate_accuracy(result.onnx_path, ws.data)
+        if subset_only:
+            return StageOne(
+                accuracy=evaluate_accuracy(result.onnx_path, ws.data, subset=ws.subset),
+                size_mb=size_mb(result.onnx_path),
+                onnx=b"",
+                seconds=time.perf_counter() - t0,
+                stage="subset",
+            )
+        accuracy, stage = ws.score(result.onnx_path)
         onnx_bytes = result.onnx_path.read_bytes()
         return StageOne(
             accuracy=accuracy,
@@ -163,6 +206,7 @@ def compress_and_score(setup: Setup, candidate: Candidate) -> StageOne:
             seconds=time.perf_counter() - t0,
             signature=architecture_signature(onnx_bytes),
             features=graph_features(onnx_bytes),
+            stage=stage,
         )
 
 

@@ -162,7 +162,7 @@ def warm_up(n_workers: int) -> None:
     ray.get([task.remote() for _ in range(n_workers)])
 
 
-def _compress_on_node(setup: Any, candidate: Any) -> Any:
+def _compress_on_node(setup: Any, candidate: Any, subset_only: bool = False) -> Any:
     import time
 
     import ray
@@ -170,7 +170,7 @@ def _compress_on_node(setup: Any, candidate: Any) -> Any:
     from tightfit.search._evaluate import compress_and_score
 
     start = time.time()
-    one = compress_and_score(setup, candidate)
+    one = compress_and_score(setup, candidate, subset_only)
     node = ray.get_runtime_context().get_node_id()
     return one.model_copy(update={"node_id": node, "started_at": start})
 

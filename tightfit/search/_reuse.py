@@ -79,7 +79,8 @@ def dominates(a: dict[str, float], b: dict[str, float]) -> bool:
 
 
 def latency_reuse_metrics(study: optuna.Study) -> dict[str, float]:
-    """Cache hits, pre-screened trials, time saved, and the predictor's rank correlation.
+    """Cache hits, trials not measured (pre-screened, or stopped by staged evaluation at the
+    accuracy subset or the full accuracy), time saved, and the predictor's rank correlation.
 
     The correlation is over trials whose latency was predicted *before* it was measured (not
     refitted afterwards), so it is what the pre-screening decisions actually relied on.
@@ -90,14 +91,19 @@ def latency_reuse_metrics(study: optuna.Study) -> dict[str, float]:
     seconds = [t.user_attrs["latency"].get("seconds", 0.0) for t in fresh]
     mean_s = sum(seconds) / len(seconds) if seconds else 0.0
     predicted = [t for t in fresh if "predicted_latency_ms" in t.user_attrs]
-    n_pre = sum(1 for t in done if t.state == TrialState.PRUNED)
+    pruned = [t for t in done if t.state == TrialState.PRUNED]
+    n_pre = sum(1 for t in pruned if t.user_attrs.get("stage", "prescreened") == "prescreened")
     n_hits = sum(1 for t in measured if t.user_attrs.get("latency_cache") == "hit")
     out = {
         "n_latency_measured": float(len(fresh)),
         "n_latency_cache_hits": float(n_hits),
         "n_prescreened": float(n_pre),
+        "n_stopped_subset": float(sum(1 for t in pruned if t.user_attrs.get("stage") == "subset")),
+        "n_stopped_accuracy": float(
+            sum(1 for t in pruned if t.user_attrs.get("stage") == "accuracy")
+        ),
         "latency_measure_s_mean": mean_s,
-        "latency_s_saved": (n_pre + n_hits) * mean_s,
+        "latency_s_saved": (len(pruned) + n_hits) * mean_s,
         "n_predicted": float(len(predicted)),
     }
     rho = spearman(

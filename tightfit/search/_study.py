@@ -16,7 +16,11 @@ ATTR_INTERRUPTED = "interrupted"
 
 
 def make_sampler(spec: SamplerSpec, seed: int) -> optuna.samplers.BaseSampler:
-    """Samplers with every setting explicit (Optuna 4.x and 5.x defaults differ)."""
+    """The sampler ``spec`` names, every setting explicit (Optuna 4.x and 5.x defaults differ).
+
+    Trial constraints (``Trial.set_constraint``) reach every sampler without a
+    ``constraints_func``: TPE and NSGA-II rank infeasible trials below feasible ones.
+    """
     if spec.name == "tpe":
         return optuna.samplers.TPESampler(
             seed=seed,
@@ -24,9 +28,24 @@ def make_sampler(spec: SamplerSpec, seed: int) -> optuna.samplers.BaseSampler:
             group=False,
             constant_liar=True,
             n_startup_trials=spec.n_startup_trials,
+            n_ei_candidates=spec.n_ei_candidates,
+            warn_independent_sampling=False,
         )
     if spec.name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=spec.population_size)
+        return optuna.samplers.NSGAIISampler(
+            seed=seed, population_size=spec.population_size, crossover_prob=spec.crossover_prob
+        )
+    if spec.name == "qmc":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(
+                qmc_type=spec.qmc_type,
+                scramble=True,
+                seed=seed,
+                independent_sampler=optuna.samplers.RandomSampler(seed=seed),
+                warn_independent_sampling=False,
+                warn_asynchronous_seeding=False,
+            )
     return optuna.samplers.RandomSampler(seed=seed)
 
 

@@ -25,7 +25,11 @@ def discover_units(model: nn.Module, ctx: SurgeryContext, space: SpaceSpec) -> l
 
 
 class CompressionSpace:
-    """The searchable knobs of one base model; params are named ``<module path>.<knob>``."""
+    """The searchable knobs of one base model.
+
+    Optuna params are levels named ``<module path>.<knob>.level`` (see :meth:`suggest`); values
+    are named ``<module path>.<knob>`` (see :class:`Candidate`).
+    """
 
     def __init__(self, units: Sequence[Unit], base_model: str, seed: int = 0) -> None:
         names = [u.param_name for u in units]
@@ -41,11 +45,20 @@ class CompressionSpace:
         return len(self.units)
 
     def suggest(self, trial: optuna.Trial) -> Candidate:
-        """Sample one value per unit (categorical: ratios, rank fractions and bits are few)."""
-        params = {
-            u.param_name: trial.suggest_categorical(u.param_name, list(u.choices))
-            for u in self.units
+        """Sample one level per unit: an ordered integer, 0 = no-op, higher = stronger.
+
+        Integers (not categorical values) let every sampler use the order of the levels: TPE's
+        kernels and NSGA-II's crossover treat neighbouring levels as close, and QMC spreads its
+        points over them.
+        """
+        levels = {
+            u.level_name: trial.suggest_int(u.level_name, 0, len(u.choices) - 1) for u in self.units
         }
+        return self.candidate(levels)
+
+    def candidate(self, levels: dict[str, int]) -> Candidate:
+        """The candidate of Optuna params (``<path>.<knob>.level``; absent: level 0)."""
+        params = {u.param_name: u.choices[int(levels.get(u.level_name, 0))] for u in self.units}
         return Candidate.from_params(self.base_model, params, seed=self.seed)
 
     def baseline(self) -> Candidate:
@@ -67,8 +80,23 @@ class CompressionSpace:
                 params[u.param_name] = want if want in u.choices else 32
         return Candidate.from_params(self.base_model, params, seed=self.seed)
 
-    def params_of(self, candidate: Candidate) -> dict[str, Any]:
-        """Every unit's param for ``candidate`` (no-op values included), for enqueue_trial."""
+    def params_of(self, candidate: Candidate) -> dict[str, int]:
+        """Every unit's level for ``candidate`` (no-op levels included), for enqueue_trial.
+
+        A value the unit does not offer raises ValueError.
+        """
+        values = self.values_of(candidate)
+        levels = {}
+        for u in self.units:
+            if values[u.param_name] not in u.choices:
+                raise ValueError(
+                    f"{u.param_name} = {values[u.param_name]} is not one of its levels {u.choices}"
+                )
+            levels[u.level_name] = u.choices.index(values[u.param_name])
+        return levels
+
+    def values_of(self, candidate: Candidate) -> dict[str, Any]:
+        """Every unit's value for ``candidate`` (no-op values included): what MLflow shows."""
         given = candidate.to_params()
         return {u.param_name: given.get(u.param_name, u.choices[0]) for u in self.units}
 
@@ -76,7 +104,7 @@ class CompressionSpace:
         return [
             {
                 "param": u.param_name,
-                "choices": list(u.choices),
+                "levels": list(u.choices),
                 **{k: v for k, v in u.info.items() if k != "nodes"},
             }
             for u in self.units

@@ -1,0 +1,181 @@
+"""Samplers and baseline strategies: same seed, same trials; tiny problems with known answers.
+
+The samplers run real Optuna studies over the real space of a small model; their objective is a
+formula of the unit levels (pure sampler logic: the real evaluation is tested end to end).
+"""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from tightfit.config import SamplerSpec, SpaceSpec
+from tightfit.search import strategies
+from tightfit.search._study import make_sampler
+from tightfit.spaces import Candidate, CompressionSpace, discover_units
+
+SAMPLERS = ["tpe", "nsga2", "random", "qmc"]
+
+
+@pytest.fixture()
+def space(tiny_model, tiny_ctx, default_space: SpaceSpec) -> CompressionSpace:
+    return CompressionSpace(discover_units(tiny_model, tiny_ctx, default_space), "m", seed=0)
+
+
+def _run(space: CompressionSpace, name: str, seed: int, n: int, objective) -> optuna.Study:
+    spec = SamplerSpec(name=name, n_startup_trials=5, population_size=8)
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], sampler=make_sampler(spec, seed)
+    )
+    for _ in range(n):
+        trial = study.ask()
+        candidate = space.suggest(trial)
+        accuracy, latency, violation = objective(space, trial.params, candidate)
+        trial.set_constraint("accuracy_drop", violation)
+        study.tell(trial, [accuracy, latency])
+    return study
+
+
+def _strength(space: CompressionSpace, levels: dict[str, int]) -> float:
+    """Share of the maximal compression: 0 = baseline, 1 = every unit at its strongest."""
+    return sum(levels[u.level_name] / (len(u.choices) - 1) for u in space.units) / len(space.units)
+
+
+def _tradeoff(space, levels, candidate):
+    s = _strength(space, levels)
+    return 1.0 - 0.1 * s, 1.0 - 0.5 * s, 0.0
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_same_seed_same_trials(space: CompressionSpace, name: str) -> None:
+    runs = [_run(space, name, seed, 24, _tradeoff) for seed in (7, 7, 8)]
+    params = [[t.params for t in study.trials] for study in runs]
+    assert params[0] == params[1]
+    assert params[0] != params[2]
+    for p in params[0]:  # every param is a level of its unit
+        for u in space.units:
+            assert 0 <= p[u.level_name] < len(u.choices)
+
+
+def _harmful_stem(space: CompressionSpace):
+    """Only the stem's pruning is harmful: any level of it breaks the accuracy constraint."""
+    stem = next(u for u in space.units if u.param_name == "stem.0.prune_ratio")
+
+    def objective(space, levels, candidate):
+        s = _strength(space, levels)
+        violation = 0.05 * levels[stem.level_name] - 0.001
+        return 1.0 - 0.005 * s, 1.0 - 0.5 * s, violation
+
+    return stem, objective
+
+
+def _fastest_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    feasible = [t for t in study.trials if t.constraints["accuracy_drop"] <= 0]
+    return min(feasible, key=lambda t: t.values[1])
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_finds_the_known_best_feasible_point(space: CompressionSpace, name: str) -> None:
+    """Three units (the stem's pruning, two others): the fastest feasible candidate is both
+    others at their strongest, the stem's pruning off. Every sampler finds it in 100 trials."""
+    small = CompressionSpace(
+        [u for u in space.units if u.param_name in ("stem.0.prune_ratio", "conv1.rank", "fc.bits")],
+        "m",
+    )
+    assert len(small) == 3
+    stem, objective = _harmful_stem(small)
+    study = _run(small, name, 0, 100, objective)
+    best = {u.level_name: (0 if u is stem else len(u.choices) - 1) for u in small.units}
+    assert _fastest_feasible(study).params == best
+    assert all(t.params[stem.level_name] == 0 for t in study.best_trials)
+
+
+def test_tpe_beats_random_on_a_larger_space(space: CompressionSpace) -> None:
+    """Every unit of the model: within 60 trials (3 seeds), TPE gets closer to the known best
+    speed-up than random search does."""
+    stem, objective = _harmful_stem(space)
+    best = {u.level_name: (0 if u is stem else len(u.choices) - 1) for u in space.units}
+    best_gain = 0.5 * _strength(space, best)
+
+    def gain(name: str) -> float:
+        studies = [_run(space, name, seed, 60, objective) for seed in range(3)]
+        return sum(1.0 - _fastest_feasible(s).values[1] for s in studies) / 3 / best_gain
+
+    assert gain("tpe") > gain("random")
+
+
+def test_qmc_spreads_levels_more_evenly_than_random(space: CompressionSpace) -> None:
+    """Over 32 trials, QMC's level counts per unit are closer to uniform than random's."""
+
+    def imbalance(study: optuna.Study) -> float:
+        total = 0.0
+        for u in space.units:
+            counts = [0] * len(u.choices)
+            for t in study.trials:
+                counts[t.params[u.level_name]] += 1
+            total += max(counts) - min(counts)
+        return total
+
+    qmc = [imbalance(_run(space, "qmc", seed, 32, _tradeoff)) for seed in range(3)]
+    rnd = [imbalance(_run(space, "random", seed, 32, _tradeoff)) for seed in range(3)]
+    assert sum(qmc) < sum(rnd)
+
+
+def test_uniform_sweep_covers_every_uniform_level(space: CompressionSpace) -> None:
+    sweep = strategies.uniform_sweep(space)
+    groups = [u for u in space.units if u.knob == "prune_ratio"]
+    for c in sweep:  # one target ratio: each group at the largest of its levels below it
+        target = max(c.prune.values(), default=0.0)
+        for u in groups:
+            assert c.prune.get(u.path, 0.0) == max(r for r in u.choices if r <= target)
+        assert len(set(c.bits.values())) <= 1 and len(set(c.rank.values())) <= 1
+    ratios = {r for u in groups for r in u.choices}
+    assert {max(c.prune.values(), default=0.0) for c in sweep} == ratios
+    assert len(sweep) == len({c.to_json() for c in sweep}) and not any(c.is_baseline for c in sweep)
+    shuffled = strategies.uniform_sweep(space, seed=3)
+    assert sorted(shuffled, key=str) == sorted(sweep, key=str)
+    assert shuffled == strategies.uniform_sweep(space, seed=3) != sweep
+
+
+def test_global_magnitude_prunes_the_least_important_group_first(
+    space: CompressionSpace,
+) -> None:
+    """A known answer: one group's channels all rank below every other channel, so a small
+    global ratio prunes only that group, and never beyond its largest level."""
+    groups = [u for u in space.units if u.knob == "prune_ratio"]
+    weak, *others = groups
+    importance = {u.path: [1.0 + i / 100 for i in range(u.info["channels"])] for u in others}
+    importance[weak.path] = [0.01 + i / 1e4 for i in range(weak.info["channels"])]
+    n_weak = weak.info["channels"]
+    n_all = sum(u.info["channels"] for u in groups)
+    plan = strategies.global_magnitude_allocation(importance, space, n_weak / n_all)
+    assert plan[weak.path] == max(weak.choices)  # capped at its largest level
+    assert all(plan[u.path] == 0.0 for u in others)
+    plan = strategies.global_magnitude_allocation(importance, space, 0.9)
+    assert all(plan[u.path] == max(u.choices) for u in groups)
+
+
+def test_global_magnitude_on_real_weights(tiny_model, tiny_ctx, space: CompressionSpace) -> None:
+    """The real importances: stronger global ratios never prune a group less."""
+    importance = strategies.channel_importance(tiny_model, tiny_ctx)
+    groups = [u for u in space.units if u.knob == "prune_ratio"]
+    assert {u.path for u in groups} <= set(importance)
+    for u in groups:
+        assert len(importance[u.path]) == u.info["channels"]
+    previous = {u.path: 0.0 for u in groups}
+    for g in strategies.GLOBAL_RATIOS:
+        plan = strategies.global_magnitude_allocation(importance, space, g)
+        assert all(plan[p] >= previous[p] for p in plan)
+        previous = plan
+    sweep = strategies.global_magnitude_sweep(space, importance)
+    assert sweep and all(isinstance(c, Candidate) and not c.rank for c in sweep)
+    assert len({c.bits.get("conv1", 32) for c in sweep}) == 2  # with and without int8
+    assert strategies.global_magnitude_sweep(space, importance, seed=1) == (
+        strategies.global_magnitude_sweep(space, importance, seed=1)
+    )
+
+
+def test_spread_keeps_the_ends() -> None:
+    assert strategies.spread(list("abcdefg"), 3) == ["a", "d", "g"]
+    assert strategies.spread(list("ab"), 5) == ["a", "b"]
+    assert strategies.spread(list("ab"), 0) == []
