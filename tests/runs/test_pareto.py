@@ -27,3 +27,27 @@ def test_hypervolume_relative_to_baseline() -> None:
     two = pd.DataFrame({"accuracy": [1.0, 0.5], "latency_ms": [5.0, 1.0]})
     assert hypervolume(two, base, OBJ) == pytest.approx(0.5 + 0.5 * 0.4)
     assert hypervolume(pd.DataFrame({"accuracy": [1.0], "latency_ms": [20.0]}), base, OBJ) == 0.0
+
+
+def test_hypervolume_history_counts_every_trial_and_only_feasible_points() -> None:
+    """After each finished trial, in the order they finished: infeasible, failed and stopped
+    trials spend a trial and add nothing."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from tightfit.runs.pareto import hypervolume_history
+
+    base = {"accuracy": 1.0, "latency_ms": 10.0}
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for values, violation, state in [
+        ([1.0, 5.0], -1.0, TrialState.COMPLETE),  # hv 0.5
+        ([1.0, 1.0], 1.0, TrialState.COMPLETE),  # infeasible: nothing
+        (None, 1.0, TrialState.PRUNED),  # stopped early: nothing
+        (None, 0.0, TrialState.FAIL),
+        ([0.5, 1.0], -1.0, TrialState.COMPLETE),  # + 0.5 x 0.4
+    ]:
+        t = study.ask()
+        t.set_constraint("accuracy_drop", violation)
+        study.tell(t, values, state=state)
+    history = hypervolume_history(study, base, OBJ)
+    assert history == pytest.approx([0.5, 0.5, 0.5, 0.5, 0.7])

@@ -29,7 +29,6 @@ def make_sampler(spec: SamplerSpec, seed: int) -> optuna.samplers.BaseSampler:
             constant_liar=True,
             n_startup_trials=spec.n_startup_trials,
             n_ei_candidates=spec.n_ei_candidates,
-            warn_independent_sampling=False,
         )
     if spec.name == "nsga2":
         return optuna.samplers.NSGAIISampler(
