@@ -645,7 +645,6 @@ class _ProfileSearch:
         t.set_constraint("accuracy_drop", drop - limit)
         t.set_user_attr("stage", stage)
         t.set_user_attr("accuracy_drop", drop)
-        t.set_user_attr("accuracy_stage", one.stage)
         t.set_user_attr("report", one.report)
         self.study.tell(t, state=TrialState.PRUNED)
         metrics = {
