@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,9 @@ def client(address: str | None) -> Any:
             f"cannot reach the Ray job server at {address} ({_first_line(e)}); the head node must run "
             "the dashboard (ray[default], `ray start --head --dashboard-host=0.0.0.0`)"
         ) from None
+
+
+AGENT_WAIT_S = 60.0  # how long a submission waits for a just-started head's job agent
 
 
 def _first_line(exc: BaseException) -> str:
@@ -156,15 +160,24 @@ def submit(
         runtime_env["py_modules"] = [str(Path(tightfit.__file__).parent)]
     jobs = client(address)
     submission_id = next_submission_id(jobs, config.name)
-    try:
-        jobs.submit_job(
-            entrypoint=entrypoint,
-            runtime_env=runtime_env,
-            submission_id=submission_id,
-            metadata={"tightfit.search": config.name, "tightfit.config": str(relative)},
-        )
-    except Exception as e:
-        raise JobError(f"the job server refused search '{config.name}': {_first_line(e)}") from None
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            jobs.submit_job(
+                entrypoint=entrypoint,
+                runtime_env=runtime_env,
+                submission_id=submission_id,
+                metadata={"tightfit.search": config.name, "tightfit.config": str(relative)},
+            )
+            break
+        except Exception as e:
+            # a head node that just started has no job agent yet: Ray says to try again later
+            if "No available agent" in str(e) and time.monotonic() < deadline:
+                time.sleep(2.0)
+                continue
+            raise JobError(
+                f"the job server refused search '{config.name}': {_first_line(e)}"
+            ) from None
     return Submission(submission_id, entrypoint, working_dir, remote_workdir)
 
 
