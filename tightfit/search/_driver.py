@@ -268,8 +268,9 @@ class _ProfileSearch:
                 self.tracker.set_pareto(
                     self.profile.name, {t.number for t in self.study.best_trials}
                 )
-            if self.config.sensitivity.enabled:
-                self._sensitivity()
+        if self.config.sensitivity.enabled:  # long: Ctrl-C stops it (it is saved once done)
+            self._sensitivity()
+        with DeferredInterrupt():
             if not self.study.trials:
                 self._enqueue_seeds()
 
