@@ -289,7 +289,7 @@ class SearchConfig(Record):
         description="search: the sampler proposes trials; uniform / global_magnitude: that "
         "baseline alone (its sweep in an order shuffled by the seed, at most n_trials)",
     )
-    seeds: SeedsSpec = Field(default_factory=lambda: SeedsSpec())
+    seeds: SeedsSpec = Field(default_factory=SeedsSpec)
     workdir: str | None = Field(None, description="default: runs/<name>/")
     ray: RaySpec = Field(default_factory=RaySpec)
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)

@@ -75,11 +75,16 @@ def validation_subset(n: int, fraction: float, minimum: int, seed: int = 0) -> n
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
+def noise_margin(accuracy: float, n: int, z: float) -> float:
+    """``z`` binomial standard errors of an accuracy measured on ``n`` samples."""
+    p = min(max(accuracy, 1.0 / n), 1.0 - 1.0 / n)
+    return z * float(np.sqrt(p * (1.0 - p) / n))
+
+
 def clearly_infeasible(
     subset_accuracy: float, baseline_subset_accuracy: float, n: int, max_drop: float, z: float
 ) -> bool:
     """Whether the subset's accuracy drop exceeds ``max_drop`` by more than ``z`` standard
     errors (binomial, at the subset accuracy), so the full evaluation cannot rescue it."""
-    p = min(max(subset_accuracy, 1.0 / n), 1.0 - 1.0 / n)
-    se = float(np.sqrt(p * (1.0 - p) / n))
-    return baseline_subset_accuracy - subset_accuracy - max_drop > z * se
+    drop = baseline_subset_accuracy - subset_accuracy
+    return drop - max_drop > noise_margin(subset_accuracy, n, z)

@@ -454,13 +454,11 @@ class _ProfileSearch:
         s = self.space
         plan = [("baseline", s.baseline())]
         strategy = self.config.strategy
-        if strategy != "search":
+        if strategy == "uniform":
+            return plan + [(strategy, c) for c in strategies.uniform_sweep(s, self.config.seed)]
+        if strategy == "global_magnitude":
             importance = strategies.channel_importance(self.ws.model, self.ws.ctx)
-            sweep = (
-                strategies.uniform_sweep(s, seed=self.config.seed)
-                if strategy == "uniform"
-                else strategies.global_magnitude_sweep(s, importance, seed=self.config.seed)
-            )
+            sweep = strategies.global_magnitude_sweep(s, importance, seed=self.config.seed)
             return plan + [(strategy, c) for c in sweep]
         uniform = [
             s.uniform(bits=8),

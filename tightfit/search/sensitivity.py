@@ -26,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 
+from tightfit.evaluators.accuracy import noise_margin
 from tightfit.kernels import Unit
 from tightfit.runs.workdir import atomic_write
 from tightfit.spaces import Candidate, CompressionSpace
@@ -74,12 +75,6 @@ def table(rows: Sequence[tuple[Probe, float, float]], baseline_accuracy: float) 
     )
 
 
-def margin(accuracy: float, n: int, z: float) -> float:
-    """``z`` binomial standard errors of an accuracy measured on ``n`` samples."""
-    p = min(max(accuracy, 1.0 / n), 1.0 - 1.0 / n)
-    return z * math.sqrt(p * (1.0 - p) / n)
-
-
 def shrink(
     space: CompressionSpace, scan: pd.DataFrame, max_drop: float, n: int, z: float
 ) -> tuple[CompressionSpace, dict[str, list[Any]]]:
@@ -98,7 +93,7 @@ def shrink(
         if rows is not None:
             for _, r in rows.sort_values("level").iterrows():
                 failed = not math.isfinite(r["accuracy"])  # it could not even be compressed
-                if failed or r["accuracy_drop"] - max_drop > margin(r["accuracy"], n, z):
+                if failed or r["accuracy_drop"] - max_drop > noise_margin(r["accuracy"], n, z):
                     keep = int(r["level"])
                     break
         if keep < len(u.choices):

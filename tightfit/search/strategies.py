@@ -82,11 +82,11 @@ def global_magnitude_sweep(
     """Distinct global-magnitude candidates over ``ratios`` x the space's bit-widths (baseline
     excluded), by increasing global ratio, or in an order shuffled by ``seed``."""
     bits_levels = sorted({32} | {b for u in space.units if u.knob == "bits" for b in u.choices})
+    quant_plans = [space.uniform(bits=bits).bits for bits in bits_levels]
     out: list[Candidate] = []
     for g in ratios:
         plan = global_magnitude_allocation(importance, space, g)
-        for bits in bits_levels:
-            quant = space.uniform(bits=bits).bits
+        for quant in quant_plans:
             c = Candidate(base_model=space.base_model, prune=plan, bits=quant, seed=space.seed)
             if not c.is_baseline and c not in out:
                 out.append(c)
