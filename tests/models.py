@@ -91,3 +91,26 @@ def wrong_length_targets() -> dict:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((10, 1, 16, 16)).astype(np.float32)
     return {"calibration": x, "validation": x, "targets": np.zeros(7, dtype=np.int64)}
+
+
+class OutlierCNN(nn.Module):
+    """A CNN whose layers each have one weight 10× the rest: one scale per tensor then rounds
+    most weights coarsely (the case bias correction is for)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+        with torch.no_grad():
+            for m in (self.conv1, self.conv2, self.fc):
+                m.weight.view(-1)[0] = 10 * m.weight.abs().max()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(torch.relu(self.conv1(image))))
+        return self.fc(x.mean((2, 3)))
+
+
+def outlier_cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return OutlierCNN().eval()

@@ -162,6 +162,26 @@ class SeedsSpec(Record):
     )
 
 
+class DistillSpec(Record):
+    """A short distillation of each pruned or factorized candidate from the uncompressed model.
+
+    Label-free: the student learns the baseline's outputs on the calibration inputs (KL on
+    temperature-softened class scores for classifier outputs, mean squared error otherwise).
+    Deterministic for a given candidate, so export replays it exactly. Off by default: it costs
+    ``steps`` forward/backward passes per candidate.
+    """
+
+    enabled: bool = False
+    steps: int = Field(100, ge=1, description="optimizer steps per candidate (its budget)")
+    batch_size: int = Field(32, ge=1)
+    max_samples: int = Field(1024, ge=1, description="calibration inputs used (teacher outputs)")
+    lr: float = Field(1e-4, gt=0.0, description="Adam learning rate")
+    temperature: float = Field(2.0, gt=0.0, description="softening of class scores (KL loss)")
+    loss: Literal["auto", "kl", "mse"] = Field(
+        "auto", description="auto: KL for 2-D outputs with more than one column, else MSE"
+    )
+
+
 class RecoverySpec(Record):
     """What repairs a compressed model before it is scored (and again, the same, at export)."""
 
@@ -170,6 +190,13 @@ class RecoverySpec(Record):
         description="re-estimate BatchNorm statistics on the calibration data after pruning or "
         "factorization (one forward pass, no labels)",
     )
+    bias_correction: bool | Literal["auto"] = Field(
+        "auto",
+        description="subtract the mean output shift that weight quantization causes from each "
+        "quantized layer's bias; auto: only for coarse quantization (per-tensor int8, 4-bit) "
+        "and only when it lowers the candidate's output error on calibration data",
+    )
+    distill: DistillSpec = Field(default_factory=DistillSpec)
 
 
 class SensitivitySpec(Record):

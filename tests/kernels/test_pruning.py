@@ -5,6 +5,7 @@ import copy
 import numpy as np
 import torch
 
+from tightfit.config import RecoverySpec
 from tightfit.evaluators import predict
 from tightfit.kernels import _torch_pruning as adapter
 from tightfit.kernels import compress
@@ -63,7 +64,10 @@ def test_batchnorm_recalibration_restores_accuracy(digits, fast_profile, tmp_pat
     )
     with_bn = evaluate_accuracy(compress(model, c, ctx, tmp_path / "bn").onnx_path, digits)
     without = evaluate_accuracy(
-        compress(model, c, replace(ctx, recalibrate_bn=False), tmp_path / "nobn").onnx_path, digits
+        compress(
+            model, c, replace(ctx, recovery=RecoverySpec(batchnorm=False)), tmp_path / "nobn"
+        ).onnx_path,
+        digits,
     )
     assert base > 0.9
     assert with_bn > without

@@ -42,7 +42,12 @@ def small_config(workdir: Path, profile: Path, **extra):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, fast_profile_file):
     workdir = tmp_path_factory.mktemp("search")
-    config = small_config(workdir, fast_profile_file, latency={"cache_dir": str(workdir / "lc")})
+    config = small_config(
+        workdir,
+        fast_profile_file,
+        latency={"cache_dir": str(workdir / "lc")},
+        recovery={"distill": {"enabled": True, "steps": 20}},
+    )
     seen = []
     outcome = run_search(config, progress=lambda *a: seen.append(a))
     return config, outcome, seen
@@ -150,6 +155,9 @@ def test_export_knee_loads_in_a_fresh_session(finished, tmp_path) -> None:
     assert manifest["files"]["model.onnx"]["sha256"] == sha256(result.path)
     assert manifest["candidate"]["base_model"] and manifest["profile"]["name"] == "cpu-ort-fast"
     assert abs(result.accuracy_change) < 1e-9  # deterministic replay: the same accuracy
+    assert manifest["recovery"]["distill"]["enabled"]  # replayed with the search's recovery
+    if manifest["candidate"]["prune"] or manifest["candidate"]["rank"]:
+        assert manifest["report"]["distilled"]["steps"] == 20
     assert result.measured["latency_ms"] > 0
 
 

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from tightfit.config import RecoverySpec
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -53,7 +55,7 @@ class SurgeryContext:
     classifier: str | None = None
     baseline_onnx: Path | None = None
     min_rank: int = 8
-    recalibrate_bn: bool = True
+    recovery: RecoverySpec = field(default_factory=RecoverySpec)
 
     def calibration_tensors(self, limit: int = 128) -> tuple[torch.Tensor, ...]:
         """Up to ``limit`` calibration samples as torch tensors, in input order."""

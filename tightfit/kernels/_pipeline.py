@@ -16,6 +16,7 @@ from tightfit.kernels._base import SurgeryContext
 from tightfit.kernels._registry import _KERNELS
 from tightfit.kernels.export import export_onnx
 from tightfit.kernels.precision import to_float16
+from tightfit.kernels.recovery import distill, recalibrate_batchnorm
 
 if TYPE_CHECKING:
     from tightfit.spaces import Candidate
@@ -38,38 +39,17 @@ def apply(model: nn.Module, candidate: Candidate, ctx: SurgeryContext) -> tuple[
         plan = candidate.plan_for(kernel.knob)
         if kernel.stage == "torch" and plan:
             report[kernel.name] = kernel.apply(compressed, plan, ctx)
-    if report and ctx.recalibrate_bn:
+    recovery = ctx.recovery
+    if report and recovery.batchnorm:
         n_bn = recalibrate_batchnorm(compressed, ctx.calibration_tensors())
         if n_bn:
             report["bn_recalibrated"] = n_bn
+    if report and recovery.distill.enabled:
+        inputs = ctx.calibration_tensors(limit=recovery.distill.max_samples)
+        report["distilled"] = distill(compressed, model, inputs, recovery.distill)
     compressed.eval()
     _check_forward(model, compressed, ctx)
     return compressed, report
-
-
-def recalibrate_batchnorm(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
-    """Re-estimate BatchNorm running statistics on calibration inputs; return how many.
-
-    Pruning and factorization change the distribution each BatchNorm sees; its stored
-    statistics then mis-normalise and accuracy collapses. A forward pass over calibration data
-    with a cumulative average fixes that at the cost of one inference (no labels, no training).
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return 0
-    saved = [(m, m.momentum) for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average over the calibration batch
-        m.train()
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for m, momentum in saved:
-            m.momentum = momentum
-        model.eval()
-    return len(norms)
 
 
 def _check_forward(reference: nn.Module, model: nn.Module, ctx: SurgeryContext) -> None:

@@ -21,9 +21,11 @@ import onnx
 from torch import nn
 
 from tightfit.config import SpaceSpec
+from tightfit.evaluators.accuracy import predict
 from tightfit.exceptions import CandidateError
 from tightfit.kernels._base import Kernel, SurgeryContext, Unit
 from tightfit.kernels._registry import register_kernel
+from tightfit.kernels.bias_correction import MAX_SAMPLES, WeightQuant, correct_bias
 from tightfit.kernels.export import COMPUTE_OPS, has_constant_weight, nodes_by_module
 
 CALIBRATION_BATCH = 32
@@ -85,9 +87,7 @@ def _quantize_int8(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext) -
     src = pre
     model = onnx.load(str(src))
     include = sorted(nodes | _chain_nodes(model, nodes))
-    reduce_range = (
-        (not cpu_has_vnni()) if settings.reduce_range == "auto" else settings.reduce_range
-    )
+    reduce_range = _reduce_range(ctx)
     quantize_static(
         str(src),
         str(dst),
@@ -161,20 +161,74 @@ class Quantization(Kernel):
                 raise CandidateError(f"quantize: no ONNX node belongs to module '{path}'")
             by_bits[int(bits)].update(nodes[path])
         logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
+        report: dict[str, Any] = {"int8_nodes": len(by_bits[8]), "int4_nodes": len(by_bits[4])}
         with tempfile.TemporaryDirectory() as tmp:
-            current = src
             try:
-                if by_bits[8]:
-                    out = Path(tmp) / "int8.onnx"
-                    _quantize_int8(current, out, by_bits[8], ctx)
-                    current = out
-                if by_bits[4]:
-                    out = Path(tmp) / "int4.onnx"
-                    _quantize_int4(current, out, by_bits[4])
-                    current = out
+                final = _with_bias_correction(src, Path(tmp), by_bits, ctx, report)
             except CandidateError:
                 raise
             except Exception as e:
                 raise CandidateError(f"quantization failed: {type(e).__name__}: {e}") from e
-            shutil.copyfile(current, dst)
-        return {"int8_nodes": len(by_bits[8]), "int4_nodes": len(by_bits[4])}
+            shutil.copyfile(final, dst)
+        return report
+
+
+def _quantize(src: Path, out_dir: Path, by_bits: dict[int, set[str]], ctx: SurgeryContext) -> Path:
+    """int8 Q/DQ for ``by_bits[8]``, then 4-bit MatMulNBits for ``by_bits[4]``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    current = src
+    if by_bits[8]:
+        out = out_dir / "int8.onnx"
+        _quantize_int8(current, out, by_bits[8], ctx)
+        current = out
+    if by_bits[4]:
+        out = out_dir / "int4.onnx"
+        _quantize_int4(current, out, by_bits[4])
+        current = out
+    return current
+
+
+def _with_bias_correction(
+    src: Path, tmp: Path, by_bits: dict[int, set[str]], ctx: SurgeryContext, report: dict
+) -> Path:
+    """Quantize ``src``, with bias correction where the recovery settings ask for it.
+
+    ``bias_correction: true`` corrects every quantized layer. ``"auto"`` corrects only coarse
+    weight quantization (int8 with one scale per tensor, 4-bit blocks) and keeps the result
+    only if it lowers the mean squared error of the outputs against the float candidate on
+    the calibration data; ``report["bias_correction"]`` says what happened.
+    """
+    mode = ctx.recovery.bias_correction
+    settings = ctx.profile.quantization
+    if mode is False:
+        return _quantize(src, tmp / "plain", by_bits, ctx)
+    coarse8 = mode is True or not settings.per_channel
+    targets = {8: by_bits[8] if coarse8 else set(), 4: by_bits[4]}
+    if not targets[8] and not targets[4]:
+        return _quantize(src, tmp / "plain", by_bits, ctx)
+    weights = WeightQuant(settings.weight_type, settings.per_channel, _reduce_range(ctx))
+    fixed_src = tmp / "bias-corrected.onnx"
+    n = correct_bias(src, fixed_src, targets[8], targets[4], ctx.calibration, weights)
+    if n == 0:
+        return _quantize(src, tmp / "plain", by_bits, ctx)
+    fixed = _quantize(fixed_src, tmp / "fixed", by_bits, ctx)
+    if mode is True:
+        report["bias_correction"] = {"layers": n, "kept": True}
+        return fixed
+    plain = _quantize(src, tmp / "plain", by_bits, ctx)
+    calibration = {k: v[:MAX_SAMPLES] for k, v in ctx.calibration.items()}
+    reference = predict(src, calibration)
+    errors = [float(np.mean((predict(p, calibration) - reference) ** 2)) for p in (plain, fixed)]
+    kept = errors[1] < errors[0]
+    report["bias_correction"] = {
+        "layers": n,
+        "kept": kept,
+        "mse_plain": errors[0],
+        "mse_corrected": errors[1],
+    }
+    return fixed if kept else plain
+
+
+def _reduce_range(ctx: SurgeryContext) -> bool:
+    setting = ctx.profile.quantization.reduce_range
+    return (not cpu_has_vnni()) if setting == "auto" else bool(setting)

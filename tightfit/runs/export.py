@@ -274,6 +274,7 @@ def export(
                 "latency_ms_now": ref_ms,
             },
             "latency": {**latency.summary(), "environment": latency.environment},
+            "recovery": config.recovery.model_dump(mode="json"),
             "report": built.report,
             "libraries": library_versions(),
             "files": files,

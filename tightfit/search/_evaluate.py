@@ -129,7 +129,7 @@ class Workspace:
             classifier=classifier,
             baseline_onnx=self.float_onnx,
             min_rank=setup.config.space.lowrank.min_rank,
-            recalibrate_bn=setup.config.recovery.batchnorm,
+            recovery=setup.config.recovery,
         )
 
     @functools.cached_property

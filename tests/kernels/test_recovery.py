@@ -1,0 +1,175 @@
+"""Recovery: bias correction after quantization (ONNX) and distillation (torch)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from tests import models
+from tests.conftest import make_ctx
+from tightfit.config import CallableSpec, DistillSpec, RecoverySpec
+from tightfit.evaluators import predict
+from tightfit.hardware_profiles import HardwareProfile
+from tightfit.kernels import compress
+from tightfit.kernels.bias_correction import WeightQuant, int4_error, int8_error
+from tightfit.kernels.quantization import _quantize_int4, _quantize_int8
+from tightfit.kernels.recovery import distill
+from tightfit.spaces import Candidate
+from tightfit.task import load_data
+
+
+def per_tensor(profile: HardwareProfile) -> HardwareProfile:
+    q = profile.quantization.model_copy(update={"per_channel": False, "reduce_range": False})
+    return profile.model_copy(update={"quantization": q})
+
+
+def _dequantized_weights(path: Path) -> dict[str, np.ndarray]:
+    """node name → its weight as the quantized file stores it (DequantizeLinear of int8)."""
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    out = {}
+    for node in graph.node:
+        if node.op_type not in ("Conv", "Gemm") or node.input[1] not in producer:
+            continue
+        dq = producer[node.input[1]]
+        q, scale = inits[dq.input[0]], inits[dq.input[1]]
+        zero = inits[dq.input[2]] if len(dq.input) > 2 else np.zeros_like(scale)
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        shape = [1] * q.ndim
+        if scale.ndim:
+            shape[axis] = -1
+        deq = (q.astype(np.float64) - zero.reshape(shape)) * scale.reshape(shape)
+        out[node.name] = deq.astype(np.float32)
+    return out
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_int8_error_is_the_quantizers_own(tiny_ctx, fast_profile, tmp_path, per_channel) -> None:
+    q = fast_profile.quantization.model_copy(
+        update={"per_channel": per_channel, "reduce_range": False}
+    )
+    ctx = replace(tiny_ctx, profile=fast_profile.model_copy(update={"quantization": q}))
+    graph = onnx.load(str(ctx.baseline_onnx)).graph
+    nodes = {n.name for n in graph.node if n.op_type in ("Conv", "Gemm")}
+    _quantize_int8(ctx.baseline_onnx, tmp_path / "q.onnx", nodes, ctx)
+    stored = _dequantized_weights(tmp_path / "q.onnx")
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    weights = WeightQuant("QInt8", per_channel, reduce_range=False)
+    assert len(stored) == len(nodes)
+    for node in graph.node:
+        if node.name in stored:
+            w = inits[node.input[1]]
+            axis = 0 if per_channel else None
+            np.testing.assert_allclose(
+                w + int8_error(w, axis, weights), stored[node.name], atol=1e-6
+            )
+
+
+def test_int4_error_is_matmulnbits_own(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    k, n = 80, 16  # K not a multiple of the block: the padding path too
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, k])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, n])
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        "g",
+        [x],
+        [y],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "f.onnx"))
+    _quantize_int4(tmp_path / "f.onnx", tmp_path / "q.onnx", {"mm"})
+    # one-hot rows read the stored weights back (exact under the int8 activation blocks)
+    stored = predict(tmp_path / "q.onnx", {"x": np.eye(k, dtype=np.float32)})
+    np.testing.assert_allclose(w + int4_error(w), stored, atol=1e-5)
+    assert np.abs(int4_error(w)).max() > 1e-3  # 4-bit blocks do round
+
+
+def _mean_shift(path: Path, ref: np.ndarray, x: dict) -> float:
+    return float(np.abs((predict(path, x) - ref).mean(axis=0)).mean())
+
+
+def test_bias_correction_removes_the_mean_shift(digits, fast_profile, tmp_path) -> None:
+    model = models.outlier_cnn()
+    ctx = make_ctx(model, digits, per_tensor(fast_profile), tmp_path, classifier="fc")
+    bits = Candidate(base_model="m", bits={"conv1": 8, "conv2": 8, "fc": 8})
+    outputs = {}
+    for mode in (False, True):
+        out = compress(
+            model,
+            bits,
+            replace(ctx, recovery=RecoverySpec(bias_correction=mode)),
+            tmp_path / str(mode),
+        )
+        outputs[mode] = out
+    assert "bias_correction" not in outputs[False].report["quantize"]
+    assert outputs[True].report["quantize"]["bias_correction"] == {"layers": 3, "kept": True}
+    x = {"image": digits.validation["image"]}  # held out: the correction saw calibration data
+    ref = predict(ctx.baseline_onnx, x)
+    errors = {mode: predict(out.onnx_path, x) - ref for mode, out in outputs.items()}
+    shift = {mode: float(np.abs(e.mean(axis=0)).mean()) for mode, e in errors.items()}
+    mse = {mode: float((e**2).mean()) for mode, e in errors.items()}
+    assert shift[True] < 0.5 * shift[False]
+    assert mse[True] < 0.5 * mse[False]
+
+
+def test_bias_correction_auto(tiny_model, tiny_ctx, tmp_path) -> None:
+    bits = Candidate(base_model="m", bits={"conv1": 8, "conv2": 8})
+    # per-channel int8: nothing coarse to correct
+    fine = compress(tiny_model, bits, tiny_ctx, tmp_path / "fine")
+    assert "bias_correction" not in fine.report["quantize"]
+    coarse = compress(
+        tiny_model, bits, replace(tiny_ctx, profile=per_tensor(tiny_ctx.profile)), tmp_path / "c"
+    )
+    done = coarse.report["quantize"]["bias_correction"]
+    assert done["layers"] == 2
+    assert done["kept"] == (done["mse_corrected"] < done["mse_plain"])
+
+
+def test_bias_correction_after_matmul(tmp_path, fast_profile) -> None:
+    model = models.token_mlp()
+    data = load_data(CallableSpec(callable="tests.models:token_data"))
+    ctx = make_ctx(model, data, fast_profile, tmp_path, classifier="head")
+    ctx = replace(ctx, recovery=RecoverySpec(bias_correction=True))
+    out = compress(model, Candidate(base_model="m", bits={"up": 4, "down": 8}), ctx, tmp_path / "q")
+    assert out.report["quantize"]["bias_correction"]["layers"] == 2  # MatMul then Add
+
+
+def test_distillation_recovers_and_replays(tiny_model, tiny_ctx, digits, tmp_path) -> None:
+    candidate = Candidate(base_model="m", prune={"conv1": 0.5, "stem.0": 0.5})
+    spec = DistillSpec(enabled=True, steps=60, lr=1e-3)
+    ctx = replace(tiny_ctx, recovery=RecoverySpec(distill=spec))
+    one = compress(tiny_model, candidate, ctx, tmp_path / "one")
+    report = one.report["distilled"]
+    assert report["steps"] == 60 and 0 < report["loss_after"] < 0.8 * report["loss_before"]
+    x = {"image": digits.validation["image"][:128]}
+    ref = predict(tiny_ctx.baseline_onnx, x)
+    plain = compress(tiny_model, candidate, tiny_ctx, tmp_path / "plain")
+    agree = [
+        np.mean(predict(p, x).argmax(1) == ref.argmax(1)) for p in (plain.onnx_path, one.onnx_path)
+    ]
+    assert agree[1] >= agree[0]
+    again = compress(tiny_model, candidate, ctx, tmp_path / "again")  # what export replays
+    np.testing.assert_array_equal(predict(again.onnx_path, x), predict(one.onnx_path, x))
+    # a quantize-only candidate leaves the float model alone: nothing to distill
+    q = compress(tiny_model, Candidate(base_model="m", bits={"conv2": 8}), ctx, tmp_path / "q")
+    assert "distilled" not in q.report
+
+
+def test_distill_mse_for_regression_outputs() -> None:
+    torch.manual_seed(0)
+    teacher = torch.nn.Linear(8, 1)
+    student = torch.nn.Linear(8, 1)
+    inputs = (torch.randn(256, 8),)
+    report = distill(student, teacher, inputs, DistillSpec(enabled=True, steps=200, lr=1e-2))
+    assert report["loss_after"] < 0.1 * report["loss_before"]
+    assert not any(p.requires_grad for p in student.parameters())
