@@ -148,3 +148,18 @@ def test_optuna_storage_is_a_journal_path_or_a_database_url_without_a_password()
         config_from_dict({**base, "optuna": {"storage": "studies.db"}})
     with pytest.raises(ConfigError, match=r"optuna\.storage.*PGPASSWORD"):
         config_from_dict({**base, "optuna": {"storage": "postgresql://u:hunter2@db/s"}})
+
+
+def test_recovery_settings(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    assert config.recovery.batchnorm and config.recovery.bias_correction == "auto"
+    assert not config.recovery.distill.enabled
+    text = "recovery: {bias_correction: true, distill: {enabled: true, steps: 20}}\n"
+    config = load_config(write(tmp_path, MINIMAL + text))
+    assert config.recovery.bias_correction is True and config.recovery.distill.steps == 20
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, MINIMAL + "recovery: {bias_correction: sometimes}\n"))
+    assert "recovery.bias_correction" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, MINIMAL + "recovery: {distill: {steps: 0}}\n"))
+    assert "recovery.distill.steps" in str(err.value)
