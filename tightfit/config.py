@@ -190,7 +190,7 @@ class RecoverySpec(Record):
         description="re-estimate BatchNorm statistics on the calibration data after pruning or "
         "factorization (one forward pass, no labels)",
     )
-    bias_correction: bool | Literal["auto"] = Field(
+    bias_correction: Literal["auto", True, False] = Field(
         "auto",
         description="subtract the mean output shift that weight quantization causes from each "
         "quantized layer's bias; auto: only for coarse quantization (per-tensor int8, 4-bit) "
