@@ -71,11 +71,18 @@ def test_search_completes_with_a_front(finished) -> None:
     assert study.trials[1].user_attrs["seed_kind"] == "uniform"
     assert not profile.front.empty and profile.front["accuracy"].notna().all()
     assert seen[-1][1] == 6  # the progress hook saw every trial
+    distilled = 0
+    for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        c = json.loads(t.user_attrs["candidate"])
+        if "report" in t.user_attrs and (c["prune"] or c["rank"]):  # recovery.distill is on
+            assert t.user_attrs["report"]["distilled"]["steps"] == 20
+            distilled += 1
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
         assert "accuracy_drop" in t.constraints
         lat = t.user_attrs["latency"]
         # 3 rounds; a measurement with too few undisturbed ones uses all its rounds (max 2 x 3)
         assert 3 <= lat["rounds"] <= 6 and lat["rounds"] + lat["rounds_dropped"] <= 6
+    assert distilled > 0
     limit = config.constraints.max_accuracy_drop
     for t in study.get_trials(states=(TrialState.PRUNED,)):
         # staged evaluation: not measured, because its accuracy already rules it out
