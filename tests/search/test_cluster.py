@@ -194,3 +194,24 @@ def test_worker_node_killed_mid_search_loses_and_duplicates_nothing(
     assert all(r.info.status == "FINISHED" for r in runs)
     moved = sum(t.user_attrs.get("measurement_moves", 0) for t in complete)
     print(f"measurements moved off the killed node: {moved}")
+
+
+def test_a_local_search_starts_its_own_ray_beside_a_running_cluster(
+    cluster, tmp_path, fast_profile_file, monkeypatch
+) -> None:
+    """No address: a Ray of its own, not the cluster this machine happens to run (ray.init()
+    alone would join that cluster and refuse num_cpus; seen with a benchmark beside CI)."""
+    import ray
+
+    from tightfit.search._ray import start_ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    config = _config(
+        tmp_path, "beside", [fast_profile_file], "", ray={"address": None, "num_cpus": 1}
+    )
+    assert start_ray(config)
+    try:
+        assert len(ray.nodes()) == 1  # the cluster has 4
+        assert ray.cluster_resources()["CPU"] == 1
+    finally:
+        ray.shutdown()

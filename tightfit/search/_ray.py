@@ -45,7 +45,10 @@ def start_ray(config: SearchConfig) -> bool:
     resources: dict[str, float] = {}
     for profile in config.hardware_profiles():
         resources.update(profile.ray_resources)
+    # "local": a Ray of our own, even when a cluster already runs on this machine (without it,
+    # ray.init joins that cluster and refuses num_cpus)
     ray.init(
+        address="local",
         num_cpus=config.ray.num_cpus or os.cpu_count() or 1,
         resources=resources or None,
         include_dashboard=False,
