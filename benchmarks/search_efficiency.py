@@ -63,6 +63,7 @@ STRATEGIES: dict[str, dict[str, Any]] = {  # in the order they run
     "default-distill": {"recovery": {"distill": {"enabled": True}}},
 }
 SEEDS_OF = {"default-distill": (0,)}
+SWEEPS = {"uniform", "global_magnitude"}
 
 
 def profile_file(where: Path, rounds: int) -> Path:
@@ -151,7 +152,8 @@ def main() -> None:
         n = args.random_trials if name == "random" else args.trials
         for seed in SEEDS_OF.get(name, SEEDS):
             key = f"{name}-s{seed}"
-            if key in results and results[key]["n_trials"] >= n:
+            done = results.get(key, {}).get("n_trials", 0)
+            if done >= n or (done and name in SWEEPS):  # a sweep may have fewer candidates
                 continue
             print(f"{key}: {n} trials", flush=True)
             results[key] = run_one(name, seed, n, workdir, profile)
