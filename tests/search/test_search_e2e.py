@@ -20,6 +20,9 @@ from tightfit.search._study import load_study
 
 pytestmark = pytest.mark.slow
 
+#: the module's main search distills its pruned and factorized candidates
+DISTILL = {"distill": {"enabled": True, "steps": 20}}
+
 
 def small_config(workdir: Path, profile: Path, **extra):
     raw = {
@@ -46,7 +49,7 @@ def finished(tmp_path_factory, fast_profile_file):
         workdir,
         fast_profile_file,
         latency={"cache_dir": str(workdir / "lc")},
-        recovery={"distill": {"enabled": True, "steps": 20}},
+        recovery=DISTILL,
     )
     seen = []
     outcome = run_search(config, progress=lambda *a: seen.append(a))
@@ -380,6 +383,7 @@ def test_a_second_search_reuses_every_measurement(finished, tmp_path, fast_profi
         fast_profile_file,
         name="e2e-again",
         latency={"cache_dir": str(outcome.workdir / "lc")},
+        recovery=DISTILL,  # the same candidates score the same: the same ones are measured
     )
     [profile] = run_search(again).profiles
     complete = profile.study.get_trials(states=(TrialState.COMPLETE,))
