@@ -162,7 +162,46 @@ def main() -> None:
     if not recovery_path.exists():
         print("recovery effect on fixed candidates", flush=True)
         recovery_path.write_text(json.dumps(recovery_effect(workdir), indent=1))
-    write_report(results, args.trials, out, json.loads(recovery_path.read_text()))
+    recovery = json.loads(recovery_path.read_text())
+    write_report(results, args.trials, out, recovery, workdir)
+
+
+def best_feasible_speedup(workdir: Path, key: str, n: int) -> float | None:
+    """The best speedup with accuracy within the limit among the first ``n`` finished trials
+    of the search ``key`` (read back from its Optuna journal)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(workdir / key / "optuna.journal")))
+    study = optuna.load_study(study_name=f"eff-{key}:cpu-ort-bench", storage=storage)
+    frame = trials_frame(study)
+    first = set(frame.sort_values("trial")["trial"].head(n))
+    ok = frame[(frame["state"] == "complete") & frame["feasible"] & frame["trial"].isin(first)]
+    return float(ok["speedup"].max()) if len(ok) else None
+
+
+def equal_trials(results: dict[str, dict[str, Any]], workdir: Path) -> list[str]:
+    """Default vs each baseline sweep at the sweep's length (its distinct candidates), per seed."""
+    lines = [
+        "",
+        "## Best feasible speedup at equal trials (per seed; a sweep ends at its distinct "
+        "candidates)",
+        "",
+        "| baseline | seed | trials | baseline's best | default's best at as many trials |",
+        "|---|---|---|---|---|",
+    ]
+    for name in sorted(SWEEPS):
+        for seed in SEEDS:
+            run = results.get(f"{name}-s{seed}")
+            if not run or f"default-s{seed}" not in results:
+                continue
+            n = run["n_trials"]
+            mine = best_feasible_speedup(workdir, f"{name}-s{seed}", 10**9)  # its whole sweep
+            default = best_feasible_speedup(workdir, f"default-s{seed}", n)
+            fmt = lambda v: "none feasible" if v is None else f"{v:.2f}x"  # noqa: E731
+            lines.append(f"| {name} | {seed} | {n} | {fmt(mine)} | {fmt(default)} |")
+    return lines
 
 
 def recovery_effect(workdir: Path) -> list[dict[str, Any]]:
@@ -218,7 +257,11 @@ def recovery_effect(workdir: Path) -> list[dict[str, Any]]:
 
 
 def write_report(
-    results: dict[str, dict[str, Any]], budget: int, out: Path, recovery: list[dict[str, Any]]
+    results: dict[str, dict[str, Any]],
+    budget: int,
+    out: Path,
+    recovery: list[dict[str, Any]],
+    workdir: Path,
 ) -> None:
     import matplotlib
 
@@ -288,6 +331,7 @@ def write_report(
             f"Target (default within {budget} trials reaches random search's hypervolume at "
             f"200): default {hv_default:.4f} vs random {hv_random:.4f}: {verdict}.",
         ]
+    lines += equal_trials(results, workdir)
     cols = list(dict.fromkeys(k for r in recovery for k in r))
     lines += [
         "",
