@@ -134,7 +134,7 @@ def correct_bias(
     for node in graph.node:
         for t in node.input:
             consumers.setdefault(t, []).append(node)
-    jobs = []  # (node, error-as-[out, in, ...], bias owner)
+    jobs = []  # (node, weight error as [out, in/groups, ...], groups, output scale)
     for node in graph.node:
         bits = 8 if node.name in int8_nodes else 4 if node.name in int4_nodes else 0
         if not bits or len(node.input) < 2 or node.input[1] not in inits:

@@ -200,15 +200,12 @@ def _with_bias_correction(
     """
     mode = ctx.recovery.bias_correction
     settings = ctx.profile.quantization
-    if mode is False:
-        return _quantize(src, tmp / "plain", by_bits, ctx)
-    coarse8 = mode is True or not settings.per_channel
-    targets = {8: by_bits[8] if coarse8 else set(), 4: by_bits[4]}
-    if not targets[8] and not targets[4]:
-        return _quantize(src, tmp / "plain", by_bits, ctx)
-    weights = WeightQuant(settings.weight_type, settings.per_channel, _reduce_range(ctx))
+    targets8 = by_bits[8] if mode is True or not settings.per_channel else set()
     fixed_src = tmp / "bias-corrected.onnx"
-    n = correct_bias(src, fixed_src, targets[8], targets[4], ctx.calibration, weights)
+    n = 0
+    if mode is not False and (targets8 or by_bits[4]):
+        weights = WeightQuant(settings.weight_type, settings.per_channel, _reduce_range(ctx))
+        n = correct_bias(src, fixed_src, targets8, by_bits[4], ctx.calibration, weights)
     if n == 0:
         return _quantize(src, tmp / "plain", by_bits, ctx)
     fixed = _quantize(fixed_src, tmp / "fixed", by_bits, ctx)
