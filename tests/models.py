@@ -114,3 +114,98 @@ class OutlierCNN(nn.Module):
 def outlier_cnn(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return OutlierCNN().eval()
+
+
+class TinyBertEncoder(nn.Module):
+    """A randomly initialised Hugging Face BERT (2 layers, 4 heads) with mean pooling, built
+    like the all-MiniLM-L6-v2 example: token ids and mask in, one embedding per sentence out."""
+
+    def __init__(self, hidden: int = 64, heads: int = 4, layers: int = 2, ffn: int = 128) -> None:
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        config = BertConfig(
+            vocab_size=200,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=ffn,
+            max_position_embeddings=64,
+        )
+        self.bert = BertModel(config, add_pooling_layer=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+
+
+def tiny_bert(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return TinyBertEncoder().eval()
+
+
+def token_id_data(n: int = 48, length: int = 16, seed: int = 0) -> dict:
+    """Random token ids with right padding (varied lengths), and random targets."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, 200, size=(n, length)).astype(np.int64)
+    lengths = rng.integers(4, length + 1, size=n)
+    mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int64)
+    ids = ids * mask
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    return {
+        "calibration": {k: v[:32] for k, v in inputs.items()},
+        "validation": inputs,
+        "targets": rng.integers(0, 4, n),
+    }
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 / EfficientNet-Lite block: 1x1 expand, 3x3 depthwise, 1x1 project."""
+
+    def __init__(self, c_in: int, c_out: int, expand: int, stride: int) -> None:
+        super().__init__()
+        mid = c_in * expand
+        self.expand = nn.Sequential(
+            nn.Conv2d(c_in, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU6()
+        )
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU6(),
+        )
+        self.project = nn.Sequential(nn.Conv2d(mid, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.depthwise(self.expand(x)))
+        return x + y if self.residual else y
+
+
+class TinyMobileNet(nn.Module):
+    def __init__(self, n_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6()
+        )
+        self.blocks = nn.Sequential(
+            InvertedResidual(16, 16, 4, 1),
+            InvertedResidual(16, 24, 4, 2),
+            InvertedResidual(24, 24, 4, 1),
+        )
+        self.head = nn.Sequential(nn.Conv2d(24, 64, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU6())
+        self.fc = nn.Linear(64, n_classes)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.head(self.blocks(self.stem(image))).mean((2, 3)))
+
+
+def tiny_mobilenet(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = TinyMobileNet()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so recalibration matters
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()

@@ -7,7 +7,7 @@ import importlib
 import inspect
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,12 @@ __all__ = ["METRICS", "TaskData", "load_data", "load_model", "model_id"]
 EXAMPLES = {
     "digits-cnn": "tightfit.examples.digits:pretrained_cnn",
     "digits": "tightfit.examples.digits:load_data",
+    "fashion-mnist-cnn": "tightfit.examples.fashion_mnist:pretrained_cnn",
+    "fashion-mnist": "tightfit.examples.fashion_mnist:load_data",
+    "efficientnet-lite0": "tightfit.examples.efficientnet:pretrained_lite0",
+    "imagenet-photos": "tightfit.examples.efficientnet:load_data",
+    "minilm": "tightfit.examples.minilm:pretrained_minilm",
+    "mr-polarity": "tightfit.examples.minilm:load_data",
 }
 
 
@@ -33,7 +39,12 @@ def top1_accuracy(outputs: np.ndarray, targets: np.ndarray) -> float:
     return float(np.mean(outputs.argmax(axis=-1) == targets))
 
 
-METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"accuracy": top1_accuracy}
+#: A metric scores a model's outputs against targets (higher is better). Targets are whatever
+#: the data callable returns, indexed by sample on the first axis (they may carry references,
+#: e.g. the uncompressed model's outputs, beside labels).
+Metric = Callable[[np.ndarray, np.ndarray], float]
+
+METRICS: dict[str, Metric] = {"accuracy": top1_accuracy}
 
 
 @dataclass(frozen=True)
@@ -41,20 +52,32 @@ class TaskData:
     """Calibration inputs, validation inputs and targets, and the metric (higher is better).
 
     Inputs are named arrays, one per model input, in the order of ``forward``'s arguments;
-    the first axis is the sample axis.
+    the first axis is the sample axis. ``metric`` (the accuracy objective) is a built-in name
+    or a picklable callable; ``extra_metrics`` are logged beside it on every fully evaluated
+    trial (e.g. fidelity to the uncompressed model), never optimised.
     """
 
     calibration: dict[str, np.ndarray]
     validation: dict[str, np.ndarray]
     targets: np.ndarray
-    metric: str = "accuracy"
+    metric: str | Metric = "accuracy"
+    extra_metrics: dict[str, Metric] = field(default_factory=dict)
 
     @property
     def input_names(self) -> tuple[str, ...]:
         return tuple(self.validation)
 
-    def metric_fn(self) -> Callable[[np.ndarray, np.ndarray], float]:
-        return METRICS[self.metric]
+    def metric_fn(self) -> Metric:
+        return METRICS[self.metric] if isinstance(self.metric, str) else self.metric
+
+    def score(self, outputs: np.ndarray, rows: np.ndarray | None = None) -> float:
+        """The metric of ``outputs`` (for the validation ``rows``, or all of them)."""
+        targets = self.targets if rows is None else self.targets[rows]
+        return float(self.metric_fn()(outputs, targets))
+
+    def extras(self, outputs: np.ndarray) -> dict[str, float]:
+        """Every extra metric of ``outputs`` on the whole validation split."""
+        return {name: float(fn(outputs, self.targets)) for name, fn in self.extra_metrics.items()}
 
     def example_inputs(self, n: int = 2) -> tuple[torch.Tensor, ...]:
         return tuple(torch.from_numpy(self.calibration[k][:n]) for k in self.input_names)
@@ -142,6 +165,7 @@ def load_data(spec: CallableSpec, cache_dir: Path | None = None) -> TaskData:
             "validation": raw.validation,
             "targets": raw.targets,
             "metric": raw.metric,
+            "extra_metrics": raw.extra_metrics,
         }
     if not isinstance(raw, Mapping) or not {"calibration", "validation", "targets"} <= set(raw):
         raise DataError(
@@ -152,8 +176,23 @@ def load_data(spec: CallableSpec, cache_dir: Path | None = None) -> TaskData:
     validation = _as_named(raw["validation"], "validation", spec.callable)
     targets = np.asarray(raw["targets"])
     metric = raw.get("metric", "accuracy")
-    if metric not in METRICS:
-        raise DataError(f"data: {unknown_name_message('metric', str(metric), METRICS)}")
+    if isinstance(metric, str):
+        if metric not in METRICS:
+            raise DataError(f"data: {unknown_name_message('metric', metric, METRICS)}")
+    elif not callable(metric):
+        raise DataError(
+            f"data: metric must be a built-in name {sorted(METRICS)} or a callable "
+            f"(outputs, targets) -> float, got {type(metric).__name__}"
+        )
+    extra = dict(raw.get("extra_metrics") or {})
+    for name, fn in list(extra.items()):
+        if isinstance(fn, str) and fn in METRICS:
+            extra[name] = METRICS[fn]
+        elif not callable(fn):
+            raise DataError(
+                f"data: extra_metrics['{name}'] must be a built-in metric name or a callable "
+                f"(outputs, targets) -> float, got {type(fn).__name__}"
+            )
     if list(calibration) != list(validation):
         raise DataError(
             f"data: calibration inputs {list(calibration)} and validation inputs {list(validation)} must have the same names"
@@ -171,7 +210,11 @@ def load_data(spec: CallableSpec, cache_dir: Path | None = None) -> TaskData:
             f"{[len(v) for v in validation.values()]} samples; they must match"
         )
     return TaskData(
-        calibration=calibration, validation=validation, targets=targets, metric=str(metric)
+        calibration=calibration,
+        validation=validation,
+        targets=targets,
+        metric=metric,
+        extra_metrics=extra,
     )
 
 

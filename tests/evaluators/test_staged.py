@@ -61,8 +61,8 @@ def test_staged_accuracy_stops_a_broken_model_and_completes_a_good_one(
     base_sub = evaluate_accuracy(good, digits, subset=subset)
     assert base_sub > 0.5  # the fitted model is well above chance
     full = evaluate_accuracy(good, digits)
-    accuracy, stage = staged_accuracy(good, digits, subset, base_sub, 0.01, 2.0)
+    accuracy, stage, _ = staged_accuracy(good, digits, subset, base_sub, 0.01, 2.0)
     assert stage == "full" and accuracy == pytest.approx(full)  # same as one full pass
-    accuracy, stage = staged_accuracy(bad, digits, subset, base_sub, 0.01, 2.0)
+    accuracy, stage, _ = staged_accuracy(bad, digits, subset, base_sub, 0.01, 2.0)
     assert stage == "subset"
     assert accuracy == pytest.approx(evaluate_accuracy(bad, digits, subset=subset))

@@ -37,8 +37,15 @@ def evaluate_accuracy(
 ) -> float:
     """The data's metric on the validation split (or the ``subset`` of its sample indices);
     a non-finite output fails the candidate."""
-    targets = data.targets if subset is None else data.targets[subset]
-    return data.metric_fn()(_outputs(onnx_path, data, subset, threads), targets)
+    return data.score(_outputs(onnx_path, data, subset, threads), subset)
+
+
+def evaluate_quality(
+    onnx_path: Path, data: TaskData, threads: int = 1
+) -> tuple[float, dict[str, float]]:
+    """The metric and every extra metric on the whole validation split."""
+    outputs = _outputs(onnx_path, data, None, threads)
+    return data.score(outputs), data.extras(outputs)
 
 
 def staged_accuracy(
@@ -48,23 +55,22 @@ def staged_accuracy(
     baseline_subset_accuracy: float,
     max_drop: float,
     z: float,
-) -> tuple[float, str]:
+) -> tuple[float, str, dict[str, float]]:
     """Accuracy on ``subset`` first; on the whole split only if the candidate may be feasible.
 
-    Returns (accuracy, stage): stage ``"subset"`` when the subset already shows the drop is
-    beyond ``max_drop`` (:func:`clearly_infeasible`; the accuracy is the subset's), else
-    ``"full"``, computed over every sample (the subset's outputs are reused).
+    Returns (accuracy, stage, extra metrics): stage ``"subset"`` when the subset already shows
+    the drop is beyond ``max_drop`` (:func:`clearly_infeasible`; the accuracy is the subset's,
+    no extras), else ``"full"``, computed over every sample (the subset's outputs are reused).
     """
     first = _outputs(onnx_path, data, subset, threads=1)
-    metric = data.metric_fn()
-    subset_accuracy = metric(first, data.targets[subset])
+    subset_accuracy = data.score(first, subset)
     if clearly_infeasible(subset_accuracy, baseline_subset_accuracy, len(subset), max_drop, z):
-        return subset_accuracy, "subset"
+        return subset_accuracy, "subset", {}
     rest = np.setdiff1d(np.arange(len(data.targets)), subset)
     second = _outputs(onnx_path, data, rest, threads=1)
     outputs = np.empty((len(data.targets), *first.shape[1:]), dtype=first.dtype)
     outputs[subset], outputs[rest] = first, second
-    return metric(outputs, data.targets), "full"
+    return data.score(outputs), "full", data.extras(outputs)
 
 
 def validation_subset(n: int, fraction: float, minimum: int, seed: int = 0) -> np.ndarray | None:

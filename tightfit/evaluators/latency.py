@@ -71,16 +71,23 @@ class LatencyResult(Record):
 def input_feed(
     shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str], profile: HardwareProfile, seed: int
 ) -> dict[str, np.ndarray]:
-    """Random inputs with the profile's batch size and shapes (latency needs no real data)."""
+    """Random inputs with the profile's batch size and shapes (latency needs no real data).
+
+    Token inputs (integer, one axis per sample) take the profile's ``sequence_length``;
+    ``input_shapes`` overrides any input's per-sample shape.
+    """
     rng = np.random.default_rng(seed)
     feed = {}
     for name, sample_shape in shapes.items():
-        shape = (profile.batch_size, *profile.input_shapes.get(name, sample_shape))
         dtype = np.dtype(dtypes[name])
+        if profile.sequence_length and len(sample_shape) == 1 and dtype.kind in "iu":
+            sample_shape = (profile.sequence_length,)
+        shape = (profile.batch_size, *profile.input_shapes.get(name, sample_shape))
         if dtype.kind == "f":
             feed[name] = rng.standard_normal(shape).astype(dtype)
         else:
-            feed[name] = rng.integers(0, 2, size=shape).astype(dtype)
+            # ones: valid token ids, and masks that attend to every position (a full sequence)
+            feed[name] = np.ones(shape, dtype=dtype)
     return feed
 
 

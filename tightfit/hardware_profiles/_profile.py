@@ -64,6 +64,12 @@ class QuantizationSettings(Record):
     # x86 without VNNI saturates in vpmaddubsw with full-range U8S8: use 7-bit weights there.
     reduce_range: bool | Literal["auto"] = "auto"
     calibrate_method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"
+    int8_format: Literal["static", "dynamic"] = Field(
+        "static",
+        description="int8 MatMul/Gemm layers: static Q/DQ (activation ranges calibrated on the "
+        "data) or dynamic (activation ranges computed per inference; ONNX Runtime's "
+        "MatMulInteger, often faster for transformers on CPU). Conv layers are always static",
+    )
     symmetric_activations: bool = Field(
         False, description="zero-point 0 for activations (TensorRT accepts only symmetric Q/DQ)"
     )
@@ -88,6 +94,12 @@ class HardwareProfile(Record):
     intra_op_threads: int = Field(1, ge=1)
     inter_op_threads: int = Field(1, ge=1)
     batch_size: int = Field(1, ge=1)
+    sequence_length: int | None = Field(
+        None,
+        ge=1,
+        description="length of token inputs (integer inputs with one axis per sample) when "
+        "measuring latency; None: the data's",
+    )
     input_shapes: dict[str, list[int]] = Field(
         default_factory=dict,
         description="per-sample shapes (without batch) that override the data's, by input name",

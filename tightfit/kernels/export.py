@@ -40,6 +40,21 @@ def _fd_to(target: IO[bytes], fd: int) -> Iterator[None]:
         os.close(saved)
 
 
+def dynamic_axes(
+    example_inputs: tuple[torch.Tensor, ...], input_names: list[str]
+) -> dict[str, dict[int, str]]:
+    """The batch axis of every input and of the output; and the sequence axis of token inputs
+    (integer ``[batch, length]`` tensors: ids, masks), so that one file serves any length: the
+    hardware profile names the length latency is measured at, the data the one it is scored at."""
+    axes: dict[str, dict[int, str]] = {}
+    for name, tensor in zip(input_names, example_inputs, strict=True):
+        axes[name] = {0: "batch"}
+        if tensor.dim() == 2 and not tensor.is_floating_point():
+            axes[name][1] = "sequence"
+    axes["output"] = {0: "batch"}
+    return axes
+
+
 def export_onnx(
     model: nn.Module,
     example_inputs: tuple[torch.Tensor, ...],
@@ -64,7 +79,7 @@ def export_onnx(
                 opset_version=OPSET,
                 input_names=input_names,
                 output_names=["output"],
-                dynamic_axes={n: {0: "batch"} for n in [*input_names, "output"]},
+                dynamic_axes=dynamic_axes(example_inputs, input_names),
                 do_constant_folding=True,
             )
     except Exception as e:

@@ -1,4 +1,5 @@
-"""Per-layer precision in the exported ONNX: int8 static Q/DQ and 4-bit weight-only MatMulNBits.
+"""Per-layer precision in the exported ONNX: int8 (static Q/DQ or dynamic) and 4-bit weight-only
+MatMulNBits.
 
 Precision lives in the file (design decision 7), so the same artifact serves ONNX Runtime and
 TensorRT. int8 uses ONNX Runtime's ``quantize_static`` in QDQ format, calibrated on the task's
@@ -26,7 +27,12 @@ from tightfit.exceptions import CandidateError
 from tightfit.kernels._base import Kernel, SurgeryContext, Unit
 from tightfit.kernels._registry import register_kernel
 from tightfit.kernels.bias_correction import MAX_SAMPLES, WeightQuant, correct_bias
-from tightfit.kernels.export import COMPUTE_OPS, has_constant_weight, nodes_by_module
+from tightfit.kernels.export import (
+    COMPUTE_OPS,
+    has_constant_weight,
+    node_op_types,
+    nodes_by_module,
+)
 
 CALIBRATION_BATCH = 32
 
@@ -103,6 +109,21 @@ def _quantize_int8(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext) -
     )
 
 
+def _quantize_dynamic(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext) -> None:
+    """Dynamic int8 for MatMul/Gemm ``nodes``: weights per tensor offline, activations per run."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        nodes_to_quantize=sorted(nodes),
+        op_types_to_quantize=["MatMul", "Gemm"],
+        per_channel=False,
+        reduce_range=_reduce_range(ctx),
+        weight_type=QuantType.QInt8,
+    )
+
+
 def _quantize_int4(src: Path, dst: Path, nodes: set[str]) -> None:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -174,18 +195,33 @@ class Quantization(Kernel):
 
 
 def _quantize(src: Path, out_dir: Path, by_bits: dict[int, set[str]], ctx: SurgeryContext) -> Path:
-    """int8 Q/DQ for ``by_bits[8]``, then 4-bit MatMulNBits for ``by_bits[4]``."""
+    """int8 for ``by_bits[8]`` (static Q/DQ, or dynamic for MatMul/Gemm when the profile says
+    so), then 4-bit MatMulNBits for ``by_bits[4]``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     current = src
-    if by_bits[8]:
+    dynamic = _dynamic_nodes(src, by_bits[8], ctx)
+    static = by_bits[8] - dynamic
+    if static:
         out = out_dir / "int8.onnx"
-        _quantize_int8(current, out, by_bits[8], ctx)
+        _quantize_int8(current, out, static, ctx)
+        current = out
+    if dynamic:
+        out = out_dir / "int8-dynamic.onnx"
+        _quantize_dynamic(current, out, dynamic, ctx)
         current = out
     if by_bits[4]:
         out = out_dir / "int4.onnx"
         _quantize_int4(current, out, by_bits[4])
         current = out
     return current
+
+
+def _dynamic_nodes(src: Path, int8: set[str], ctx: SurgeryContext) -> set[str]:
+    """The int8 nodes quantized dynamically: MatMul/Gemm, when the profile asks for dynamic."""
+    if ctx.profile.quantization.int8_format != "dynamic":
+        return set()
+    ops = node_op_types(onnx.load(str(src), load_external_data=False))
+    return {n for n in int8 if ops.get(n) in ("MatMul", "Gemm")}
 
 
 def _with_bias_correction(
@@ -201,6 +237,7 @@ def _with_bias_correction(
     mode = ctx.recovery.bias_correction
     settings = ctx.profile.quantization
     targets8 = by_bits[8] if mode is True or not settings.per_channel else set()
+    targets8 = targets8 - _dynamic_nodes(src, by_bits[8], ctx)  # not emulated: left alone
     fixed_src = tmp / "bias-corrected.onnx"
     n = 0
     if mode is not False and (targets8 or by_bits[4]):

@@ -30,7 +30,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from tightfit.config import SearchConfig
-from tightfit.evaluators import evaluate_accuracy, size_mb
+from tightfit.evaluators import evaluate_quality, size_mb
 from tightfit.exceptions import ConfigError, WorkdirError
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.runs import pareto
@@ -355,9 +355,9 @@ class _ProfileSearch:
         )
         study = self.study
         study.set_user_attr("base_model", self.ws.model_id)
-        study.set_user_attr(
-            "baseline_accuracy", evaluate_accuracy(self.ws.baseline_onnx, self.ws.data)
-        )
+        accuracy, extras = evaluate_quality(self.ws.baseline_onnx, self.ws.data)
+        study.set_user_attr("baseline_accuracy", accuracy)
+        study.set_user_attr("baseline_metrics", extras)
         study.set_user_attr("baseline_size_mb", size_mb(self.ws.baseline_onnx))
         study.set_user_attr("baseline_latency_ms", latency.baseline_median_ms)
         study.set_user_attr("environment", latency.environment)
@@ -565,6 +565,7 @@ class _ProfileSearch:
         t.set_user_attr("latency", latency.summary())
         t.set_user_attr("report", one.report)
         t.set_user_attr("features", one.features)
+        t.set_user_attr("metrics", one.metrics)
         t.set_user_attr("latency_cache", p.cache)
         t.set_user_attr("compress_node_id", one.node_id)
         t.set_user_attr("measurement_moves", p.moves)
@@ -583,6 +584,7 @@ class _ProfileSearch:
             "latency_rounds": latency.rounds,
             "latency_ci_half_width": latency.ci_half_width,
             "latency_measure_s": latency.seconds,
+            **one.metrics,
         }
         if one.started_at:  # from dispatch to the worker starting it: Ray's queue and scheduling
             metrics["dispatch_s"] = max(0.0, one.started_at - p.dispatched_at)

@@ -24,6 +24,7 @@ from tightfit.config import SearchConfig
 from tightfit.evaluators import (
     LatencyResult,
     evaluate_accuracy,
+    evaluate_quality,
     input_feed,
     measure_latency,
     size_mb,
@@ -61,6 +62,9 @@ class StageOne(Record):
     started_at: float = Field(0.0, description="unix time the work started on that node")
     stage: str = Field(
         "full", description="'subset': stopped after the validation subset (accuracy is its)"
+    )
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="the data's extra metrics (full evaluations only)"
     )
 
 
@@ -145,10 +149,12 @@ class Workspace:
     def baseline_subset_accuracy(self) -> float:
         return evaluate_accuracy(self.baseline_onnx, self.data, subset=self.subset)
 
-    def score(self, onnx_path: Path) -> tuple[float, str]:
-        """(accuracy, stage) of an exported candidate: staged when the config says so."""
+    def score(self, onnx_path: Path) -> tuple[float, str, dict[str, float]]:
+        """(accuracy, stage, extra metrics) of an exported candidate: staged when the config
+        says so."""
         if self.subset is None:
-            return evaluate_accuracy(onnx_path, self.data), "full"
+            accuracy, extras = evaluate_quality(onnx_path, self.data)
+            return accuracy, "full", extras
         return staged_accuracy(
             onnx_path,
             self.data,
@@ -196,7 +202,7 @@ def compress_and_score(setup: Setup, candidate: Candidate, subset_only: bool = F
                 seconds=time.perf_counter() - t0,
                 stage="subset",
             )
-        accuracy, stage = ws.score(result.onnx_path)
+        accuracy, stage, extras = ws.score(result.onnx_path)
         onnx_bytes = result.onnx_path.read_bytes()
         return StageOne(
             accuracy=accuracy,
@@ -207,6 +213,7 @@ def compress_and_score(setup: Setup, candidate: Candidate, subset_only: bool = F
             signature=architecture_signature(onnx_bytes),
             features=graph_features(onnx_bytes),
             stage=stage,
+            metrics=extras,
         )
 
 

@@ -1,0 +1,164 @@
+"""Searches on real pretrained models, against uniform int8:
+`python benchmarks/pretrained.py [--models fashion-mnist,efficientnet-lite0,minilm] [--n-trials 60]`.
+
+For each model, runs its shipped example config (examples/<model>.yaml: cpu-ort, 2 threads,
+batch 1, sequence length 128 for MiniLM) for ``--n-trials`` trials, then measures uniform int8
+(every quantizable layer at 8 bits, nothing else: the usual first thing a user tries; for MiniLM
+both static Q/DQ and dynamic int8) with the same evaluator. Writes
+benchmarks/results/pretrained.{json,md} after every model (a partial run keeps what it finished):
+baseline latency, and for the fastest point of the front within the quality constraint its
+speedup, size reduction and knobs. A rerun with the same --workdir resumes finished searches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._fingerprint import fingerprint  # noqa: E402
+from tightfit.config import SearchConfig, load_config  # noqa: E402
+from tightfit.search import run_search  # noqa: E402
+from tightfit.search._evaluate import Setup, evaluate_candidate, workspace  # noqa: E402
+from tightfit.spaces import CompressionSpace, discover_units  # noqa: E402
+
+MODELS = {
+    "fashion-mnist": ("fashion-mnist.yaml", "test accuracy within 1 point", 2.0),
+    "efficientnet-lite0": ("efficientnet-lite0.yaml", "top-1 agreement >= 98%", 1.5),
+    "minilm": ("minilm.yaml", "probe accuracy within 1 point", 2.0),
+}
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def uniform_int8(config: SearchConfig, workdir: Path, baseline: dict, dynamic: bool) -> dict:
+    """Every quantizable layer at int8 (static Q/DQ, or dynamic MatMul/Gemm), measured like a
+    trial: latency against the baseline's reference latency of the search."""
+    [profile] = config.hardware_profiles()
+    if dynamic:
+        q = profile.quantization.model_copy(update={"int8_format": "dynamic"})
+        profile = profile.model_copy(update={"quantization": q})
+    setup = Setup(config=config, profile=profile, cache_dir=str(workdir / "cache"))
+    ws = workspace(setup)
+    space = CompressionSpace(discover_units(ws.model, ws.ctx, config.space), ws.model_id)
+    candidate = space.uniform(bits=8)
+    result = evaluate_candidate(setup, candidate, baseline_ref_ms=baseline["latency_ms"])
+    drop = baseline["accuracy"] - result.accuracy
+    return {
+        "format": "dynamic" if dynamic else "static",
+        "accuracy": result.accuracy,
+        "accuracy_drop": drop,
+        "feasible": drop <= config.constraints.max_accuracy_drop,
+        "latency_ms": result.latency.latency_ms,
+        "speedup": result.latency.speedup,
+        "size_mb": result.size_mb,
+        "size_reduction": baseline["size_mb"] / result.size_mb,
+    }
+
+
+def run_model(name: str, n_trials: int, root: Path) -> dict[str, Any]:
+    file, quality, target = MODELS[name]
+    workdir = root / name
+    config = load_config(ROOT / "examples" / file, {"n_trials": n_trials, "workdir": str(workdir)})
+    t0 = time.perf_counter()
+    outcome = run_search(config)
+    search_s = time.perf_counter() - t0
+    [profile] = outcome.profiles
+    base = profile.baseline
+    limit = config.constraints.max_accuracy_drop
+    front = profile.front
+    ok = front[front["accuracy"] >= base["accuracy"] - limit - 1e-12]
+    best = ok.loc[ok["speedup"].idxmax()].to_dict() if len(ok) else None
+    extras = {}
+    if best is not None:
+        trial = profile.study.trials[int(best["trial"])]
+        extras = trial.user_attrs.get("metrics", {})
+        best["size_reduction"] = base["size_mb"] / best["size_mb"]
+    uniform = [uniform_int8(config, workdir, base, dynamic=False)]
+    if name == "minilm":
+        uniform.append(uniform_int8(config, workdir, base, dynamic=True))
+    return {
+        "model": name,
+        "config": file,
+        "quality_constraint": quality,
+        "target_speedup": target,
+        "n_trials": profile.n_complete,
+        "n_failed": profile.n_failed,
+        "search_wall_s": round(search_s, 1),
+        "baseline": base,
+        "baseline_metrics": profile.study.user_attrs.get("baseline_metrics", {}),
+        "best": best,
+        "best_metrics": extras,
+        "uniform_int8": uniform,
+        "front": front[["trial", "accuracy", "latency_ms", "size_mb", "speedup", "knobs"]].to_dict(
+            "records"
+        ),
+    }
+
+
+def write(results: list[dict[str, Any]]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    machine = fingerprint()
+    (RESULTS / "pretrained.json").write_text(
+        json.dumps({"machine": machine, "models": results}, indent=2, default=float)
+    )
+    lines = [
+        "# Searches on real pretrained models (cpu-ort: ONNX Runtime CPU, 2 threads, batch 1)",
+        "",
+        f"Machine: {machine['cpu']} ({machine['cpu_count']} cores; {machine['cpu_flags']}), "
+        f"onnxruntime {machine['onnxruntime']}, torch {machine['torch']}. "
+        "Command: `python benchmarks/pretrained.py`.",
+        "",
+        "| model | quality constraint | trials | baseline accuracy | baseline latency | best speedup (target) | size reduction | accuracy | uniform int8 | knobs of the best |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for r in results:
+        b, best = r["baseline"], r["best"]
+        uniform = "; ".join(
+            f"{u['format']}: {u['speedup']:.2f}x, {u['size_reduction']:.2f}x smaller, "
+            f"accuracy {u['accuracy']:.4f}{'' if u['feasible'] else ' (breaks the constraint)'}"
+            for u in r["uniform_int8"]
+        )
+        if best is None:
+            cells = ["none feasible", "", "", "—"]
+        else:
+            met = "met" if best["speedup"] >= r["target_speedup"] else "missed"
+            cells = [
+                f"**{best['speedup']:.2f}x** (≥{r['target_speedup']}x: {met})",
+                f"{best['size_reduction']:.2f}x",
+                f"{best['accuracy']:.4f}",
+                str(best["knobs"]),
+            ]
+        lines.append(
+            f"| {r['model']} | {r['quality_constraint']} | {r['n_trials']} ({r['n_failed']} failed) | "
+            f"{b['accuracy']:.4f} | {b['latency_ms']:.2f} ms | {cells[0]} | {cells[1]} | {cells[2]} | "
+            f"{uniform} | {cells[3]} |"
+        )
+    lines += ["", "Extra metrics (baseline → best point):", ""]
+    for r in results:
+        for k, v in r["baseline_metrics"].items():
+            got = r["best_metrics"].get(k)
+            lines.append(f"- {r['model']} {k}: {v:.4f} → {got:.4f}" if got is not None else "")
+    (RESULTS / "pretrained.md").write_text("\n".join(line for line in lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--n-trials", type=int, default=60)
+    parser.add_argument("--workdir", default=str(ROOT / "runs" / "pretrained"))
+    args = parser.parse_args()
+    results = []
+    for name in args.models.split(","):
+        results.append(run_model(name, args.n_trials, Path(args.workdir)))
+        write(results)
+
+
+if __name__ == "__main__":
+    main()
