@@ -8,7 +8,6 @@ trained once (about 40 s on 2 cores) and cached in the search's work directory.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-log = logging.getLogger(__name__)
+from tightfit.examples._training import fit, trained_once
 
 IMAGE_SIZE = 16
 N_TRAIN = 1200  # the remaining 597 images are the validation split
@@ -92,21 +91,8 @@ def train(width: int = 48, epochs: int = 4, seed: int = 0) -> DigitsResNet:
     train_idx, _ = _split(seed)
     xs, ys = torch.from_numpy(x[train_idx]), torch.from_numpy(y[train_idx])
     model = DigitsResNet(width)
-    batch = 64
-    steps = epochs * ((len(xs) + batch - 1) // batch)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(xs), generator=gen)
-        for i in range(0, len(xs), batch):
-            idx = order[i : i + batch]
-            loss = F.cross_entropy(model(xs[idx]), ys[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    return model.eval()
+    fit(model, xs, ys, epochs, batch=64, generator=gen)
+    return model
 
 
 def pretrained_cnn(
@@ -114,15 +100,9 @@ def pretrained_cnn(
 ) -> nn.Module:
     """The trained DigitsResNet, from ``cache_dir`` if it was trained there before."""
     cache = Path(cache_dir) / f"digits-resnet-w{width}-e{epochs}-s{seed}.pt" if cache_dir else None
-    model = DigitsResNet(width)
-    if cache is not None and cache.exists():
-        model.load_state_dict(torch.load(cache, weights_only=True))
-        return model.eval()
-    log.info("training the digits example network once (about a minute on 2 cores)")
-    model = train(width, epochs, seed)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(cache)
-    return model
+    return trained_once(
+        DigitsResNet(width),
+        cache,
+        lambda: train(width, epochs, seed),
+        "the digits example network (about a minute on 2 cores)",
+    )

@@ -11,7 +11,6 @@ directory.
 from __future__ import annotations
 
 import gzip
-import logging
 import os
 from pathlib import Path
 
@@ -21,8 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tightfit.examples._packages import MissingPackage
-
-log = logging.getLogger(__name__)
+from tightfit.examples._training import fit, trained_once
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 FILES = {
@@ -99,21 +97,8 @@ def train(width: int = 24, epochs: int = 2, seed: int = 0) -> FashionCNN:
     xs = torch.from_numpy(_normalise(_read("train_images")))
     ys = torch.from_numpy(_read("train_labels"))
     model = FashionCNN(width)
-    batch = 128
-    steps = epochs * ((len(xs) + batch - 1) // batch)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(xs), generator=gen)
-        for i in range(0, len(xs), batch):
-            idx = order[i : i + batch]
-            loss = F.cross_entropy(model(xs[idx]), ys[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    return model.eval()
+    fit(model, xs, ys, epochs, batch=128, generator=gen)
+    return model
 
 
 def pretrained_cnn(
@@ -121,16 +106,10 @@ def pretrained_cnn(
 ) -> nn.Module:
     """The trained FashionCNN, from ``cache_dir`` if it was trained there before."""
     cache = Path(cache_dir) / f"fashion-cnn-w{width}-e{epochs}-s{seed}.pt" if cache_dir else None
-    model = FashionCNN(width)
-    if cache is not None and cache.exists():
-        model.load_state_dict(torch.load(cache, weights_only=True))
-        return model.eval()
     data_dir()  # fail before training if the data is missing
-    log.info("training the Fashion-MNIST example network once (a few minutes on 2 cores)")
-    model = train(width, epochs, seed)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(cache)
-    return model
+    return trained_once(
+        FashionCNN(width),
+        cache,
+        lambda: train(width, epochs, seed),
+        "the Fashion-MNIST example network (a few minutes on 2 cores)",
+    )
