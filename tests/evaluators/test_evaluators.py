@@ -34,11 +34,15 @@ def test_latency_protocol_records_interleaved_rounds(tiny_ctx, fast_profile) -> 
 
 
 def test_input_shapes_from_profile_override(fast_profile) -> None:
-    p = fast_profile.model_copy(update={"batch_size": 4, "input_shapes": {"tokens": [128]}})
-    feed = input_feed(
-        {"tokens": (64,), "mask": (64,)}, {"tokens": "int64", "mask": "int64"}, p, seed=0
+    shapes, dtypes = {"tokens": (64,), "mask": (64,)}, {"tokens": "int64", "mask": "int64"}
+    p = fast_profile.model_copy(
+        update={"batch_size": 4, "sequence_length": None, "input_shapes": {"tokens": [128]}}
     )
+    feed = input_feed(shapes, dtypes, p, seed=0)
     assert feed["tokens"].shape == (4, 128) and feed["mask"].shape == (4, 64)
+    # the profile's sequence length applies to token inputs; input_shapes still wins
+    feed = input_feed(shapes, dtypes, p.model_copy(update={"sequence_length": 32}), seed=0)
+    assert feed["tokens"].shape == (4, 128) and feed["mask"].shape == (4, 32)
 
 
 def test_bootstrap_ci_of_constant_is_the_constant() -> None:
