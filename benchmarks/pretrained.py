@@ -5,7 +5,8 @@ For each model, runs its shipped example config (examples/<model>.yaml: cpu-ort,
 batch 1, sequence length 128 for MiniLM) for ``--n-trials`` trials, then measures uniform int8
 (every quantizable layer at 8 bits, nothing else: the usual first thing a user tries; for MiniLM
 both static Q/DQ and dynamic int8) with the same evaluator. Writes
-benchmarks/results/pretrained.{json,md} after every model (a partial run keeps what it finished):
+benchmarks/results/pretrained.{json,md} after every model (a partial run keeps what it finished;
+rows of models not in ``--models`` are kept from the last run):
 baseline latency, and for the fastest point of the front within the quality constraint its
 speedup, size reduction and knobs. A rerun with the same --workdir resumes finished searches.
 """
@@ -101,8 +102,19 @@ def run_model(name: str, n_trials: int, root: Path) -> dict[str, Any]:
     }
 
 
+def merged(new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of this run, plus the rows of earlier runs for models this run did not redo (one
+    model per invocation is how a 2-core machine gets through all three)."""
+    path = RESULTS / "pretrained.json"
+    old = json.loads(path.read_text())["models"] if path.exists() else []
+    done = {r["model"] for r in new}
+    rows = [r for r in old if r["model"] not in done] + new
+    return sorted(rows, key=lambda r: list(MODELS).index(r["model"]))
+
+
 def write(results: list[dict[str, Any]]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
+    results = merged(results)
     machine = fingerprint()
     (RESULTS / "pretrained.json").write_text(
         json.dumps({"machine": machine, "models": results}, indent=2, default=float)
