@@ -3,8 +3,8 @@
 
 For each model, runs its shipped example config (examples/<model>.yaml: cpu-ort, 2 threads,
 batch 1, sequence length 128 for MiniLM) for ``--n-trials`` trials, then measures uniform int8
-(every quantizable layer at 8 bits, nothing else: the usual first thing a user tries; for MiniLM
-both static Q/DQ and dynamic int8) with the same evaluator. Writes
+(every quantizable layer at 8 bits, nothing else: the usual first thing a user tries; static Q/DQ
+and dynamic int8) with the same evaluator. Writes
 benchmarks/results/pretrained.{json,md} after every model (a partial run keeps what it finished;
 rows of models not in ``--models`` are kept from the last run):
 baseline latency, and for the fastest point of the front within the quality constraint its
@@ -41,9 +41,7 @@ def uniform_int8(config: SearchConfig, workdir: Path, baseline: dict, dynamic: b
     """Every quantizable layer at int8 (static Q/DQ, or dynamic MatMul/Gemm), measured like a
     trial: latency against the baseline's reference latency of the search."""
     [profile] = config.hardware_profiles()
-    if dynamic:
-        q = profile.quantization.model_copy(update={"int8_format": "dynamic"})
-        profile = profile.model_copy(update={"quantization": q})
+    profile = profile.with_int8_format("dynamic" if dynamic else "static")
     setup = Setup(config=config, profile=profile, cache_dir=str(workdir / "cache"))
     ws = workspace(setup)
     space = CompressionSpace(discover_units(ws.model, ws.ctx, config.space), ws.model_id)
@@ -80,9 +78,7 @@ def run_model(name: str, n_trials: int, root: Path) -> dict[str, Any]:
         trial = profile.study.trials[int(best["trial"])]
         extras = trial.user_attrs.get("metrics", {})
         best["size_reduction"] = base["size_mb"] / best["size_mb"]
-    uniform = [uniform_int8(config, workdir, base, dynamic=False)]
-    if name == "minilm":
-        uniform.append(uniform_int8(config, workdir, base, dynamic=True))
+    uniform = [uniform_int8(config, workdir, base, dynamic=d) for d in (False, True)]
     return {
         "model": name,
         "config": file,
@@ -93,6 +89,7 @@ def run_model(name: str, n_trials: int, root: Path) -> dict[str, Any]:
         "search_wall_s": round(search_s, 1),
         "baseline": base,
         "baseline_metrics": profile.study.user_attrs.get("baseline_metrics", {}),
+        "int8_format": profile.study.user_attrs.get("int8_format"),
         "best": best,
         "best_metrics": extras,
         "uniform_int8": uniform,

@@ -74,7 +74,9 @@ def test_callable_metric_and_extra_metrics_are_scored(tiny_model, digits, tmp_pa
 def test_a_metric_that_is_not_callable_is_refused(monkeypatch) -> None:
     import tests.models as m
 
-    monkeypatch.setattr(m, "bad_metric_data", lambda: {**m.token_data(), "metric": 3}, raising=False)
+    monkeypatch.setattr(
+        m, "bad_metric_data", lambda: {**m.token_data(), "metric": 3}, raising=False
+    )
     with pytest.raises(DataError, match="metric must be a built-in name"):
         load_data(CallableSpec(callable="tests.models:bad_metric_data"))
 

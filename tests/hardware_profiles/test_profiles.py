@@ -27,6 +27,7 @@ def test_cpu_ort_protocol() -> None:
     p = get_profile("cpu-ort")
     assert p.runtime == "onnxruntime" and p.intra_op_threads == 2 and p.batch_size == 1
     assert p.bits_allowed == [32, 8, 4]
+    assert p.quantization.int8_format == "auto"  # a search measures static and dynamic int8
 
 
 def test_invalid_profile_file_names_field(tmp_path: Path) -> None:
@@ -55,6 +56,10 @@ def test_profile_needs_its_float_precision(tmp_path: Path) -> None:
         ),
         ("measurement: {rounds: 10, max_rounds: 5}", r"max_rounds \(5\) must be at least rounds"),
         ("ray_resources: {GPU: 1}", "'GPU' is not a custom resource; use num_gpus"),
+        (
+            "runtime: tensorrt\ndevice: cuda\nquantization: {int8_format: auto}",
+            "int8_format 'auto' needs runtime onnxruntime .*: set it to static",
+        ),
     ],
 )
 def test_inconsistent_profiles_are_refused(tmp_path: Path, body: str, message: str) -> None:

@@ -86,6 +86,11 @@ def test_search_completes_with_a_front(finished) -> None:
         # 3 rounds; a measurement with too few undisturbed ones uses all its rounds (max 2 x 3)
         assert 3 <= lat["rounds"] <= 6 and lat["rounds"] + lat["rounds_dropped"] <= 6
     assert distilled > 0
+    # int8_format auto: uniform int8 built and measured both ways once; trials use the faster
+    measured = study.user_attrs["int8_formats_measured"]
+    assert set(measured) == {"static", "dynamic"}
+    assert all(m["latency_ms"] > 0 and 0 < m["accuracy"] <= 1 for m in measured.values())
+    assert study.user_attrs["int8_format"] == min(measured, key=lambda f: measured[f]["latency_ms"])
     limit = config.constraints.max_accuracy_drop
     for t in study.get_trials(states=(TrialState.PRUNED,)):
         # staged evaluation: not measured, because its accuracy already rules it out
@@ -128,6 +133,12 @@ def test_mlflow_has_one_run_per_trial_and_a_summary(finished) -> None:
     logged = {a.path for a in client.list_artifacts(summary.info.run_id)}
     assert {"sensitivity.csv", "sensitivity.png", "front.csv"} <= logged
     assert "sensitivity_s" in summary.data.metrics
+    study = outcome.profiles[0].study
+    assert summary.data.params["int8_format"] == study.user_attrs["int8_format"]
+    for fmt, m in study.user_attrs["int8_formats_measured"].items():
+        assert summary.data.metrics[f"uniform_int8_{fmt}_latency_ms"] == pytest.approx(
+            m["latency_ms"]
+        )
 
 
 def test_sensitivity_scan_shrinks_the_space_and_seeds(finished) -> None:
@@ -169,6 +180,9 @@ def test_export_knee_loads_in_a_fresh_session(finished, tmp_path) -> None:
     if manifest["candidate"]["prune"] or manifest["candidate"]["rank"]:
         assert manifest["report"]["distilled"]["steps"] == 20
     assert result.measured["latency_ms"] > 0
+    # replayed with the int8 format the search chose (auto resolved), not auto
+    chosen = outcome.profiles[0].study.user_attrs["int8_format"]
+    assert manifest["profile"]["quantization"]["int8_format"] == chosen
 
 
 def test_export_register_makes_the_knee_pullable_by_alias(finished, tmp_path) -> None:
@@ -196,8 +210,10 @@ def test_export_register_makes_the_knee_pullable_by_alias(finished, tmp_path) ->
 def test_rerun_resumes_to_more_trials(finished) -> None:
     config, outcome, _ = finished
     more = config.model_copy(update={"n_trials": 8})
+    before = outcome.profiles[0].study.user_attrs["int8_formats_measured"]
     again = run_search(more)
     study = load_study(more, "cpu-ort-fast", outcome.workdir)
+    assert study.user_attrs["int8_formats_measured"] == before  # chosen once, not re-measured
     assert (
         len(study.get_trials(states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))) == 8
     )

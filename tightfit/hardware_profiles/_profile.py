@@ -64,11 +64,14 @@ class QuantizationSettings(Record):
     # x86 without VNNI saturates in vpmaddubsw with full-range U8S8: use 7-bit weights there.
     reduce_range: bool | Literal["auto"] = "auto"
     calibrate_method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"
-    int8_format: Literal["static", "dynamic"] = Field(
+    int8_format: Literal["static", "dynamic", "auto"] = Field(
         "static",
         description="int8 MatMul/Gemm layers: static Q/DQ (activation ranges calibrated on the "
-        "data) or dynamic (activation ranges computed per inference; ONNX Runtime's "
-        "MatMulInteger, often faster for transformers on CPU). Conv layers are always static",
+        "data), dynamic (activation ranges computed per inference; ONNX Runtime's "
+        "MatMulInteger, often faster for transformers on CPU), or auto: a search builds uniform "
+        "int8 both ways, measures both on this profile once per study and uses the faster (the "
+        "study remembers the choice; a compression outside a search treats auto as static). "
+        "Conv layers are always static",
     )
     symmetric_activations: bool = Field(
         False, description="zero-point 0 for activations (TensorRT accepts only symmetric Q/DQ)"
@@ -161,6 +164,12 @@ class HardwareProfile(Record):
             raise ValueError(
                 f"runtime '{self.runtime}' ({self.execution_provider}) needs device: cuda"
             )
+        if self.quantization.int8_format != "static" and self.runtime != "onnxruntime":
+            raise ValueError(
+                f"quantization.int8_format '{self.quantization.int8_format}' needs runtime "
+                f"onnxruntime (dynamic int8 is ONNX Runtime's MatMulInteger; {self.runtime} "
+                "runs static Q/DQ only): set it to static"
+            )
         if self.runtime == "torch-cuda" and (
             "int8" in self.precisions or "int4" in self.precisions
         ):
@@ -168,6 +177,11 @@ class HardwareProfile(Record):
                 "runtime 'torch-cuda' runs float graphs only: remove int8/int4 from precisions"
             )
         return self
+
+    def with_int8_format(self, int8_format: str) -> HardwareProfile:
+        """This profile with ``quantization.int8_format`` set (``auto`` resolved by a search)."""
+        q = self.quantization.model_copy(update={"int8_format": int8_format})
+        return self.model_copy(update={"quantization": q})
 
     @property
     def bits_allowed(self) -> list[int]:

@@ -221,6 +221,8 @@ def export(
     hw = _resolve_profile(config, profile)
     study = load_study(config, hw.name, workdir)
     numbers = _pick(study, list(config.objectives), pick)
+    if hw.quantization.int8_format == "auto":  # the format the search chose and measured
+        hw = hw.with_int8_format(study.user_attrs.get("int8_format", "static"))
     setup = Setup(config=config, profile=hw, cache_dir=str(workdir / "cache"))
     ws = workspace(setup)
     base_bytes = ws.baseline_onnx.read_bytes()

@@ -244,6 +244,8 @@ class _ProfileSearch:
             "latency_ms": self.study.user_attrs["baseline_latency_ms"],
             "size_mb": self.study.user_attrs["baseline_size_mb"],
         }
+        if self.profile.quantization.int8_format == "auto":
+            self._resolve_int8_format()
         self.reuse = LatencyReuse(
             self.config.latency,
             self.profile,
@@ -361,6 +363,58 @@ class _ProfileSearch:
         study.set_user_attr("baseline_size_mb", size_mb(self.ws.baseline_onnx))
         study.set_user_attr("baseline_latency_ms", latency.baseline_median_ms)
         study.set_user_attr("environment", latency.environment)
+
+    def _resolve_int8_format(self) -> None:
+        """``int8_format: auto``: uniform int8 is built static and dynamic and both are measured
+        here, once per study (the study keeps the choice, so a resumed search stays on it);
+        every trial then uses the faster."""
+        attrs = self.study.user_attrs
+        if "int8_format" not in attrs and self.study.trials:  # begun as static, stays static
+            log.info("int8_format auto: study %s began without it; static", self.study.study_name)
+            self.study.set_user_attr("int8_format", "static")
+        elif "int8_format" not in attrs:
+            choice, measured = self._measure_int8_formats()
+            self.study.set_user_attr("int8_format", choice)
+            self.study.set_user_attr("int8_formats_measured", measured)
+        choice = self.study.user_attrs["int8_format"]
+        self.profile = self.profile.with_int8_format(choice)
+        self.setup = self.setup.model_copy(update={"profile": self.profile})
+
+    def _measure_int8_formats(self) -> tuple[str, dict[str, Any]]:
+        import ray
+
+        candidate = self.space.uniform(bits=8)
+        if candidate.is_baseline:
+            log.info("int8_format auto: no layer of the space takes int8; static")
+            return "static", {}
+        measured: dict[str, Any] = {}
+        try:
+            built = {}
+            for fmt in ("static", "dynamic"):
+                setup = self.setup.model_copy(
+                    update={"profile": self.profile.with_int8_format(fmt)}
+                )
+                built[fmt] = ray.get(self.compress_remote.remote(setup, candidate))
+            if built["static"].onnx == built["dynamic"].onnx:
+                log.info("int8_format auto: no int8 layer is a MatMul/Gemm; static")
+                return "static", {}
+            for fmt, one in built.items():
+                latency = ray.get(self._measure_task(one.onnx, self.idle[0]))
+                measured[fmt] = {"latency_ms": latency.latency_ms, "accuracy": one.accuracy}
+        except Exception as e:
+            log.warning(
+                "int8_format auto: could not build and measure both formats (%s); static",
+                _ray.error_text(e),
+            )
+            return "static", {"error": _ray.error_text(e)}
+        choice = min(measured, key=lambda f: measured[f]["latency_ms"])
+        log.info(
+            "int8_format auto on %s: uniform int8 measures %s; trials use %s",
+            self.profile.name,
+            ", ".join(f"{f} {m['latency_ms']:.3f} ms" for f, m in measured.items()),
+            choice,
+        )
+        return choice, measured
 
     def _check_latency_constraint(self) -> None:
         """Stop early when no candidate of the space can meet ``max_latency_ms``.
@@ -901,6 +955,9 @@ class _ProfileSearch:
         }
         if not feasible.empty:
             metrics["best_feasible_speedup"] = float(feasible["speedup"].max())
+        for fmt, m in self.study.user_attrs.get("int8_formats_measured", {}).items():
+            if isinstance(m, dict):  # int8_format auto: what each format measured
+                metrics[f"uniform_int8_{fmt}_latency_ms"] = m["latency_ms"]
         metrics.update(latency_reuse_metrics(self.study))
         # what the driver itself cost (sampling, dispatch, telling, logging), for the whole
         # search: the profiles ran together
@@ -916,6 +973,7 @@ class _ProfileSearch:
                 "sampler": self.config.sampler.name,
                 "seed": self.config.seed,
                 "n_units": len(self.space),
+                "int8_format": self.profile.quantization.int8_format,
             },
             step=self.n_done,
         )
