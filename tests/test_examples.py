@@ -106,6 +106,24 @@ def test_efficientnet_lite0_recognises_a_real_photo() -> None:
     assert overlap(logits * 10 + np.arange(1000) * 1e-3, targets) == pytest.approx(0.1)
 
 
+@needs_lite0
+def test_efficientnet_lite0_validation_keeps_the_crops_it_is_confident_on(tmp_path) -> None:
+    data = efficientnet.load_data(cache_dir=tmp_path)
+    images, targets = data["validation"]["image"], data["targets"]
+    n_all = len(efficientnet.photos()) * efficientnet.N_CANDIDATES_PER_PHOTO
+    assert 0.15 * n_all < len(images) < 0.6 * n_all  # ~1 in 3 crops is confident
+    assert targets.shape == (len(images), 5)
+    model = load_model(CallableSpec(callable="efficientnet-lite0"))
+    pick = np.random.default_rng(0).choice(len(images), 16, replace=False)
+    with torch.no_grad():
+        p = torch.softmax(model(torch.from_numpy(images[pick])), dim=1)
+    assert (p.max(dim=1).values >= efficientnet.MIN_CONFIDENCE - 1e-4).all()
+    assert (p.argmax(dim=1).numpy() == targets[pick, 0]).all()
+    again = efficientnet.load_data(cache_dir=tmp_path)  # from the cache: the same crops
+    np.testing.assert_array_equal(again["targets"], targets)
+    np.testing.assert_array_equal(again["validation"]["image"][pick], images[pick])
+
+
 @needs_minilm
 def test_minilm_embeds_like_sentence_transformers_does() -> None:
     model = load_model(CallableSpec(callable="minilm"))

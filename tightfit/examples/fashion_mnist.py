@@ -30,7 +30,7 @@ FILES = {
     "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
 MEAN, STD = 0.2860, 0.3530
-N_CALIBRATION = 256
+N_CALIBRATION = 2048  # training images: quantization calibration and distillation inputs
 
 
 def data_dir() -> Path:
