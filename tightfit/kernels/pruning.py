@@ -30,18 +30,18 @@ class StructuredPruning(Kernel):
     stage = "torch"
     order = 10
 
-    def _ignored(self, ctx: SurgeryContext, model: nn.Module) -> tuple[str, ...]:
-        attention = tuple(p for a in _heads.find_attention(model) for p in a.members)
-        return ctx.ignore + ((ctx.classifier,) if ctx.classifier else ()) + attention
-
-    def _attention(self, model: nn.Module, ctx: SurgeryContext) -> list[_heads.Attention]:
-        return [a for a in _heads.find_attention(model) if a.path not in ctx.ignore]
+    def _ignored(self, ctx: SurgeryContext, attention: list[_heads.Attention]) -> tuple[str, ...]:
+        """Layers torch-pruning leaves alone: the configured ones, the classifier, and every
+        attention module's members (pruned by head)."""
+        members = tuple(p for a in attention for p in a.members)
+        return ctx.ignore + ((ctx.classifier,) if ctx.classifier else ()) + members
 
     def units(self, model: nn.Module, ctx: SurgeryContext, space: SpaceSpec) -> list[Unit]:
         if not space.prune.enabled:
             return []
         units = []
-        for attention in self._attention(model, ctx):
+        found = _heads.find_attention(model)
+        for attention in (a for a in found if a.path not in ctx.ignore):
             head_choices: list[float] = []
             seen: set[int] = set()
             for r in space.prune.ratios:
@@ -57,8 +57,8 @@ class StructuredPruning(Kernel):
                 }
                 units.append(Unit(attention.path, self.knob, tuple(head_choices), info))
         skip = {p for p, m in model.named_modules() if isinstance(m, nn.Embedding)}
-        skip |= {p for a in _heads.find_attention(model) for p in a.members}
-        for group in adapter.coupled_groups(model, ctx.example_inputs, self._ignored(ctx, model)):
+        skip |= {p for a in found for p in a.members}
+        for group in adapter.coupled_groups(model, ctx.example_inputs, self._ignored(ctx, found)):
             if skip & set(group.members):
                 continue  # a transformer's hidden width, or layers pruned by head only
             # a ratio is worth offering only if it leaves at least one round_to block
@@ -79,9 +79,9 @@ class StructuredPruning(Kernel):
     def apply(self, model: nn.Module, plan: dict[str, Any], ctx: SurgeryContext) -> dict[str, Any]:
         if not plan:
             return {}
-        attention = {a.path for a in _heads.find_attention(model)}
-        heads = {p: r for p, r in plan.items() if p in attention}
-        channels = {p: r for p, r in plan.items() if p not in attention}
+        found = _heads.find_attention(model)
+        heads = {p: r for p, r in plan.items() if p in {a.path for a in found}}
+        channels = {p: r for p, r in plan.items() if p not in heads}
         report: dict[str, Any] = {}
         try:
             if channels:
@@ -89,7 +89,7 @@ class StructuredPruning(Kernel):
                     model,
                     ctx.example_inputs,
                     channels,
-                    self._ignored(ctx, model),
+                    self._ignored(ctx, found),
                     ctx.profile.round_to,
                 )
             if heads:
@@ -101,8 +101,9 @@ class StructuredPruning(Kernel):
     def channel_importance(self, model: nn.Module, ctx: SurgeryContext) -> dict[str, list[float]]:
         """Per coupled group (by root path), the importance of each channel, on the scale the
         pruner ranks them by (so a global threshold can be drawn across groups)."""
-        out = adapter.channel_importance(model, ctx.example_inputs, self._ignored(ctx, model))
-        for attention in self._attention(model, ctx):  # one entry per head
+        found = _heads.find_attention(model)
+        out = adapter.channel_importance(model, ctx.example_inputs, self._ignored(ctx, found))
+        for attention in (a for a in found if a.path not in ctx.ignore):  # one entry per head
             importance = _heads.head_importance(model, attention)
             out[attention.path] = (importance / importance.mean()).tolist()
         return out
