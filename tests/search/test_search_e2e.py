@@ -90,7 +90,9 @@ def test_search_completes_with_a_front(finished) -> None:
     measured = study.user_attrs["int8_formats_measured"]
     assert set(measured) == {"static", "dynamic"}
     assert all(m["latency_ms"] > 0 and 0 < m["accuracy"] <= 1 for m in measured.values())
-    assert study.user_attrs["int8_format"] == min(measured, key=lambda f: measured[f]["latency_ms"])
+    margin = 1 - config.hardware_profiles()[0].measurement.target_ci
+    faster = measured["dynamic"]["latency_ms"] < margin * measured["static"]["latency_ms"]
+    assert study.user_attrs["int8_format"] == ("dynamic" if faster else "static")
     limit = config.constraints.max_accuracy_drop
     for t in study.get_trials(states=(TrialState.PRUNED,)):
         # staged evaluation: not measured, because its accuracy already rules it out

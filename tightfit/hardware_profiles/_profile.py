@@ -69,7 +69,8 @@ class QuantizationSettings(Record):
         description="int8 MatMul/Gemm layers: static Q/DQ (activation ranges calibrated on the "
         "data), dynamic (activation ranges computed per inference; ONNX Runtime's "
         "MatMulInteger, often faster for transformers on CPU), or auto: a search builds uniform "
-        "int8 both ways, measures both on this profile once per study and uses the faster (the "
+        "int8 both ways, measures both on this profile once per study and uses dynamic if it is "
+        "faster by more than measurement.target_ci, else static (the "
         "study remembers the choice; a compression outside a search treats auto as static). "
         "Conv layers are always static",
     )

@@ -367,7 +367,8 @@ class _ProfileSearch:
     def _resolve_int8_format(self) -> None:
         """``int8_format: auto``: uniform int8 is built static and dynamic and both are measured
         here, once per study (the study keeps the choice, so a resumed search stays on it);
-        every trial then uses the faster."""
+        every trial then uses the faster (dynamic only when it is faster by more than the
+        measurement protocol's ``target_ci``)."""
         attrs = self.study.user_attrs
         if "int8_format" not in attrs and self.study.trials:  # begun as static, stays static
             log.info("int8_format auto: study %s began without it; static", self.study.study_name)
@@ -407,7 +408,10 @@ class _ProfileSearch:
                 _ray.error_text(e),
             )
             return "static", {"error": _ray.error_text(e)}
-        choice = min(measured, key=lambda f: measured[f]["latency_ms"])
+        # dynamic only when faster beyond the protocol's noise target: static is the default
+        margin = 1.0 - self.profile.measurement.target_ci
+        faster = measured["dynamic"]["latency_ms"] < margin * measured["static"]["latency_ms"]
+        choice = "dynamic" if faster else "static"
         log.info(
             "int8_format auto on %s: uniform int8 measures %s; trials use %s",
             self.profile.name,
