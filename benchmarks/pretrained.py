@@ -71,7 +71,7 @@ def run_model(name: str, n_trials: int, root: Path) -> dict[str, Any]:
     base = profile.baseline
     limit = config.constraints.max_accuracy_drop
     front = profile.front
-    ok = front[front["accuracy"] >= base["accuracy"] - limit - 1e-12]
+    ok = front[(front["accuracy"] >= base["accuracy"] - limit - 1e-12) & ~front["baseline"]]
     best = ok.loc[ok["speedup"].idxmax()].to_dict() if len(ok) else None
     extras = {}
     if best is not None:
@@ -133,8 +133,8 @@ def write(results: list[dict[str, Any]]) -> None:
             f"accuracy {u['accuracy']:.4f}{'' if u['feasible'] else ' (breaks the constraint)'}"
             for u in r["uniform_int8"]
         )
-        if best is None:
-            cells = ["none feasible", "", "", "—"]
+        if best is None or best.get("baseline"):  # the uncompressed model is no answer
+            cells = ["none feasible (only the baseline)", "", "", "—"]
         else:
             met = "met" if best["speedup"] >= r["target_speedup"] else "missed"
             cells = [
@@ -151,7 +151,7 @@ def write(results: list[dict[str, Any]]) -> None:
     lines += ["", "Extra metrics (baseline → best point):", ""]
     for r in results:
         for k, v in r["baseline_metrics"].items():
-            got = r["best_metrics"].get(k)
+            got = r["best_metrics"].get(k) if not (r["best"] or {}).get("baseline") else None
             lines.append(f"- {r['model']} {k}: {v:.4f} → {got:.4f}" if got is not None else "")
     (RESULTS / "pretrained.md").write_text("\n".join(line for line in lines) + "\n")
     print("\n".join(lines))
