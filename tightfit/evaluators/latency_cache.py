@@ -72,7 +72,10 @@ def architecture_signature(onnx_bytes: bytes) -> str:
 def cache_key(
     signature: str, baseline_signature: str, profile: HardwareProfile, env: dict[str, str]
 ) -> str:
-    settings = profile.model_dump(mode="json", exclude={"name", "description", "calibration"})
+    # quantization settings shape the graph (the signature has them), not how it is measured
+    settings = profile.model_dump(
+        mode="json", exclude={"name", "description", "calibration", "quantization"}
+    )
     stable_env = {k: v for k, v in sorted(env.items()) if k not in VOLATILE_ENV}
     blob = json.dumps([signature, baseline_signature, settings, stable_env], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()

@@ -244,8 +244,6 @@ class _ProfileSearch:
             "latency_ms": self.study.user_attrs["baseline_latency_ms"],
             "size_mb": self.study.user_attrs["baseline_size_mb"],
         }
-        if self.profile.quantization.int8_format == "auto":
-            self._resolve_int8_format()
         self.reuse = LatencyReuse(
             self.config.latency,
             self.profile,
@@ -253,6 +251,8 @@ class _ProfileSearch:
             self.baseline["latency_ms"],
             self.study,
         )
+        if self.profile.quantization.int8_format == "auto":
+            self._resolve_int8_format()
         if self.config.constraints.max_latency_ms is not None and "fastest_latency_ms" not in attrs:
             self._check_latency_constraint()
         with DeferredInterrupt():  # journal and MLflow writes: not cut half-way by Ctrl-C
@@ -380,6 +380,7 @@ class _ProfileSearch:
         choice = self.study.user_attrs["int8_format"]
         self.profile = self.profile.with_int8_format(choice)
         self.setup = self.setup.model_copy(update={"profile": self.profile})
+        self.reuse.profile = self.profile
 
     def _measure_int8_formats(self) -> tuple[str, dict[str, Any]]:
         import ray
@@ -390,17 +391,23 @@ class _ProfileSearch:
             return "static", {}
         measured: dict[str, Any] = {}
         try:
-            built = {}
-            for fmt in ("static", "dynamic"):
-                setup = self.setup.model_copy(
-                    update={"profile": self.profile.with_int8_format(fmt)}
+            refs = {  # both builds at once, on two workers
+                fmt: self.compress_remote.remote(
+                    self.setup.model_copy(update={"profile": self.profile.with_int8_format(fmt)}),
+                    candidate,
                 )
-                built[fmt] = ray.get(self.compress_remote.remote(setup, candidate))
+                for fmt in ("static", "dynamic")
+            }
+            built = {fmt: ray.get(ref) for fmt, ref in refs.items()}
             if built["static"].onnx == built["dynamic"].onnx:
                 log.info("int8_format auto: no int8 layer is a MatMul/Gemm; static")
                 return "static", {}
-            for fmt, one in built.items():
-                latency = ray.get(self._measure_task(one.onnx, self.idle[0]))
+            for fmt, one in built.items():  # from the latency cache, as a trial would
+                key = self.reuse.key(one)
+                latency = self.reuse.cached(key)
+                if latency is None:
+                    latency = ray.get(self._measure_task(one.onnx, self.idle[0]))
+                    self.reuse.store(key, latency)
                 measured[fmt] = {"latency_ms": latency.latency_ms, "accuracy": one.accuracy}
         except Exception as e:
             log.warning(

@@ -62,9 +62,14 @@ class LatencyReuse:
         }
         return not any(dominates(theirs, mine) for theirs in front)
 
-    def record(self, key: str, one: StageOne, latency: LatencyResult, measured: bool) -> None:
-        if measured and self.cache is not None:
+    def store(self, key: str, latency: LatencyResult) -> None:
+        """Keep a measurement for later searches on this machine (when the cache is on)."""
+        if self.cache is not None:
             self.cache.put(key, latency)
+
+    def record(self, key: str, one: StageOne, latency: LatencyResult, measured: bool) -> None:
+        if measured:
+            self.store(key, latency)
         self.predictor.add(one.features, latency.latency_ms)
 
 
