@@ -166,7 +166,8 @@ class DistillSpec(Record):
     """A short distillation of each pruned or factorized candidate from the uncompressed model.
 
     Label-free: the student learns the baseline's outputs on the calibration inputs (KL on
-    temperature-softened class scores for classifier outputs, mean squared error otherwise).
+    temperature-softened class scores for classifier outputs, mean squared error otherwise,
+    e.g. for L2-normalised embeddings).
     Deterministic for a given candidate, so export replays it exactly. Off by default: it costs
     ``steps`` forward/backward passes per candidate.
     """
@@ -178,7 +179,9 @@ class DistillSpec(Record):
     lr: float = Field(1e-4, gt=0.0, description="Adam learning rate")
     temperature: float = Field(2.0, gt=0.0, description="softening of class scores (KL loss)")
     loss: Literal["auto", "kl", "mse"] = Field(
-        "auto", description="auto: KL for 2-D outputs with more than one column, else MSE"
+        "auto",
+        description="auto: KL for class scores (2-D outputs, more than one column, rows not "
+        "L2-normalised), else MSE (embeddings, regression)",
     )
 
 

@@ -173,3 +173,29 @@ def test_distill_mse_for_regression_outputs() -> None:
     report = distill(student, teacher, inputs, DistillSpec(enabled=True, steps=200, lr=1e-2))
     assert report["loss_after"] < 0.1 * report["loss_before"]
     assert not any(p.requires_grad for p in student.parameters())
+
+
+class _Embedder(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(self.proj(x), dim=-1)
+
+
+def test_distill_auto_loss_is_mse_for_embeddings_and_kl_for_class_scores() -> None:
+    torch.manual_seed(0)
+    inputs = (torch.randn(256, 8),)
+    spec = DistillSpec(enabled=True, steps=100, lr=1e-2)
+    # L2-normalised rows are an embedding: KL would treat them as logits
+    teacher, student = _Embedder(), _Embedder()
+    report = distill(student, teacher, inputs, spec)
+    assert report["loss"] == "mse"
+    assert report["loss_after"] < 0.5 * report["loss_before"]
+    classifier = torch.nn.Linear(8, 4)
+    report = distill(torch.nn.Linear(8, 4), classifier, inputs, spec)
+    assert report["loss"] == "kl"
+    # the explicit setting wins over auto
+    forced = DistillSpec(enabled=True, steps=1, loss="mse")
+    assert distill(torch.nn.Linear(8, 4), classifier, inputs, forced)["loss"] == "mse"

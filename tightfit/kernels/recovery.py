@@ -51,7 +51,7 @@ def distill(
     ``spec.steps`` Adam steps on random mini-batches drawn with a fixed seed, on one thread so
     that every process computes the same float sums (export replays it bit for bit). The
     student stays in eval mode (BatchNorm statistics, dropout off): only weights move. Returns
-    the loss over all inputs before and after, and the steps taken.
+    the loss used, its value over all inputs before and after, and the steps taken.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -61,12 +61,21 @@ def distill(
         torch.set_num_threads(threads)
 
 
+def _class_scores(outputs: torch.Tensor) -> bool:
+    """Whether ``outputs`` look like class scores (KL applies): 2-D, several columns, and not
+    L2-normalised rows (a sentence or image embedding, which KL would treat as logits)."""
+    if outputs.ndim != 2 or outputs.shape[1] < 2:
+        return False
+    norms = outputs.float().norm(dim=1)
+    return not bool(torch.allclose(norms, torch.ones_like(norms), atol=1e-3))
+
+
 def _distill(
     student: nn.Module, teacher: nn.Module, inputs: tuple[torch.Tensor, ...], spec: DistillSpec
 ) -> dict[str, Any]:
     with torch.no_grad():
         targets = teacher(*inputs)
-    kl = spec.loss == "kl" or (spec.loss == "auto" and targets.ndim == 2 and targets.shape[1] > 1)
+    kl = spec.loss == "kl" or (spec.loss == "auto" and _class_scores(targets))
     t = spec.temperature
 
     def loss_fn(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -99,4 +108,9 @@ def _distill(
             optimizer.step()
     for p in params:
         p.requires_grad_(False)
-    return {"steps": spec.steps, "loss_before": before, "loss_after": full_loss()}
+    return {
+        "steps": spec.steps,
+        "loss": "kl" if kl else "mse",
+        "loss_before": before,
+        "loss_after": full_loss(),
+    }
