@@ -83,6 +83,10 @@ class TaskData:
         return tuple(torch.from_numpy(self.calibration[k][:n]) for k in self.input_names)
 
 
+def _token_input(array: np.ndarray) -> bool:
+    return array.ndim == 2 and array.dtype.kind in "iu"
+
+
 def resolve_callable(spec: str, what: str) -> Callable[..., Any]:
     """Import ``module:callable`` (or a built-in example name)."""
     err = DataError if what == "data" else ModelError
@@ -198,11 +202,14 @@ def load_data(spec: CallableSpec, cache_dir: Path | None = None) -> TaskData:
             f"data: calibration inputs {list(calibration)} and validation inputs {list(validation)} must have the same names"
         )
     for name in validation:
-        if calibration[name].shape[1:] != validation[name].shape[1:]:
-            raise DataError(
-                f"data: input '{name}' has per-sample shape {calibration[name].shape[1:]} in calibration "
-                f"but {validation[name].shape[1:]} in validation"
-            )
+        cal, val = calibration[name], validation[name]
+        if cal.shape[1:] == val.shape[1:] or (_token_input(cal) and _token_input(val)):
+            continue  # token sequences (integer, one axis per sample) may differ in length
+        raise DataError(
+            f"data: input '{name}' has per-sample shape {cal.shape[1:]} in calibration "
+            f"but {val.shape[1:]} in validation; only token sequences (integer arrays of shape "
+            f"(samples, length)) may differ, in length"
+        )
     n_val = {len(v) for v in validation.values()}
     if len(n_val) != 1 or len(targets) != n_val.pop():
         raise DataError(
