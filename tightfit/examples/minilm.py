@@ -24,6 +24,7 @@ import csv
 import io
 import logging
 import tarfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,7 +144,11 @@ def _probe(train_x: np.ndarray, train_y: np.ndarray) -> tuple[np.ndarray, float]
     from sklearn.linear_model import LogisticRegressionCV
 
     probe = LogisticRegressionCV(Cs=[0.1, 1.0, 10.0, 100.0], cv=5, max_iter=5000)
-    probe.fit(train_x, train_y)
+    with warnings.catch_warnings():
+        # scikit-learn 1.8+ announces default changes (l1_ratios, scoring, fitted attributes)
+        # that do not touch an L2 probe scored by accuracy; the cached probe stays comparable
+        warnings.simplefilter("ignore", FutureWarning)
+        probe.fit(train_x, train_y)
     return probe.coef_[0].astype(np.float32), float(probe.intercept_[0])
 
 
