@@ -52,7 +52,7 @@ def uniform_int8(config: SearchConfig, workdir: Path, baseline: dict, dynamic: b
         "format": "dynamic" if dynamic else "static",
         "accuracy": result.accuracy,
         "accuracy_drop": drop,
-        "feasible": drop <= config.constraints.max_accuracy_drop,
+        "feasible": round(drop - config.constraints.max_accuracy_drop, 9) <= 0,  # as the search
         "latency_ms": result.latency.latency_ms,
         "speedup": result.latency.speedup,
         "size_mb": result.size_mb,
@@ -71,7 +71,7 @@ def run_model(name: str, n_trials: int, root: Path) -> dict[str, Any]:
     base = profile.baseline
     limit = config.constraints.max_accuracy_drop
     front = profile.front
-    ok = front[(front["accuracy"] >= base["accuracy"] - limit - 1e-12) & ~front["baseline"]]
+    ok = front[(front["accuracy"] >= base["accuracy"] - limit - 1e-9) & ~front["baseline"]]
     best = ok.loc[ok["speedup"].idxmax()].to_dict() if len(ok) else None
     extras = {}
     if best is not None:

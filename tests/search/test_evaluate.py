@@ -7,6 +7,7 @@ import pytest
 from tightfit.config import config_from_dict
 from tightfit.exceptions import CandidateError
 from tightfit.search import Setup, evaluate_candidate
+from tightfit.search._driver import drop_excess
 from tightfit.search._evaluate import workspace
 from tightfit.spaces import Candidate
 
@@ -40,3 +41,10 @@ def test_baseline_and_a_compressed_candidate(setup: Setup) -> None:
 def test_candidate_for_another_model_is_refused(setup: Setup) -> None:
     with pytest.raises(CandidateError, match="made for base model 0000"):
         evaluate_candidate(setup, Candidate(base_model="0000", bits={"fc": 8}))
+
+
+def test_a_drop_of_exactly_the_limit_is_feasible() -> None:
+    assert 0.747 - 0.737 > 0.01  # binary floats: the naive test calls this infeasible
+    assert drop_excess(0.747, 0.737, 0.01) == 0.0
+    assert drop_excess(0.747, 0.736, 0.01) > 0
+    assert drop_excess(0.747, 0.738, 0.01) < 0

@@ -50,6 +50,15 @@ MAX_MEASURE_ATTEMPTS = 3  # a measurement whose node died is moved, at most this
 BENCH_START_S = 300.0  # the first measurement actor must be up by then
 
 
+def drop_excess(baseline: float, accuracy: float, max_drop: float) -> float:
+    """How far the accuracy drop from the baseline exceeds ``max_drop`` (> 0: infeasible).
+
+    Rounded to 1e-9: accuracies are float sums, and 0.747 - 0.737 is 0.01000000000000001 in
+    binary, which would make a drop of exactly the limit infeasible.
+    """
+    return round(baseline - accuracy - max_drop, 9)
+
+
 @dataclass
 class ProfileOutcome:
     profile: str
@@ -615,12 +624,13 @@ class _ProfileSearch:
             return self._fail(p, f"non-finite result {values}")
         drop = self.baseline["accuracy"] - one.accuracy
         t = p.trial
-        t.set_constraint("accuracy_drop", drop - self.config.constraints.max_accuracy_drop)
+        excess = self._drop_excess(one.accuracy)
+        t.set_constraint("accuracy_drop", excess)
         if self.config.constraints.max_latency_ms is not None:
             t.set_constraint(
                 "latency_ms", latency.latency_ms - self.config.constraints.max_latency_ms
             )
-        feasible = drop <= self.config.constraints.max_accuracy_drop and (
+        feasible = excess <= 0 and (
             self.config.constraints.max_latency_ms is None
             or latency.latency_ms <= self.config.constraints.max_latency_ms
         )
@@ -689,6 +699,10 @@ class _ProfileSearch:
         self.tracker.set_pareto(self.profile.name, {b.number for b in self.study.best_trials})
         self._told()
 
+    def _drop_excess(self, accuracy: float) -> float:
+        limit = self.config.constraints.max_accuracy_drop
+        return drop_excess(self.baseline["accuracy"], accuracy, limit)
+
     def _stopped_early(self, p: _Pending) -> bool:
         """Staged evaluation: finish ``p`` unmeasured if its accuracy already rules it out.
 
@@ -701,14 +715,14 @@ class _ProfileSearch:
         assert one is not None
         staged = self.config.staged
         drop = self.baseline["accuracy"] - one.accuracy
-        limit = self.config.constraints.max_accuracy_drop
+        excess = self._drop_excess(one.accuracy)
         if not staged.enabled or not (
-            one.stage == "subset" or (drop > limit and not staged.measure_infeasible)
+            one.stage == "subset" or (excess > 0 and not staged.measure_infeasible)
         ):
             return False
         stage = "subset" if one.stage == "subset" else "accuracy"
         t = p.trial
-        t.set_constraint("accuracy_drop", drop - limit)
+        t.set_constraint("accuracy_drop", excess)
         t.set_user_attr("stage", stage)
         t.set_user_attr("accuracy_drop", drop)
         t.set_user_attr("report", one.report)
@@ -760,10 +774,7 @@ class _ProfileSearch:
         one = p.stage_one
         assert one is not None and p.predicted_ms is not None
         p.trial.set_user_attr("stage", "prescreened")
-        p.trial.set_constraint(
-            "accuracy_drop",
-            self.baseline["accuracy"] - one.accuracy - self.config.constraints.max_accuracy_drop,
-        )
+        p.trial.set_constraint("accuracy_drop", self._drop_excess(one.accuracy))
         self.study.tell(p.trial, state=TrialState.PRUNED)
         metrics = {
             "accuracy": one.accuracy,
