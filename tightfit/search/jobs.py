@@ -12,6 +12,7 @@ resumes its study.
 
 from __future__ import annotations
 
+import logging
 import shlex
 import sys
 import time
@@ -21,6 +22,8 @@ from typing import Any
 
 from tightfit.config import load_config
 from tightfit.exceptions import ConfigError, TightfitError
+
+log = logging.getLogger(__name__)
 
 PREFIX = "tightfit-"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -73,7 +76,7 @@ def client(address: str | None) -> Any:
         ) from None
 
 
-AGENT_WAIT_S = 180.0  # how long a submission waits for a just-started head's job agent
+AGENT_WAIT_S = 300.0  # how long a submission waits for a just-started head's job agent
 
 
 def _first_line(exc: BaseException) -> str:
@@ -161,6 +164,7 @@ def submit(
     jobs = client(address)
     submission_id = next_submission_id(jobs, config.name)
     deadline = time.monotonic() + AGENT_WAIT_S
+    waited = False
     while True:
         try:
             jobs.submit_job(
@@ -173,6 +177,12 @@ def submit(
         except Exception as e:
             # a head node that just started has no job agent yet: Ray says to try again later
             if "No available agent" in str(e) and time.monotonic() < deadline:
+                if not waited:
+                    log.info(
+                        "the cluster's job agent is not up yet; retrying for up to %.0f s",
+                        AGENT_WAIT_S,
+                    )
+                waited = True
                 time.sleep(2.0)
                 continue
             raise JobError(
