@@ -76,7 +76,7 @@ def client(address: str | None) -> Any:
         ) from None
 
 
-AGENT_WAIT_S = 300.0  # how long a submission waits for a just-started head's job agent
+AGENT_WAIT_S = 180.0  # how long a submission waits for a just-started head's job agent
 
 
 def _first_line(exc: BaseException) -> str:
