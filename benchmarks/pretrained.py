@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._fingerprint import fingerprint  # noqa: E402
 from tightfit.config import SearchConfig, load_config  # noqa: E402
 from tightfit.search import run_search  # noqa: E402
+from tightfit.search._driver import drop_excess  # noqa: E402
 from tightfit.search._evaluate import Setup, evaluate_candidate, workspace  # noqa: E402
 from tightfit.spaces import CompressionSpace, discover_units  # noqa: E402
 
@@ -48,11 +49,12 @@ def uniform_int8(config: SearchConfig, workdir: Path, baseline: dict, dynamic: b
     candidate = space.uniform(bits=8)
     result = evaluate_candidate(setup, candidate, baseline_ref_ms=baseline["latency_ms"])
     drop = baseline["accuracy"] - result.accuracy
+    limit = config.constraints.max_accuracy_drop
     return {
         "format": "dynamic" if dynamic else "static",
         "accuracy": result.accuracy,
         "accuracy_drop": drop,
-        "feasible": round(drop - config.constraints.max_accuracy_drop, 9) <= 0,  # as the search
+        "feasible": drop_excess(baseline["accuracy"], result.accuracy, limit) <= 0,
         "latency_ms": result.latency.latency_ms,
         "speedup": result.latency.speedup,
         "size_mb": result.size_mb,
@@ -71,7 +73,8 @@ def run_model(name: str, n_trials: int, root: Path) -> dict[str, Any]:
     base = profile.baseline
     limit = config.constraints.max_accuracy_drop
     front = profile.front
-    ok = front[(front["accuracy"] >= base["accuracy"] - limit - 1e-9) & ~front["baseline"]]
+    within = front["accuracy"].map(lambda a: drop_excess(base["accuracy"], a, limit) <= 0)
+    ok = front[within.astype(bool) & ~front["baseline"]]
     best = ok.loc[ok["speedup"].idxmax()].to_dict() if len(ok) else None
     extras = {}
     if best is not None:
