@@ -18,7 +18,7 @@ from tightfit.evaluators import predict
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.kernels import compress
 from tightfit.kernels.bias_correction import WeightQuant, int4_error, int8_error
-from tightfit.kernels.quantization import _quantize_int4, _quantize_int8
+from tightfit.kernels.quantization import _quantize_dynamic, _quantize_int4, _quantize_int8
 from tightfit.kernels.recovery import distill
 from tightfit.spaces import Candidate
 from tightfit.task import load_data
@@ -72,10 +72,9 @@ def test_int8_error_is_the_quantizers_own(tiny_ctx, fast_profile, tmp_path, per_
             )
 
 
-def test_int4_error_is_matmulnbits_own(tmp_path) -> None:
-    rng = np.random.default_rng(0)
-    k, n = 80, 16  # K not a multiple of the block: the padding path too
-    w = rng.standard_normal((k, n)).astype(np.float32)
+def _save_matmul(w: np.ndarray, path: Path) -> None:
+    """A one-node model ``y = x @ w`` (node "mm")."""
+    k, n = w.shape
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, k])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, n])
     graph = onnx.helper.make_graph(
@@ -86,12 +85,40 @@ def test_int4_error_is_matmulnbits_own(tmp_path) -> None:
         [numpy_helper.from_array(w, "w")],
     )
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
-    onnx.save(model, str(tmp_path / "f.onnx"))
+    onnx.save(model, str(path))
+
+
+def test_int4_error_is_matmulnbits_own(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    k, n = 80, 16  # K not a multiple of the block: the padding path too
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    _save_matmul(w, tmp_path / "f.onnx")
     _quantize_int4(tmp_path / "f.onnx", tmp_path / "q.onnx", {"mm"})
     # one-hot rows read the stored weights back (exact under the int8 activation blocks)
     stored = predict(tmp_path / "q.onnx", {"x": np.eye(k, dtype=np.float32)})
     np.testing.assert_allclose(w + int4_error(w), stored, atol=1e-5)
     assert np.abs(int4_error(w)).max() > 1e-3  # 4-bit blocks do round
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_dynamic_int8_follows_the_profiles_per_channel(tiny_ctx, tmp_path, per_channel) -> None:
+    # columns 1000x apart in scale: one scale per tensor rounds the small columns to nothing
+    rng = np.random.default_rng(0)
+    k = 64
+    w = rng.standard_normal((k, 8)).astype(np.float32) * np.array([1e3] + [1.0] * 7, np.float32)
+    _save_matmul(w, tmp_path / "f.onnx")
+    q = tiny_ctx.profile.quantization.model_copy(update={"per_channel": per_channel})
+    ctx = replace(tiny_ctx, profile=tiny_ctx.profile.model_copy(update={"quantization": q}))
+    _quantize_dynamic(tmp_path / "f.onnx", tmp_path / "q.onnx", {"mm"}, ctx)
+    x = {"x": rng.standard_normal((32, k)).astype(np.float32)}
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
+    want = x["x"] @ w
+    small = np.abs(predict(tmp_path / "q.onnx", x) - want)[:, 1:].max() / np.abs(want[:, 1:]).max()
+    if per_channel:
+        assert small < 0.05
+    else:
+        assert small > 0.5
 
 
 def _mean_shift(path: Path, ref: np.ndarray, x: dict) -> float:

@@ -110,7 +110,8 @@ def _quantize_int8(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext) -
 
 
 def _quantize_dynamic(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext) -> None:
-    """Dynamic int8 for MatMul/Gemm ``nodes``: weights per tensor offline, activations per run."""
+    """Dynamic int8 for MatMul/Gemm ``nodes``: weights offline (per output column when the
+    profile says ``per_channel``), activations per run."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
@@ -118,7 +119,7 @@ def _quantize_dynamic(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext
         str(dst),
         nodes_to_quantize=sorted(nodes),
         op_types_to_quantize=["MatMul", "Gemm"],
-        per_channel=False,
+        per_channel=ctx.profile.quantization.per_channel,
         reduce_range=_reduce_range(ctx),
         weight_type=QuantType.QInt8,
     )
