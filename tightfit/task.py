@@ -83,8 +83,14 @@ class TaskData:
         return tuple(torch.from_numpy(self.calibration[k][:n]) for k in self.input_names)
 
 
-def _token_input(array: np.ndarray) -> bool:
-    return array.ndim == 2 and array.dtype.kind in "iu"
+def is_token_input(sample_shape: tuple[int, ...], dtype: np.dtype | torch.dtype | str) -> bool:
+    """Token sequences (ids, masks): one axis per sample, integer or boolean. Their length may
+    differ between calibration and validation, the export keeps it dynamic, and latency is
+    measured at the hardware profile's ``sequence_length``."""
+    if isinstance(dtype, torch.dtype):
+        numeric = dtype.is_floating_point or dtype.is_complex
+        return len(sample_shape) == 1 and not numeric
+    return len(sample_shape) == 1 and np.dtype(dtype).kind in "iub"
 
 
 def resolve_callable(spec: str, what: str) -> Callable[..., Any]:
@@ -203,8 +209,9 @@ def load_data(spec: CallableSpec, cache_dir: Path | None = None) -> TaskData:
         )
     for name in validation:
         cal, val = calibration[name], validation[name]
-        if cal.shape[1:] == val.shape[1:] or (_token_input(cal) and _token_input(val)):
-            continue  # token sequences (integer, one axis per sample) may differ in length
+        tokens = is_token_input(cal.shape[1:], cal.dtype)
+        if cal.shape[1:] == val.shape[1:] or (tokens and is_token_input(val.shape[1:], val.dtype)):
+            continue
         raise DataError(
             f"data: input '{name}' has per-sample shape {cal.shape[1:]} in calibration "
             f"but {val.shape[1:]} in validation; only token sequences (integer arrays of shape "

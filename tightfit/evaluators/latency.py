@@ -26,6 +26,7 @@ from pydantic import Field
 from tightfit._records import Record
 from tightfit.evaluators.backends import environment, open_runner, pinned
 from tightfit.hardware_profiles import HardwareProfile
+from tightfit.task import is_token_input
 
 N_BOOTSTRAP = 2000
 
@@ -73,14 +74,14 @@ def input_feed(
 ) -> dict[str, np.ndarray]:
     """Random inputs with the profile's batch size and shapes (latency needs no real data).
 
-    Token inputs (integer, one axis per sample) take the profile's ``sequence_length``;
+    Token inputs (``tightfit.task.is_token_input``) take the profile's ``sequence_length``;
     ``input_shapes`` overrides any input's per-sample shape.
     """
     rng = np.random.default_rng(seed)
     feed = {}
     for name, sample_shape in shapes.items():
         dtype = np.dtype(dtypes[name])
-        if profile.sequence_length and len(sample_shape) == 1 and dtype.kind in "iu":
+        if profile.sequence_length and is_token_input(sample_shape, dtype):
             sample_shape = (profile.sequence_length,)
         shape = (profile.batch_size, *profile.input_shapes.get(name, sample_shape))
         if dtype.kind == "f":

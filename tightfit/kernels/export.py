@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from tightfit.exceptions import CandidateError
+from tightfit.task import is_token_input
 
 OPSET = 17
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
@@ -44,12 +45,12 @@ def dynamic_axes(
     example_inputs: tuple[torch.Tensor, ...], input_names: list[str]
 ) -> dict[str, dict[int, str]]:
     """The batch axis of every input and of the output; and the sequence axis of token inputs
-    (integer ``[batch, length]`` tensors: ids, masks), so that one file serves any length: the
+    (``tightfit.task.is_token_input``: ids, masks), so that one file serves any length: the
     hardware profile names the length latency is measured at, the data the one it is scored at."""
     axes: dict[str, dict[int, str]] = {}
     for name, tensor in zip(input_names, example_inputs, strict=True):
         axes[name] = {0: "batch"}
-        if tensor.dim() == 2 and not tensor.is_floating_point():
+        if is_token_input(tuple(tensor.shape[1:]), tensor.dtype):
             axes[name][1] = "sequence"
     axes["output"] = {0: "batch"}
     return axes
