@@ -8,7 +8,9 @@ spread of speedups, some close together) is measured twice, independently, on ``
 - **the naive protocol**: the baseline timed once, then each candidate back to back (mean of
   ``NAIVE_RUNS`` runs after one warm-up run), speedup = baseline mean / candidate mean.
 
-The two passes of each protocol are compared: Spearman rank correlation of the latencies and the
+Both protocols run in two scenarios: **quiet** (nothing else on the machine) and **shared** (a
+process beside the measurement busy-loops on one core in random bursts, as a neighbour on a shared
+machine does). The two passes of each protocol are compared: Spearman rank correlation of the latencies and the
 median absolute difference of the speedups (relative). Latency needs no trained weights: the
 network is randomly initialised (int8 calibration still uses the real digits images). Writes
 benchmarks/results/latency_repeatability.{json,md} with the machine fingerprint.
@@ -18,9 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +36,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._fingerprint import fingerprint  # noqa: E402
 
 NAIVE_RUNS = 100
+SCENARIOS = ("quiet", "shared")
+BURST_S = (0.2, 2.0)  # busy, then idle, for a random time in this range, in the shared scenario
 
 
 def candidates(space):  # a spread of speedups, several of them close together
@@ -66,17 +73,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--profile", default="cpu-ort")
     parser.add_argument("--tag", default="", help="suffix of the result files")
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, of {SCENARIOS}"
+    )
     args = parser.parse_args()
 
     import torch
 
     from tightfit.config import CallableSpec, SpaceSpec
     from tightfit.evaluators import input_feed
-    from tightfit.evaluators.predictor import spearman
     from tightfit.examples.digits import DigitsResNet
     from tightfit.hardware_profiles import get_profile
     from tightfit.kernels import SurgeryContext, compress, export_onnx
-    from tightfit.search._evaluate import find_output_layer, measure, measure_reference
+    from tightfit.search._evaluate import find_output_layer
     from tightfit.spaces import CompressionSpace, discover_units
     from tightfit.task import load_data
 
@@ -107,8 +116,37 @@ def main() -> None:
     shapes = {k: tuple(v.shape[1:]) for k, v in data.validation.items()}
     dtypes = {k: str(v.dtype) for k, v in data.validation.items()}
     feed = input_feed(shapes, dtypes, profile, seed=0)
-    base_bytes = baseline.read_bytes()
+    names = list(paths)
+    result: dict = {"profile": profile.name, "n_candidates": len(names), "scenarios": {}}
+    for scenario in args.scenarios.split(","):
+        with background_load(scenario):
+            ours, naive, seconds = two_passes(paths, baseline, profile, shapes, dtypes, feed)
+        result["scenarios"][scenario] = {
+            "tightfit": {**compare(ours, names), "seconds": round(seconds["ours"], 1)},
+            "naive": {**compare(naive, names), "seconds": round(seconds["naive"], 1)},
+            "speedups": {
+                n: {
+                    "tightfit": [1 / ours[0][n], 1 / ours[1][n]],
+                    "naive": [1 / naive[0][n], 1 / naive[1][n]],
+                }
+                for n in names
+            },
+        }
+    result["naive_runs"] = NAIVE_RUNS
+    result["machine"] = fingerprint()
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"latency_repeatability{args.tag}.json").write_text(json.dumps(result, indent=2))
+    lines = report(result, profile.name, len(names))
+    (out / f"latency_repeatability{args.tag}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
+
+def two_passes(paths, baseline, profile, shapes, dtypes, feed):
+    """Each protocol measures every candidate twice, in a fresh random order per pass."""
+    from tightfit.search._evaluate import measure, measure_reference
+
+    base_bytes = baseline.read_bytes()
     ours, naive, seconds = [], [], {"ours": 0.0, "naive": 0.0}
     rng = np.random.default_rng(0)
     for p in range(2):
@@ -134,58 +172,85 @@ def main() -> None:
         naive.append(naive_pass({n: paths[n] for n in order}, baseline, profile, feed))
         seconds["naive"] += time.perf_counter() - t0
         print(f"pass {p + 1}: ours {seconds['ours']:.0f} s, naive {seconds['naive']:.0f} s so far")
+    return ours, naive, seconds
 
-    names = list(paths)
 
-    def compare(passes: list[dict[str, float]]) -> dict[str, float]:
-        a = [passes[0][n] for n in names]
-        b = [passes[1][n] for n in names]
-        speed_a, speed_b = 1 / np.array(a), 1 / np.array(b)
-        diffs = np.abs(speed_a - speed_b) / speed_a
-        return {
-            "spearman": spearman(a, b),
-            "median_abs_speedup_diff": float(np.median(diffs)),
-            "max_abs_speedup_diff": float(np.max(diffs)),
-        }
+def compare(passes: list[dict[str, float]], names: list[str]) -> dict[str, float]:
+    from tightfit.evaluators.predictor import spearman
 
-    result = {
-        "profile": profile.name,
-        "n_candidates": len(names),
-        "tightfit": {**compare(ours), "seconds": round(seconds["ours"], 1)},
-        "naive": {**compare(naive), "seconds": round(seconds["naive"], 1), "runs": NAIVE_RUNS},
-        "speedups": {
-            n: {
-                "tightfit": [1 / ours[0][n], 1 / ours[1][n]],
-                "naive": [1 / naive[0][n], 1 / naive[1][n]],
-            }
-            for n in names
-        },
-        "machine": fingerprint(),
+    a = [passes[0][n] for n in names]
+    b = [passes[1][n] for n in names]
+    speed_a, speed_b = 1 / np.array(a), 1 / np.array(b)
+    diffs = np.abs(speed_a - speed_b) / speed_a
+    return {
+        "spearman": spearman(a, b),
+        "median_abs_speedup_diff": float(np.median(diffs)),
+        "max_abs_speedup_diff": float(np.max(diffs)),
     }
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"latency_repeatability{args.tag}.json").write_text(json.dumps(result, indent=2))
+
+
+def report(result: dict, profile: str, n: int) -> list[str]:
     m = result["machine"]
-    t, nv = result["tightfit"], result["naive"]
     lines = [
-        f"# Latency repeatability on {profile.name}: two independent passes over {len(names)} candidates",
+        f"# Latency repeatability on {profile}: two independent passes over {n} candidates",
         "",
         f"Machine: {m['cpu']} ({m['cpu_count']} cores; {m['cpu_flags']}), onnxruntime {m['onnxruntime']}",
         "",
-        "| protocol | Spearman (pass 1 vs 2) | median abs speedup diff | max abs speedup diff | seconds (2 passes) |",
-        "| --- | ---: | ---: | ---: | ---: |",
-        f"| tightfit (interleaved, median ratio, adaptive rounds) | {t['spearman']:.3f} | {t['median_abs_speedup_diff']:.2%} | {t['max_abs_speedup_diff']:.2%} | {t['seconds']:.0f} |",
-        f"| naive (back to back, mean of {NAIVE_RUNS}) | {nv['spearman']:.3f} | {nv['median_abs_speedup_diff']:.2%} | {nv['max_abs_speedup_diff']:.2%} | {nv['seconds']:.0f} |",
+        "Scenarios: **quiet** (nothing else runs) and **shared** (a process beside the measurement"
+        f" takes a core in bursts: busy and idle for {BURST_S[0]}-{BURST_S[1]} s each, at random,"
+        " as a neighbour on a shared machine does).",
         "",
-        "| candidate | tightfit pass 1 | pass 2 | naive pass 1 | pass 2 |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| scenario | protocol | Spearman (pass 1 vs 2) | median abs speedup diff | max abs speedup diff | seconds (2 passes) |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
-    for n, s in result["speedups"].items():
-        lines.append(
-            f"| {n} | {s['tightfit'][0]:.3f}x | {s['tightfit'][1]:.3f}x | {s['naive'][0]:.3f}x | {s['naive'][1]:.3f}x |"
-        )
-    (out / f"latency_repeatability{args.tag}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    for scenario, r in result["scenarios"].items():
+        t, nv = r["tightfit"], r["naive"]
+        lines += [
+            f"| {scenario} | tightfit (interleaved, median ratio, adaptive rounds) | {t['spearman']:.3f} | {t['median_abs_speedup_diff']:.2%} | {t['max_abs_speedup_diff']:.2%} | {t['seconds']:.0f} |",
+            f"| {scenario} | naive (back to back, mean of {NAIVE_RUNS}) | {nv['spearman']:.3f} | {nv['median_abs_speedup_diff']:.2%} | {nv['max_abs_speedup_diff']:.2%} | {nv['seconds']:.0f} |",
+        ]
+    for scenario, r in result["scenarios"].items():
+        lines += [
+            "",
+            f"Speedups, {scenario}:",
+            "",
+            "| candidate | tightfit pass 1 | pass 2 | naive pass 1 | pass 2 |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for name, s in r["speedups"].items():
+            lines.append(
+                f"| {name} | {s['tightfit'][0]:.3f}x | {s['tightfit'][1]:.3f}x | {s['naive'][0]:.3f}x | {s['naive'][1]:.3f}x |"
+            )
+    return lines
+
+
+BURNER = """
+import random, sys, time
+rng = random.Random(int(sys.argv[1]))
+lo, hi = float(sys.argv[2]), float(sys.argv[3])
+while True:
+    end = time.perf_counter() + rng.uniform(lo, hi)
+    while time.perf_counter() < end:
+        pass
+    time.sleep(rng.uniform(lo, hi))
+"""
+
+
+@contextmanager
+def background_load(scenario: str) -> Iterator[None]:
+    """Nothing for "quiet"; for "shared", one process that busy-loops on a core in bursts."""
+    if scenario not in SCENARIOS:
+        raise SystemExit(f"--scenarios: unknown scenario {scenario!r}; known: {SCENARIOS}")
+    if scenario == "quiet":
+        yield
+        return
+    args = [sys.executable, "-c", BURNER, "0", *map(str, BURST_S)]
+    burner = subprocess.Popen(args)
+    try:
+        yield
+    finally:
+        burner.terminate()
+        burner.wait()
 
 
 if __name__ == "__main__":
