@@ -10,8 +10,8 @@ spread of speedups, some close together) is measured twice, independently, on ``
 
 Both protocols run in two scenarios: **quiet** (nothing else on the machine) and **shared** (a
 process beside the measurement busy-loops on one core in random bursts, as a neighbour on a shared
-machine does). The two passes of each protocol are compared: Spearman rank correlation of the latencies and the
-median absolute difference of the speedups (relative). Latency needs no trained weights: the
+machine does). The two passes of each protocol are compared: Spearman rank correlation of the
+latencies and the median absolute difference of the speedups (relative). Latency needs no trained weights: the
 network is randomly initialised (int8 calibration still uses the real digits images). Writes
 benchmarks/results/latency_repeatability.{json,md} with the machine fingerprint.
 """
@@ -77,6 +77,10 @@ def main() -> None:
         "--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, of {SCENARIOS}"
     )
     args = parser.parse_args()
+    scenarios = args.scenarios.split(",")
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:  # before the minutes of set-up
+        parser.error(f"--scenarios: unknown {unknown}; choose from {', '.join(SCENARIOS)}")
 
     import torch
 
@@ -118,7 +122,7 @@ def main() -> None:
     feed = input_feed(shapes, dtypes, profile, seed=0)
     names = list(paths)
     result: dict = {"profile": profile.name, "n_candidates": len(names), "scenarios": {}}
-    for scenario in args.scenarios.split(","):
+    for scenario in scenarios:
         with background_load(scenario):
             ours, naive, seconds = two_passes(paths, baseline, profile, shapes, dtypes, feed)
         result["scenarios"][scenario] = {
@@ -239,8 +243,6 @@ while True:
 @contextmanager
 def background_load(scenario: str) -> Iterator[None]:
     """Nothing for "quiet"; for "shared", one process that busy-loops on a core in bursts."""
-    if scenario not in SCENARIOS:
-        raise SystemExit(f"--scenarios: unknown scenario {scenario!r}; known: {SCENARIOS}")
     if scenario == "quiet":
         yield
         return
