@@ -11,9 +11,10 @@ spread of speedups, some close together) is measured twice, independently, on ``
 Both protocols run in two scenarios: **quiet** (nothing else on the machine) and **shared** (a
 process beside the measurement busy-loops on one core in random bursts, as a neighbour on a shared
 machine does). The two passes of each protocol are compared: Spearman rank correlation of the
-latencies and the median absolute difference of the speedups (relative). Latency needs no trained weights: the
-network is randomly initialised (int8 calibration still uses the real digits images). Writes
-benchmarks/results/latency_repeatability.{json,md} with the machine fingerprint.
+latencies and the median absolute difference of the speedups (relative). Latency needs no
+trained weights: the network is randomly initialised (int8 calibration still uses the real
+digits images). Writes benchmarks/results/latency_repeatability.{json,md} with the machine
+fingerprint.
 """
 
 from __future__ import annotations
