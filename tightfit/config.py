@@ -142,6 +142,11 @@ class LatencySpec(Record):
     prescreen: bool = Field(
         True, description="skip measuring candidates the latency predictor says are dominated"
     )
+    layer_table: bool = Field(
+        True,
+        description="time each layer shape once, alone, as the predictor's main feature "
+        "(ONNX Runtime CPU profiles, on the compress worker when it has the target's CPU)",
+    )
     prescreen_after: int = Field(
         12, ge=3, description="measured trials before the predictor is trusted to skip any"
     )

@@ -20,15 +20,20 @@ def test_margin_makes_skipping_conservative(tmp_path) -> None:
     import optuna
 
     from tightfit.config import LatencySpec
+    from tightfit.evaluators.predictor import FEATURES
     from tightfit.hardware_profiles import get_profile
     from tightfit.search._evaluate import StageOne
     from tightfit.search._reuse import LatencyReuse
 
     study = optuna.create_study(directions=["maximize", "minimize"])
-    spec = LatencySpec(cache=False, prescreen_margin=0.2)
+    spec = LatencySpec(cache=False, prescreen_margin=0.2, prescreen_after=3)
     reuse = LatencyReuse(spec, get_profile("cpu-ort"), _tiny_onnx(), 1.0, study)
     one = StageOne(accuracy=0.98, size_mb=2.0, onnx=b"", seconds=0.0)
     front = [{"accuracy": 0.99, "latency_ms": 1.0, "size_mb": 2.0}]
+    # fewer than prescreen_after measurements: the predictor may predict, but skips nothing
+    assert reuse.worth_measuring(one, predicted_ms=10.0, front=front)
+    for _ in range(3):
+        reuse.by_graph.add(dict.fromkeys(FEATURES, 1.0), 1.0)
     assert not reuse.worth_measuring(one, predicted_ms=1.5, front=front)  # 1.2 > 1.0: skip
     assert reuse.worth_measuring(one, predicted_ms=1.2, front=front)  # 0.96 < 1.0: measure
     off = LatencyReuse(
@@ -52,3 +57,45 @@ def _tiny_onnx() -> bytes:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
     )
     return onnx.helper.make_model(graph).SerializeToString()
+
+
+def test_layer_table_predicts_only_what_the_target_cpu_timed() -> None:
+    import optuna
+
+    from tightfit.config import LatencySpec
+    from tightfit.hardware_profiles import get_profile
+    from tightfit.search._evaluate import StageOne
+    from tightfit.search._reuse import LatencyReuse
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("environment", {"cpu": "CPU A", "cpu_flags": "avx2"})
+    reuse = LatencyReuse(LatencySpec(cache=False), get_profile("cpu-ort"), _tiny_onnx(), 1.0, study)
+    feats = {"layer_ms": 2.0}
+
+    def one(host: str) -> StageOne:
+        return StageOne(accuracy=1, size_mb=1, onnx=b"", seconds=0, features=feats, layer_host=host)
+
+    assert reuse.predictor_for(one("CPU A|avx2"))[0] == "layers"
+    assert reuse.predictor_for(one("CPU B|avx2"))[0] == "graph"  # timed on another CPU
+    for latency in (1.0, 1.0, 1.0):
+        reuse.record("k", one("CPU A|avx2"), _latency(latency), measured=False)
+    assert reuse.predict(one("CPU A|avx2")) == 1.0  # 0.5 x the layer sum
+    assert reuse.predict(one("CPU B|avx2")) is None  # the graph predictor had no features
+
+
+def _latency(ms: float):
+    from tightfit.evaluators.latency import LatencyResult
+
+    return LatencyResult.model_validate(
+        {
+            "latency_ms": ms,
+            "ratio": ms,
+            "ratio_ci": (ms, ms),
+            "median_ms": ms,
+            "baseline_median_ms": 1.0,
+            "p90_ms": ms,
+            "rounds": 1,
+            "iters_per_block": 1,
+            "speedup": 1 / ms,
+        }
+    )

@@ -82,6 +82,10 @@ def test_search_completes_with_a_front(finished) -> None:
             distilled += 1
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
         assert "accuracy_drop" in t.constraints
+        # cpu-ort: every measured candidate's layers were timed on this CPU for the predictor
+        assert t.user_attrs["features"]["layer_ms"] > 0 and t.user_attrs["layer_host"]
+        if "predicted_latency_ms" in t.user_attrs:
+            assert t.user_attrs["predictor"] == "layers"
         lat = t.user_attrs["latency"]
         # 3 rounds; a measurement with too few undisturbed ones uses all its rounds (max 2 x 3)
         assert 3 <= lat["rounds"] <= 6 and lat["rounds"] + lat["rounds_dropped"] <= 6

@@ -10,7 +10,9 @@ from tightfit.hardware_profiles import HardwareProfile
 
 
 def make_session(
-    path: Path | str, profile: HardwareProfile | None = None, threads: int | None = None
+    path: Path | str | bytes,
+    profile: HardwareProfile | None = None,
+    threads: int | None = None,
 ) -> ort.InferenceSession:
     """A session with fixed threads and spinning off (spinning burns cores other work needs)."""
     options = ort.SessionOptions()
@@ -23,4 +25,5 @@ def make_session(
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.log_severity_level = 3
     providers = [profile.execution_provider] if profile else ["CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), options, providers=providers)
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, options, providers=providers)

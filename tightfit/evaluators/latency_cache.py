@@ -92,6 +92,10 @@ class LatencyCache:
                 "CREATE TABLE IF NOT EXISTS latency "
                 "(key TEXT PRIMARY KEY, result TEXT NOT NULL, created REAL NOT NULL)"
             )
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS layers "
+                "(key TEXT PRIMARY KEY, ms REAL NOT NULL, created REAL NOT NULL)"
+            )
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30)
@@ -114,6 +118,16 @@ class LatencyCache:
                 "INSERT OR REPLACE INTO latency VALUES (?, ?, ?)",
                 (key, json.dumps(kept), time.time()),
             )
+
+    def get_layer(self, key: str) -> float | None:
+        """A one-layer time of ``evaluators.layer_table`` (milliseconds); None on a miss."""
+        with self._connect() as db:
+            row = db.execute("SELECT ms FROM layers WHERE key = ?", (key,)).fetchone()
+        return None if row is None else float(row[0])
+
+    def put_layer(self, key: str, ms: float) -> None:
+        with self._connect() as db:
+            db.execute("INSERT OR REPLACE INTO layers VALUES (?, ?, ?)", (key, ms, time.time()))
 
     def __len__(self) -> int:
         with self._connect() as db:

@@ -640,6 +640,7 @@ class _ProfileSearch:
         t.set_user_attr("latency", latency.summary())
         t.set_user_attr("report", one.report)
         t.set_user_attr("features", one.features)
+        t.set_user_attr("layer_host", one.layer_host)
         t.set_user_attr("metrics", one.metrics)
         t.set_user_attr("latency_cache", p.cache)
         t.set_user_attr("compress_node_id", one.node_id)
@@ -763,6 +764,7 @@ class _ProfileSearch:
         if p.predicted_ms is None:
             return False
         p.trial.set_user_attr("predicted_latency_ms", p.predicted_ms)
+        p.trial.set_user_attr("predictor", self.reuse.predictor_for(one)[0])
         objectives = list(self.config.objectives)
         front = [dict(zip(objectives, t.values, strict=True)) for t in self.study.best_trials]
         if self.reuse.worth_measuring(one, p.predicted_ms, front):

@@ -9,6 +9,7 @@ process, so they run the same in the driver, in a local Ray worker or on a clust
 from __future__ import annotations
 
 import functools
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -26,11 +27,12 @@ from tightfit.evaluators import (
     evaluate_accuracy,
     evaluate_quality,
     input_feed,
+    layer_table,
     measure_latency,
     size_mb,
 )
 from tightfit.evaluators.accuracy import staged_accuracy, validation_subset
-from tightfit.evaluators.latency_cache import architecture_signature
+from tightfit.evaluators.latency_cache import LatencyCache, architecture_signature
 from tightfit.evaluators.predictor import graph_features
 from tightfit.exceptions import CandidateError, ModelError
 from tightfit.hardware_profiles import HardwareProfile
@@ -38,6 +40,8 @@ from tightfit.kernels import SurgeryContext, compress, export_onnx
 from tightfit.kernels.precision import to_float16
 from tightfit.spaces import Candidate
 from tightfit.task import TaskData, load_data, load_model, model_id
+
+log = logging.getLogger(__name__)
 
 
 class Setup(Record):
@@ -59,6 +63,7 @@ class StageOne(Record):
     signature: str = Field("", description="architecture signature (latency cache key part)")
     features: dict[str, float] = Field(default_factory=dict, description="latency predictor input")
     node_id: str = Field("", description="the Ray node that compressed (empty outside Ray)")
+    layer_host: str = Field("", description="the CPU that timed features['layer_ms'], if any")
     started_at: float = Field(0.0, description="unix time the work started on that node")
     stage: str = Field(
         "full", description="'subset': stopped after the validation subset (accuracy is its)"
@@ -146,6 +151,31 @@ class Workspace:
         return validation_subset(n, staged.subset_fraction, staged.min_subset, seed=0)
 
     @functools.cached_property
+    def layers(self) -> layer_table.LayerTable | None:
+        """This process's per-layer latency table (None where it does not apply or is off)."""
+        spec, profile = self.setup.config.latency, self.setup.profile
+        if not (spec.layer_table and layer_table.applies(profile)):
+            return None
+        cache = LatencyCache(spec.cache_dir) if spec.cache else None
+        return layer_table.LayerTable(profile, cache)
+
+    def layer_features(self, onnx_bytes: bytes) -> dict[str, float]:
+        """``layer_ms`` (the sum of the candidate's layer times on this host) and
+        ``layers_timed`` (shapes timed for it now), or nothing where the table does not apply.
+        """
+        if self.layers is None:
+            return {}
+        shapes, dtypes = self.input_spec()
+        feed = input_feed(shapes, dtypes, self.setup.profile, seed=0)
+        try:
+            found = layer_table.layer_models(onnx_bytes, {k: v.shape for k, v in feed.items()})
+            total, timed = self.layers.total_ms(found)
+        except Exception as e:  # noqa: BLE001 - no prediction for this one: it gets measured
+            log.warning("per-layer latency table: %s: %s", type(e).__name__, e)
+            return {}
+        return {"layer_ms": total, "layers_timed": float(timed)}
+
+    @functools.cached_property
     def baseline_subset_accuracy(self) -> float:
         return evaluate_accuracy(self.baseline_onnx, self.data, subset=self.subset)
 
@@ -211,7 +241,8 @@ def compress_and_score(setup: Setup, candidate: Candidate, subset_only: bool = F
             report=_jsonable(result.report),
             seconds=time.perf_counter() - t0,
             signature=architecture_signature(onnx_bytes),
-            features=graph_features(onnx_bytes),
+            features={**graph_features(onnx_bytes), **ws.layer_features(onnx_bytes)},
+            layer_host=layer_table.host() if ws.layers is not None else "",
             stage=stage,
             metrics=extras,
         )

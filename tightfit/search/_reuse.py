@@ -12,13 +12,19 @@ from optuna.trial import TrialState
 from tightfit.config import LatencySpec
 from tightfit.evaluators import LatencyResult
 from tightfit.evaluators.latency_cache import LatencyCache, architecture_signature, cache_key
-from tightfit.evaluators.predictor import LatencyPredictor, spearman
+from tightfit.evaluators.predictor import LatencyPredictor, LayerRatioPredictor, spearman
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.search._evaluate import StageOne
 
 
 class LatencyReuse:
-    """The cache of this machine, and a predictor refitted on the study's measurements."""
+    """The cache of this machine, and predictors refitted on the study's measurements.
+
+    Two predictors learn side by side: one on the per-layer table (``layer_ms``, timed on the
+    target's CPU) and one on graph counts alone. A candidate whose layers were timed on the
+    CPU that measures (``StageOne.layer_host`` equal to the study's environment) is predicted
+    by the first; any other (a GPU profile, a compress worker on another CPU) by the second.
+    """
 
     def __init__(
         self,
@@ -34,10 +40,31 @@ class LatencyReuse:
         self.cache = LatencyCache(spec.cache_dir) if spec.cache else None
         self.baseline_signature = architecture_signature(baseline_onnx)
         self.environment: dict[str, str] = study.user_attrs.get("environment", {})
-        self.predictor = LatencyPredictor()
+        env = self.environment
+        self.layer_host = f"{env.get('cpu', '')}|{env.get('cpu_flags', '')}"
+        self.by_layers = LayerRatioPredictor()
+        self.by_graph = LatencyPredictor()
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             if "features" in t.user_attrs and "latency" in t.user_attrs:
-                self.predictor.add(t.user_attrs["features"], t.user_attrs["latency"]["latency_ms"])
+                self._learn(
+                    t.user_attrs["features"],
+                    t.user_attrs.get("layer_host", ""),
+                    t.user_attrs["latency"]["latency_ms"],
+                )
+
+    def _layers_usable(self, features: dict[str, float], host: str) -> bool:
+        return "layer_ms" in features and host == self.layer_host
+
+    def _learn(self, features: dict[str, float], host: str, latency_ms: float) -> None:
+        self.by_graph.add(features, latency_ms)
+        if self._layers_usable(features, host):
+            self.by_layers.add(features, latency_ms)
+
+    def predictor_for(self, one: StageOne) -> tuple[str, LatencyPredictor | LayerRatioPredictor]:
+        """Which predictor ``one`` gets: ``"layers"`` or ``"graph"``."""
+        if self._layers_usable(one.features, one.layer_host):
+            return "layers", self.by_layers
+        return "graph", self.by_graph
 
     def key(self, one: StageOne) -> str:
         return cache_key(one.signature, self.baseline_signature, self.profile, self.environment)
@@ -46,14 +73,14 @@ class LatencyReuse:
         return self.cache.get(key, self.reference_ms) if self.cache is not None else None
 
     def predict(self, one: StageOne) -> float | None:
-        """The predicted latency, once the predictor has ``prescreen_after`` measurements."""
-        if len(self.predictor) < self.spec.prescreen_after:
-            return None
-        return self.predictor.predict(one.features)
+        """The predicted latency, as soon as the predictor can make one (3 measurements): it is
+        logged beside every measurement that follows, for the rank correlation."""
+        return self.predictor_for(one)[1].predict(one.features)
 
     def worth_measuring(self, one: StageOne, predicted_ms: float, front: list[dict]) -> bool:
-        """False if even an optimistic latency leaves ``one`` dominated by a measured point."""
-        if not self.spec.prescreen:
+        """False if even an optimistic latency leaves ``one`` dominated by a measured point
+        (only once the predictor has learned from ``prescreen_after`` measurements)."""
+        if not self.spec.prescreen or len(self.predictor_for(one)[1]) < self.spec.prescreen_after:
             return True
         mine = {
             "accuracy": one.accuracy,
@@ -70,7 +97,7 @@ class LatencyReuse:
     def record(self, key: str, one: StageOne, latency: LatencyResult, measured: bool) -> None:
         if measured:
             self.store(key, latency)
-        self.predictor.add(one.features, latency.latency_ms)
+        self._learn(one.features, one.layer_host, latency.latency_ms)
 
 
 SIGN = {"accuracy": -1.0, "latency_ms": 1.0, "size_mb": 1.0}  # to "lower is better"
