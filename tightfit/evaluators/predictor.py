@@ -1,11 +1,17 @@
-"""A latency predictor fitted online on the search's own measurements, for pre-screening.
+"""Latency predictors fitted online on the search's own measurements, for pre-screening.
 
-Features come from the candidate's ONNX graph: multiply-accumulates per precision (float,
-int8 Q/DQ, 4-bit MatMulNBits), the number of operators (each costs a dispatch, which
-dominates small models) and the size of the weights (memory traffic). Latency is modelled as a non-negative combination of them (NNLS), the
-per-layer cost table of OFA/APQ in the form our own measurements can fit. It only decides which
-candidates are worth measuring: measured latency alone decides the front, and the predictions
-made before each measurement are kept to report the predictor's rank correlation.
+Two of them, each refitted on every measurement:
+
+- ``LayerRatioPredictor`` (ONNX Runtime on CPU): the candidate's layers timed one by one
+  (``evaluators.layer_table``), scaled by the median ratio of measured latency to that sum;
+- ``LatencyPredictor`` (everywhere else): features of the candidate's ONNX graph,
+  multiply-accumulates per precision (float, int8 Q/DQ, 4-bit MatMulNBits), the number of
+  operators (each costs a dispatch, which dominates small models) and the size of the weights
+  (memory traffic), combined with non-negative weights (NNLS).
+
+They only decide which candidates are worth measuring: measured latency alone decides the
+front, and the predictions made before each measurement are kept to report the predictor's
+rank correlation.
 """
 
 from __future__ import annotations
