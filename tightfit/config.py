@@ -143,9 +143,10 @@ class LatencySpec(Record):
         True, description="skip measuring candidates the latency predictor says are dominated"
     )
     layer_table: bool = Field(
-        True,
-        description="time each layer shape once, alone, as the predictor's main feature "
-        "(ONNX Runtime CPU profiles, on the compress worker when it has the target's CPU)",
+        False,
+        description="time each layer shape once, alone, and predict from the sum (ONNX Runtime "
+        "CPU profiles); off: the graph-count fit, which ranked the digits search's measured "
+        "candidates better (layer times taken beside other compression work are noisy)",
     )
     prescreen_after: int = Field(
         12, ge=3, description="measured trials before the predictor is trusted to skip any"

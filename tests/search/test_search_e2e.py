@@ -48,7 +48,7 @@ def finished(tmp_path_factory, fast_profile_file):
     config = small_config(
         workdir,
         fast_profile_file,
-        latency={"cache_dir": str(workdir / "lc")},
+        latency={"cache_dir": str(workdir / "lc"), "layer_table": True},  # opt-in predictor
         recovery=DISTILL,
     )
     seen = []
@@ -412,6 +412,11 @@ def test_a_second_search_reuses_every_measurement(finished, tmp_path, fast_profi
     [profile] = run_search(again).profiles
     complete = profile.study.get_trials(states=(TrialState.COMPLETE,))
     assert complete and all(t.user_attrs["latency_cache"] == "hit" for t in complete)
+    for t in complete:  # the default predictor: graph counts, no layer timed
+        assert (
+            "mmac_int8" in t.user_attrs["features"] and "layer_ms" not in t.user_attrs["features"]
+        )
+        assert t.user_attrs["layer_host"] == ""
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'again' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("e2e-again")
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`tightfit.kind` = 'trial'")

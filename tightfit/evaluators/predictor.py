@@ -2,12 +2,20 @@
 
 Two of them, each refitted on every measurement:
 
-- ``LayerRatioPredictor`` (ONNX Runtime on CPU): the candidate's layers timed one by one
-  (``evaluators.layer_table``), scaled by the median ratio of measured latency to that sum;
-- ``LatencyPredictor`` (everywhere else): features of the candidate's ONNX graph,
+- ``LatencyPredictor`` (the default): features of the candidate's ONNX graph,
   multiply-accumulates per precision (float, int8 Q/DQ, 4-bit MatMulNBits), the number of
   operators (each costs a dispatch, which dominates small models) and the size of the weights
-  (memory traffic), combined with non-negative weights (NNLS).
+  (memory traffic), combined with non-negative weights (NNLS);
+- ``LayerRatioPredictor`` (``latency.layer_table: true``, ONNX Runtime on CPU): the candidate's
+  layers timed one by one (``evaluators.layer_table``), scaled by the median ratio of measured
+  latency to that sum.
+
+On 41 random digits candidates timed quietly, spread from 1x to 4x, the layer ratio ranked
+best online (0.94 against 0.81). Inside a search it did not: replayed over the 41 candidates
+an 80-trial digits search measured (0.25-0.42 of the baseline's latency: the survivors of
+staged evaluation), the graph fit ranked 0.83 and the layer ratio 0.24; the layer times taken
+in the search, on compress workers beside other compression, ranked 0.12 against the same
+layers re-timed quietly. Hence the default.
 
 They only decide which candidates are worth measuring: measured latency alone decides the
 front, and the predictions made before each measurement are kept to report the predictor's
@@ -89,8 +97,8 @@ def graph_features(onnx_bytes: bytes) -> dict[str, float]:
 class LatencyPredictor:
     """latency_ms ~ non-negative weights . features, refitted on every new measurement.
 
-    Where no layer table applies (``LayerRatioPredictor``): a GPU profile, or layers timed on
-    another CPU than the target's.
+    The default predictor, and the one for every candidate the layer table (when on) cannot
+    time: a GPU profile, or layers timed on another CPU than the target's.
     """
 
     def __init__(self, features: tuple[str, ...] = FEATURES) -> None:
@@ -131,9 +139,10 @@ class LayerRatioPredictor:
 
     One ratio, not a fitted line: a refitted intercept and slope move every prediction as
     measurements come in, and predictions made at different times stop ranking together (on
-    the digits example, online rank correlation 0.924 with a non-negative line on the layer sum
-    and the operator count, 0.938 with the ratio). Candidates without ``layer_ms`` are neither
-    learned from nor predicted.
+    quietly timed digits candidates, online rank correlation 0.924 with a non-negative line on
+    the layer sum and the operator count, 0.938 with the ratio). Candidates without
+    ``layer_ms`` are neither learned from nor predicted. Opt-in (``latency.layer_table``): see
+    the module docstring for how it ranked inside a search.
     """
 
     def __init__(self) -> None:

@@ -1,0 +1,205 @@
+"""How well latency can be predicted, and measured, inside a search:
+`python benchmarks/predictor_replay.py [--n-trials 80] [--workdir DIR]`.
+
+Runs the digits example with pre-screening off and the per-layer table on (so every candidate
+that survives staged evaluation is measured and carries both predictors' features), or reads a
+finished search of that kind (``--workdir``). Then, over the measured candidates:
+
+1. replays both predictors online, in the order the search measured (each predicts a candidate
+   from the measurements before it): the graph-count fit (the default) and the layer table;
+2. re-times every candidate's layers quietly, with nothing else running, and compares the rank
+   of the search's own layer sums with the quiet ones;
+3. measures every candidate twice more, quietly, one pass after the other: how well
+   measurements rank each other bounds how well any predictor can rank them.
+
+Writes benchmarks/results/predictor_replay.{json,md} with the machine fingerprint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._fingerprint import fingerprint  # noqa: E402
+
+
+def _search(n_trials: int, tmp: Path) -> Path:
+    from tightfit.config import load_config
+    from tightfit.search import run_search
+
+    latency = {"cache_dir": str(tmp / "latency-cache"), "prescreen": False, "layer_table": True}
+    workdir = tmp / "work"
+    config = load_config(
+        str(ROOT / "examples" / "digits.yaml"),
+        {"n_trials": n_trials, "workdir": str(workdir), "latency": latency},
+    )
+    run_search(config)
+    return workdir
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    from tightfit.evaluators.predictor import spearman
+
+    return round(spearman(a, b), 3)
+
+
+def _median_abs_diff(a: list[float], b: list[float]) -> float:
+    return round(float(np.median([abs(x / y - 1.0) for x, y in zip(a, b, strict=True)])), 4)
+
+
+def replay(workdir: Path) -> dict:
+    import optuna
+    from optuna.trial import TrialState
+
+    from tightfit.evaluators import input_feed
+    from tightfit.evaluators.layer_table import LayerTable, layer_models
+    from tightfit.evaluators.predictor import LatencyPredictor, LayerRatioPredictor
+    from tightfit.hardware_profiles import get_profile
+    from tightfit.kernels import compress
+    from tightfit.runs.workdir import load_workdir_config
+    from tightfit.search._evaluate import Setup, measure, measure_reference, workspace
+    from tightfit.search._study import load_study
+    from tightfit.spaces import Candidate
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    config = load_workdir_config(workdir)
+    hw = get_profile(config.profiles[0])
+    study = load_study(config, hw.name, workdir)
+    hw = hw.with_int8_format(study.user_attrs.get("int8_format", "static"))
+    trials = sorted(
+        (
+            t
+            for t in study.get_trials(states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("latency_cache") == "miss"
+            and "layer_ms" in t.user_attrs["features"]
+        ),
+        key=lambda t: t.datetime_complete,
+    )
+    if len(trials) < 8:
+        raise SystemExit(f"{workdir}: {len(trials)} measured candidates with layer times; need 8")
+
+    # 1. both predictors, online, in measurement order
+    graph, layers = LatencyPredictor(), LayerRatioPredictor()
+    online: list[tuple[float, float, float]] = []
+    for t in trials:
+        features, measured = t.user_attrs["features"], t.user_attrs["latency"]["latency_ms"]
+        g, ly = graph.predict(features), layers.predict(features)
+        if g is not None and ly is not None:
+            online.append((g, ly, measured))
+        graph.add(features, measured)
+        layers.add(features, measured)
+
+    # 2 and 3: rebuild each candidate, re-time its layers, re-measure it twice
+    ws = workspace(Setup(config=config, profile=hw, cache_dir=str(workdir / "cache")))
+    shapes, dtypes = ws.input_spec()
+    feed = input_feed(shapes, dtypes, hw, seed=0)
+    base = ws.baseline_onnx.read_bytes()
+    table = LayerTable(hw, None)  # no cache: every shape timed now
+    rows = []
+    for t in trials:
+        with tempfile.TemporaryDirectory() as out:
+            candidate = Candidate.from_json(t.user_attrs["candidate"])
+            onnx_bytes = compress(ws.model, candidate, ws.ctx, Path(out)).onnx_path.read_bytes()
+        quiet_ms, _ = table.total_ms(
+            layer_models(onnx_bytes, {k: v.shape for k, v in feed.items()})
+        )
+        rows.append(
+            {
+                "trial": t.number,
+                "ratio_search": t.user_attrs["latency"]["ratio"],
+                "layer_ms_search": t.user_attrs["features"]["layer_ms"],
+                "layer_ms_quiet": quiet_ms,
+                "onnx": onnx_bytes,
+            }
+        )
+    ref_ms = measure_reference(hw, base, shapes, dtypes, config.seed).baseline_median_ms
+    for name in ("ratio_quiet_1", "ratio_quiet_2"):
+        for r in rows:
+            r[name] = measure(hw, r["onnx"], base, shapes, dtypes, ref_ms, config.seed).ratio
+    for r in rows:
+        del r["onnx"]
+
+    col = {k: [r[k] for r in rows] for k in rows[0]}
+    ratios = col["ratio_search"]
+    return {
+        "n_measured": len(rows),
+        "ratio_range": [round(min(ratios), 3), round(max(ratios), 3)],
+        "n_predicted_online": len(online),
+        "online_spearman_graph": _spearman([o[0] for o in online], [o[2] for o in online]),
+        "online_spearman_layers": _spearman([o[1] for o in online], [o[2] for o in online]),
+        "layer_ms_search_vs_quiet": _spearman(col["layer_ms_search"], col["layer_ms_quiet"]),
+        "layer_ms_quiet_vs_quiet_1": _spearman(col["layer_ms_quiet"], col["ratio_quiet_1"]),
+        "quiet_1_vs_quiet_2": _spearman(col["ratio_quiet_1"], col["ratio_quiet_2"]),
+        "quiet_1_vs_quiet_2_median_abs_diff": _median_abs_diff(
+            col["ratio_quiet_1"], col["ratio_quiet_2"]
+        ),
+        "search_vs_quiet_1": _spearman(ratios, col["ratio_quiet_1"]),
+        "search_vs_quiet_2": _spearman(ratios, col["ratio_quiet_2"]),
+        "search_vs_quiet_1_median_abs_diff": _median_abs_diff(ratios, col["ratio_quiet_1"]),
+        "rows": rows,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n-trials", type=int, default=80)
+    parser.add_argument("--workdir", default=None, help="a finished search to read instead")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="tightfit-replay-"))
+    t0 = time.perf_counter()
+    workdir = Path(args.workdir) if args.workdir else _search(args.n_trials, tmp)
+    search_s = time.perf_counter() - t0
+    wall = None if args.workdir else round(search_s, 1)
+    result = {**replay(workdir), "search_wall_s": wall, "machine": fingerprint()}
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "predictor_replay.json").write_text(json.dumps(result, indent=2, default=float))
+    m = result["machine"]
+    lines = [
+        "# Latency prediction and measurement inside the digits search (cpu-ort)",
+        "",
+        f"Machine: {m['cpu']} ({m['cpu_count']} cores; {m['cpu_flags']}), "
+        f"onnxruntime {m['onnxruntime']}",
+        "",
+        f"{result['n_measured']} candidates measured by the search (pre-screening off), their "
+        f"latency {result['ratio_range'][0]}-{result['ratio_range'][1]} of the baseline's.",
+        "",
+        "| rank correlation (Spearman) | value |",
+        "| --- | ---: |",
+        f"| graph-count fit, online, vs measured ({result['n_predicted_online']} predictions) "
+        f"| {result['online_spearman_graph']} |",
+        f"| layer table ratio, online, vs measured | {result['online_spearman_layers']} |",
+        f"| layer sums timed in the search vs re-timed quietly | "
+        f"{result['layer_ms_search_vs_quiet']} |",
+        f"| quiet layer sums vs quiet measurement 1 | {result['layer_ms_quiet_vs_quiet_1']} |",
+        f"| quiet measurement 1 vs quiet measurement 2 (median difference "
+        f"{result['quiet_1_vs_quiet_2_median_abs_diff']:.1%}) | {result['quiet_1_vs_quiet_2']} |",
+        f"| search's measurement vs quiet 1 (median difference "
+        f"{result['search_vs_quiet_1_median_abs_diff']:.1%}) | {result['search_vs_quiet_1']} |",
+        f"| search's measurement vs quiet 2 | {result['search_vs_quiet_2']} |",
+        "",
+        "| trial | ratio (search) | quiet 1 | quiet 2 | layer ms (search) | layer ms (quiet) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['trial']} | {r['ratio_search']:.3f} | {r['ratio_quiet_1']:.3f} | "
+            f"{r['ratio_quiet_2']:.3f} | {r['layer_ms_search']:.3f} | {r['layer_ms_quiet']:.3f} |"
+        )
+    (out / "predictor_replay.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
