@@ -1,18 +1,18 @@
 """A per-layer latency table: each compute layer of a candidate, timed on its own.
 
-The latency predictor's main feature (``evaluators.predictor``). Every Conv, Gemm, MatMul (and
-their int8 and 4-bit forms) of a candidate's ONNX graph is cut out with its precision context,
-the Q/DQ (or dynamic quantization) around its activation input and output, as ONNX Runtime
-fuses them, into a one-layer model (``onnx.utils.Extractor``) and timed alone under the
-profile's session options. The table is keyed by the one-layer model's architecture signature
+The opt-in latency predictor's feature (``latency.layer_table``; ``evaluators.predictor`` says
+why it is not the default). Every Conv, Gemm, MatMul (and their int8 and 4-bit forms) of a
+candidate's ONNX graph is cut out with its precision context, the Q/DQ (or dynamic
+quantization) around its activation input and output, as ONNX Runtime fuses them, into a
+one-layer model (``onnx.utils.Extractor``) and timed alone under the profile's session options. The table is keyed by the one-layer model's architecture signature
 (shapes, attributes and precision, not weight values), so a layer shape met once is never timed
 again: a search of a few dozen candidates meets a few dozen shapes per layer at most.
 
 This is the lookup table of hardware-aware NAS (ProxylessNAS, OFA, APQ), built lazily from the
-shapes a search actually meets instead of from the whole space up front. The sum of a
-candidate's layer times ranks candidates as the runtime does, dispatch and cache effects
-included, which a count of multiply-accumulates cannot (int8 on a CPU without VNNI, small
-layers bound by dispatch). The predictor then fits the whole-model latency to this sum.
+shapes a search actually meets instead of from the whole space up front. Timed quietly, the
+sum of a candidate's layer times ranks candidates far apart as the runtime does, dispatch and
+cache effects included (int8 on a CPU without VNNI, small layers bound by dispatch); timed on
+a compress worker beside other compression, it is noisy.
 """
 
 from __future__ import annotations
