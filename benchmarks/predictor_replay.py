@@ -82,6 +82,7 @@ def replay(workdir: Path) -> dict:
             for t in study.get_trials(states=(TrialState.COMPLETE,))
             if t.user_attrs.get("latency_cache") == "miss"
             and "layer_ms" in t.user_attrs["features"]
+            and not t.user_attrs.get("is_baseline")  # compressed candidates only
         ),
         key=lambda t: t.datetime_complete,
     )
@@ -171,8 +172,9 @@ def main() -> None:
         f"Machine: {m['cpu']} ({m['cpu_count']} cores; {m['cpu_flags']}), "
         f"onnxruntime {m['onnxruntime']}",
         "",
-        f"{result['n_measured']} candidates measured by the search (pre-screening off), their "
-        f"latency {result['ratio_range'][0]}-{result['ratio_range'][1]} of the baseline's.",
+        f"{result['n_measured']} compressed candidates measured by the search (pre-screening "
+        f"off), their latency {result['ratio_range'][0]}-{result['ratio_range'][1]} of the "
+        "baseline's.",
         "",
         "| rank correlation (Spearman) | value |",
         "| --- | ---: |",
