@@ -4,9 +4,10 @@ The opt-in latency predictor's feature (``latency.layer_table``; ``evaluators.pr
 why it is not the default). Every Conv, Gemm, MatMul (and their int8 and 4-bit forms) of a
 candidate's ONNX graph is cut out with its precision context, the Q/DQ (or dynamic
 quantization) around its activation input and output, as ONNX Runtime fuses them, into a
-one-layer model (``onnx.utils.Extractor``) and timed alone under the profile's session options. The table is keyed by the one-layer model's architecture signature
-(shapes, attributes and precision, not weight values), so a layer shape met once is never timed
-again: a search of a few dozen candidates meets a few dozen shapes per layer at most.
+one-layer model (``onnx.utils.Extractor``) and timed alone under the profile's session options.
+The table is keyed by the one-layer model's architecture signature (shapes, attributes and
+precision, not weight values), so a layer shape met once is never timed again: a search of a
+few dozen candidates meets a few dozen shapes per layer at most.
 
 This is the lookup table of hardware-aware NAS (ProxylessNAS, OFA, APQ), built lazily from the
 shapes a search actually meets instead of from the whole space up front. Timed quietly, the
