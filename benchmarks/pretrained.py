@@ -24,7 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._fingerprint import fingerprint  # noqa: E402
-from tightfit.config import SearchConfig, load_config  # noqa: E402
+from tightfit.config import (  # noqa: E402
+    LowRankSpace,
+    PruneSpace,
+    QuantizeSpace,
+    SearchConfig,
+    SpaceSpec,
+    load_config,
+)
 from tightfit.search import run_search  # noqa: E402
 from tightfit.search._driver import drop_excess  # noqa: E402
 from tightfit.search._evaluate import Setup, evaluate_candidate, workspace  # noqa: E402
@@ -45,7 +52,13 @@ def uniform_int8(config: SearchConfig, workdir: Path, baseline: dict, dynamic: b
     profile = profile.with_int8_format("dynamic" if dynamic else "static")
     setup = Setup(config=config, profile=profile, cache_dir=str(workdir / "cache"))
     ws = workspace(setup)
-    space = CompressionSpace(discover_units(ws.model, ws.ctx, config.space), ws.model_id)
+    # int8 on every layer whether or not the example's own space searches bits
+    only_int8 = SpaceSpec(
+        prune=PruneSpace(enabled=False),
+        lowrank=LowRankSpace(enabled=False),
+        quantize=QuantizeSpace(bits=[32, 8]),
+    )
+    space = CompressionSpace(discover_units(ws.model, ws.ctx, only_int8), ws.model_id)
     candidate = space.uniform(bits=8)
     result = evaluate_candidate(setup, candidate, baseline_ref_ms=baseline["latency_ms"])
     drop = baseline["accuracy"] - result.accuracy

@@ -191,13 +191,37 @@ class DistillSpec(Record):
     )
 
 
+class ReconstructSpec(Record):
+    """Least-squares re-fit of the layers that lost input channels to pruning.
+
+    After a group is pruned, each layer that consumed its channels (a 1x1 convolution or a
+    Linear whose outputs are kept) is re-fitted, in forward order, so that on calibration inputs
+    it reproduces the uncompressed model's output at that layer from the channels that remain
+    (He et al. 2017, "Channel pruning"; ThiNet). No labels and no training: one forward pass per
+    such layer. Off by default; deterministic, so export replays it exactly.
+    """
+
+    enabled: bool = False
+    max_samples: int = Field(64, ge=1, description="calibration inputs used")
+    positions: int = Field(
+        64, ge=1, description="spatial positions sampled per image and layer (all if fewer)"
+    )
+    ridge: float = Field(
+        1e-4, ge=0.0, description="ridge penalty, relative to the mean diagonal of X^T X"
+    )
+
+
 class RecoverySpec(Record):
     """What repairs a compressed model before it is scored (and again, the same, at export)."""
+
+    reconstruct: ReconstructSpec = Field(default_factory=ReconstructSpec)
 
     batchnorm: bool = Field(
         True,
         description="re-estimate BatchNorm statistics on the calibration data after pruning or "
-        "factorization (one forward pass, no labels)",
+        "factorization (one forward pass, no labels); turn it off when the calibration data "
+        "is not representative of what the model was trained on (its statistics would replace "
+        "the trained ones)",
     )
     bias_correction: Literal["auto", True, False] = Field(
         "auto",

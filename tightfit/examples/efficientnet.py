@@ -157,8 +157,11 @@ def load_data(seed: int = 0, cache_dir: Path | None = None) -> dict:
     if saved is None and cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, top5=np.concatenate(top5s), confidence=np.concatenate(confidences))
+    # shuffled, so that the first few calibration crops (recovery takes a prefix) cover every photo
+    calibration_crops = np.concatenate(calibration)
+    calibration_crops = calibration_crops[rng.permutation(len(calibration_crops))]
     return {
-        "calibration": {"image": np.concatenate(calibration)},
+        "calibration": {"image": calibration_crops},
         "validation": {"image": np.concatenate(images)},
         "targets": np.concatenate(targets),
         "metric": Top1Agreement(),

@@ -16,7 +16,7 @@ from tightfit.kernels._base import SurgeryContext
 from tightfit.kernels._registry import _KERNELS
 from tightfit.kernels.export import export_onnx
 from tightfit.kernels.precision import to_float16
-from tightfit.kernels.recovery import distill, recalibrate_batchnorm
+from tightfit.kernels.recovery import distill, recalibrate_batchnorm, reconstruct
 
 if TYPE_CHECKING:
     from tightfit.spaces import Candidate
@@ -40,6 +40,14 @@ def apply(model: nn.Module, candidate: Candidate, ctx: SurgeryContext) -> tuple[
         if kernel.stage == "torch" and plan:
             report[kernel.name] = kernel.apply(compressed, plan, ctx)
     recovery = ctx.recovery
+    if report and recovery.reconstruct.enabled:
+        inputs = ctx.calibration_tensors(limit=recovery.reconstruct.max_samples)
+        errors = reconstruct(compressed, model, inputs, recovery.reconstruct)
+        if errors:
+            report["reconstructed"] = {
+                "layers": len(errors),
+                "max_error": max(errors.values()),
+            }
     if report and recovery.batchnorm:
         n_bn = recalibrate_batchnorm(compressed, ctx.calibration_tensors())
         if n_bn:

@@ -1,6 +1,7 @@
-"""Torch-stage recovery after pruning and factorization: BatchNorm statistics, distillation.
+"""Torch-stage recovery after pruning and factorization: least-squares reconstruction of the
+layers after pruned channels, BatchNorm statistics, distillation.
 
-Both run on the calibration inputs only (no labels) and are deterministic for a candidate, so
+All run on the calibration inputs only (no labels) and are deterministic for a candidate, so
 the export replays exactly what the trial scored. Bias correction after quantization acts on
 the ONNX graph: :mod:`tightfit.kernels.bias_correction`.
 """
@@ -13,9 +14,121 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from tightfit.config import DistillSpec
+from tightfit.config import DistillSpec, ReconstructSpec
 
 DISTILL_SEED = 0
+
+
+def _consumers(original: nn.Module, compressed: nn.Module) -> list[str]:
+    """Paths of the layers that lost input channels and kept their outputs, in forward order
+    (module registration order): 1x1 convolutions without groups, and Linear layers."""
+    before = dict(original.named_modules())
+    out = []
+    for path, m in compressed.named_modules():
+        o = before.get(path)
+        if type(o) is not type(m):
+            continue  # replaced (e.g. factorized): not re-fitted
+        if isinstance(m, nn.Conv2d) and isinstance(o, nn.Conv2d):
+            pointwise = m.groups == 1 and m.kernel_size == (1, 1)
+            if pointwise and m.in_channels < o.in_channels and m.out_channels == o.out_channels:
+                out.append(path)
+        elif isinstance(m, nn.Linear) and isinstance(o, nn.Linear):
+            if m.in_features < o.in_features and m.out_features == o.out_features:
+                out.append(path)
+    return out
+
+
+def _rows(t: torch.Tensor, positions: int, generator: torch.Generator) -> torch.Tensor:
+    """A layer's activations as (samples, channels) rows: NCHW maps give ``positions`` sampled
+    pixels per image (all of them when the map is that small); other tensors flatten to their
+    last axis (Linear: channels last)."""
+    if t.ndim != 4:
+        return t.reshape(-1, t.shape[-1])
+    n, c, h, w = t.shape
+    pixels = t.permute(0, 2, 3, 1).reshape(n, h * w, c)
+    if h * w <= positions:
+        return pixels.reshape(-1, c)
+    picked = torch.randint(h * w, (n, positions), generator=generator)
+    return torch.gather(pixels, 1, picked[..., None].expand(-1, -1, c)).reshape(-1, c)
+
+
+def _pixel_sample(path: str) -> torch.Generator:
+    """The pixel sample of a layer depends only on its path, so that the rows of its input (in
+    the compressed model) and of its output (in the original) line up."""
+    return torch.Generator().manual_seed(sum(path.encode()))
+
+
+def _fit(layer: nn.Conv2d | nn.Linear, x: torch.Tensor, y: torch.Tensor, ridge: float) -> float:
+    """Set ``layer``'s weight and bias to the ridge least-squares map from ``x`` to ``y``
+    (adding a bias where it had none); return the relative error of the fit."""
+    x64 = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)
+    y64 = y.double()
+    gram = x64.T @ x64
+    gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=torch.float64)
+    solution = torch.linalg.solve(gram, x64.T @ y64)
+    weight, bias = solution[:-1].T.float(), solution[-1].float()
+    with torch.no_grad():
+        layer.weight.copy_(weight.reshape(layer.weight.shape))
+        if layer.bias is None:
+            layer.bias = nn.Parameter(bias, requires_grad=False)
+        else:
+            layer.bias.copy_(bias)
+    residual = (x64 @ solution - y64).norm() / y64.norm().clamp_min(1e-12)
+    return round(float(residual), 6)
+
+
+def reconstruct(
+    compressed: nn.Module,
+    original: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    spec: ReconstructSpec,
+) -> dict[str, float]:
+    """Re-fit, in forward order, each layer of ``compressed`` that lost input channels so that
+    it reproduces ``original``'s output at that layer; return each one's relative error.
+
+    Sequential on purpose: each layer is fitted to the inputs it actually receives, with the
+    layers before it already re-fitted, so errors do not compound. (Fitting every layer to the
+    inputs of the unrepaired model gave 0% top-1 agreement on EfficientNet-Lite0 with 25% of
+    each expansion pruned, where the sequential fit gave 98.4%.) It costs one forward pass of
+    each model over all ``inputs`` at once: a forward pre-hook re-fits each layer just before it
+    runs. One thread, as :func:`distill`, so that export replays it bit for bit.
+    """
+    paths = _consumers(original, compressed)
+    if not paths:
+        return {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    targets: dict[str, torch.Tensor] = {}
+    errors: dict[str, float] = {}
+
+    def keep_output(path: str):  # type: ignore[no-untyped-def]
+        def hook(_m: nn.Module, _args: tuple, result: torch.Tensor) -> None:
+            targets.setdefault(path, _rows(result, spec.positions, _pixel_sample(path)))
+
+        return hook
+
+    def refit(path: str):  # type: ignore[no-untyped-def]
+        def hook(layer: nn.Conv2d | nn.Linear, args: tuple) -> None:
+            if path not in errors:  # a layer called twice is fitted on its first call
+                x = _rows(args[0], spec.positions, _pixel_sample(path))
+                errors[path] = _fit(layer, x, targets[path], spec.ridge)
+
+        return hook
+
+    before, after = dict(original.named_modules()), dict(compressed.named_modules())
+    handles = [before[p].register_forward_hook(keep_output(p)) for p in paths]
+    handles += [after[p].register_forward_pre_hook(refit(p)) for p in paths]
+    try:
+        original.eval()
+        compressed.eval()
+        with torch.no_grad():
+            original(*inputs)
+            compressed(*inputs)  # each hook re-fits its layer before the layer runs
+    finally:
+        for h in handles:
+            h.remove()
+        torch.set_num_threads(threads)
+    return errors
 
 
 def recalibrate_batchnorm(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
