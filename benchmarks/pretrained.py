@@ -49,6 +49,8 @@ def uniform_int8(config: SearchConfig, workdir: Path, baseline: dict, dynamic: b
     """Every quantizable layer at int8 (static Q/DQ, or dynamic MatMul/Gemm), measured like a
     trial: latency against the baseline's reference latency of the search."""
     [profile] = config.hardware_profiles()
+    # every layer, including those the example's search leaves alone (model.ignore)
+    config = config.model_copy(update={"model": config.model.model_copy(update={"ignore": []})})
     profile = profile.with_int8_format("dynamic" if dynamic else "static")
     setup = Setup(config=config, profile=profile, cache_dir=str(workdir / "cache"))
     ws = workspace(setup)
