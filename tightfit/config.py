@@ -197,8 +197,9 @@ class ReconstructSpec(Record):
     After a group is pruned, each layer that consumed its channels (a 1x1 convolution or a
     Linear whose outputs are kept) is re-fitted, in forward order, so that on calibration inputs
     it reproduces the uncompressed model's output at that layer from the channels that remain
-    (He et al. 2017, "Channel pruning"; ThiNet). No labels and no training: one forward pass per
-    such layer. Off by default; deterministic, so export replays it exactly.
+    (He et al. 2017, "Channel pruning"; ThiNet). No labels and no training: one forward pass of
+    each model over ``max_samples`` calibration inputs. Off by default; deterministic, so export
+    replays it exactly.
     """
 
     enabled: bool = False

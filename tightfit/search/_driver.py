@@ -389,10 +389,10 @@ class _ProfileSearch:
         recovery = self.config.recovery
         if not recovery.batchnorm or not any(u.knob != "bits" for u in self.space.units):
             return
-        model = copy.deepcopy(self.ws.model).eval()
-        if not recalibrate_batchnorm(model, self.ws.ctx.calibration_tensors()):
-            return
         ctx = self.ws.ctx
+        model = copy.deepcopy(self.ws.model).eval()
+        if not recalibrate_batchnorm(model, ctx.calibration_tensors()):
+            return
         path = export_onnx(model, ctx.example_inputs, ctx.input_names, self.ws.scratch / "bn.onnx")
         accuracy, _ = evaluate_quality(path, self.ws.data)
         limit = self.config.constraints.max_accuracy_drop
