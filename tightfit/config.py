@@ -57,6 +57,13 @@ class ModelSpec(CallableSpec):
 class PruneSpace(Record):
     enabled: bool = True
     ratios: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.375, 0.5, 0.625])
+    importance: Literal["magnitude", "activation"] = Field(
+        "magnitude",
+        description="how channels are ranked for removal: magnitude (L2 norm of the group's "
+        "weights, no data) or activation (each channel's expected squared contribution to the "
+        "layers it feeds: their weight column's squared norm times the channel's mean square "
+        "on calibration data; one forward pass per candidate)",
+    )
 
     @field_validator("ratios")
     @classmethod

@@ -18,7 +18,7 @@ def test_one_ratio_prunes_the_whole_coupled_group(tiny_model, tiny_ctx) -> None:
     }
     residual = next(g for g in groups.values() if "shortcut" in g.members and "conv2" in g.members)
     model = copy.deepcopy(tiny_model)
-    kept = adapter.prune_groups(
+    kept, _ = adapter.prune_groups(
         model, tiny_ctx.example_inputs, {residual.root: 0.5}, ("fc",), round_to=8
     )
     assert kept[residual.root] == 16
@@ -30,7 +30,9 @@ def test_one_ratio_prunes_the_whole_coupled_group(tiny_model, tiny_ctx) -> None:
 
 def test_round_to_keeps_multiples(tiny_model, tiny_ctx) -> None:
     model = copy.deepcopy(tiny_model)
-    kept = adapter.prune_groups(model, tiny_ctx.example_inputs, {"conv1": 0.3}, ("fc",), round_to=8)
+    kept, _ = adapter.prune_groups(
+        model, tiny_ctx.example_inputs, {"conv1": 0.3}, ("fc",), round_to=8
+    )
     assert kept["conv1"] % 8 == 0 and kept["conv1"] < 32
 
 
@@ -71,3 +73,97 @@ def test_batchnorm_recalibration_restores_accuracy(digits, fast_profile, tmp_pat
     )
     assert base > 0.9
     assert with_bn > without
+
+
+def _dead_channel_chain() -> torch.nn.Sequential:
+    """conv(3->8) -> ReLU -> conv(8->4) -> conv(4->4): channel 0 of the first conv has the
+    largest weights and is never active (a large negative bias under the ReLU)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 4, 1),
+        torch.nn.Conv2d(4, 4, 1),
+    ).eval()
+    with torch.no_grad():
+        model[0].weight[0] = 5.0
+        model[0].bias[0] = -1e3
+        model[2].weight[:, 0] = 5.0  # its consumer's column is large too
+    return model
+
+
+def test_input_energy_is_the_mean_square_of_each_input_channel() -> None:
+    from tightfit.kernels.pruning import ENERGY_BATCH, input_energy
+
+    model = _dead_channel_chain()
+    x = torch.randn(ENERGY_BATCH + 5, 3, 4, 4)  # two batches
+    energy = input_energy(model, (x,))
+    assert set(energy) == {"0", "2", "3"}
+    torch.testing.assert_close(energy["0"], x.double().pow(2).mean(dim=(0, 2, 3)))
+    hidden = model[1](model[0](x)).double()
+    torch.testing.assert_close(energy["2"], hidden.pow(2).mean(dim=(0, 2, 3)))
+    assert energy["2"][0] == 0.0
+
+
+def test_activation_importance_drops_a_dead_channel_magnitude_keeps() -> None:
+    from tightfit.kernels.pruning import input_energy
+
+    x = (torch.randn(16, 3, 4, 4),)
+    kept_big = {}
+    for name in ("magnitude", "activation"):
+        model = _dead_channel_chain()
+        energy = input_energy(model, x) if name == "activation" else None
+        kept, by_magnitude = adapter.prune_groups(
+            model, x, {"0": 0.5}, ignored=("2", "3"), round_to=1, energy=energy
+        )
+        assert kept == {"0": 4} and by_magnitude == []
+        kept_big[name] = bool((model[0].weight == 5.0).all(dim=(1, 2, 3)).any())
+    assert kept_big == {"magnitude": True, "activation": False}
+
+
+def test_a_group_without_a_measured_consumer_is_ranked_by_magnitude_and_named() -> None:
+    from tightfit.kernels.pruning import input_energy
+
+    model = _dead_channel_chain()
+    x = (torch.randn(4, 3, 4, 4),)
+    # conv "3" feeds nothing: its group has no consumer with an input energy
+    _, by_magnitude = adapter.prune_groups(
+        model, x, {"3": 0.5}, ignored=("0", "2"), round_to=1, energy=input_energy(model, x)
+    )
+    assert by_magnitude == ["3"]
+
+
+def test_activation_importance_through_the_kernel_replays_and_exports(
+    tiny_model, tiny_ctx, digits, tmp_path
+) -> None:
+    from dataclasses import replace
+
+    ctx = replace(tiny_ctx, prune_importance="activation")
+    c = Candidate(base_model="m", prune={"conv1": 0.5, "stem.0": 0.5})
+    a = compress(tiny_model, c, ctx, tmp_path / "a")
+    b = compress(tiny_model, c, ctx, tmp_path / "b")
+    magnitude = compress(tiny_model, c, tiny_ctx, tmp_path / "m")
+    assert a.report["prune"]["importance"] == "activation"
+    assert magnitude.report["prune"]["importance"] == "magnitude"
+    assert a.onnx_path.read_bytes() == b.onnx_path.read_bytes()  # export replays the trial
+    # the two criteria keep different channels of the same sizes
+    assert a.report["prune"]["kept_channels"] == magnitude.report["prune"]["kept_channels"]
+    assert not torch.equal(a.model.conv1.weight, magnitude.model.conv1.weight)
+    x = digits.validation["image"][:16]
+    with torch.no_grad():
+        expected = a.model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(predict(a.onnx_path, {"image": x}), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_input_energy_is_computed_once_per_model_state_and_inputs() -> None:
+    from tightfit.kernels.pruning import cached_input_energy
+
+    model = _dead_channel_chain()
+    x = (torch.randn(4, 3, 4, 4),)
+    first = cached_input_energy(model, x)
+    assert cached_input_energy(copy.deepcopy(model), (x[0].clone(),)) is first
+    with torch.no_grad():
+        model[0].weight.mul_(2)
+    changed = cached_input_energy(model, x)
+    assert changed is not first and not torch.equal(changed["2"], first["2"])
+    assert cached_input_energy(model, (x[0] + 1,)) is not changed

@@ -55,6 +55,7 @@ class SurgeryContext:
     classifier: str | None = None
     baseline_onnx: Path | None = None
     min_rank: int = 8
+    prune_importance: str = "magnitude"  # how pruning ranks channels: config.PruneSpace.importance
     recovery: RecoverySpec = field(default_factory=RecoverySpec)
 
     def calibration_tensors(self, limit: int = 128) -> tuple[torch.Tensor, ...]:

@@ -138,6 +138,7 @@ class Workspace:
             classifier=classifier,
             baseline_onnx=self.float_onnx,
             min_rank=setup.config.space.lowrank.min_rank,
+            prune_importance=setup.config.space.prune.importance,
             recovery=setup.config.recovery,
         )
 
