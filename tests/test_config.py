@@ -50,6 +50,7 @@ def test_ratio_out_of_range_names_the_field(tmp_path: Path) -> None:
             "space.lowrank.rank_fractions[0] must be in (0, 1)",
         ),
         ("spaec: {}\n", "spaec is not a known field"),
+        ("space: {prune: {importance: taylor}}\n", "space.prune.importance"),
     ],
 )
 def test_bad_fields_are_named(tmp_path: Path, extra: str, expected: str) -> None:

@@ -11,8 +11,9 @@ starts from the allocations practitioners try first.
 - **Global magnitude pruning** (Blalock et al., 2020, "What is the state of neural network
   pruning?"; Global MP): one importance threshold across every coupled group; each group loses
   the channels below it, so unimportant layers lose more. Channels are ranked as the pruner
-  ranks them (torch-pruning's group L2 magnitude, mean-normalised per group, the scale its own
-  global pruning compares on). A group never loses more than the space's largest ratio: the
+  ranks them (``space.prune.importance``: torch-pruning's group L2 magnitude by default, or the
+  activation-weighted contribution), mean-normalised per group, the scale torch-pruning's own
+  global pruning compares on. A group never loses more than the space's largest ratio: the
   minimum kept against layer collapse. Swept over global ratios, with uniform bit-widths.
 """
 
