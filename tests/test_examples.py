@@ -122,6 +122,12 @@ def test_efficientnet_lite0_validation_keeps_the_crops_it_is_confident_on(tmp_pa
     again = efficientnet.load_data(cache_dir=tmp_path)  # from the cache: the same crops
     np.testing.assert_array_equal(again["targets"], targets)
     np.testing.assert_array_equal(again["validation"]["image"][pick], images[pick])
+    by_photo = efficientnet.crops_by_photo(cache_dir=tmp_path)  # what held-out checks split
+    np.testing.assert_array_equal(np.concatenate([c.targets for c in by_photo]), targets)
+    calibration = np.concatenate([c.calibration for c in by_photo])
+    assert sorted(calibration.sum(axis=(1, 2, 3))) == sorted(
+        data["calibration"]["image"].sum(axis=(1, 2, 3))
+    )  # the same crops, shuffled
 
 
 @needs_minilm

@@ -119,6 +119,54 @@ def _reference(model: nn.Module, images: np.ndarray) -> tuple[np.ndarray, np.nda
     return top5, torch.softmax(logits, dim=1).max(dim=1).values.numpy()
 
 
+@dataclass(frozen=True)
+class PhotoCrops:
+    """One photo's crops: calibration crops, and the validation crops the uncompressed model is
+    confident on with its top-5 classes (``targets``)."""
+
+    name: str
+    calibration: np.ndarray
+    validation: np.ndarray
+    targets: np.ndarray
+
+
+def crops_by_photo(seed: int = 0, cache_dir: Path | None = None) -> list[PhotoCrops]:
+    """Each photo's calibration and validation crops (the uncompressed model's classes on the
+    validation crops are computed once, cached in ``cache_dir``). Validation keeps only the
+    crops classified with a top-1 probability of at least ``MIN_CONFIDENCE`` (see
+    :func:`load_data`)."""
+    return _crops_by_photo(np.random.default_rng(seed), seed, cache_dir)
+
+
+def _crops_by_photo(
+    rng: np.random.Generator, seed: int, cache_dir: Path | None
+) -> list[PhotoCrops]:
+    n = N_CANDIDATES_PER_PHOTO
+    cache = Path(cache_dir) / f"efficientnet-lite0-ref-s{seed}-n{n}.npz" if cache_dir else None
+    saved = dict(np.load(cache)) if cache is not None and cache.exists() else None
+    model = None
+    out, top5s, confidences = [], [], []
+    for i, (name, image) in enumerate(photos().items()):  # one photo at a time: ~0.6 MB each
+        crops = random_crops(image, n, rng)
+        calibration = random_crops(image, N_CALIBRATION_PER_PHOTO, rng)
+        if saved is not None:
+            top5 = saved["top5"][i * n : (i + 1) * n]
+            confidence = saved["confidence"][i * n : (i + 1) * n]
+        else:
+            if model is None:
+                log.info("computing the uncompressed EfficientNet-Lite0's classes on the crops")
+                model = pretrained_lite0()
+            top5, confidence = _reference(model, crops)
+        top5s.append(top5)
+        confidences.append(confidence)
+        keep = confidence >= MIN_CONFIDENCE
+        out.append(PhotoCrops(name, calibration, crops[keep], top5[keep]))
+    if saved is None and cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, top5=np.concatenate(top5s), confidence=np.concatenate(confidences))
+    return out
+
+
 def load_data(seed: int = 0, cache_dir: Path | None = None) -> dict:
     """Random crops of 14 real photos: calibration, validation, and the uncompressed model's
     top-5 classes on the validation crops as targets (computed once, cached in ``cache_dir``).
@@ -129,41 +177,18 @@ def load_data(seed: int = 0, cache_dir: Path | None = None) -> dict:
     and a 1% relative perturbation of its weights changes 14% of the top-1 classes, so
     agreement there measures coin flips, not compression. On the confident crops the same
     perturbation changes 1%.
+
+    Calibration and validation are different crops of the same photos. Recovery fitted on them
+    does not carry over to other photos (``benchmarks/efficientnet_holdout.py``).
     """
     rng = np.random.default_rng(seed)
-    n = N_CANDIDATES_PER_PHOTO
-    cache = Path(cache_dir) / f"efficientnet-lite0-ref-s{seed}-n{n}.npz" if cache_dir else None
-    saved = dict(np.load(cache)) if cache is not None and cache.exists() else None
-    model = None
-    calibration, images, targets, top5s, confidences = [], [], [], [], []
-    for i, image in enumerate(photos().values()):  # one photo's crops at a time: ~0.6 MB each
-        crops = random_crops(image, n, rng)
-        calibration.append(random_crops(image, N_CALIBRATION_PER_PHOTO, rng))
-        if saved is not None:
-            top5, confidence = (
-                saved["top5"][i * n : (i + 1) * n],
-                saved["confidence"][i * n : (i + 1) * n],
-            )
-        else:
-            if model is None:
-                log.info("computing the uncompressed EfficientNet-Lite0's classes on the crops")
-                model = pretrained_lite0()
-            top5, confidence = _reference(model, crops)
-        top5s.append(top5)
-        confidences.append(confidence)
-        keep = confidence >= MIN_CONFIDENCE
-        images.append(crops[keep])
-        targets.append(top5[keep])
-    if saved is None and cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, top5=np.concatenate(top5s), confidence=np.concatenate(confidences))
+    photos_ = _crops_by_photo(rng, seed, cache_dir)
     # shuffled, so that the first few calibration crops (recovery takes a prefix) cover every photo
-    calibration_crops = np.concatenate(calibration)
-    calibration_crops = calibration_crops[rng.permutation(len(calibration_crops))]
+    calibration = np.concatenate([p.calibration for p in photos_])
     return {
-        "calibration": {"image": calibration_crops},
-        "validation": {"image": np.concatenate(images)},
-        "targets": np.concatenate(targets),
+        "calibration": {"image": calibration[rng.permutation(len(calibration))]},
+        "validation": {"image": np.concatenate([p.validation for p in photos_])},
+        "targets": np.concatenate([p.targets for p in photos_]),
         "metric": Top1Agreement(),
         "extra_metrics": {"top5_overlap": Top5Overlap()},
     }
