@@ -19,6 +19,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -27,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks._fingerprint import fingerprint  # noqa: E402
-from tightfit.config import SpaceSpec, load_config  # noqa: E402
+from tightfit.config import SearchConfig, SpaceSpec, load_config  # noqa: E402
 from tightfit.examples import efficientnet  # noqa: E402
 from tightfit.hardware_profiles import get_profile  # noqa: E402
 from tightfit.kernels._base import SurgeryContext  # noqa: E402
@@ -40,6 +41,7 @@ CONFIG = ROOT / "examples" / "efficientnet-lite0.yaml"
 
 
 def agreement(
+    config: SearchConfig,
     model: torch.nn.Module,
     calibration: np.ndarray,
     validation: list[efficientnet.PhotoCrops],
@@ -49,7 +51,6 @@ def agreement(
     """Top-1 agreement on ``validation`` after ``plan`` (a candidate, or a ratio for every
     expansion) with the example's settings, calibrated on ``calibration`` (without
     ``reconstruct``: the calibration only ranks the channels)."""
-    config = load_config(CONFIG)
     spec = config.recovery.reconstruct.model_copy(update={"enabled": reconstruct})
     ctx = SurgeryContext(
         example_inputs=(torch.from_numpy(calibration[:2]),),
@@ -97,10 +98,11 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path(".tightfit/cache"))
     args = parser.parse_args()
     torch.set_num_threads(2)
+    config = load_config(CONFIG)
     model = efficientnet.pretrained_lite0()
     photos = efficientnet.crops_by_photo(cache_dir=args.cache_dir)
     halves = {"even": photos[0::2], "odd": photos[1::2]}
-    rows = []
+    rows: list[dict[str, Any]] = []
     start = time.perf_counter()
     plans: dict[str, float | Candidate] = {
         f"every expansion by {r}": float(r) for r in args.ratios.split(",") if r
@@ -117,15 +119,16 @@ def main() -> None:
             }
             for key, source in (("same_photos", validation), ("other_photos", other)):
                 calibration = np.concatenate([p.calibration for p in source])
-                row[key] = agreement(model, calibration, validation, plan)
+                row[key] = agreement(config, model, calibration, validation, plan)
                 row[f"{key}_calibration_crops"] = len(calibration)
             row["other_photos_no_reconstruct"] = agreement(
-                model, calibration, validation, plan, reconstruct=False
+                config, model, calibration, validation, plan, reconstruct=False
             )
             print(row, flush=True)
             rows.append(row)
+    m = fingerprint()
     result = {
-        "machine": fingerprint(),
+        "machine": m,
         "config": str(CONFIG.relative_to(ROOT)),
         "wall_s": round(time.perf_counter() - start, 1),
         "rows": rows,
@@ -152,7 +155,6 @@ def main() -> None:
             f"| {r['other_photos']:.1%} ({r['other_photos_calibration_crops']} crops) "
             f"| {r['other_photos_no_reconstruct']:.1%} |"
         )
-    m = result["machine"]
     machine = f"{m['cpu']} ({m['cpu_count']} cores, {m['cpu_flags']}), torch {m['torch']}"
     lines += ["", f"Machine: {machine}.", ""]
     (RESULTS / "efficientnet_holdout.md").write_text("\n".join(lines))
