@@ -47,10 +47,10 @@ def agreement(
     validation: list[efficientnet.PhotoCrops],
     plan: float | Candidate,
     reconstruct: bool = True,
-) -> float:
-    """Top-1 agreement on ``validation`` after ``plan`` (a candidate, or a ratio for every
-    expansion) with the example's settings, calibrated on ``calibration`` (without
-    ``reconstruct``: the calibration only ranks the channels)."""
+) -> tuple[float, dict[str, float]]:
+    """Top-1 agreement on ``validation``, in all and by photo, after ``plan`` (a candidate, or a
+    ratio for every expansion) with the example's settings, calibrated on ``calibration``
+    (without ``reconstruct``: the calibration only ranks the channels)."""
     spec = config.recovery.reconstruct.model_copy(update={"enabled": reconstruct})
     ctx = SurgeryContext(
         example_inputs=(torch.from_numpy(calibration[:2]),),
@@ -68,9 +68,15 @@ def agreement(
     pruned, _ = apply(model, plan, ctx)
     images = torch.from_numpy(np.concatenate([p.validation for p in validation]))
     with torch.no_grad():
-        out = torch.cat([pruned(images[i : i + 128]) for i in range(0, len(images), 128)])
-    targets = np.concatenate([p.targets for p in validation])
-    return efficientnet.Top1Agreement()(out.numpy(), targets)
+        out = torch.cat([pruned(images[i : i + 128]) for i in range(0, len(images), 128)]).numpy()
+    match = out.argmax(axis=1) == np.concatenate([p.targets[:, 0] for p in validation])
+    ends = np.cumsum([len(p.validation) for p in validation])
+    by_photo = {
+        p.name: float(np.mean(match[end - len(p.validation) : end]))
+        for p, end in zip(validation, ends, strict=True)
+        if len(p.validation)
+    }
+    return float(np.mean(match)), by_photo
 
 
 def trial_candidates(journal: Path, numbers: list[int]) -> dict[str, Candidate]:
@@ -119,9 +125,11 @@ def main() -> None:
             }
             for key, source in (("same_photos", validation), ("other_photos", other)):
                 calibration = np.concatenate([p.calibration for p in source])
-                row[key] = agreement(config, model, calibration, validation, plan)
+                row[key], row[f"{key}_by_photo"] = agreement(
+                    config, model, calibration, validation, plan
+                )
                 row[f"{key}_calibration_crops"] = len(calibration)
-            row["other_photos_no_reconstruct"] = agreement(
+            row["other_photos_no_reconstruct"], _ = agreement(
                 config, model, calibration, validation, plan, reconstruct=False
             )
             print(row, flush=True)
@@ -155,6 +163,22 @@ def main() -> None:
             f"| {r['other_photos']:.1%} ({r['other_photos_calibration_crops']} crops) "
             f"| {r['other_photos_no_reconstruct']:.1%} |"
         )
+    shown = [p for p in photos if len(p.validation) >= 5]
+    header = " | ".join(f"{p.name} ({len(p.validation)})" for p in shown)
+    lines += [
+        "",
+        "Calibrated on the other photos, by validation photo (those with 5 or more confident "
+        "crops; their number in brackets):",
+        "",
+        f"| pruning | {header} |",
+        "| --- |" + " ---: |" * len(shown),
+    ]
+    for label in plans:
+        by_photo: dict[str, float] = {}
+        for r in rows:
+            if r["pruning"] == label:
+                by_photo |= r["other_photos_by_photo"]
+        lines.append(f"| {label} | " + " | ".join(f"{by_photo[p.name]:.0%}" for p in shown) + " |")
     machine = f"{m['cpu']} ({m['cpu_count']} cores, {m['cpu_flags']}), torch {m['torch']}"
     lines += ["", f"Machine: {machine}.", ""]
     (RESULTS / "efficientnet_holdout.md").write_text("\n".join(lines))
