@@ -1,14 +1,15 @@
 """Does EfficientNet-Lite0's recovery carry over to photos it was not fitted on?
 `python benchmarks/efficientnet_holdout.py [--ratios 0.125,0.25,0.375]
-[--journal WORKDIR/efficientnet-lite0/optuna.journal --trials 24,15]`.
+[--workdir WORKDIR/efficientnet-lite0 --trials 24,15]`.
 
 The example (examples/efficientnet-lite0.yaml) calibrates and validates on different random
 crops of the same 14 photos. Here the photos are split in two halves (even and odd positions
 in :func:`tightfit.examples.efficientnet.photos`); every MBConv expansion is pruned by the same
-ratio (and, with ``--journal``, each named trial's candidate of a search of the example is
+ratio (and, with ``--workdir``, each named trial's candidate of a search of the example is
 applied) with the example's settings (``model.ignore``, ``space.prune.importance``,
-``recovery``), calibrated once on the crops of the half it is validated on and once on the crops of the other
-half, and scored by top-1 agreement on the validation half's confident crops. Torch outputs, no
+``recovery``), calibrated once on the crops of the half it is validated on and once on the
+crops of the other half, and scored by top-1 agreement on the validation half's confident
+crops; a third score calibrates on the other half without reconstruction. Torch outputs, no
 latency. Writes benchmarks/results/efficientnet_holdout.{json,md}.
 """
 
@@ -34,6 +35,7 @@ from tightfit.hardware_profiles import get_profile  # noqa: E402
 from tightfit.kernels._base import SurgeryContext  # noqa: E402
 from tightfit.kernels._pipeline import apply  # noqa: E402
 from tightfit.kernels.pruning import StructuredPruning  # noqa: E402
+from tightfit.search._study import load_study  # noqa: E402
 from tightfit.spaces import Candidate  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -79,15 +81,12 @@ def agreement(
     return float(np.mean(match)), by_photo
 
 
-def trial_candidates(journal: Path, numbers: list[int]) -> dict[str, Candidate]:
-    """The candidates of the named trials of a search's Optuna journal, with their speedup."""
-    import optuna
-
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(journal))
-    )
-    [summary] = optuna.get_all_study_summaries(storage)
-    trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+def trial_candidates(
+    config: SearchConfig, workdir: Path, numbers: list[int]
+) -> dict[str, Candidate]:
+    """The candidates of the named trials of the example's search in ``workdir``, labelled with
+    their knobs and speedup."""
+    trials = load_study(config, config.profiles[0], workdir).trials
     out = {}
     for n in numbers:
         attrs = trials[n].user_attrs
@@ -99,8 +98,8 @@ def trial_candidates(journal: Path, numbers: list[int]) -> dict[str, Candidate]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratios", default="0.125,0.25,0.375")
-    parser.add_argument("--journal", type=Path, help="a search's optuna.journal")
-    parser.add_argument("--trials", default="", help="trial numbers in --journal")
+    parser.add_argument("--workdir", type=Path, help="work directory of a search of the example")
+    parser.add_argument("--trials", default="", help="trial numbers of that search")
     parser.add_argument("--cache-dir", type=Path, default=Path(".tightfit/cache"))
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -113,8 +112,9 @@ def main() -> None:
     plans: dict[str, float | Candidate] = {
         f"every expansion by {r}": float(r) for r in args.ratios.split(",") if r
     }
-    if args.journal:
-        plans |= trial_candidates(args.journal, [int(n) for n in args.trials.split(",") if n])
+    if args.workdir:
+        numbers = [int(n) for n in args.trials.split(",") if n]
+        plans |= trial_candidates(config, args.workdir, numbers)
     for label, plan in plans.items():
         for name, validation in halves.items():
             other = halves["odd" if name == "even" else "even"]
@@ -129,8 +129,9 @@ def main() -> None:
                     config, model, calibration, validation, plan
                 )
                 row[f"{key}_calibration_crops"] = len(calibration)
+            other_calibration = np.concatenate([p.calibration for p in other])
             row["other_photos_no_reconstruct"], _ = agreement(
-                config, model, calibration, validation, plan, reconstruct=False
+                config, model, other_calibration, validation, plan, reconstruct=False
             )
             print(row, flush=True)
             rows.append(row)
