@@ -10,7 +10,11 @@ finished search of that kind (``--workdir``). Then, over the measured candidates
 2. re-times every candidate's layers quietly, with nothing else running, and compares the rank
    of the search's own layer sums with the quiet ones;
 3. measures every candidate twice more, quietly, one pass after the other: how well
-   measurements rank each other bounds how well any predictor can rank them.
+   measurements rank each other bounds how well any predictor can rank them;
+4. measures all of them twice more *jointly* (``evaluators.measure_jointly``: every round runs
+   a block of each candidate and of the baseline, in random order), the passes alternating
+   with those of 3 so that both protocols see the same stretch of the machine's time; and ranks
+   the graph fit's online predictions against each protocol's mean of two passes.
 
 Writes benchmarks/results/predictor_replay.{json,md} with the machine fingerprint.
 """
@@ -67,7 +71,13 @@ def replay(workdir: Path) -> dict:
     from tightfit.hardware_profiles import get_profile
     from tightfit.kernels import compress
     from tightfit.runs.workdir import load_workdir_config
-    from tightfit.search._evaluate import Setup, measure, measure_reference, workspace
+    from tightfit.search._evaluate import (
+        Setup,
+        measure,
+        measure_many,
+        measure_reference,
+        workspace,
+    )
     from tightfit.search._study import load_study
     from tightfit.spaces import Candidate
 
@@ -92,9 +102,12 @@ def replay(workdir: Path) -> dict:
     # 1. both predictors, online, in measurement order
     graph, layers = LatencyPredictor(), LayerRatioPredictor()
     online: list[tuple[float, float, float]] = []
+    predicted: dict[int, float] = {}  # the graph fit's online prediction, by trial
     for t in trials:
         features, measured = t.user_attrs["features"], t.user_attrs["latency"]["latency_ms"]
         g, ly = graph.predict(features), layers.predict(features)
+        if g is not None:
+            predicted[t.number] = g
         if g is not None and ly is not None:
             online.append((g, ly, measured))
         graph.add(features, measured)
@@ -124,13 +137,22 @@ def replay(workdir: Path) -> dict:
             }
         )
     ref_ms = measure_reference(hw, base, shapes, dtypes, config.seed).baseline_median_ms
-    for name in ("ratio_quiet_1", "ratio_quiet_2"):
+    for n in (1, 2):
         for r in rows:
-            r[name] = measure(hw, r["onnx"], base, shapes, dtypes, ref_ms, config.seed).ratio
+            r[f"ratio_quiet_{n}"] = measure(
+                hw, r["onnx"], base, shapes, dtypes, ref_ms, config.seed
+            ).ratio
+        joint = measure_many(hw, [r["onnx"] for r in rows], base, shapes, dtypes, ref_ms, n)
+        for r, lat in zip(rows, joint, strict=True):
+            r[f"ratio_joint_{n}"] = lat.ratio
     for r in rows:
         del r["onnx"]
+        r["predicted_ms"] = predicted.get(r["trial"])
+        for kind in ("quiet", "joint"):
+            r[f"ratio_{kind}_mean"] = (r[f"ratio_{kind}_1"] + r[f"ratio_{kind}_2"]) / 2
 
     col = {k: [r[k] for r in rows] for k in rows[0]}
+    with_prediction = [r for r in rows if r["predicted_ms"] is not None]
     ratios = col["ratio_search"]
     return {
         "n_measured": len(rows),
@@ -147,6 +169,24 @@ def replay(workdir: Path) -> dict:
         "search_vs_quiet_1": _spearman(ratios, col["ratio_quiet_1"]),
         "search_vs_quiet_2": _spearman(ratios, col["ratio_quiet_2"]),
         "search_vs_quiet_1_median_abs_diff": _median_abs_diff(ratios, col["ratio_quiet_1"]),
+        "joint_1_vs_joint_2": _spearman(col["ratio_joint_1"], col["ratio_joint_2"]),
+        "joint_1_vs_joint_2_median_abs_diff": _median_abs_diff(
+            col["ratio_joint_1"], col["ratio_joint_2"]
+        ),
+        "search_vs_joint_mean": _spearman(ratios, col["ratio_joint_mean"]),
+        "quiet_mean_vs_joint_mean": _spearman(col["ratio_quiet_mean"], col["ratio_joint_mean"]),
+        **{
+            f"online_graph_vs_{kind}": _spearman(
+                [r["predicted_ms"] for r in with_prediction],
+                [r[column] for r in with_prediction],
+            )
+            for kind, column in (
+                ("search", "ratio_search"),
+                ("quiet_mean", "ratio_quiet_mean"),
+                ("joint_mean", "ratio_joint_mean"),
+            )
+        },
+        "n_predicted_graph": len(with_prediction),
         "rows": rows,
     }
 
@@ -189,14 +229,30 @@ def main() -> None:
         f"| search's measurement vs quiet 1 (median difference "
         f"{result['search_vs_quiet_1_median_abs_diff']:.1%}) | {result['search_vs_quiet_1']} |",
         f"| search's measurement vs quiet 2 | {result['search_vs_quiet_2']} |",
+        f"| joint measurement 1 vs joint measurement 2 (median difference "
+        f"{result['joint_1_vs_joint_2_median_abs_diff']:.1%}) | {result['joint_1_vs_joint_2']} |",
+        f"| search's measurement vs joint mean | {result['search_vs_joint_mean']} |",
+        f"| quiet mean vs joint mean | {result['quiet_mean_vs_joint_mean']} |",
         "",
-        "| trial | ratio (search) | quiet 1 | quiet 2 | layer ms (search) | layer ms (quiet) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"The graph-count fit's online predictions ({result['n_predicted_graph']} candidates: "
+        "each predicted from the measurements before it, as in the search), ranked against:",
+        "",
+        "| measurement | Spearman |",
+        "| --- | ---: |",
+        f"| the search's own | {result['online_graph_vs_search']} |",
+        f"| mean of the two quiet passes (one at a time) | {result['online_graph_vs_quiet_mean']} |",
+        f"| mean of the two joint passes | {result['online_graph_vs_joint_mean']} |",
+        "",
+        "| trial | ratio (search) | quiet 1 | quiet 2 | joint 1 | joint 2 | predicted ms "
+        "| layer ms (search) | layer ms (quiet) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in result["rows"]:
+        pred = "" if r["predicted_ms"] is None else f"{r['predicted_ms']:.3f}"
         lines.append(
             f"| {r['trial']} | {r['ratio_search']:.3f} | {r['ratio_quiet_1']:.3f} | "
-            f"{r['ratio_quiet_2']:.3f} | {r['layer_ms_search']:.3f} | {r['layer_ms_quiet']:.3f} |"
+            f"{r['ratio_quiet_2']:.3f} | {r['ratio_joint_1']:.3f} | {r['ratio_joint_2']:.3f} | "
+            f"{pred} | {r['layer_ms_search']:.3f} | {r['layer_ms_quiet']:.3f} |"
         )
     (out / "predictor_replay.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

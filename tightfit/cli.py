@@ -454,7 +454,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="replay Pareto candidates into engine files with a manifest")
     p.add_argument("--workdir", required=True)
-    p.add_argument("--pick", default="knee", help="knee | all | a trial number")
+    p.add_argument(
+        "--pick",
+        default="knee",
+        help="knee | all (the front, re-measured together) | a trial number",
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--profile", default=None, help="which profile's front (default: the first)")
     p.add_argument(

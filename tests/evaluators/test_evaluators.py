@@ -3,7 +3,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tightfit.evaluators import evaluate_accuracy, input_feed, measure_latency, predict, size_mb
+from tightfit.evaluators import (
+    evaluate_accuracy,
+    input_feed,
+    measure_jointly,
+    measure_latency,
+    predict,
+    size_mb,
+)
 from tightfit.evaluators.latency import bootstrap_ci
 from tightfit.task import top1_accuracy
 
@@ -115,3 +122,34 @@ def test_fp16_profile_exports_an_fp16_graph(tiny_model, digits, fast_profile, tm
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 io
     fp32_acc = evaluate_accuracy(ctx.baseline_onnx, digits)
     assert abs(evaluate_accuracy(out.onnx_path, digits) - fp32_acc) <= 0.01
+
+
+def _conv_net(path, channels: int) -> None:
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, channels, 3, padding=1),
+        torch.nn.Conv2d(channels, channels, 3, padding=1),
+    ).eval()
+    torch.onnx.export(
+        net, (torch.zeros(1, 1, 32, 32),), str(path), input_names=["image"], dynamo=False
+    )
+
+
+def test_joint_measurement_runs_every_candidate_in_the_same_rounds(tmp_path, fast_profile) -> None:
+    small, large = tmp_path / "small.onnx", tmp_path / "large.onnx"
+    _conv_net(small, 4)
+    _conv_net(large, 64)  # about 250 times the multiply-accumulates of the small one
+    feed = input_feed({"image": (1, 32, 32)}, {"image": "float32"}, fast_profile, seed=0)
+    results = measure_jointly([large, small], small, fast_profile, feed, baseline_ref_ms=1e6)
+    assert len(results) == 2
+    slow, same = results
+    assert slow.ratio > 3 * same.ratio  # each candidate got its own ratio, in the given order
+    assert same.ratio_ci[0] <= same.ratio <= same.ratio_ci[1]
+    # one set of rounds: the same baseline blocks, one block of each candidate per round
+    assert slow.samples_ms["baseline"] == same.samples_ms["baseline"]
+    assert slow.rounds == same.rounds == len(slow.samples_ms["candidate"]) >= 3
+    assert slow.environment["measured_jointly_with"] == "1"
+    assert slow.attempts == same.attempts == 1 and not slow.disturbed
+    assert measure_jointly([], small, fast_profile, feed) == []
+    # alone, a candidate is measured as before, without the joint tag
+    alone = measure_latency(large, small, fast_profile, feed)
+    assert alone.ratio > 3 and "measured_jointly_with" not in alone.environment

@@ -191,6 +191,21 @@ def test_export_knee_loads_in_a_fresh_session(finished, tmp_path) -> None:
     assert manifest["profile"]["quantization"]["int8_format"] == chosen
 
 
+def test_export_all_remeasures_the_front_together(finished, tmp_path) -> None:
+    config, outcome, _ = finished
+    results = export(outcome.workdir, pick="all", out=tmp_path)
+    numbers = [r.trial for r in results]
+    assert sorted(numbers) == sorted(int(t) for t in outcome.profiles[0].front["trial"])
+    manifests = [json.loads(r.manifest.read_text()) for r in results]
+    for number, m in zip(numbers, manifests, strict=True):
+        assert sorted(m["latency"]["measured_with_trials"]) == sorted(set(numbers) - {number})
+        joint = m["latency"]["environment"].get("measured_jointly_with")
+        assert joint == (str(len(numbers) - 1) if len(numbers) > 1 else None)
+        assert m["metrics_measured"]["latency_ms"] > 0
+    # one set of rounds for all of them
+    assert len({m["latency"]["rounds"] for m in manifests}) == 1
+
+
 def test_export_register_makes_the_knee_pullable_by_alias(finished, tmp_path) -> None:
     import mlflow
 

@@ -1,7 +1,12 @@
 """Accuracy, latency and size of an exported candidate, measured the way it will run."""
 
 from tightfit.evaluators.accuracy import evaluate_accuracy, evaluate_quality, predict
-from tightfit.evaluators.latency import LatencyResult, input_feed, measure_latency
+from tightfit.evaluators.latency import (
+    LatencyResult,
+    input_feed,
+    measure_jointly,
+    measure_latency,
+)
 from tightfit.evaluators.size import size_mb
 
 __all__ = [
@@ -9,6 +14,7 @@ __all__ = [
     "evaluate_accuracy",
     "evaluate_quality",
     "input_feed",
+    "measure_jointly",
     "measure_latency",
     "predict",
     "size_mb",

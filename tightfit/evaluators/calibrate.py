@@ -61,7 +61,7 @@ def calibrate(
             )
         }
     )
-    results = [_measure_once(model, model, long, feed, None, seed + i) for i in range(repeats)]
+    results = [_measure_once([model], model, long, feed, None, seed + i)[0] for i in range(repeats)]
     ratios, block_medians = [], []
     for r in results:
         cand = [np.median(b) for b in r.samples_ms["candidate"]]

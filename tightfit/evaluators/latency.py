@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,100 +127,141 @@ def measure_latency(
     left out. A measurement with fewer than 3 undisturbed rounds is repeated, up to
     ``max_attempts`` times, and the least disturbed attempt is kept.
     """
-    if baseline_ref_ms is None:
-        return _measure_once(candidate, baseline, profile, feed, None, seed)
-    protocol = profile.measurement
-    attempts: list[LatencyResult] = []
-    while len(attempts) < protocol.max_attempts:
-        attempt = _measure_once(
-            candidate, baseline, profile, feed, baseline_ref_ms, seed + len(attempts)
-        )
-        attempts.append(attempt)
-        if not attempt.disturbed:
-            break
-    best = min(attempts, key=lambda r: (r.disturbed, r.rounds_dropped))
-    disturbed = best.disturbed
-    return best.model_copy(update={"attempts": len(attempts), "disturbed": disturbed})
+    return measure_jointly([candidate], baseline, profile, feed, baseline_ref_ms, seed)[0]
 
 
-def _measure_once(
-    candidate: Path,
+def measure_jointly(
+    candidates: Sequence[Path],
     baseline: Path,
     profile: HardwareProfile,
     feed: dict[str, np.ndarray],
     baseline_ref_ms: float | None = None,
     seed: int = 0,
-) -> LatencyResult:
+) -> list[LatencyResult]:
+    """Measure several candidates in the same rounds: ``measure_latency`` for each, at once.
+
+    Every round runs a block of each candidate and of the baseline, in a random order, so
+    candidates a few percent apart are compared under the same state of the machine. Measured
+    one after the other, minutes apart, such candidates swap places: on the 2-core VM of
+    ``benchmarks/predictor_replay.py`` two such passes over 42 digits candidates ranked them
+    alike only at 0.71. Rounds are added until every candidate's interval is narrow enough;
+    the time budget is per candidate. Used to re-measure a set of Pareto points together
+    (``tightfit export --pick all``).
+    """
+    if not candidates:
+        return []
+    if baseline_ref_ms is None:
+        return _measure_once(candidates, baseline, profile, feed, None, seed)
     protocol = profile.measurement
+    attempts: list[list[LatencyResult]] = []
+    while len(attempts) < protocol.max_attempts:
+        attempt = _measure_once(
+            candidates, baseline, profile, feed, baseline_ref_ms, seed + len(attempts)
+        )
+        attempts.append(attempt)
+        if not attempt[0].disturbed:
+            break
+    best = min(attempts, key=lambda rs: (rs[0].disturbed, rs[0].rounds_dropped))
+    return [r.model_copy(update={"attempts": len(attempts)}) for r in best]
+
+
+def _measure_once(
+    candidates: Sequence[Path],
+    baseline: Path,
+    profile: HardwareProfile,
+    feed: dict[str, np.ndarray],
+    baseline_ref_ms: float | None = None,
+    seed: int = 0,
+) -> list[LatencyResult]:
+    protocol = profile.measurement
+    n = len(candidates)
+    names = [f"candidate{i}" for i in range(n)]
     t_start = time.perf_counter()
     with pinned(profile) as cpus:
         runners = {
-            "candidate": open_runner(candidate, profile, feed),
-            "baseline": open_runner(baseline, profile, feed),
+            name: open_runner(path, profile, feed)
+            for name, path in zip(names, candidates, strict=True)
         }
+        runners["baseline"] = open_runner(baseline, profile, feed)
         per_run = max(_warm(r.run, protocol.warmup_s) for r in runners.values())
         iters = min(
             protocol.max_block_iters,
             max(protocol.min_iters_per_block, math.ceil(protocol.min_block_s / per_run)),
         )
         rng = np.random.default_rng(seed)
-        samples: dict[str, list[np.ndarray]] = {"candidate": [], "baseline": []}
-        every: list[float] = []  # the ratio of every round
-        ratios: list[float] = []  # of the rounds whose baseline ran at its reference speed
+        samples: dict[str, list[np.ndarray]] = {name: [] for name in runners}
+        every: list[np.ndarray] = []  # each candidate's ratio, every round
+        kept: list[bool] = []  # whether the round's baseline ran at its reference speed
         slow_ms = (
             baseline_ref_ms * protocol.max_baseline_slowdown
             if baseline_ref_ms is not None
             else None
         )
+        order = list(runners)
         t_rounds = time.perf_counter()
         while True:
-            order = ["candidate", "baseline"] if rng.random() < 0.5 else ["baseline", "candidate"]
-            block = {name: runners[name].block(iters) for name in order}
+            block = {order[i]: runners[order[i]].block(iters) for i in rng.permutation(len(order))}
             for name, times in block.items():
                 samples[name].append(times)
-            every.append(float(np.median(block["candidate"]) / np.median(block["baseline"])))
+            base_ms = float(np.median(block["baseline"]))
+            every.append(np.array([np.median(block[name]) / base_ms for name in names]))
             # a round whose baseline ran slow had its cores taken by another process: left out
-            if slow_ms is None or np.median(block["baseline"]) <= slow_ms:
-                ratios.append(every[-1])
+            kept.append(slow_ms is None or base_ms <= slow_ms)
             spent = (
-                time.perf_counter() - t_rounds > protocol.budget_s
+                time.perf_counter() - t_rounds > protocol.budget_s * n
                 or len(every) >= 2 * protocol.max_rounds
             )
-            if len(ratios) >= protocol.rounds:
-                ci = bootstrap_ci(np.array(ratios), seed)
-                narrow = (ci[1] - ci[0]) / 2 <= protocol.target_ci * float(np.median(ratios))
-                if narrow or len(ratios) >= protocol.max_rounds:
+            if sum(kept) >= protocol.rounds:
+                ratios = np.array(every)[np.array(kept)]
+                if len(ratios) >= protocol.max_rounds or all(
+                    _narrow(ratios[:, i], protocol.target_ci, seed) for i in range(n)
+                ):
                     break
             if spent and len(every) >= protocol.rounds:  # the minimum is always run
                 break
-    disturbed = len(ratios) < 3  # the cores were taken all along: every round is used, flagged
-    if disturbed:
-        ratios = every
-    ci = bootstrap_ci(np.array(ratios), seed)
-    cand = np.concatenate(samples["candidate"])
+    disturbed = sum(kept) < 3  # the cores were taken all along: every round is used, flagged
+    ratios = np.array(every) if disturbed else np.array(every)[np.array(kept)]
     base = np.concatenate(samples["baseline"])
-    ratio = float(np.median(ratios))
     ref = baseline_ref_ms if baseline_ref_ms is not None else float(np.median(base))
     env = environment(profile, feed)
-    for name, runner in runners.items():
-        if hasattr(runner, "timing"):
-            env[f"timing_{name}"] = runner.timing
     if cpus is not None:
         env["pinned_cpus"] = ",".join(map(str, cpus))
-    return LatencyResult(
-        latency_ms=ratio * ref,
-        ratio=ratio,
-        ratio_ci=ci,
-        speedup=1.0 / ratio,
-        median_ms=float(np.median(cand)),
-        p90_ms=float(np.quantile(cand, 0.9)),
-        p99_ms=float(np.quantile(cand, 0.99)),
-        baseline_median_ms=float(np.median(base)),
-        rounds=len(ratios),
-        rounds_dropped=len(every) - len(ratios),
-        disturbed=disturbed,
-        iters_per_block=iters,
-        seconds=time.perf_counter() - t_start,
-        environment=env,
-        samples_ms={k: [np.round(b, 5).tolist() for b in v] for k, v in samples.items()},
-    )
+    if n > 1:
+        env["measured_jointly_with"] = str(n - 1)
+    seconds = time.perf_counter() - t_start
+    results = []
+    for i, name in enumerate(names):
+        cand = np.concatenate(samples[name])
+        ratio = float(np.median(ratios[:, i]))
+        own_env = dict(env)
+        for key, runner in (("candidate", runners[name]), ("baseline", runners["baseline"])):
+            if hasattr(runner, "timing"):
+                own_env[f"timing_{key}"] = runner.timing
+        results.append(
+            LatencyResult(
+                latency_ms=ratio * ref,
+                ratio=ratio,
+                ratio_ci=bootstrap_ci(ratios[:, i], seed),
+                speedup=1.0 / ratio,
+                median_ms=float(np.median(cand)),
+                p90_ms=float(np.quantile(cand, 0.9)),
+                p99_ms=float(np.quantile(cand, 0.99)),
+                baseline_median_ms=float(np.median(base)),
+                rounds=len(ratios),
+                rounds_dropped=len(every) - len(ratios),
+                disturbed=disturbed,
+                iters_per_block=iters,
+                seconds=seconds,
+                environment=own_env,
+                samples_ms={
+                    key: [np.round(b, 5).tolist() for b in samples[src]]
+                    for key, src in (("candidate", name), ("baseline", "baseline"))
+                },
+            )
+        )
+    return results
+
+
+def _narrow(ratios: np.ndarray, target_ci: float, seed: int) -> bool:
+    lo, hi = bootstrap_ci(ratios, seed)
+    return (hi - lo) / 2 <= target_ci * float(np.median(ratios))

@@ -24,7 +24,7 @@ from tightfit.hardware_profiles import HardwareProfile, get_profile
 from tightfit.kernels import compress
 from tightfit.runs.pareto import front_frame, knee
 from tightfit.runs.workdir import atomic_write, load_workdir_config
-from tightfit.search._evaluate import Setup, measure, measure_reference, workspace
+from tightfit.search._evaluate import Setup, measure_many, measure_reference, workspace
 from tightfit.search._study import load_study
 from tightfit.spaces import Candidate
 
@@ -215,7 +215,8 @@ def export(
     profile: str | None = None,
     register: bool = False,
 ) -> list[ExportResult]:
-    """Replay the picked trials of ``workdir``'s search into ``out``; re-measure each."""
+    """Replay the picked trials of ``workdir``'s search into ``out``; re-measure them (together,
+    when there are several)."""
     workdir = Path(workdir).resolve()
     config = load_workdir_config(workdir)
     hw = _resolve_profile(config, profile)
@@ -232,11 +233,10 @@ def export(
     # not the machine's drift since (the baseline's latency now is reported beside it).
     ref_search = float(study.user_attrs["baseline_latency_ms"])
     ref_ms = measure_reference(hw, base_bytes, shapes, dtypes, config.seed).baseline_median_ms
-    results = []
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    built_engines = []
     for number in numbers:
-        trial = trials[number]
-        candidate = Candidate.from_json(trial.user_attrs["candidate"])
+        candidate = Candidate.from_json(trials[number].user_attrs["candidate"])
         target = Path(out) / f"{config.name}-{hw.name}-trial{number:04d}"
         with tempfile.TemporaryDirectory() as tmp:
             built = compress(ws.model, candidate, ws.ctx, Path(tmp))
@@ -251,8 +251,24 @@ def export(
             plan = atomic_write(target / "model.plan", build_engine(engine, hw, feed))
             files["model.plan"] = {"sha256": sha256(plan), "bytes": plan.stat().st_size}
             extra["plan"] = plan_tags()
+        built_engines.append((number, candidate, target, engine, built.report, files, extra))
+    # Several points are re-measured together, in the same rounds, so that their order is
+    # not that of the machine's state while each one ran (``measure_jointly``).
+    latencies = measure_many(
+        hw,
+        [e[3].read_bytes() for e in built_engines],
+        base_bytes,
+        shapes,
+        dtypes,
+        ref_ms,
+        config.seed,
+    )
+    results = []
+    for (number, candidate, target, engine, report, files, extra), latency in zip(
+        built_engines, latencies, strict=True
+    ):
+        trial = trials[number]
         accuracy = evaluate_accuracy(engine, ws.data)  # a fresh session on the written file
-        latency = measure(hw, engine.read_bytes(), base_bytes, shapes, dtypes, ref_ms, config.seed)
         logged = dict(zip(study.metric_names or config.objectives, trial.values, strict=True))
         logged["speedup"] = trial.user_attrs.get("speedup", float("nan"))
         measured = {
@@ -275,9 +291,13 @@ def export(
                 "latency_ms_search": ref_search,
                 "latency_ms_now": ref_ms,
             },
-            "latency": {**latency.summary(), "environment": latency.environment},
+            "latency": {
+                **latency.summary(),
+                "measured_with_trials": [e[0] for e in built_engines if e[0] != number],
+                "environment": latency.environment,
+            },
             "recovery": config.recovery.model_dump(mode="json"),
-            "report": built.report,
+            "report": report,
             "libraries": library_versions(),
             "files": files,
             **extra,

@@ -12,6 +12,7 @@ import functools
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from tightfit.evaluators import (
     evaluate_quality,
     input_feed,
     layer_table,
-    measure_latency,
+    measure_jointly,
     size_mb,
 )
 from tightfit.evaluators.accuracy import staged_accuracy, validation_subset
@@ -259,12 +260,29 @@ def measure(
     seed: int,
 ) -> LatencyResult:
     """Stage 2: latency of ``onnx_bytes`` against the baseline under ``profile``."""
+    args = (baseline_bytes, input_shapes, input_dtypes, baseline_ref_ms, seed)
+    return measure_many(profile, [onnx_bytes], *args)[0]
+
+
+def measure_many(
+    profile: HardwareProfile,
+    onnx_bytes: Sequence[bytes],
+    baseline_bytes: bytes,
+    input_shapes: dict[str, tuple[int, ...]],
+    input_dtypes: dict[str, str],
+    baseline_ref_ms: float | None,
+    seed: int,
+) -> list[LatencyResult]:
+    """``measure`` for several candidates at once, in the same rounds (``measure_jointly``)."""
     with tempfile.TemporaryDirectory(prefix="tightfit-lat-") as tmp:
-        cand, base = Path(tmp) / "candidate.onnx", Path(tmp) / "baseline.onnx"
-        cand.write_bytes(onnx_bytes)
+        paths = []
+        for i, b in enumerate(onnx_bytes):
+            paths.append(Path(tmp) / f"candidate{i}.onnx")
+            paths[-1].write_bytes(b)
+        base = Path(tmp) / "baseline.onnx"
         base.write_bytes(baseline_bytes)
         feed = input_feed(input_shapes, input_dtypes, profile, seed)
-        return measure_latency(cand, base, profile, feed, baseline_ref_ms, seed=seed)
+        return measure_jointly(paths, base, profile, feed, baseline_ref_ms, seed=seed)
 
 
 REFERENCE_REPEATS = 3
