@@ -158,6 +158,17 @@ class LatencySpec(Record):
     prescreen_after: int = Field(
         12, ge=3, description="measured trials before the predictor is trusted to skip any"
     )
+    remeasure: Literal["front", "measured", "off"] = Field(
+        "front",
+        description="at the end of a search, measure these candidates again, together, in the "
+        "same interleaved rounds (front.csv's latency_ms_joint): close candidates measured one "
+        "at a time, minutes apart, swap places with the machine's state. 'measured': every "
+        "compressed candidate the search measured, which also ranks the latency predictor "
+        "against a repeatable measurement (predictor_spearman_joint)",
+    )
+    remeasure_max: int = Field(
+        48, ge=2, description="at most this many candidates re-measured together (front first)"
+    )
     prescreen_margin: float = Field(
         0.15,
         ge=0.0,

@@ -56,9 +56,26 @@ def finished(tmp_path_factory, fast_profile_file):
     return config, outcome, seen
 
 
-def trial_runs(workdir: Path, kind: str = "trial"):
+@pytest.fixture(scope="module")
+def loose(tmp_path_factory, fast_profile_file):
+    """A search that no accuracy bound stops early: every candidate is measured, then measured
+    again with the others at the end (``latency.remeasure: measured``)."""
+    workdir = tmp_path_factory.mktemp("loose")
+    config = small_config(
+        workdir,
+        fast_profile_file,
+        name="loose",
+        n_trials=5,
+        constraints={"max_accuracy_drop": 1.0},
+        sensitivity={"enabled": False},
+        latency={"cache_dir": str(workdir / "lc"), "remeasure": "measured"},
+    )
+    return config, run_search(config)
+
+
+def trial_runs(workdir: Path, kind: str = "trial", name: str = "e2e"):
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("e2e")
+    exp = client.get_experiment_by_name(name)
     return client.search_runs(
         [exp.experiment_id], filter_string=f"tags.`tightfit.kind` = '{kind}'", max_results=1000
     )
@@ -147,6 +164,38 @@ def test_mlflow_has_one_run_per_trial_and_a_summary(finished) -> None:
         )
 
 
+def _measured_compressed(study) -> list[int]:
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    return sorted(t.number for t in complete if not t.user_attrs["is_baseline"])
+
+
+def test_measured_candidates_are_measured_again_together(loose) -> None:
+    import pandas as pd
+
+    config, outcome = loose
+    [profile] = outcome.profiles
+    study = profile.study
+    measured = _measured_compressed(study)
+    assert len(measured) >= 3  # the baseline, then 4 candidates no bound stops
+    joint = study.user_attrs["remeasured_jointly"]
+    assert joint["trials"] == measured and joint["rounds"] >= 3
+    ref = study.user_attrs["baseline_latency_ms"]
+    for n in measured:
+        lo, hi = joint["ratio_ci"][str(n)]
+        assert lo * ref <= joint["latency_ms"][str(n)] <= hi * ref
+    trials = pd.read_csv(profile.summary_dir / "trials.csv")
+    again = trials.set_index("trial")["latency_ms_joint"].dropna()
+    assert sorted(int(n) for n in again.index) == measured
+    [summary] = trial_runs(outcome.workdir, "summary", name="loose")
+    assert summary.data.metrics["n_remeasured_jointly"] == len(measured)
+    assert summary.data.metrics["remeasure_s"] > 0
+    assert -1 <= summary.data.metrics["joint_vs_search_spearman"] <= 1
+    # resumed with nothing new to do: nothing is measured again
+    run_search(config)
+    study = load_study(config, "cpu-ort-fast", outcome.workdir)
+    assert study.user_attrs["remeasured_jointly"] == joint
+
+
 def test_sensitivity_scan_shrinks_the_space_and_seeds(finished) -> None:
     """Every (unit, level) was scored alone; levels that break the constraint alone are gone
     from the searched space, and no trial used one."""
@@ -191,10 +240,11 @@ def test_export_knee_loads_in_a_fresh_session(finished, tmp_path) -> None:
     assert manifest["profile"]["quantization"]["int8_format"] == chosen
 
 
-def test_export_all_remeasures_the_front_together(finished, tmp_path) -> None:
-    config, outcome, _ = finished
+def test_export_all_remeasures_the_front_together(loose, tmp_path) -> None:
+    config, outcome = loose
     results = export(outcome.workdir, pick="all", out=tmp_path)
     numbers = [r.trial for r in results]
+    assert len(numbers) >= 2
     assert sorted(numbers) == sorted(int(t) for t in outcome.profiles[0].front["trial"])
     manifests = [json.loads(r.manifest.read_text()) for r in results]
     for number, m in zip(numbers, manifests, strict=True):

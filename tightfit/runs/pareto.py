@@ -18,11 +18,13 @@ DIRECTION_SIGN = {"accuracy": -1.0, "latency_ms": 1.0, "size_mb": 1.0}  # to "lo
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per finished trial: objectives, speedup, feasibility, state and error."""
+    """One row per finished trial: objectives, speedup, feasibility, state and error; the latency
+    predicted before it was measured, and the one measured again at the end of the search."""
     from optuna.trial import TrialState
 
     names = study.metric_names or [f"value_{i}" for i in range(len(study.directions))]
     front = {t.number for t in study.best_trials}
+    joint = study.user_attrs.get("remeasured_jointly", {}).get("latency_ms", {})
     rows = []
     states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
     for t in study.get_trials(deepcopy=False, states=states):
@@ -38,6 +40,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row["baseline"] = bool(t.user_attrs.get("is_baseline", False))
         row["pareto"] = t.number in front
         row["predicted_latency_ms"] = t.user_attrs.get("predicted_latency_ms")
+        # measured again at the end of the search, together with the others (latency.remeasure)
+        row["latency_ms_joint"] = joint.get(str(t.number))
         row["latency_cache"] = t.user_attrs.get("latency_cache")
         row["knobs"] = t.user_attrs.get("summary", "")
         row["error"] = t.user_attrs.get("error", "")

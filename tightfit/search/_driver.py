@@ -41,7 +41,7 @@ from tightfit.runs._tracker import Tracker
 from tightfit.runs.workdir import atomic_write, prepare_workdir
 from tightfit.search import _ray, sensitivity, strategies
 from tightfit.search._evaluate import Setup, StageOne, workspace
-from tightfit.search._reuse import LatencyReuse, latency_reuse_metrics
+from tightfit.search._reuse import LatencyReuse, joint_metrics, latency_reuse_metrics
 from tightfit.search._signals import DeferredInterrupt
 from tightfit.search._study import ATTR_INTERRUPTED, counted_trials, open_study, recover_interrupted
 from tightfit.spaces import Candidate, CompressionSpace, discover_units
@@ -121,6 +121,8 @@ def run_search(config: SearchConfig, progress: ProgressHook | None = None) -> Se
         clock = _Clock()
         with DeferredInterrupt() as stop:
             _drive(searches, config.concurrency, stop, clock)
+            for s in searches:
+                s.remeasure_jointly(stop)
         clock.end = time.monotonic()
         for s in searches:
             outcome.profiles.append(s.summarise(clock))
@@ -985,6 +987,76 @@ class _ProfileSearch:
         self.tracker.stop_summary(self.profile.name)
 
     # ---- the end ------------------------------------------------------------------------
+    def _remeasure_set(self) -> list[int]:
+        """The trials ``latency.remeasure`` names: the front's, then (``measured``) every other
+        compressed candidate with a latency, at most ``remeasure_max``."""
+        spec = self.config.latency
+        front = pareto.front_frame(self.study)
+        chosen = [int(n) for n in front["trial"]] if not front.empty else []
+        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if spec.remeasure == "measured":
+            chosen += [t.number for t in complete]
+        compressed = {
+            t.number
+            for t in complete
+            if "latency" in t.user_attrs and not t.user_attrs.get("is_baseline")
+        }
+        chosen = [n for n in dict.fromkeys(chosen) if n in compressed]
+        return sorted(chosen[: spec.remeasure_max])
+
+    def remeasure_jointly(self, stop: DeferredInterrupt) -> None:
+        """Measure the chosen candidates again, together in the same rounds, once no trial runs.
+
+        Each is rebuilt from its Candidate (as ``tightfit export`` does) and measured with the
+        others on a measurement actor. Kept as the study's ``remeasured_jointly``; a resumed
+        search with the same set does not measure it again. Ctrl-C stops it between
+        candidates, or after the measurement, before anything is written.
+        """
+        import tempfile
+
+        import ray
+
+        from tightfit.kernels import compress
+
+        numbers = [] if self.config.latency.remeasure == "off" else self._remeasure_set()
+        if len(numbers) < 2 or not self.idle:
+            return
+        if self.study.user_attrs.get("remeasured_jointly", {}).get("trials") == numbers:
+            return
+        t0 = time.monotonic()
+        trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        onnx = []
+        for number in numbers:
+            stop.check()
+            candidate = Candidate.from_json(trials[number].user_attrs["candidate"])
+            with tempfile.TemporaryDirectory() as tmp:
+                built = compress(self.ws.model, candidate, self.ws.ctx, Path(tmp))
+                onnx.append(built.onnx_path.read_bytes())
+        log.info("%s: re-measuring %d candidates together", self.profile.name, len(numbers))
+        results = ray.get(
+            self.idle[0].measure_many.remote(
+                self.profile,
+                onnx,
+                self.baseline_bytes,
+                self.shapes,
+                self.dtypes,
+                self.baseline["latency_ms"],
+                self.config.seed,
+            )
+        )
+        stop.check()
+        self.study.set_user_attr(
+            "remeasured_jointly",
+            {
+                "trials": numbers,
+                "latency_ms": {str(n): r.latency_ms for n, r in zip(numbers, results, strict=True)},
+                "ratio_ci": {str(n): r.ratio_ci for n, r in zip(numbers, results, strict=True)},
+                "rounds": results[0].rounds,
+                "disturbed": results[0].disturbed,
+                "seconds": time.monotonic() - t0,
+            },
+        )
+
     def summarise(self, clock: _Clock) -> ProfileOutcome:
         frame = pareto.trials_frame(self.study)
         front = pareto.front_frame(self.study)
@@ -1017,6 +1089,7 @@ class _ProfileSearch:
             if isinstance(m, dict):  # int8_format auto: what each format measured
                 metrics[f"uniform_int8_{fmt}_latency_ms"] = m["latency_ms"]
         metrics.update(latency_reuse_metrics(self.study))
+        metrics.update(joint_metrics(self.study))
         # what the driver itself cost (sampling, dispatch, telling, logging), for the whole
         # search: the profiles ran together
         wall = clock.wall_s

@@ -123,7 +123,8 @@ def check_feasible(profile: HardwareProfile, nodes: list[dict[str, Any]] | None 
 
 
 class LatencyBench:
-    """Measures candidates against the baseline, one at a time (see the module docstring)."""
+    """Measures candidates against the baseline: one at a time during the search, together at
+    its end (see the module docstring)."""
 
     def measure(self, *args: Any, **kwargs: Any) -> Any:
         """A candidate's latency, with the node and the time window it was measured in."""
@@ -137,6 +138,12 @@ class LatencyBench:
         result = measure(*args, **kwargs)
         node = ray.get_runtime_context().get_node_id()
         return result.model_copy(update={"node_id": node, "window": (start, time.time())})
+
+    def measure_many(self, *args: Any, **kwargs: Any) -> Any:
+        """Several candidates' latency, measured together (``measure_jointly``)."""
+        from tightfit.search._evaluate import measure_many
+
+        return measure_many(*args, **kwargs)
 
     def runtime_missing(self, profile: HardwareProfile) -> str | None:
         from tightfit.evaluators.backends import runtime_missing

@@ -145,3 +145,32 @@ def latency_reuse_metrics(study: optuna.Study) -> dict[str, float]:
     if rho == rho:
         out["predictor_spearman"] = rho
     return out
+
+
+def joint_metrics(study: optuna.Study) -> dict[str, float]:
+    """What the end-of-search joint re-measurement (``latency.remeasure``) found.
+
+    ``joint_vs_search_spearman``: how the candidates' order measured together agrees with their
+    order measured one at a time during the search. ``predictor_spearman_joint``: the latency
+    predictor's online predictions against the joint measurement (the trials that had one).
+    """
+    joint = study.user_attrs.get("remeasured_jointly")
+    if not joint:
+        return {}
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    numbers = [n for n in joint["trials"] if n in trials]
+    again = [joint["latency_ms"][str(n)] for n in numbers]
+    out = {
+        "n_remeasured_jointly": float(len(numbers)),
+        "remeasure_s": float(joint["seconds"]),
+        "joint_vs_search_spearman": spearman(
+            [trials[n].user_attrs["latency"]["latency_ms"] for n in numbers], again
+        ),
+    }
+    predicted = [n for n in numbers if "predicted_latency_ms" in trials[n].user_attrs]
+    out["n_predicted_joint"] = float(len(predicted))
+    out["predictor_spearman_joint"] = spearman(
+        [trials[n].user_attrs["predicted_latency_ms"] for n in predicted],
+        [joint["latency_ms"][str(n)] for n in predicted],
+    )
+    return {k: v for k, v in out.items() if v == v}  # NaN: too few pairs
