@@ -1010,7 +1010,8 @@ class _ProfileSearch:
         Each is rebuilt from its Candidate (as ``tightfit export`` does) and measured with the
         others on a measurement actor. Kept as the study's ``remeasured_jointly``; a resumed
         search with the same set does not measure it again. Ctrl-C stops it between
-        candidates, or after the measurement, before anything is written.
+        candidates, or after the measurement, before anything is written; a failure (a
+        candidate that no longer rebuilds, a lost actor) is logged and loses only this step.
         """
         import tempfile
 
@@ -1019,31 +1020,42 @@ class _ProfileSearch:
         from tightfit.kernels import compress
 
         numbers = [] if self.config.latency.remeasure == "off" else self._remeasure_set()
-        if len(numbers) < 2 or not self.idle:
+        if len(numbers) < 2:
             return
         if self.study.user_attrs.get("remeasured_jointly", {}).get("trials") == numbers:
             return
+        if not self.idle:
+            log.warning("%s: no measurement actor left to re-measure with", self.profile.name)
+            return
         t0 = time.monotonic()
         trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
-        onnx = []
-        for number in numbers:
-            stop.check()
-            candidate = Candidate.from_json(trials[number].user_attrs["candidate"])
-            with tempfile.TemporaryDirectory() as tmp:
-                built = compress(self.ws.model, candidate, self.ws.ctx, Path(tmp))
-                onnx.append(built.onnx_path.read_bytes())
         log.info("%s: re-measuring %d candidates together", self.profile.name, len(numbers))
-        results = ray.get(
-            self.idle[0].measure_many.remote(
-                self.profile,
-                onnx,
-                self.baseline_bytes,
-                self.shapes,
-                self.dtypes,
-                self.baseline["latency_ms"],
-                self.config.seed,
+        try:
+            onnx = []
+            for number in numbers:
+                stop.check()
+                candidate = Candidate.from_json(trials[number].user_attrs["candidate"])
+                with tempfile.TemporaryDirectory() as tmp:
+                    built = compress(self.ws.model, candidate, self.ws.ctx, Path(tmp))
+                    onnx.append(built.onnx_path.read_bytes())
+            results = ray.get(
+                self.idle[0].measure_many.remote(
+                    self.profile,
+                    onnx,
+                    self.baseline_bytes,
+                    self.shapes,
+                    self.dtypes,
+                    self.baseline["latency_ms"],
+                    self.config.seed,
+                )
             )
-        )
+        except Exception as e:  # the search's results stand; only this extra step is lost
+            log.warning(
+                "%s: re-measuring together failed (%s); the trials keep their own measurements",
+                self.profile.name,
+                _ray.error_text(e),
+            )
+            return
         stop.check()
         self.study.set_user_attr(
             "remeasured_jointly",
