@@ -543,3 +543,27 @@ def test_a_baseline_strategy_runs_its_sweep_alone(tmp_path, fast_profile_file) -
     again = run_search(config.model_copy(update={"workdir": str(tmp_path / "again")}))
     assert [t.params for t in again.profiles[0].study.trials] == [t.params for t in study.trials]
     assert len(study.trials) > 4  # the whole sweep was planned: a rerun with more trials goes on
+
+
+def test_a_failed_remeasurement_loses_only_itself(loose, monkeypatch, caplog) -> None:
+    """Runs last on the ``loose`` search: one more trial changes the set to re-measure, and the
+    rebuild fails. The search still ends with its trials, and the old record stands."""
+    import logging
+
+    import tightfit.kernels
+
+    config, outcome = loose
+    before = load_study(config, "cpu-ort-fast", outcome.workdir).user_attrs["remeasured_jointly"]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("cannot rebuild")
+
+    monkeypatch.setattr(tightfit.kernels, "compress", broken)  # the driver's, not the workers'
+    more = config.model_copy(update={"n_trials": 6})
+    with caplog.at_level(logging.WARNING, logger="tightfit.search._driver"):
+        again = run_search(more)
+    study = load_study(more, "cpu-ort-fast", outcome.workdir)
+    assert len(_measured_compressed(study)) > len(before["trials"])  # a new set to re-measure
+    assert study.user_attrs["remeasured_jointly"] == before
+    assert "re-measuring together failed (RuntimeError: cannot rebuild)" in caplog.text
+    assert len(again.profiles[0].front) >= 1
