@@ -126,24 +126,25 @@ class LatencyBench:
     """Measures candidates against the baseline: one at a time during the search, together at
     its end (see the module docstring)."""
 
-    def measure(self, *args: Any, **kwargs: Any) -> Any:
+    def measure(
+        self, profile: HardwareProfile, onnx_bytes: bytes, *args: Any, **kwargs: Any
+    ) -> Any:
         """A candidate's latency, with the node and the time window it was measured in."""
+        return self.measure_many(profile, [onnx_bytes], *args, **kwargs)[0]
+
+    def measure_many(self, *args: Any, **kwargs: Any) -> Any:
+        """Several candidates' latency, measured together (``measure_jointly``), each with the
+        node and the time window they were measured in."""
         import time
 
         import ray
 
-        from tightfit.search._evaluate import measure
-
-        start = time.time()
-        result = measure(*args, **kwargs)
-        node = ray.get_runtime_context().get_node_id()
-        return result.model_copy(update={"node_id": node, "window": (start, time.time())})
-
-    def measure_many(self, *args: Any, **kwargs: Any) -> Any:
-        """Several candidates' latency, measured together (``measure_jointly``)."""
         from tightfit.search._evaluate import measure_many
 
-        return measure_many(*args, **kwargs)
+        start = time.time()
+        results = measure_many(*args, **kwargs)
+        stamp = {"node_id": ray.get_runtime_context().get_node_id(), "window": (start, time.time())}
+        return [r.model_copy(update=stamp) for r in results]
 
     def runtime_missing(self, profile: HardwareProfile) -> str | None:
         from tightfit.evaluators.backends import runtime_missing
