@@ -69,7 +69,6 @@ def replay(workdir: Path) -> dict:
     from tightfit.evaluators.layer_table import LayerTable, layer_models
     from tightfit.evaluators.predictor import LatencyPredictor, LayerRatioPredictor
     from tightfit.hardware_profiles import get_profile
-    from tightfit.kernels import compress
     from tightfit.runs.workdir import load_workdir_config
     from tightfit.search._evaluate import (
         Setup,
@@ -121,9 +120,7 @@ def replay(workdir: Path) -> dict:
     table = LayerTable(hw, None)  # no cache: every shape timed now
     rows = []
     for t in trials:
-        with tempfile.TemporaryDirectory() as out:
-            candidate = Candidate.from_json(t.user_attrs["candidate"])
-            onnx_bytes = compress(ws.model, candidate, ws.ctx, Path(out)).onnx_path.read_bytes()
+        onnx_bytes, _ = ws.rebuild(Candidate.from_json(t.user_attrs["candidate"]))
         quiet_ms, _ = table.total_ms(
             layer_models(onnx_bytes, {k: v.shape for k, v in feed.items()})
         )

@@ -550,7 +550,7 @@ def test_a_failed_remeasurement_loses_only_itself(loose, monkeypatch, caplog) ->
     rebuild fails. The search still ends with its trials, and the old record stands."""
     import logging
 
-    import tightfit.kernels
+    from tightfit.search._evaluate import Workspace
 
     config, outcome = loose
     before = load_study(config, "cpu-ort-fast", outcome.workdir).user_attrs["remeasured_jointly"]
@@ -558,7 +558,7 @@ def test_a_failed_remeasurement_loses_only_itself(loose, monkeypatch, caplog) ->
     def broken(*args, **kwargs):
         raise RuntimeError("cannot rebuild")
 
-    monkeypatch.setattr(tightfit.kernels, "compress", broken)  # the driver's, not the workers'
+    monkeypatch.setattr(Workspace, "rebuild", broken)  # in the driver; workers do not rebuild
     more = config.model_copy(update={"n_trials": 6})
     with caplog.at_level(logging.WARNING, logger="tightfit.search._driver"):
         again = run_search(more)

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from tightfit._records import Record
-from tightfit.evaluators.latency import _measure_once, bootstrap_ci
+from tightfit.evaluators.latency import bootstrap_ci, measure_latency
 from tightfit.hardware_profiles import HardwareProfile
 
 ROUND_GRID = (3, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64)
@@ -61,7 +61,7 @@ def calibrate(
             )
         }
     )
-    results = [_measure_once([model], model, long, feed, None, seed + i)[0] for i in range(repeats)]
+    results = [measure_latency(model, model, long, feed, None, seed + i) for i in range(repeats)]
     ratios, block_medians = [], []
     for r in results:
         cand = [np.median(b) for b in r.samples_ms["candidate"]]

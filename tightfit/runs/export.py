@@ -10,18 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tightfit.config import SearchConfig
 from tightfit.evaluators import evaluate_accuracy, size_mb
 from tightfit.exceptions import TightfitError
 from tightfit.hardware_profiles import HardwareProfile, get_profile
-from tightfit.kernels import compress
 from tightfit.runs.pareto import front_frame, knee
 from tightfit.runs.workdir import atomic_write, load_workdir_config
 from tightfit.search._evaluate import Setup, measure_many, measure_reference, workspace
@@ -65,6 +63,19 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+class _Built(NamedTuple):
+    """An exported point before it is measured."""
+
+    number: int
+    candidate: Candidate
+    target: Path
+    engine: Path
+    onnx_bytes: bytes
+    report: dict[str, Any]
+    files: dict[str, dict[str, Any]]
+    extra: dict[str, Any]
 
 
 def _resolve_profile(config: SearchConfig, name: str | None) -> HardwareProfile:
@@ -234,13 +245,12 @@ def export(
     ref_search = float(study.user_attrs["baseline_latency_ms"])
     ref_ms = measure_reference(hw, base_bytes, shapes, dtypes, config.seed).baseline_median_ms
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    built_engines = []
+    built: list[_Built] = []
     for number in numbers:
         candidate = Candidate.from_json(trials[number].user_attrs["candidate"])
         target = Path(out) / f"{config.name}-{hw.name}-trial{number:04d}"
-        with tempfile.TemporaryDirectory() as tmp:
-            built = compress(ws.model, candidate, ws.ctx, Path(tmp))
-            engine = atomic_write(target / "model.onnx", built.onnx_path.read_bytes())
+        onnx_bytes, report = ws.rebuild(candidate)
+        engine = atomic_write(target / "model.onnx", onnx_bytes)
         files = {"model.onnx": {"sha256": sha256(engine), "bytes": engine.stat().st_size}}
         extra: dict[str, Any] = {}
         if hw.runtime == "tensorrt":  # the deployable engine, bound to this GPU and TensorRT
@@ -251,23 +261,14 @@ def export(
             plan = atomic_write(target / "model.plan", build_engine(engine, hw, feed))
             files["model.plan"] = {"sha256": sha256(plan), "bytes": plan.stat().st_size}
             extra["plan"] = plan_tags()
-        built_engines.append((number, candidate, target, engine, built.report, files, extra))
+        built.append(_Built(number, candidate, target, engine, onnx_bytes, report, files, extra))
     # Several points are re-measured together, in the same rounds, so that their order is
     # not that of the machine's state while each one ran (``measure_jointly``).
-    latencies = measure_many(
-        hw,
-        [e[3].read_bytes() for e in built_engines],
-        base_bytes,
-        shapes,
-        dtypes,
-        ref_ms,
-        config.seed,
-    )
+    args = (base_bytes, shapes, dtypes, ref_ms, config.seed)
+    latencies = measure_many(hw, [b.onnx_bytes for b in built], *args)
     results = []
-    for (number, candidate, target, engine, report, files, extra), latency in zip(
-        built_engines, latencies, strict=True
-    ):
-        trial = trials[number]
+    for b, latency in zip(built, latencies, strict=True):
+        number, engine, trial = b.number, b.engine, trials[b.number]
         accuracy = evaluate_accuracy(engine, ws.data)  # a fresh session on the written file
         logged = dict(zip(study.metric_names or config.objectives, trial.values, strict=True))
         logged["speedup"] = trial.user_attrs.get("speedup", float("nan"))
@@ -282,7 +283,7 @@ def export(
             "runtime": hw.runtime,
             "search": config.name,
             "trial": number,
-            "candidate": json.loads(candidate.to_json()),
+            "candidate": json.loads(b.candidate.to_json()),
             "profile": hw.model_dump(mode="json"),
             "metrics_logged": logged,
             "metrics_measured": measured,
@@ -293,17 +294,17 @@ def export(
             },
             "latency": {
                 **latency.summary(),
-                "measured_with_trials": [e[0] for e in built_engines if e[0] != number],
+                "measured_with_trials": [o.number for o in built if o.number != number],
                 "environment": latency.environment,
             },
             "recovery": config.recovery.model_dump(mode="json"),
-            "report": report,
+            "report": b.report,
             "libraries": library_versions(),
-            "files": files,
-            **extra,
+            "files": b.files,
+            **b.extra,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        path = atomic_write(target / "manifest.json", json.dumps(manifest, indent=2, default=str))
+        path = atomic_write(b.target / "manifest.json", json.dumps(manifest, indent=2, default=str))
         results.append(ExportResult(number, engine, path, logged, measured))
     return _register(results, workdir, config, hw, pick) if register else results
 

@@ -1013,11 +1013,7 @@ class _ProfileSearch:
         candidates, or after the measurement, before anything is written; a failure (a
         candidate that no longer rebuilds, a lost actor) is logged and loses only this step.
         """
-        import tempfile
-
         import ray
-
-        from tightfit.kernels import compress
 
         numbers = [] if self.config.latency.remeasure == "off" else self._remeasure_set()
         if len(numbers) < 2:
@@ -1035,9 +1031,7 @@ class _ProfileSearch:
             for number in numbers:
                 stop.check()
                 candidate = Candidate.from_json(trials[number].user_attrs["candidate"])
-                with tempfile.TemporaryDirectory() as tmp:
-                    built = compress(self.ws.model, candidate, self.ws.ctx, Path(tmp))
-                    onnx.append(built.onnx_path.read_bytes())
+                onnx.append(self.ws.rebuild(candidate)[0])
             results = ray.get(
                 self.idle[0].measure_many.remote(
                     self.profile,

@@ -196,6 +196,13 @@ class Workspace:
             self.setup.config.staged.z,
         )
 
+    def rebuild(self, candidate: Candidate) -> tuple[bytes, dict[str, Any]]:
+        """``candidate`` applied again, as the search built it (compression is deterministic):
+        its ONNX bytes and the kernels' report. For export and re-measurement."""
+        with tempfile.TemporaryDirectory(prefix="rebuild-", dir=self.scratch) as out_dir:
+            built = compress(self.model, candidate, self.ctx, Path(out_dir))
+            return built.onnx_path.read_bytes(), built.report
+
     def input_spec(self) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
         shapes = {k: tuple(v.shape[1:]) for k, v in self.data.validation.items()}
         dtypes = {k: str(v.dtype) for k, v in self.data.validation.items()}
