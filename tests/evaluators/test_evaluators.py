@@ -153,3 +153,17 @@ def test_joint_measurement_runs_every_candidate_in_the_same_rounds(tmp_path, fas
     # alone, a candidate is measured as before, without the joint tag
     alone = measure_latency(large, small, fast_profile, feed)
     assert alone.ratio > 3 and "measured_jointly_with" not in alone.environment
+
+
+def test_calibration_measures_the_model_against_itself(tiny_ctx, fast_profile) -> None:
+    from tightfit.evaluators.calibrate import calibrate, calibrated_profile
+
+    feed = input_feed({"image": (1, 16, 16)}, {"image": "float32"}, fast_profile, seed=0)
+    result = calibrate(fast_profile, tiny_ctx.baseline_onnx, feed, repeats=2, max_rounds=8)
+    assert result.repeats == 2 and result.rounds_measured == 8
+    assert sorted(result.ci_half_width) == [3, 4, 6, 8]  # the grid up to max_rounds
+    assert result.recommended_rounds == 8  # never fewer than 8; 8 is all that was measured
+    assert result.model_ms > 0 and result.aa_ratio_error < 0.5  # A/A: the ratio is near 1
+    saved = calibrated_profile(fast_profile, result)
+    assert saved.measurement.rounds == 8 and saved.measurement.max_rounds >= 8
+    assert saved.calibration["recommended_rounds"] == 8
