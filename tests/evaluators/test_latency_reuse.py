@@ -12,7 +12,13 @@ from tests import models
 from tests.conftest import make_ctx
 from tightfit.evaluators.latency import LatencyResult
 from tightfit.evaluators.latency_cache import LatencyCache, architecture_signature, cache_key
-from tightfit.evaluators.predictor import FEATURES, LatencyPredictor, graph_features, spearman
+from tightfit.evaluators.predictor import (
+    FEATURES,
+    LatencyPredictor,
+    graph_features,
+    held_out,
+    spearman,
+)
 from tightfit.kernels import compress
 from tightfit.spaces import CompressionSpace, discover_units
 
@@ -121,3 +127,14 @@ def test_predictor_fits_non_negative_costs() -> None:
     assert np.allclose(preds, [y for _, y in points], rtol=1e-6)
     assert spearman(preds, [y for _, y in points]) == pytest.approx(1.0)
     assert math.isnan(spearman([1.0, 2.0], [1.0, 2.0]))
+
+    # leave-one-out: each point predicted by a fit on the others alone
+    features, latency = [f for f, _ in points], [y for _, y in points]
+    assert np.allclose(held_out(features, latency), latency, rtol=1e-6)
+    wrong = [*latency[:-1], latency[-1] * 10]  # the last point off the line: only its own
+    loo = held_out(features, wrong)  # prediction, from the others, stays on the line
+    assert loo[-1] == pytest.approx(latency[-1], rel=1e-6)
+    assert abs(loo[0] - latency[0]) > 1e-3  # the others' fits include the outlier
+    assert held_out(features[:3], latency[:3]) == [None, None, None]  # 2 others: no fit
+    partial = [*features[:4], {"one": 1.0}]  # a candidate without the predictor's inputs
+    assert held_out(partial, latency[:5])[-1] is None

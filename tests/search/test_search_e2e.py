@@ -190,6 +190,10 @@ def test_measured_candidates_are_measured_again_together(loose) -> None:
     assert summary.data.metrics["n_remeasured_jointly"] == len(measured)
     assert summary.data.metrics["remeasure_s"] > 0
     assert -1 <= summary.data.metrics["joint_vs_search_spearman"] <= 1
+    # the predictor, leave-one-out over the measured candidates (3 others at least)
+    n_loo = len(measured) if len(measured) > 3 else 0
+    assert summary.data.metrics.get("n_predicted_loo", 0) == n_loo
+    assert ("predictor_spearman_loo_joint" in summary.data.metrics) == (len(measured) > 3)
     # resumed with nothing new to do: nothing is measured again
     run_search(config)
     study = load_study(config, "cpu-ort-fast", outcome.workdir)

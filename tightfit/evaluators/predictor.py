@@ -164,6 +164,23 @@ class LayerRatioPredictor:
         return float(np.median(self.ratios)) * features["layer_ms"]
 
 
+def held_out(features: list[dict[str, float]], latency_ms: list[float]) -> list[float | None]:
+    """Each latency predicted by a ``LatencyPredictor`` fitted on all the others (leave-one-out).
+
+    The predictor's accuracy on a search's candidates once it has the search's data, which the
+    online predictions, each from the measurements before it (few, early in a search), are not.
+    None where the features lack a predictor input or fewer than 3 others are usable.
+    """
+    out: list[float | None] = []
+    for i in range(len(latency_ms)):
+        fit = LatencyPredictor()
+        for j, (f, y) in enumerate(zip(features, latency_ms, strict=True)):
+            if j != i:
+                fit.add(f, y)
+        out.append(fit.predict(features[i]))
+    return out
+
+
 def spearman(a: list[float], b: list[float]) -> float:
     """Spearman rank correlation (NaN with fewer than 3 pairs or a constant side)."""
     if len(a) < 3:

@@ -7,12 +7,17 @@ decides what to do with a hit or a "dominated" verdict.
 from __future__ import annotations
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from tightfit.config import LatencySpec
 from tightfit.evaluators import LatencyResult
 from tightfit.evaluators.latency_cache import LatencyCache, architecture_signature, cache_key
-from tightfit.evaluators.predictor import LatencyPredictor, LayerRatioPredictor, spearman
+from tightfit.evaluators.predictor import (
+    LatencyPredictor,
+    LayerRatioPredictor,
+    held_out,
+    spearman,
+)
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.search._evaluate import StageOne
 
@@ -114,8 +119,12 @@ def latency_reuse_metrics(study: optuna.Study) -> dict[str, float]:
     """Cache hits, trials not measured (pre-screened, or stopped by staged evaluation at the
     accuracy subset or the full accuracy), time saved, and the predictor's rank correlation.
 
-    The correlation is over trials whose latency was predicted *before* it was measured (not
-    refitted afterwards), so it is what the pre-screening decisions actually relied on.
+    ``predictor_spearman`` is over trials whose latency was predicted *before* it was measured
+    (not refitted afterwards), so it is what the pre-screening decisions actually relied on.
+    ``predictor_spearman_loo``: every measured compressed candidate (cache hits too: the
+    predictor learns from them) predicted by the graph fit on all the others
+    (``predictor.held_out``): the predictor's ranking once it has the search's data, rather
+    than the few measurements an early prediction had.
     """
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     measured = [t for t in done if t.state == TrialState.COMPLETE and "latency" in t.user_attrs]
@@ -144,7 +153,28 @@ def latency_reuse_metrics(study: optuna.Study) -> dict[str, float]:
     )
     if rho == rho:
         out["predictor_spearman"] = rho
+    numbers, loo = _held_out(measured)
+    rho = spearman(
+        loo, [t.user_attrs["latency"]["latency_ms"] for t in measured if t.number in numbers]
+    )
+    if rho == rho:
+        out["predictor_spearman_loo"] = rho
+        out["n_predicted_loo"] = float(len(loo))
     return out
+
+
+def _held_out(trials: list[FrozenTrial]) -> tuple[set[int], list[float]]:
+    """``predictor.held_out`` over the measured compressed candidates among ``trials``: the
+    trials predicted, and their predictions, in the order of ``trials``."""
+    usable = [
+        t for t in trials if "features" in t.user_attrs and not t.user_attrs.get("is_baseline")
+    ]
+    predictions = held_out(
+        [t.user_attrs["features"] for t in usable],
+        [t.user_attrs["latency"]["latency_ms"] for t in usable],
+    )
+    kept = [(t.number, p) for t, p in zip(usable, predictions, strict=True) if p is not None]
+    return {n for n, _ in kept}, [p for _, p in kept]
 
 
 def joint_metrics(study: optuna.Study) -> dict[str, float]:
@@ -152,7 +182,9 @@ def joint_metrics(study: optuna.Study) -> dict[str, float]:
 
     ``joint_vs_search_spearman``: how the candidates' order measured together agrees with their
     order measured one at a time during the search. ``predictor_spearman_joint``: the latency
-    predictor's online predictions against the joint measurement (the trials that had one).
+    predictor's online predictions against the joint measurement (the trials that had one);
+    ``predictor_spearman_loo_joint``: its leave-one-out predictions (``predictor.held_out``,
+    fitted on the search's measurements of the others) against it.
     """
     joint = study.user_attrs.get("remeasured_jointly")
     if not joint:
@@ -172,5 +204,9 @@ def joint_metrics(study: optuna.Study) -> dict[str, float]:
     out["predictor_spearman_joint"] = spearman(
         [trials[n].user_attrs["predicted_latency_ms"] for n in predicted],
         [joint["latency_ms"][str(n)] for n in predicted],
+    )
+    held, loo = _held_out([trials[n] for n in numbers])
+    out["predictor_spearman_loo_joint"] = spearman(
+        loo, [joint["latency_ms"][str(n)] for n in numbers if n in held]
     )
     return {k: v for k, v in out.items() if v == v}  # NaN: too few pairs
