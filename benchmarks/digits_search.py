@@ -33,8 +33,9 @@ def main() -> None:
         "--no-prescreen", action="store_true", help="measure every candidate (for comparison)"
     )
     parser.add_argument("--tag", default="", help="suffix of the result files")
+    parser.add_argument("--keep", default=None, help="run in this directory and keep it")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="tightfit-bench-"))
+    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="tightfit-bench-"))
     latency = {
         "cache_dir": str(tmp / "latency-cache"),
         "prescreen": not args.no_prescreen,
@@ -116,7 +117,8 @@ def main() -> None:
         )
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    shutil.rmtree(tmp, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
