@@ -81,6 +81,34 @@ def test_layer_table_predicts_only_what_the_target_cpu_timed() -> None:
         reuse.record("k", one("CPU A|avx2"), _latency(latency), measured=False)
     assert reuse.predict(one("CPU A|avx2")) == 1.0  # 0.5 x the layer sum
     assert reuse.predict(one("CPU B|avx2")) is None  # the graph predictor had no features
+    # the baseline's measurement is stored but not learned from
+    reuse.record("k", one("CPU A|avx2"), _latency(4.0), measured=False, baseline=True)
+    assert len(reuse.by_layers) == 3 and reuse.predict(one("CPU A|avx2")) == 1.0
+
+
+def test_predictors_learn_from_compressed_candidates_only() -> None:
+    """A resumed search refits on its trials, the baseline's left out."""
+    import optuna
+
+    from tightfit.config import LatencySpec
+    from tightfit.evaluators.predictor import FEATURES
+    from tightfit.hardware_profiles import get_profile
+    from tightfit.search._reuse import LatencyReuse
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for i, baseline in enumerate([True, False, False, False]):
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=[1.0, 1.0 + i],
+                user_attrs={
+                    "is_baseline": baseline,
+                    "features": {f: 1.0 + i for f in FEATURES},
+                    "latency": {"latency_ms": 1.0 + i},
+                },
+            )
+        )
+    reuse = LatencyReuse(LatencySpec(cache=False), get_profile("cpu-ort"), _tiny_onnx(), 1.0, study)
+    assert reuse.by_graph.y == [2.0, 3.0, 4.0]
 
 
 def _latency(ms: float):

@@ -682,7 +682,13 @@ class _ProfileSearch:
         t.set_user_attr("compress_node_id", one.node_id)
         t.set_user_attr("measurement_moves", p.moves)
         self.study.tell(t, [values[o] for o in self.config.objectives])
-        self.reuse.record(p.cache_key, one, latency, measured=p.cache == "miss")
+        self.reuse.record(
+            p.cache_key,
+            one,
+            latency,
+            measured=p.cache == "miss",
+            baseline=p.candidate.is_baseline,
+        )
         metrics = {
             **values,
             "accuracy_drop": drop,
