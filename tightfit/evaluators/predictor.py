@@ -17,7 +17,8 @@ evaluation), the graph fit ranked 0.81 online and the layer ratio 0.11; the laye
 in the search, on compress workers beside other compression, ranked 0.31 (0.004 in a later
 run) against the same layers re-timed quietly (``benchmarks/predictor_replay.py``). Hence the
 default. Against the mean of two joint re-measurements (``evaluators.measure_jointly``), which
-rank each other at 0.99, the graph fit's online predictions rank 0.945.
+rank each other at 0.99, the graph fit's online predictions rank 0.945. In a search they learn
+from the compressed candidates' measurements only (``search._reuse.LatencyReuse`` says why).
 
 They only decide which candidates are worth measuring: measured latency alone decides the
 front, and the predictions made before each measurement are kept to report the predictor's
