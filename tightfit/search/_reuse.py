@@ -173,19 +173,17 @@ def latency_reuse_metrics(study: optuna.Study) -> dict[str, float]:
     )
     if rho == rho:
         out["predictor_spearman"] = rho
-    numbers, loo = _held_out(measured)
-    rho = spearman(
-        loo, [t.user_attrs["latency"]["latency_ms"] for t in measured if t.number in numbers]
-    )
+    loo = _held_out(measured)
+    rho = spearman([p for _, p in loo], [t.user_attrs["latency"]["latency_ms"] for t, _ in loo])
     if rho == rho:
         out["predictor_spearman_loo"] = rho
         out["n_predicted_loo"] = float(len(loo))
     return out
 
 
-def _held_out(trials: list[FrozenTrial]) -> tuple[set[int], list[float]]:
-    """``predictor.held_out`` over the measured compressed candidates among ``trials``: the
-    trials predicted, and their predictions, in the order of ``trials``."""
+def _held_out(trials: list[FrozenTrial]) -> list[tuple[FrozenTrial, float]]:
+    """``predictor.held_out`` over the measured compressed candidates among ``trials``: each
+    one that could be predicted, with its prediction."""
     usable = [
         t for t in trials if "features" in t.user_attrs and not t.user_attrs.get("is_baseline")
     ]
@@ -193,8 +191,7 @@ def _held_out(trials: list[FrozenTrial]) -> tuple[set[int], list[float]]:
         [t.user_attrs["features"] for t in usable],
         [t.user_attrs["latency"]["latency_ms"] for t in usable],
     )
-    kept = [(t.number, p) for t, p in zip(usable, predictions, strict=True) if p is not None]
-    return {n for n, _ in kept}, [p for _, p in kept]
+    return [(t, p) for t, p in zip(usable, predictions, strict=True) if p is not None]
 
 
 def joint_metrics(study: optuna.Study) -> dict[str, float]:
@@ -225,8 +222,8 @@ def joint_metrics(study: optuna.Study) -> dict[str, float]:
         [trials[n].user_attrs["predicted_latency_ms"] for n in predicted],
         [joint["latency_ms"][str(n)] for n in predicted],
     )
-    held, loo = _held_out([trials[n] for n in numbers])
+    loo = _held_out([trials[n] for n in numbers])
     out["predictor_spearman_loo_joint"] = spearman(
-        loo, [joint["latency_ms"][str(n)] for n in numbers if n in held]
+        [p for _, p in loo], [joint["latency_ms"][str(t.number)] for t, _ in loo]
     )
     return {k: v for k, v in out.items() if v == v}  # NaN: too few pairs
