@@ -606,15 +606,13 @@ class _ProfileSearch:
     # ---- dispatch -----------------------------------------------------------------------
     def _measure_task(self, onnx_bytes: bytes, bench: Any) -> Any:
         """Latency of ``onnx_bytes`` against the baseline, scaled by the reference latency."""
-        return bench.measure.remote(
-            self.profile,
-            onnx_bytes,
-            self.baseline_bytes,
-            self.shapes,
-            self.dtypes,
-            self.baseline["latency_ms"],
-            self.config.seed,
-        )
+        return bench.measure.remote(self.profile, onnx_bytes, *self._against_baseline())
+
+    def _against_baseline(self) -> tuple[Any, ...]:
+        """What every measurement of this search is taken against, after the candidates:
+        ``LatencyBench.measure`` and ``measure_many``'s remaining arguments."""
+        ref_ms = self.baseline["latency_ms"]
+        return (self.baseline_bytes, self.shapes, self.dtypes, ref_ms, self.config.seed)
 
     def _ask(self) -> _Pending:
         trial = self.study.ask()
@@ -1038,16 +1036,9 @@ class _ProfileSearch:
                 stop.check()
                 candidate = Candidate.from_json(trials[number].user_attrs["candidate"])
                 onnx.append(self.ws.rebuild(candidate)[0])
+            bench = self.idle[0]
             results = ray.get(
-                self.idle[0].measure_many.remote(
-                    self.profile,
-                    onnx,
-                    self.baseline_bytes,
-                    self.shapes,
-                    self.dtypes,
-                    self.baseline["latency_ms"],
-                    self.config.seed,
-                )
+                bench.measure_many.remote(self.profile, onnx, *self._against_baseline())
             )
         except Exception as e:  # the search's results stand; only this extra step is lost
             log.warning(
