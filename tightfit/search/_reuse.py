@@ -57,11 +57,7 @@ class LatencyReuse:
         self.by_layers = LayerRatioPredictor()
         self.by_graph = LatencyPredictor()
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if (
-                "features" in t.user_attrs
-                and "latency" in t.user_attrs
-                and not t.user_attrs.get("is_baseline")
-            ):
+            if _learned_from(t):
                 self._learn(
                     t.user_attrs["features"],
                     t.user_attrs.get("layer_host", ""),
@@ -181,12 +177,17 @@ def latency_reuse_metrics(study: optuna.Study) -> dict[str, float]:
     return out
 
 
+def _learned_from(trial: FrozenTrial) -> bool:
+    """Whether the latency predictors learn from ``trial``: a measured compressed candidate
+    (features and a latency), not the uncompressed baseline (``LatencyReuse`` says why)."""
+    attrs = trial.user_attrs
+    return "features" in attrs and "latency" in attrs and not attrs.get("is_baseline")
+
+
 def _held_out(trials: list[FrozenTrial]) -> list[tuple[FrozenTrial, float]]:
     """``predictor.held_out`` over the measured compressed candidates among ``trials``: each
     one that could be predicted, with its prediction."""
-    usable = [
-        t for t in trials if "features" in t.user_attrs and not t.user_attrs.get("is_baseline")
-    ]
+    usable = [t for t in trials if _learned_from(t)]
     predictions = held_out(
         [t.user_attrs["features"] for t in usable],
         [t.user_attrs["latency"]["latency_ms"] for t in usable],
