@@ -99,7 +99,9 @@ def pretrained_cnn(
     width: int = 48, epochs: int = 4, seed: int = 0, cache_dir: Path | None = None
 ) -> nn.Module:
     """The trained DigitsResNet, from ``cache_dir`` if it was trained there before."""
-    cache = Path(cache_dir) / f"digits-resnet-w{width}-e{epochs}-s{seed}.pt" if cache_dir else None
+    cache = (
+        Path(cache_dir) / f"digits-resnet-w{width}-e{epochs}-s{seed}-f64.pt" if cache_dir else None
+    )
     return trained_once(
         DigitsResNet(width),
         cache,

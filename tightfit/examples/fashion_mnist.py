@@ -105,7 +105,9 @@ def pretrained_cnn(
     width: int = 48, epochs: int = 3, seed: int = 0, cache_dir: Path | None = None
 ) -> nn.Module:
     """The trained FashionCNN, from ``cache_dir`` if it was trained there before."""
-    cache = Path(cache_dir) / f"fashion-cnn-w{width}-e{epochs}-s{seed}.pt" if cache_dir else None
+    cache = (
+        Path(cache_dir) / f"fashion-cnn-w{width}-e{epochs}-s{seed}-f64.pt" if cache_dir else None
+    )
     data_dir()  # fail before training if the data is missing
     return trained_once(
         FashionCNN(width),
