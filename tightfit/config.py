@@ -16,7 +16,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tightfit._records import Record, describe_validation_error
-from tightfit._secrets import has_secret, redact
+from tightfit._secrets import has_secret, redact, secret_keys
 from tightfit.exceptions import ConfigError
 from tightfit.hardware_profiles import HardwareProfile, get_profile
 from tightfit.hardware_profiles._profile import _yaml_where
@@ -146,6 +146,12 @@ class LatencySpec(Record):
     cache_dir: str | None = Field(
         None, description="None: $TIGHTFIT_CACHE_DIR or ~/.cache/tightfit (shared by searches)"
     )
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _cache_dir(cls, v: str | None) -> str | None:
+        return str(Path(v).expanduser()) if v else v
+
     prescreen: bool = Field(
         True, description="skip measuring candidates the latency predictor says are dominated"
     )
@@ -385,6 +391,36 @@ class SearchConfig(Record):
             )
         return v
 
+    @field_validator("profiles")
+    @classmethod
+    def _profiles(cls, v: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for i, name in enumerate(v):
+            if name in seen:
+                raise ValueError(
+                    f"[{i}] {name!r} is listed twice; list each profile once (a profile's "
+                    "trials share one study)"
+                )
+            seen.add(name)
+        return v
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, v: str | None) -> str | None:
+        return str(Path(v).expanduser()) if v else v
+
+    @model_validator(mode="after")
+    def _no_secrets(self) -> SearchConfig:
+        """Credentials anywhere in the config (model and data kwargs included) would be
+        written to search.json, the MLflow params and the manifests."""
+        for where in secret_keys(self.model_dump(mode="json")):
+            raise ValueError(
+                f"{where} holds a credential; a config is written to search.json, MLflow and "
+                "every manifest: read it in your model or data callable from an environment "
+                "variable (or a file outside the config) instead"
+            )
+        return self
+
     @model_validator(mode="after")
     def _something_to_search(self) -> SearchConfig:
         s = self.space
@@ -421,6 +457,14 @@ class SearchConfig(Record):
     def hardware_profiles(self) -> list[HardwareProfile]:
         profiles = [get_profile(p) for p in self.profiles]
         names = {p.name for p in profiles}
+        if len(names) < len(profiles):
+            twice = sorted(
+                {p.name for p in profiles if [q.name for q in profiles].count(p.name) > 1}
+            )
+            raise ConfigError(
+                f"profiles: {', '.join(twice)} is named more than once ({self.profiles}); "
+                "list each profile once"
+            )
         unknown = sorted(set(self.profile_concurrency) - names)
         if unknown:
             raise ConfigError(
