@@ -1,7 +1,8 @@
 """The ``tightfit`` command: search, submit, status, logs, pareto, export, ui, profiles.
 
-User mistakes (TightfitError) print one line per problem and exit 2; bugs keep their traceback
-in ``<workdir>/tightfit.log`` and on stderr.
+User mistakes (TightfitError) print one line per problem and exit 2; bugs exit 1 and keep their
+traceback in ``<workdir>/tightfit.log`` and on stderr. Whatever is printed or logged has its
+credentials redacted (``tightfit._secrets``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tightfit._secrets import RedactingFilter
+from tightfit._secrets import RedactingFilter, redact
 from tightfit.exceptions import TightfitError
 
 log = logging.getLogger("tightfit")
@@ -139,7 +140,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         "file",
         "accuracy (logged → now)",
         "latency ms (logged → now)",
-        "speedup now",
+        "latency ratio logged [95% CI]",
+        "ratio now [95% CI]",
+        "agree?",
     ]:
         table.add_column(c)
     for r in results:
@@ -148,7 +151,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             str(r.path),
             f"{r.logged['accuracy']:.4f} → {r.measured['accuracy']:.4f}",
             f"{r.logged['latency_ms']:.3f} → {r.measured['latency_ms']:.3f} ({r.latency_change:+.1%})",
-            f"{r.measured['speedup']:.2f}x",
+            _ratio_text(r.ratio_logged),
+            _ratio_text(r.ratio_now),
+            {True: "yes", False: "[bold red]NO[/]", None: "?"}[r.agrees],
         )
     console.print(table)
     console.print(
@@ -156,9 +161,34 @@ def cmd_export(args: argparse.Namespace) -> int:
         "(the manifest has the baseline's latency now, to see the machine's drift)"
     )
     for r in results:
+        if r.agrees is False:
+            console.print(
+                f"[bold]trial {r.trial}[/]: the re-measured latency ratio "
+                f"{_ratio_text(r.ratio_now)} is outside the noise of the logged one "
+                f"{_ratio_text(r.ratio_logged)}: the machine's state differs from the search's "
+                "(load, frequency, another process); measure again on a quiet machine before "
+                "relying on either number",
+                soft_wrap=True,
+            )
+    for r in results:
         if r.registered:
             console.print(f"trial {r.trial} registered: {r.registered}", soft_wrap=True)
     return 0
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _ratio_text(ratio: tuple[float, float, float] | None) -> str:
+    return "n/a" if ratio is None else f"{ratio[0]:.3f} [{ratio[1]:.3f}, {ratio[2]:.3f}]"
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -176,6 +206,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
             f"search '{config.name}' logs to the tracking server {remote}: open {tracker.ui_url()}"
         )
         return 0
+    if not _loopback(args.host):
+        print(
+            f"tightfit: warning: --host {args.host} serves the MLflow UI beyond this machine, and "
+            "it has no login: anyone who reaches the port can read and change every run. "
+            "Prefer an SSH tunnel (ssh -L 5000:127.0.0.1:5000 HOST) to the default 127.0.0.1",
+            file=sys.stderr,
+        )
     tracker = Tracker(workdir, config.name, objectives=list(config.objectives))
     url = tracker.ui_url(f"http://{args.host}:{args.port}")
     # One worker and no job runner: 0.5 GB and 8 s to start instead of 2.3 GB and 17 s.
@@ -313,8 +350,27 @@ def cmd_submit(args: argparse.Namespace) -> int:
         ship_tightfit=not args.no_ship_tightfit,
         env=env,
         n_trials=args.n_trials,
+        include=args.include,
+        dry_run=args.dry_run,
     )
     console = _console()
+    upload = s.upload
+    assert upload is not None
+    if args.dry_run:
+        for rel, size in upload.files:
+            print(f"  {size:>12,d}  {rel}")
+    print(
+        f"uploads {len(upload.files)} files, {upload.total_bytes / 1e6:.1f} MB, from {upload.root}"
+        + ("" if args.dry_run else " (tightfit submit --dry-run lists them)")
+    )
+    if upload.withheld:
+        print(
+            f"not uploaded (credentials, weights, databases): {', '.join(upload.withheld)}; "
+            "--include PATTERN sends one that the job needs"
+        )
+    if args.dry_run:
+        print(f"dry run: nothing submitted; the job would run: {s.entrypoint}")
+        return 0
     console.print(f"submitted [bold]{s.submission_id}[/]: {s.entrypoint}")
     console.print(
         f"  project {s.working_dir} uploaded; study and MLflow store in {s.remote_workdir} "
@@ -434,6 +490,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the tightfit installed on the cluster instead of uploading this one",
     )
     p.add_argument("--follow", action="store_true", help="stream the logs until the job ends")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the files that would be uploaded and the command, submit nothing",
+    )
+    p.add_argument(
+        "--include",
+        action="append",
+        metavar="PATTERN",
+        help="upload files that are withheld by default (credentials, weights, databases) "
+        "matching this gitignore-style pattern, e.g. 'weights/model.pt'",
+    )
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("status", help="the tightfit jobs on a Ray cluster")
@@ -492,14 +560,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except TightfitError as e:
-        for line in str(e).splitlines():
+        for line in redact(str(e)).splitlines():
             print(f"tightfit: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            "tightfit: interrupted; in-flight trials were marked and re-queued: rerun the same command to resume",
-            file=sys.stderr,
-        )
+        if args.command == "search":
+            print(
+                "tightfit: interrupted; in-flight trials were marked and re-queued: rerun the same command to resume",
+                file=sys.stderr,
+            )
+        else:
+            print(f"tightfit: {args.command} interrupted", file=sys.stderr)
         return 130
     except Exception as e:
         if _disk_full(e):  # from any layer (MLflow's SQLite, Optuna's journal, Ray's spill files)
@@ -510,7 +581,24 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         log.exception("unexpected error (a bug in tightfit; please report it with this log)")
-        raise
+        import traceback
+
+        print(redact(traceback.format_exc()), file=sys.stderr, end="")  # credentials never
+        where = f"; the traceback is also in {_log_path()}" if _log_path() else ""
+        print(
+            f"tightfit: internal error: {redact(f'{type(e).__name__}: {e}'.splitlines()[0])} "
+            f"(a bug in tightfit; please report it{where})",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _log_path() -> Path | None:
+    """The log file this command writes (``tightfit search``'s), if it exists."""
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.FileHandler) and Path(h.baseFilename).exists():
+            return Path(h.baseFilename)
+    return None
 
 
 def _disk_full(exc: BaseException | None) -> bool:

@@ -39,3 +39,7 @@ class WorkdirError(TightfitError):
 
 class CandidateError(TightfitError):
     """A candidate cannot be applied to the model; it fails its trial, never the study."""
+
+
+class SearchAborted(TightfitError):
+    """The search stopped itself: its first trials all failed for the same reason."""

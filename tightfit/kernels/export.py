@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -61,8 +62,14 @@ def export_onnx(
     example_inputs: tuple[torch.Tensor, ...],
     input_names: Iterable[str],
     path: Path,
+    trace_warnings: list[str] | None = None,
 ) -> Path:
-    """Write ``model`` as ONNX with a dynamic batch axis; raise CandidateError on failure."""
+    """Write ``model`` as ONNX with a dynamic batch axis; raise CandidateError on failure.
+
+    The tracer's warnings (a Python branch on a tensor's value, a tensor turned into a
+    constant) are kept in ``trace_warnings`` when given: they name the line whose behaviour
+    the trace may have frozen (:func:`verify_export` checks whether it did).
+    """
     input_names = list(input_names)
     model.eval()
     buffer = io.BytesIO()
@@ -70,8 +77,8 @@ def export_onnx(
         mode="w+b"
     )  # the exporter prints its IR graph on failure (C++)
     try:
-        with warnings.catch_warnings(), torch.no_grad(), _fd_to(chatter, 1):
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad(), _fd_to(chatter, 1):
+            warnings.simplefilter("always", torch.jit.TracerWarning)
             torch.onnx.export(
                 model,
                 example_inputs,
@@ -82,6 +89,12 @@ def export_onnx(
                 output_names=["output"],
                 dynamic_axes=dynamic_axes(example_inputs, input_names),
                 do_constant_folding=True,
+            )
+        if trace_warnings is not None:
+            trace_warnings.extend(
+                f"{w.filename}:{w.lineno}: {str(w.message).splitlines()[0]}"
+                for w in caught
+                if issubclass(w.category, torch.jit.TracerWarning)
             )
     except Exception as e:
         chatter.seek(0)
@@ -147,3 +160,56 @@ def has_constant_weight(model: onnx.ModelProto, node_name: str) -> bool:
         if node.name == node_name:
             return node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in inits
     return False
+
+
+#: an export agrees with torch when max |onnx - torch| <= RTOL * max |torch| + ATOL
+RTOL, ATOL = 1e-3, 1e-5
+
+
+def _first_tensor(output: object) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output:
+        return _first_tensor(output[0])
+    if isinstance(output, dict) and output:
+        return _first_tensor(next(iter(output.values())))
+    raise TypeError(f"the model's output is a {type(output).__name__}, not a tensor")
+
+
+def verify_export(
+    model: nn.Module, onnx_path: Path, inputs: dict[str, np.ndarray], max_samples: int = 32
+) -> str | None:
+    """Compare the ONNX file's first output with torch's on real inputs; None if they agree,
+    else what differs.
+
+    ``inputs`` are validation samples by input name. Up to ``max_samples`` of them, spread over
+    the set, run as one batch, and the first one alone (batch 1, as latency is measured): a
+    forward that branches on its input's values or shape is traced with the example's branch
+    baked in, and differs here on inputs that take the other one.
+    """
+    import onnxruntime as ort
+
+    n = len(next(iter(inputs.values())))
+    rows = np.unique(np.linspace(0, n - 1, num=min(n, max_samples)).astype(int))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    for batch in (rows, rows[:1]):
+        feed = {k: np.ascontiguousarray(v[batch]) for k, v in inputs.items()}
+        with torch.no_grad():
+            expected = _first_tensor(model(*(torch.from_numpy(a) for a in feed.values())))
+        want = expected.detach().float().numpy()
+        got = session.run(None, feed)[0].astype(np.float32)
+        if got.shape != want.shape:
+            return f"on a batch of {len(batch)} the ONNX output has shape {got.shape}, torch's {want.shape}"
+        diff = np.abs(got - want)
+        scale = float(np.abs(want).max()) if want.size else 0.0
+        if not np.isfinite(diff).all() or float(diff.max(initial=0.0)) > RTOL * scale + ATOL:
+            worst = int(np.unravel_index(int(np.nanargmax(diff)), diff.shape)[0])
+            return (
+                f"on a batch of {len(batch)} validation samples the ONNX output differs from "
+                f"torch's by up to {float(np.nanmax(diff)):.3g} (outputs up to {scale:.3g}; "
+                f"worst at sample {int(batch[worst])})"
+            )
+    return None

@@ -40,6 +40,104 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+LOCKED_WAIT_S = 60.0  # a locked SQLite store is retried this long before giving up
+
+
+class GuardedClient:
+    """An ``MlflowClient`` whose store errors are one-line WorkdirErrors that say what to do.
+
+    A locked SQLite database (an ``mlflow ui`` or another reader holding it) is retried with
+    backoff for up to ``LOCKED_WAIT_S``; a corrupt database, one from another MLflow version,
+    or a tracking server that cannot be reached is a WorkdirError naming the store and the fix.
+    MLflow's own answers about runs and models (a name that exists already, a run that does
+    not) pass through as ``MlflowException`` for the caller to handle.
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._client = self._call(_make_client, uri)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+        return lambda *args, **kwargs: self._call(attr, *args, **kwargs)
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + LOCKED_WAIT_S
+        delay = 0.05
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:
+                kind = store_problem(e)
+                if kind is None:
+                    raise
+                if kind == "locked" and time.monotonic() < deadline:
+                    time.sleep(delay)
+                    delay = min(2 * delay, 2.0)
+                    continue
+                raise WorkdirError(_store_message(self.uri, kind, e)) from e
+
+
+def _make_client(uri: str) -> Any:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    client._tracking_client.store  # noqa: B018 - opens (and migrates) the store now, not later
+    return client
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def store_problem(exc: BaseException) -> str | None:
+    """What is wrong with the store, from an exception of any layer (None: not the store's)."""
+    text = " ".join(f"{type(e).__name__}: {e}" for e in _chain(exc)).lower()
+    if "database is locked" in text or "database table is locked" in text:
+        return "locked"
+    if "file is not a database" in text or "malformed" in text or "not a database" in text:
+        return "corrupt"
+    if "can't locate revision" in text or "out-of-date database schema" in text:
+        return "version"
+    if "no such table" in text or "no such column" in text:
+        return "version"
+    if (
+        any(
+            type(e).__name__ in ("ConnectionError", "MaxRetryError", "NewConnectionError")
+            for e in _chain(exc)
+        )
+        or "max retries exceeded" in text
+    ):
+        return "unreachable"
+    if any(type(e).__module__.startswith(("sqlalchemy", "sqlite3")) for e in _chain(exc)):
+        return "database"
+    return None
+
+
+def _store_message(uri: str, kind: str, exc: BaseException) -> str:
+    first = next((str(e).strip().splitlines()[0] for e in _chain(exc) if str(e).strip()), "")
+    where = uri.removeprefix("sqlite:///")
+    fixes = {
+        "locked": f"it stayed locked for {LOCKED_WAIT_S:g} s: another process holds it (an "
+        "'mlflow ui' or another search?); stop that process and rerun to resume",
+        "corrupt": f"it is corrupt ({first}); move {where} aside and rerun to resume: the "
+        "Optuna journal keeps every trial, and the rerun writes their runs again",
+        "version": f"it was written by another MLflow version ({first}); use that version, or "
+        f"back it up and upgrade it with 'mlflow db upgrade {uri}'",
+        "unreachable": f"the tracking server cannot be reached ({first}); check that it runs "
+        "and that mlflow.tracking_uri is right, then rerun to resume",
+        "database": f"{first}; rerun to resume once the store is reachable",
+    }
+    return f"MLflow store {uri}: {fixes[kind]}"
+
+
 class Tracker:
     """Writes a search's runs to the MLflow store in its work directory (or a given URI)."""
 
@@ -51,23 +149,18 @@ class Tracker:
         objectives: list[str] | None = None,
     ) -> None:
         _quiet()
-        from mlflow import MlflowClient
-
         self.workdir = workdir
         self.search = search
         self.uri = uri or tracking_uri(workdir)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        try:
-            experiment = self.client.get_experiment_by_name(search)
-            if experiment is None:
-                artifacts = (workdir / "mlartifacts").resolve().as_uri()
-                self.experiment_id = self.client.create_experiment(
-                    search, artifact_location=artifacts, tags={TAG_SEARCH: search}
-                )
-            else:
-                self.experiment_id = experiment.experiment_id
-        except Exception as e:
-            raise WorkdirError(f"cannot open the MLflow store at {self.uri}: {e}") from e
+        self.client: Any = GuardedClient(self.uri)
+        experiment = self.client.get_experiment_by_name(search)
+        if experiment is None:
+            artifacts = (workdir / "mlartifacts").resolve().as_uri()
+            self.experiment_id = self.client.create_experiment(
+                search, artifact_location=artifacts, tags={TAG_SEARCH: search}
+            )
+        else:
+            self.experiment_id = experiment.experiment_id
         self._runs: dict[tuple[str, int], str] = {}
         self._pareto: dict[str, bool] = {}
         self._feasible: dict[str, bool] = {}

@@ -37,6 +37,20 @@ class ExportResult:
     logged: dict[str, float]
     measured: dict[str, float]
     registered: str | None = None  # "models:/<name>@<alias>" when registered
+    #: the latency ratio to the baseline (candidate / baseline) and its 95% interval, as the
+    #: search logged it and as re-measured now (None where the trial kept no interval)
+    ratio_logged: tuple[float, float, float] | None = None
+    ratio_now: tuple[float, float, float] | None = None
+
+    @property
+    def agrees(self) -> bool | None:
+        """Whether the logged and the re-measured ratio agree within their noise: their 95%
+        intervals overlap (None: no logged interval to compare with)."""
+        if self.ratio_logged is None or self.ratio_now is None:
+            return None
+        return (
+            self.ratio_logged[1] <= self.ratio_now[2] and self.ratio_now[1] <= self.ratio_logged[2]
+        )
 
     @property
     def latency_change(self) -> float:
@@ -71,6 +85,7 @@ class _Built(NamedTuple):
     number: int
     candidate: Candidate
     target: Path
+    staging: Path  # where the files are written; renamed to ``target`` with the manifest
     engine: Path
     onnx_bytes: bytes
     report: dict[str, Any]
@@ -246,11 +261,13 @@ def export(
     ref_ms = measure_reference(hw, base_bytes, shapes, dtypes, config.seed).baseline_median_ms
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     built: list[_Built] = []
+    _remove_staging(Path(out))  # an interrupted export's leftovers
     for number in numbers:
         candidate = Candidate.from_json(trials[number].user_attrs["candidate"])
         target = Path(out) / f"{config.name}-{hw.name}-trial{number:04d}"
+        staging = target.with_name(f"{STAGING}{target.name}")
         onnx_bytes, report = ws.rebuild(candidate)
-        engine = atomic_write(target / "model.onnx", onnx_bytes)
+        engine = atomic_write(staging / "model.onnx", onnx_bytes)
         files = {"model.onnx": {"sha256": sha256(engine), "bytes": engine.stat().st_size}}
         extra: dict[str, Any] = {}
         if hw.runtime == "tensorrt":  # the deployable engine, bound to this GPU and TensorRT
@@ -258,10 +275,12 @@ def export(
             from tightfit.evaluators.backends import build_engine
 
             feed = input_feed(shapes, dtypes, hw, config.seed)
-            plan = atomic_write(target / "model.plan", build_engine(engine, hw, feed))
+            plan = atomic_write(staging / "model.plan", build_engine(engine, hw, feed))
             files["model.plan"] = {"sha256": sha256(plan), "bytes": plan.stat().st_size}
             extra["plan"] = plan_tags()
-        built.append(_Built(number, candidate, target, engine, onnx_bytes, report, files, extra))
+        built.append(
+            _Built(number, candidate, target, staging, engine, onnx_bytes, report, files, extra)
+        )
     # Several points are re-measured together, in the same rounds, so that their order is
     # not that of the machine's state while each one ran (``measure_jointly``).
     args = (base_bytes, shapes, dtypes, ref_ms, config.seed)
@@ -272,6 +291,7 @@ def export(
         accuracy = evaluate_accuracy(engine, ws.data)  # a fresh session on the written file
         logged = dict(zip(study.metric_names or config.objectives, trial.values, strict=True))
         logged["speedup"] = trial.user_attrs.get("speedup", float("nan"))
+        ratio_logged, ratio_now = _ratios(trial, latency)
         measured = {
             "accuracy": accuracy,
             "latency_ms": latency.ratio * ref_search,
@@ -294,6 +314,10 @@ def export(
             },
             "latency": {
                 **latency.summary(),
+                "ratio_logged": ratio_logged,
+                "agrees_with_logged": None
+                if ratio_logged is None
+                else ratio_logged[1] <= ratio_now[2] and ratio_now[1] <= ratio_logged[2],
                 "measured_with_trials": [o.number for o in built if o.number != number],
                 "environment": latency.environment,
             },
@@ -304,9 +328,56 @@ def export(
             **b.extra,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        path = atomic_write(b.target / "manifest.json", json.dumps(manifest, indent=2, default=str))
-        results.append(ExportResult(number, engine, path, logged, measured))
+        atomic_write(b.staging / "manifest.json", json.dumps(manifest, indent=2, default=str))
+        _publish(b.staging, b.target)  # the engine and its manifest appear together
+        results.append(
+            ExportResult(
+                number,
+                b.target / engine.name,
+                b.target / "manifest.json",
+                logged,
+                measured,
+                ratio_logged=ratio_logged,
+                ratio_now=ratio_now,
+            )
+        )
     return _register(results, workdir, config, hw, pick) if register else results
+
+
+STAGING = ".partial-"
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Move a complete engine folder (files + manifest) to ``target``, replacing an older one:
+    a reader sees the old folder or the new one, never an engine without its manifest."""
+    import shutil
+
+    old = target.with_name(f"{STAGING}old-{target.name}")
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_staging(out: Path) -> None:
+    import shutil
+
+    if out.is_dir():
+        for leftover in out.glob(f"{STAGING}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _ratios(
+    trial: Any, latency: Any
+) -> tuple[tuple[float, float, float] | None, tuple[float, float, float]]:
+    """(logged, now): each the latency ratio to the baseline with its 95% interval."""
+    now = (float(latency.ratio), float(latency.ratio_ci[0]), float(latency.ratio_ci[1]))
+    kept = trial.user_attrs.get("latency") or {}
+    if "ratio" not in kept or "ratio_ci" not in kept:
+        return None, now
+    low, high = kept["ratio_ci"]
+    return (float(kept["ratio"]), float(low), float(high)), now
 
 
 def profile_name(spec: str) -> str:

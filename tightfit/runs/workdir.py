@@ -8,13 +8,19 @@ Layout::
     <workdir>/cache/            what model callables cache (e.g. trained weights)
     <workdir>/summary/<profile>/ the front table and figures, also logged to MLflow
     <workdir>/tightfit.log      the full log, tracebacks included
+    <workdir>/.lock             held by the search running there (who: PID, host, since)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
+import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +28,7 @@ from tightfit.config import SearchConfig, config_from_dict
 from tightfit.exceptions import WorkdirError
 
 IDENTITY = "search.json"
+LOCK = ".lock"
 
 
 def atomic_write(path: Path, data: bytes | str) -> Path:
@@ -72,7 +79,7 @@ def prepare_workdir(config: SearchConfig) -> Path:
         ) from None
     identity = workdir / IDENTITY
     if identity.exists():
-        stored = json.loads(identity.read_text())
+        stored = _read_identity(identity)
         if stored.get("name") != config.name:
             raise WorkdirError(
                 f"work directory '{workdir}' belongs to search '{stored.get('name')}', not '{config.name}'; "
@@ -106,5 +113,72 @@ def load_workdir_config(workdir: Path) -> SearchConfig:
         raise WorkdirError(
             f"'{workdir}' is not a tightfit work directory (no {IDENTITY}); run 'tightfit search' first"
         )
-    stored: dict[str, Any] = json.loads(identity.read_text())
+    stored = _read_identity(identity)
+    if not isinstance(stored.get("config"), dict):
+        raise WorkdirError(f"'{identity}' has no 'config' mapping; {_CORRUPT_FIX}")
     return config_from_dict(stored["config"], source=str(identity))
+
+
+_CORRUPT_FIX = (
+    "restore it from a backup, or rerun 'tightfit search' with the search's config file "
+    "(it rewrites search.json when the file is gone)"
+)
+
+
+def _read_identity(identity: Path) -> dict[str, Any]:
+    """``search.json``, or a one-line WorkdirError when it is unreadable or corrupt."""
+    try:
+        stored = json.loads(identity.read_text())
+    except OSError as e:
+        raise WorkdirError(f"cannot read '{identity}': {e.strerror}") from None
+    except ValueError as e:
+        raise WorkdirError(f"'{identity}' is corrupt (not JSON: {e}); {_CORRUPT_FIX}") from None
+    if not isinstance(stored, dict):
+        raise WorkdirError(f"'{identity}' is corrupt (not a JSON object); {_CORRUPT_FIX}")
+    return stored
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: Path) -> Iterator[None]:
+    """Hold ``<workdir>/.lock`` while a search runs there; a second search gets WorkdirError.
+
+    An advisory ``flock``: the kernel releases it when the holder exits, however it exits (a
+    crash or ``kill -9`` leaves no stale lock to clean up). Where ``fcntl`` does not exist
+    (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = Path(workdir) / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise WorkdirError(_held_by(path, workdir)) from None
+        os.ftruncate(fd, 0)
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join(sys.argv),
+        }
+        os.write(fd, json.dumps(holder).encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _held_by(path: Path, workdir: Path) -> str:
+    try:
+        holder = json.loads(path.read_text())
+        who = f"PID {holder['pid']} on {holder['host']}, since {holder['since']}"
+        stop = f" (Ctrl-C it, or kill -INT {holder['pid']})"
+    except (OSError, ValueError, KeyError):
+        who, stop = "another process", ""
+    return (
+        f"work directory '{workdir}' is in use by another tightfit search ({who}); wait for it "
+        f"to finish or stop it{stop}, then rerun to resume"
+    )

@@ -19,6 +19,7 @@ import copy
 import json
 import logging
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,13 +33,13 @@ from optuna.trial import TrialState
 
 from tightfit.config import SearchConfig
 from tightfit.evaluators import evaluate_quality, size_mb
-from tightfit.exceptions import ConfigError, WorkdirError
+from tightfit.exceptions import ConfigError, SearchAborted, WorkdirError
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.kernels.export import export_onnx
 from tightfit.kernels.recovery import recalibrate_batchnorm
 from tightfit.runs import pareto
 from tightfit.runs._tracker import Tracker
-from tightfit.runs.workdir import atomic_write, prepare_workdir
+from tightfit.runs.workdir import atomic_write, prepare_workdir, workdir_lock
 from tightfit.search import _ray, sensitivity, strategies
 from tightfit.search._evaluate import Setup, StageOne, workspace
 from tightfit.search._reuse import LatencyReuse, joint_metrics, latency_reuse_metrics
@@ -49,8 +50,15 @@ from tightfit.spaces import Candidate, CompressionSpace, discover_units
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5
+FAIL_FAST = 5  # this many trials failing in a row for the same reason, none done yet: stop
 MAX_MEASURE_ATTEMPTS = 3  # a measurement whose node died is moved, at most this many times
 BENCH_START_S = 300.0  # the first measurement actor must be up by then
+
+
+def _error_kind(reason: str) -> str:
+    """A failure reason without its numbers and hashes: two trials failing for the same cause
+    (``base model 3f2a... now returns 9b1c...``) have the same kind."""
+    return re.sub(r"[0-9a-f]{8,}|\d+(\.\d+)?", "#", reason.splitlines()[0] if reason else "")
 
 
 def drop_excess(baseline: float, accuracy: float, max_drop: float) -> float:
@@ -103,6 +111,13 @@ ProgressHook = Callable[[str, int, int, int, float | None], None]
 def run_search(config: SearchConfig, progress: ProgressHook | None = None) -> SearchOutcome:
     """Run (or resume) the whole search; return the front of every profile."""
     workdir = prepare_workdir(config)
+    with workdir_lock(workdir):  # one search at a time in a work directory
+        return _run_search(config, workdir, progress)
+
+
+def _run_search(
+    config: SearchConfig, workdir: Path, progress: ProgressHook | None
+) -> SearchOutcome:
     tracker = Tracker(
         workdir, config.name, uri=config.mlflow.tracking_uri, objectives=list(config.objectives)
     )
@@ -119,7 +134,7 @@ def run_search(config: SearchConfig, progress: ProgressHook | None = None) -> Se
             searches.append(_ProfileSearch(config, profile, workdir, tracker, progress))
             searches[-1].prepare()
         clock = _Clock()
-        with DeferredInterrupt() as stop:
+        with DeferredInterrupt("the trials' current steps (a few seconds)") as stop:
             _drive(searches, config.concurrency, stop, clock)
             for s in searches:
                 s.remeasure_jointly(stop)
@@ -216,6 +231,8 @@ class _ProfileSearch:
         self.progress = progress or (lambda *a: None)
         self.n_done = 0
         self.n_failed = 0
+        self.failures: list[str] = []  # this run's failure reasons since its last good trial
+        self.succeeded = False  # a trial of this run was evaluated (not failed)
         self.n_trials = config.n_trials
         self.scan: pd.DataFrame | None = None  # the sensitivity scan, if enabled
         self.best_speedup: float | None = None
@@ -645,6 +662,22 @@ class _ProfileSearch:
         self.n_done += 1
         self._told()
         log.info("trial %d failed: %s", p.trial.number, reason)
+        self._fail_fast(reason)
+
+    def _fail_fast(self, reason: str) -> None:
+        """A circuit breaker: stop the search when its first ``FAIL_FAST`` trials (of this run)
+        all fail for the same reason (numbers and hashes aside): a broken model callable,
+        data or runtime would otherwise burn the whole budget on one error."""
+        self.failures.append(reason)
+        if self.succeeded or len(self.failures) < FAIL_FAST:
+            return
+        recent = {_error_kind(r) for r in self.failures[-FAIL_FAST:]}
+        if len(recent) == 1:
+            raise SearchAborted(
+                f"profile '{self.profile.name}': the first {len(self.failures)} trials all "
+                f"failed with the same error, so the search stopped: {reason} -- fix that and "
+                "rerun the same command (the failed trials stay in the study)"
+            )
 
     def _complete(self, p: _Pending, latency: Any) -> None:
         one = p.stage_one
@@ -738,6 +771,7 @@ class _ProfileSearch:
         if feasible:
             self.best_speedup = max(self.best_speedup or 0.0, latency.speedup)
         self.tracker.set_pareto(self.profile.name, {b.number for b in self.study.best_trials})
+        self.succeeded = True
         self._told()
 
     def _drop_excess(self, accuracy: float) -> float:
@@ -785,6 +819,7 @@ class _ProfileSearch:
             ),
         )
         self.n_done += 1
+        self.succeeded = True
         self._told()
         log.info("trial %d stopped at stage %s: accuracy drop %.4f", t.number, stage, drop)
         return True
@@ -831,6 +866,7 @@ class _ProfileSearch:
             ),
         )
         self.n_done += 1
+        self.succeeded = True
         self._told()
         log.info(
             "trial %d pre-screened: predicted %.3f ms, dominated", p.trial.number, p.predicted_ms
@@ -1037,9 +1073,14 @@ class _ProfileSearch:
                 candidate = Candidate.from_json(trials[number].user_attrs["candidate"])
                 onnx.append(self.ws.rebuild(candidate)[0])
             bench = self.idle[0]
-            results = ray.get(
-                bench.measure_many.remote(self.profile, onnx, *self._against_baseline())
+            ref = bench.measure_many.remote(self.profile, onnx, *self._against_baseline())
+            stop.waiting_for = (
+                f"nothing more: the end-of-search re-measurement of {len(numbers)} candidates "
+                "is dropped (the trials keep their own measurements)"
             )
+            while not ray.wait([ref], timeout=POLL_S)[0]:
+                stop.check()  # Ctrl-C drops the re-measurement at once; its actor is killed
+            results = ray.get(ref)
         except Exception as e:  # the search's results stand; only this extra step is lost
             log.warning(
                 "%s: re-measuring together failed (%s); the trials keep their own measurements",

@@ -38,6 +38,7 @@ from tightfit.evaluators.predictor import graph_features
 from tightfit.exceptions import CandidateError, ModelError
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.kernels import SurgeryContext, compress, export_onnx
+from tightfit.kernels.export import verify_export
 from tightfit.kernels.precision import to_float16
 from tightfit.spaces import Candidate
 from tightfit.task import TaskData, load_data, load_model, model_id
@@ -118,15 +119,17 @@ class Workspace:
             ) from None
         self._scratch = tempfile.TemporaryDirectory(prefix="tightfit-")
         self.scratch = Path(self._scratch.name)
+        traced: list[str] = []
         try:
             self.baseline_onnx = export_onnx(
-                self.model, example, self.data.input_names, self.scratch / "baseline.onnx"
+                self.model, example, self.data.input_names, self.scratch / "baseline.onnx", traced
             )
         except CandidateError as e:
             raise ModelError(
                 f"{what} cannot be exported to ONNX ({e}); make forward() traceable: tensors in and out, "
                 "no data-dependent Python control flow, no .numpy()/.item() on activations"
             ) from None
+        self._verify_export(what, traced)
         self.float_onnx = self.baseline_onnx  # the graph units are discovered on
         if setup.profile.float_precision == "fp16":
             self.baseline_onnx = to_float16(self.float_onnx, self.scratch / "baseline-fp16.onnx")
@@ -141,6 +144,31 @@ class Workspace:
             min_rank=setup.config.space.lowrank.min_rank,
             prune_importance=setup.config.space.prune.importance,
             recovery=setup.config.recovery,
+        )
+
+    def _verify_export(self, what: str, traced: list[str]) -> None:
+        """The exported baseline must compute what the model computes, on validation inputs:
+        otherwise every candidate would be scored as a different model."""
+        inputs = {k: self.data.validation[k] for k in self.data.input_names}
+        try:
+            mismatch = verify_export(self.model, self.baseline_onnx, inputs)
+        except Exception as e:  # noqa: BLE001 - the model's own forward failing on the data
+            raise ModelError(
+                f"{what} cannot be checked against its ONNX export on validation inputs: "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            ) from None
+        if mismatch is None:
+            return
+        cause = (
+            f"the tracer warned at {traced[0]}"
+            if traced
+            else "a forward() that depends on its input's values or shape"
+        )
+        raise ModelError(
+            f"{what}: its ONNX export does not compute what the model computes: {mismatch}. "
+            f"Likely cause: {cause}. Tracing records the branch the example inputs took; write "
+            "forward() without Python control flow on tensor values (torch.where instead of if), "
+            "or give a model whose behaviour does not depend on its input"
         )
 
     @functools.cached_property

@@ -10,14 +10,19 @@ raises at once, for a user who wants out now.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from types import FrameType, TracebackType
 from typing import Any
 
 
 class DeferredInterrupt:
-    def __init__(self) -> None:
+    """While entered, the first SIGINT sets ``requested`` and says on stderr what the search
+    finishes before it stops (``waiting_for``, kept current by the driver); the second raises."""
+
+    def __init__(self, waiting_for: str = "the current step") -> None:
         self.requested = False
+        self.waiting_for = waiting_for
         self._previous: Any = None
         self._installed = False
 
@@ -31,6 +36,12 @@ class DeferredInterrupt:
         if self.requested:  # the second Ctrl-C: stop now
             raise KeyboardInterrupt
         self.requested = True
+        print(
+            f"\ntightfit: Ctrl-C: stopping after {self.waiting_for}; in-flight trials will be "
+            "marked and re-queued (Ctrl-C again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def check(self) -> None:
         """Raise ``KeyboardInterrupt`` here if Ctrl-C was pressed since the last check."""

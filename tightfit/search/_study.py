@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -11,6 +16,9 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from tightfit.config import SamplerSpec, SearchConfig
+from tightfit.exceptions import WorkdirError
+
+log = logging.getLogger(__name__)
 
 ATTR_INTERRUPTED = "interrupted"
 
@@ -48,13 +56,89 @@ def make_sampler(spec: SamplerSpec, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def storage(config: SearchConfig) -> optuna.storages.BaseStorage:
-    """The config's ``optuna.storage``: a journal file (default: in the work directory), or a
-    database that several machines can reach."""
+def journal_path(config: SearchConfig) -> Path | None:
+    """The journal file of the config's study (None: the study is in a database)."""
     where = config.optuna.storage or str(config.workdir_path / "optuna.journal")
-    if "://" in where:
-        return optuna.storages.RDBStorage(where)
-    return JournalStorage(JournalFileBackend(str(Path(where).expanduser())))
+    return None if "://" in where else Path(where).expanduser()
+
+
+def storage(config: SearchConfig, read_only: bool = False) -> optuna.storages.BaseStorage:
+    """The config's ``optuna.storage``: a journal file (default: in the work directory), or a
+    database that several machines can reach.
+
+    A journal is checked first (:func:`check_journal`): a search repairs a torn last record;
+    ``read_only`` (pareto, export) never writes, and a journal that does not exist is an error
+    there, not an empty file created.
+    """
+    journal = journal_path(config)
+    if journal is None:
+        assert config.optuna.storage is not None
+        return optuna.storages.RDBStorage(config.optuna.storage)
+    if read_only and not journal.exists():
+        raise WorkdirError(
+            f"search '{config.name}' has no study yet ({journal} does not exist); run "
+            "'tightfit search' first"
+        )
+    check_journal(journal, repair=not read_only)
+    return JournalStorage(JournalFileBackend(str(journal)))
+
+
+def check_journal(path: Path, repair: bool) -> None:
+    """Refuse a corrupt journal; repair a torn last record (``repair``) with a backup.
+
+    Optuna appends one JSON record per line. A write cut short (a full disk, a crash in the
+    middle of a write) leaves a last line without its newline: Optuna skips it when reading,
+    but the next append would glue a record onto it and make the file unreadable. Such a tail
+    is completed (a whole record whose newline is missing) or cut off (a partial record, which
+    Optuna never applied), after copying the file to ``<name>.torn-<time>.bak``. A bad record
+    before the last one is not repaired: the journal is refused, since the study cannot be
+    rebuilt without it.
+    """
+    if not path.exists():
+        return
+    raw = path.read_bytes()
+    if not raw:
+        return
+    lines = raw.split(b"\n")
+    for number, line in enumerate(lines[:-1], start=1):
+        try:
+            json.loads(line)
+        except ValueError:
+            raise WorkdirError(
+                f"the Optuna journal {path} is corrupt at line {number} of {len(lines) - 1}; "
+                "restore it from a backup, or start the search afresh in a new workdir"
+            ) from None
+    tail = lines[-1]
+    if not tail:  # ends with a newline: whole
+        return
+    try:
+        json.loads(tail)
+        whole = True
+    except ValueError:
+        whole = False
+    if not repair:
+        log.warning("the Optuna journal %s ends in a torn record; a search run repairs it", path)
+        return
+    backup = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}.bak")
+    shutil.copy2(path, backup)
+    try:
+        if whole:  # the record was written whole; only its newline is missing
+            with open(path, "ab") as f:
+                f.write(b"\n")
+        else:  # a partial record, never applied by Optuna: cut it off
+            os.truncate(path, len(raw) - len(tail))
+    except OSError as e:
+        raise WorkdirError(
+            f"cannot repair the Optuna journal {path} ({e.strerror}); free some space and rerun"
+        ) from None
+    log.warning(
+        "the Optuna journal %s ended in a torn record (%d bytes, %s); %s, backup in %s",
+        path,
+        len(tail),
+        "a whole record without its newline" if whole else "a partial record",
+        "its newline added" if whole else "cut off",
+        backup,
+    )
 
 
 def study_name(config: SearchConfig, profile: str) -> str:
@@ -78,11 +162,28 @@ def open_study(config: SearchConfig, profile: str) -> optuna.Study:
 
 
 def load_study(config: SearchConfig, profile: str, workdir: Path | None = None) -> optuna.Study:
-    """The study of (search, profile); ``workdir`` overrides the config's work directory."""
+    """The study of (search, profile), read only; ``workdir`` overrides the config's work
+    directory. A study that does not exist is a WorkdirError naming the ones that do."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if workdir is not None:
         config = config.model_copy(update={"workdir": str(workdir.resolve())})
-    return optuna.load_study(study_name=study_name(config, profile), storage=storage(config))
+    where = storage(config, read_only=True)
+    try:
+        return optuna.load_study(study_name=study_name(config, profile), storage=where)
+    except KeyError:
+        started = [
+            s.study_name.split(":", 1)[-1]
+            for s in optuna.get_all_study_summaries(where, include_best_trial=False)
+        ]
+        raise WorkdirError(
+            f"search '{config.name}' has no study for profile '{profile}' "
+            f"(studies: {', '.join(started) or 'none yet'}); "
+            + (
+                f"choose one of its profiles: {', '.join(started)}"
+                if started
+                else "run 'tightfit search' first"
+            )
+        ) from None
 
 
 def recover_interrupted(study: optuna.Study) -> list[int]:

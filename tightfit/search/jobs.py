@@ -36,10 +36,39 @@ UPLOAD_EXCLUDES = [
     "engines",
     "mlruns",
     "mlartifacts",
-    "*.db",
     "*.onnx",
     "*.plan",
     "*.journal",
+]
+#: never uploaded unless named with --include: credentials, weights, databases
+SENSITIVE_EXCLUDES = [
+    # credentials
+    ".env",
+    ".env.*",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    ".netrc",
+    "_netrc",
+    ".pgpass",
+    ".ssh",
+    ".aws",
+    ".docker",
+    "id_rsa*",
+    "id_ed25519*",
+    # weights (large; the job's model callable should load them from shared storage)
+    "*.pt",
+    "*.pth",
+    "*.ckpt",
+    "*.safetensors",
+    "*.gguf",
+    "*.bin",
+    "*.h5",
+    # databases
+    "*.db",
+    "*.sqlite",
+    "*.sqlite3",
 ]
 
 
@@ -53,6 +82,7 @@ class Submission:
     entrypoint: str
     working_dir: Path
     remote_workdir: str
+    upload: Upload | None = None
 
 
 def client(address: str | None) -> Any:
@@ -71,8 +101,10 @@ def client(address: str | None) -> Any:
         return JobSubmissionClient(address)
     except Exception as e:  # connection refused, wrong port, no dashboard
         raise JobError(
-            f"cannot reach the Ray job server at {address} ({_first_line(e)}); the head node must run "
-            "the dashboard (ray[default], `ray start --head --dashboard-host=0.0.0.0`)"
+            f"cannot reach the Ray job server at {address} ({_first_line(e)}); the head node must "
+            "run the dashboard (ray[default], `ray start --head`), reached through an SSH tunnel "
+            "(ssh -L 8265:127.0.0.1:8265 HEAD). Do not open it with --dashboard-host=0.0.0.0 "
+            "on a network you do not trust: Ray's job API has no login and runs any command"
         ) from None
 
 
@@ -117,6 +149,62 @@ def next_submission_id(jobs: Any, search: str) -> str:
     return f"{base}-{n}"
 
 
+@dataclass
+class Upload:
+    """What ``submit`` sends as the job's working directory."""
+
+    root: Path
+    files: list[tuple[str, int]]  # (path relative to root, bytes), sorted
+    withheld: list[str]  # files left out as credentials, weights or databases
+    excludes: list[str]  # the patterns Ray applies (gitignore syntax; .gitignore too)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(n for _, n in self.files)
+
+
+def upload_plan(working_dir: Path, include: list[str] | None = None) -> Upload:
+    """The files ``submit`` uploads from ``working_dir``, matched as Ray matches them: the
+    excludes (gitignore syntax), plus each folder's ``.gitignore`` and ``.rayignore``.
+
+    ``include`` patterns take files back from :data:`SENSITIVE_EXCLUDES` (e.g. a weights
+    file the model callable needs on the cluster).
+    """
+    import pathspec
+
+    include = include or []
+    excludes = [*UPLOAD_EXCLUDES, *SENSITIVE_EXCLUDES, *(f"!{p}" for p in include)]
+    base = pathspec.PathSpec.from_lines("gitwildmatch", UPLOAD_EXCLUDES)
+    sensitive = pathspec.PathSpec.from_lines(
+        "gitwildmatch", [*SENSITIVE_EXCLUDES, *(f"!{p}" for p in include)]
+    )
+    files: list[tuple[str, int]] = []
+    withheld: list[str] = []
+
+    def walk(folder: Path, ignores: list[tuple[Path, Any]]) -> None:
+        for name in (".gitignore", ".rayignore"):
+            if (folder / name).is_file():
+                lines = (folder / name).read_text(errors="replace").splitlines()
+                ignores = [*ignores, (folder, pathspec.PathSpec.from_lines("gitwildmatch", lines))]
+        for path in sorted(folder.iterdir()):
+            rel = path.relative_to(working_dir).as_posix() + ("/" if path.is_dir() else "")
+            if base.match_file(rel) or any(
+                spec.match_file(path.relative_to(where).as_posix() + ("/" if path.is_dir() else ""))
+                for where, spec in ignores
+            ):
+                continue
+            if sensitive.match_file(rel):
+                withheld.append(rel)
+                continue
+            if path.is_dir() and not path.is_symlink():
+                walk(path, ignores)
+            elif path.is_file():
+                files.append((rel, path.stat().st_size))
+
+    walk(working_dir, [])
+    return Upload(working_dir, files, withheld, excludes)
+
+
 def submit(
     config_path: Path,
     address: str | None,
@@ -126,8 +214,14 @@ def submit(
     ship_tightfit: bool = True,
     env: dict[str, str] | None = None,
     n_trials: int | None = None,
+    include: list[str] | None = None,
+    dry_run: bool = False,
 ) -> Submission:
-    """Submit the search of ``config_path`` to the cluster at ``address`` as a Ray Job."""
+    """Submit the search of ``config_path`` to the cluster at ``address`` as a Ray Job.
+
+    ``dry_run``: check everything and return what would be submitted (``Submission.upload``
+    lists the files), without reaching the cluster.
+    """
     import tightfit
 
     config_path = config_path.resolve()
@@ -154,13 +248,16 @@ def submit(
         entrypoint += f" --workdir {shlex.quote(remote_workdir)}"
     if n_trials is not None:
         entrypoint += f" --n-trials {int(n_trials)}"
+    upload = upload_plan(working_dir, include)
     runtime_env: dict[str, Any] = {
         "working_dir": str(working_dir),
-        "excludes": UPLOAD_EXCLUDES,
+        "excludes": upload.excludes,
         "env_vars": {"PYTHONUNBUFFERED": "1", **(env or {})},
     }
     if ship_tightfit:
         runtime_env["py_modules"] = [str(Path(tightfit.__file__).parent)]
+    if dry_run:
+        return Submission("(dry run)", entrypoint, working_dir, remote_workdir, upload)
     jobs = client(address)
     submission_id = next_submission_id(jobs, config.name)
     deadline = time.monotonic() + AGENT_WAIT_S
@@ -188,7 +285,7 @@ def submit(
             raise JobError(
                 f"the job server refused search '{config.name}': {_first_line(e)}"
             ) from None
-    return Submission(submission_id, entrypoint, working_dir, remote_workdir)
+    return Submission(submission_id, entrypoint, working_dir, remote_workdir, upload)
 
 
 def _workdir_in(raw: str) -> str | None:
