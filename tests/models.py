@@ -209,3 +209,28 @@ def tiny_mobilenet(seed: int = 0) -> nn.Module:
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 1.5)
     return model.eval()
+
+
+class BranchOnInput(nn.Module):
+    """A forward that branches on its input's values: tracing bakes in the example's branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.conv(image)
+        if image.mean() > 0.3:  # the example batch is below, a third of the digits above
+            x = -x
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def branch_on_input(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return BranchOnInput().eval()
+
+
+def fresh_random_cnn() -> nn.Module:
+    """New random weights on every call (no seed): the base model's hash never matches."""
+    return TinyResNet(8).eval()

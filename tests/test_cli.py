@@ -185,3 +185,53 @@ def test_disk_full_anywhere_is_one_clear_line(monkeypatch, capsys) -> None:
     assert cli.main([]) == 2
     err = capsys.readouterr().err
     assert err.startswith("tightfit: error: the disk is full") and "rerun to resume" in err
+
+
+def test_submit_dry_run_lists_the_upload_and_withholds_secrets(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "search.yaml").write_text(
+        "name: t\nmodel: {callable: digits-cnn}\ndata: {callable: digits}\n"
+    )
+    (project / "src" / "model.py").write_text("x = 1\n")
+    for name in (".env", "deploy.pem", "tls.key", ".netrc", "weights.pt", "cache.db"):
+        (project / name).write_text("secret")
+    (project / ".gitignore").write_text("scratch/\n")
+    (project / "scratch").mkdir()
+    (project / "scratch" / "big.txt").write_text("ignored")
+    result = tightfit(
+        "submit", str(project / "search.yaml"), "--dry-run", "--include", "weights.pt"
+    )
+    assert result.returncode == 0, result.stderr
+    listed = [ln.split()[-1] for ln in result.stdout.splitlines() if ln.startswith("  ")]
+    assert sorted(listed) == [".gitignore", "search.yaml", "src/model.py", "weights.pt"]
+    withheld = next(ln for ln in result.stdout.splitlines() if ln.startswith("not uploaded"))
+    for name in (".env", "deploy.pem", "tls.key", ".netrc", "cache.db"):
+        assert name in withheld
+    assert "dry run: nothing submitted" in result.stdout
+
+
+def test_ui_warns_before_serving_beyond_loopback(tmp_path: Path, monkeypatch, capsys) -> None:
+    import os
+
+    from tightfit import cli
+    from tightfit.config import config_from_dict
+    from tightfit.runs.workdir import prepare_workdir
+
+    workdir = prepare_workdir(
+        config_from_dict(
+            {
+                "name": "t",
+                "model": {"callable": "digits-cnn"},
+                "data": {"callable": "digits"},
+                "workdir": str(tmp_path / "w"),
+            }
+        )
+    )
+    started: list[list[str]] = []
+    monkeypatch.setattr(os, "execve", lambda exe, cmd, env: started.append(cmd))
+    for host, warned in (("0.0.0.0", True), ("127.0.0.1", False), ("::1", False)):
+        assert cli.main(["ui", "--workdir", str(workdir), "--host", host]) == 0
+        err = capsys.readouterr().err
+        assert ("has no login" in err) == warned, host
+    assert [c[c.index("--host") + 1] for c in started] == ["0.0.0.0", "127.0.0.1", "::1"]

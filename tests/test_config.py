@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tightfit.config import load_config
+from tightfit.config import config_from_dict, load_config
 from tightfit.exceptions import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,3 +164,23 @@ def test_recovery_settings(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, MINIMAL + "recovery: {distill: {steps: 0}}\n"))
     assert "recovery.distill.steps" in str(err.value)
+
+
+def test_home_is_expanded_and_a_profile_is_listed_once(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    base = {"name": "t", "model": {"callable": "digits-cnn"}, "data": {"callable": "digits"}}
+    config = config_from_dict({**base, "workdir": "~/w", "latency": {"cache_dir": "~/c"}})
+    assert config.workdir == str(tmp_path / "w") and config.latency.cache_dir == str(tmp_path / "c")
+    assert not Path("~").exists()
+    with pytest.raises(ConfigError, match=r"profiles\[1\] 'cpu-ort' is listed twice"):
+        config_from_dict({**base, "profiles": ["cpu-ort", "cpu-ort"]})
+
+
+def test_credentials_anywhere_in_the_config_are_refused() -> None:
+    base = {"name": "t", "model": {"callable": "digits-cnn"}, "data": {"callable": "digits"}}
+    for where, spec in [
+        ("model.kwargs.url", {"callable": "digits-cnn", "kwargs": {"url": "https://u:p@h/x"}}),
+        ("model.kwargs.hf_token", {"callable": "digits-cnn", "kwargs": {"hf_token": "x"}}),
+    ]:
+        with pytest.raises(ConfigError, match=rf"{where} holds a credential"):
+            config_from_dict({**base, "model": spec})

@@ -93,6 +93,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         console.print(
             _front_table(p.front, f"{config.name} on {p.profile}", list(config.objectives))
         )
+        if p.aa_check:
+            console.print(_aa_text(p.aa_check), soft_wrap=True)
         console.print(
             f"baseline on {p.profile}: accuracy {p.baseline['accuracy']:.4f}, "
             f"latency {p.baseline['latency_ms']:.3f} ms, size {p.baseline['size_mb']:.2f} MB; "
@@ -116,8 +118,11 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     console = _console()
     for profile in [args.profile] if args.profile else config.profiles:
         name = profile_name(profile)
-        front = front_frame(load_study(config, name, workdir))
+        study = load_study(config, name, workdir)
+        front = front_frame(study)
         console.print(_front_table(front, f"{config.name} on {name}", list(config.objectives)))
+        if study.user_attrs.get("aa_check"):
+            console.print(_aa_text(study.user_attrs["aa_check"]), soft_wrap=True)
     return 0
 
 
@@ -185,6 +190,21 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _aa_text(aa: dict[str, Any]) -> str:
+    """The search's A/A check as one line; a warning when it exceeded the tolerance."""
+    low, high = aa["ratio_ci"]
+    text = (
+        f"A/A check (the baseline against itself): ratio {aa['ratio']:.3f} [{low:.3f}, "
+        f"{high:.3f}], error {aa['error']:.1%} (tolerance {aa['tolerance']:.1%})"
+    )
+    if aa["exceeded"]:
+        return (
+            f"[bold red]{text}: this machine measured noisily, so speedups within "
+            f"{aa['error']:.0%} of each other are not told apart[/]"
+        )
+    return text
 
 
 def _ratio_text(ratio: tuple[float, float, float] | None) -> str:

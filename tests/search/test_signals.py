@@ -27,3 +27,11 @@ def test_exit_raises_a_pending_interrupt() -> None:
     with DeferredInterrupt() as stop:
         pass
     assert not stop.requested
+
+
+def test_the_first_sigint_says_what_it_waits_for(capsys) -> None:
+    with pytest.raises(KeyboardInterrupt), DeferredInterrupt("the re-measurement") as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested
+    err = capsys.readouterr().err
+    assert "Ctrl-C: stopping after the re-measurement" in err and "Ctrl-C again" in err

@@ -25,6 +25,7 @@ from pydantic import Field
 
 from tightfit._records import Record
 from tightfit.evaluators.backends import environment, open_runner, pinned
+from tightfit.evaluators.contention import CpuWatch
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.task import is_token_input
 
@@ -43,12 +44,25 @@ class LatencyResult(Record):
     rounds: int
     iters_per_block: int
     rounds_dropped: int = Field(
-        0, description="rounds left out because the baseline ran slow (the cores were taken)"
+        0,
+        description="rounds left out: others took the pinned CPUs (rounds_contended), or the "
+        "baseline ran slow",
     )
+    rounds_contended: int = Field(
+        0, description="rounds in which other processes or steal took the pinned CPUs"
+    )
+    foreign_cpu: float = Field(
+        0.0,
+        description="median share of the pinned CPUs' time others took per round (steal "
+        "included), over every round run; -1 where it could not be watched",
+    )
+    max_foreign_cpu_seen: float = Field(0.0, description="the largest such share in one round")
     seconds: float = Field(0.0, description="wall time of the measurement")
     attempts: int = Field(1, description="measurements taken; >1 when earlier ones were disturbed")
     disturbed: bool = Field(
-        False, description="fewer than 3 rounds ran undisturbed, even in the best attempt"
+        False,
+        description="measured under load: fewer than 3 rounds ran undisturbed, even in the "
+        "best attempt (every round is then used, and the trial is flagged)",
     )
     node_id: str = Field("", description="the Ray node that measured (empty outside Ray)")
     window: tuple[float, float] | None = Field(
@@ -121,11 +135,14 @@ def measure_latency(
 ) -> LatencyResult:
     """Measure ``candidate`` against ``baseline`` under ``profile``'s protocol.
 
-    With a reference latency of the baseline, a round whose baseline ran more than
-    ``max_baseline_slowdown`` times slower than that reference was disturbed (another process
-    took the cores): its ratio is biased, since contention slows models unequally, and it is
-    left out. A measurement with fewer than 3 undisturbed rounds is repeated, up to
-    ``max_attempts`` times, and the least disturbed attempt is kept.
+    A round in which other processes (or the hypervisor) took more than ``max_foreign_cpu`` of
+    the pinned CPUs' time was disturbed (``contention.CpuWatch`` reads it from ``/proc/stat``);
+    so was, with a reference latency of the baseline, a round whose baseline ran more than
+    ``max_baseline_slowdown`` times slower than that reference. Such a round's ratio is biased,
+    since contention slows models unequally, and it is left out; rounds are added until enough
+    undisturbed ones ran, within the budget. A measurement with fewer than 3 undisturbed rounds
+    is repeated, up to ``max_attempts`` times, and the least disturbed attempt is kept, flagged
+    ``disturbed`` (measured under load).
     """
     return measure_jointly([candidate], baseline, profile, feed, baseline_ref_ms, seed)[0]
 
@@ -192,7 +209,10 @@ def _measure_once(
         rng = np.random.default_rng(seed)
         samples: dict[str, list[np.ndarray]] = {name: [] for name in runners}
         every: list[np.ndarray] = []  # each candidate's ratio, every round
-        kept: list[bool] = []  # whether the round's baseline ran at its reference speed
+        kept: list[bool] = []  # whether the round ran undisturbed
+        watch = CpuWatch(cpus) if not profile.is_gpu else None
+        foreign: list[float] = []  # share of the pinned CPUs others took, per round
+        contended = 0
         slow_ms = (
             baseline_ref_ms * protocol.max_baseline_slowdown
             if baseline_ref_ms is not None
@@ -201,13 +221,20 @@ def _measure_once(
         order = list(runners)
         t_rounds = time.perf_counter()
         while True:
+            before = watch.snapshot() if watch else None
             block = {order[i]: runners[order[i]].block(iters) for i in rng.permutation(len(order))}
+            load = watch.load(before, watch.snapshot()) if watch else None
             for name, times in block.items():
                 samples[name].append(times)
             base_ms = float(np.median(block["baseline"]))
             every.append(np.array([np.median(block[name]) / base_ms for name in names]))
-            # a round whose baseline ran slow had its cores taken by another process: left out
-            kept.append(slow_ms is None or base_ms <= slow_ms)
+            # a round that others took the pinned CPUs in is left out (seen in /proc/stat), and
+            # so is one whose baseline ran slow (the cores were taken where nothing is watched)
+            busy = load is not None and load.total > protocol.max_foreign_cpu
+            if load is not None:
+                foreign.append(load.total)
+            contended += busy
+            kept.append(not busy and (slow_ms is None or base_ms <= slow_ms))
             spent = (
                 time.perf_counter() - t_rounds > protocol.budget_s * n
                 or len(every) >= 2 * protocol.max_rounds
@@ -229,6 +256,9 @@ def _measure_once(
         env["pinned_cpus"] = ",".join(map(str, cpus))
     if n > 1:
         env["measured_jointly_with"] = str(n - 1)
+    env["contention_watch"] = (
+        "proc-stat" if watch is not None and watch.available else "unavailable"
+    )
     seconds = time.perf_counter() - t_start
     results = []
     for i, name in enumerate(names):
@@ -250,6 +280,9 @@ def _measure_once(
                 baseline_median_ms=float(np.median(base)),
                 rounds=len(ratios),
                 rounds_dropped=len(every) - len(ratios),
+                rounds_contended=contended,
+                foreign_cpu=float(np.median(foreign)) if foreign else -1.0,
+                max_foreign_cpu_seen=float(max(foreign)) if foreign else -1.0,
                 disturbed=disturbed,
                 iters_per_block=iters,
                 seconds=seconds,

@@ -42,6 +42,20 @@ class MeasurementProtocol(Record):
         description="a measurement whose baseline ran this much slower than its reference was disturbed: repeat it",
     )
     max_attempts: int = Field(3, ge=1, description="attempts at an undisturbed measurement")
+    max_foreign_cpu: float = Field(
+        0.1,
+        gt=0.0,
+        le=1.0,
+        description="a round in which other processes (or the hypervisor: steal) took more "
+        "than this share of the pinned CPUs' time was disturbed: it is dropped and measured "
+        "again (CPU profiles on Linux; see tightfit.evaluators.contention)",
+    )
+    aa_tolerance: float = Field(
+        0.05,
+        gt=0.0,
+        description="the search's A/A check (the baseline measured against itself) may read "
+        "at most this far from 1.0 before the front is flagged as measured on a noisy machine",
+    )
     pin_threads: bool = Field(
         True, description="pin the measuring threads to as many CPUs as they use (Linux)"
     )

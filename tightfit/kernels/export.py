@@ -177,15 +177,19 @@ def _first_tensor(output: object) -> torch.Tensor:
 
 
 def verify_export(
-    model: nn.Module, onnx_path: Path, inputs: dict[str, np.ndarray], max_samples: int = 32
+    model: nn.Module,
+    onnx_path: Path,
+    inputs: dict[str, np.ndarray],
+    max_samples: int = 32,
+    singles: int = 8,
 ) -> str | None:
     """Compare the ONNX file's first output with torch's on real inputs; None if they agree,
     else what differs.
 
     ``inputs`` are validation samples by input name. Up to ``max_samples`` of them, spread over
-    the set, run as one batch, and the first one alone (batch 1, as latency is measured): a
-    forward that branches on its input's values or shape is traced with the example's branch
-    baked in, and differs here on inputs that take the other one.
+    the set, run as one batch, then ``singles`` of them one at a time (batch 1, as latency is
+    measured): a forward that branches on its input's values or shape is traced with the
+    example's branch baked in, and differs here on inputs that take the other one.
     """
     import onnxruntime as ort
 
@@ -195,7 +199,8 @@ def verify_export(
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    for batch in (rows, rows[:1]):
+    one_by_one = np.unique(np.linspace(0, n - 1, num=min(n, singles)).astype(int))
+    for batch in (rows, *(one_by_one[i : i + 1] for i in range(len(one_by_one)))):
         feed = {k: np.ascontiguousarray(v[batch]) for k, v in inputs.items()}
         with torch.no_grad():
             expected = _first_tensor(model(*(torch.from_numpy(a) for a in feed.values())))

@@ -43,6 +43,10 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         # measured again at the end of the search, together with the others (latency.remeasure)
         row["latency_ms_joint"] = joint.get(str(t.number))
         row["latency_cache"] = t.user_attrs.get("latency_cache")
+        latency = t.user_attrs.get("latency") or {}
+        # too few rounds ran with the pinned CPUs to itself: the number carries others' load
+        row["measured_under_load"] = bool(latency.get("disturbed", False))
+        row["rounds_contended"] = latency.get("rounds_contended")
         row["knobs"] = t.user_attrs.get("summary", "")
         row["error"] = t.user_attrs.get("error", "")
         rows.append(row)

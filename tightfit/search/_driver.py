@@ -79,6 +79,7 @@ class ProfileOutcome:
     summary_dir: Path
     n_complete: int
     n_failed: int
+    aa_check: dict[str, Any] | None = None  # the baseline measured against itself
 
 
 @dataclass
@@ -282,6 +283,8 @@ class _ProfileSearch:
             self.baseline["latency_ms"],
             self.study,
         )
+        if "aa_check" not in self.study.user_attrs:
+            self._aa_check()
         if self.profile.quantization.int8_format == "auto":
             self._resolve_int8_format()
         if self.config.constraints.max_latency_ms is not None and "fastest_latency_ms" not in attrs:
@@ -395,6 +398,45 @@ class _ProfileSearch:
         study.set_user_attr("baseline_size_mb", size_mb(self.ws.baseline_onnx))
         study.set_user_attr("baseline_latency_ms", latency.baseline_median_ms)
         study.set_user_attr("environment", latency.environment)
+
+    def _aa_check(self) -> None:
+        """The baseline measured against itself, once per study, under the search's protocol.
+
+        Its ratio should read 1.0: how far it is off is this machine's measurement error right
+        now (the speedups of the search carry it). Logged on the summary run; a front whose
+        A/A error exceeds the profile's ``aa_tolerance`` is flagged.
+        """
+        import ray
+
+        tolerance = self.profile.measurement.aa_tolerance
+        result = ray.get(
+            self.idle[0].measure.remote(
+                self.profile, self.baseline_bytes, *self._against_baseline()
+            )
+        )
+        error = abs(result.ratio - 1.0)
+        check = {
+            "ratio": result.ratio,
+            "ratio_ci": list(result.ratio_ci),
+            "error": error,
+            "tolerance": tolerance,
+            "exceeded": error > tolerance,
+            "rounds": result.rounds,
+            "rounds_dropped": result.rounds_dropped,
+            "rounds_contended": result.rounds_contended,
+            "disturbed": result.disturbed,
+        }
+        self.study.set_user_attr("aa_check", check)
+        log_at = log.warning if check["exceeded"] else log.info
+        log_at(
+            "%s: A/A check, the baseline against itself: ratio %.3f [%.3f, %.3f] (error %.1f%%, "
+            "tolerance %.1f%%)",
+            self.profile.name,
+            result.ratio,
+            *result.ratio_ci,
+            100 * error,
+            100 * tolerance,
+        )
 
     def _check_batchnorm_recovery(self, baseline_accuracy: float) -> None:
         """Refuse ``recovery.batchnorm`` where it alone breaks the accuracy constraint.
@@ -733,6 +775,9 @@ class _ProfileSearch:
             "latency_rounds": latency.rounds,
             "latency_ci_half_width": latency.ci_half_width,
             "latency_measure_s": latency.seconds,
+            "latency_rounds_dropped": latency.rounds_dropped,
+            "latency_rounds_contended": latency.rounds_contended,
+            "latency_foreign_cpu": latency.foreign_cpu,
             **one.metrics,
         }
         if one.started_at:  # from dispatch to the worker starting it: Ray's queue and scheduling
@@ -754,6 +799,7 @@ class _ProfileSearch:
             "tightfit.signature": one.signature[:16],
             "tightfit.node_id": latency.node_id,
             "tightfit.compress_node_id": one.node_id,
+            "tightfit.measured_under_load": str(latency.disturbed).lower(),
         }
         tags.update({f"env.{k}": v for k, v in latency.environment.items()})
         self._record(
@@ -1134,6 +1180,12 @@ class _ProfileSearch:
                 metrics[f"uniform_int8_{fmt}_latency_ms"] = m["latency_ms"]
         metrics.update(latency_reuse_metrics(self.study))
         metrics.update(joint_metrics(self.study))
+        aa = self.study.user_attrs.get("aa_check")
+        if aa:
+            metrics["aa_ratio"] = aa["ratio"]
+            metrics["aa_error"] = aa["error"]
+            metrics["aa_exceeded"] = float(aa["exceeded"])
+        metrics.update(_contention_metrics(self.study))
         # what the driver itself cost (sampling, dispatch, telling, logging), for the whole
         # search: the profiles ran together
         wall = clock.wall_s
@@ -1153,8 +1205,33 @@ class _ProfileSearch:
             step=self.n_done,
         )
         return ProfileOutcome(
-            self.profile.name, self.study, front, self.baseline, d, self.n_done, self.n_failed
+            self.profile.name,
+            self.study,
+            front,
+            self.baseline,
+            d,
+            self.n_done,
+            self.n_failed,
+            aa_check=aa,
         )
+
+
+def _contention_metrics(study: optuna.Study) -> dict[str, float]:
+    """How much of the search's measuring others disturbed: rounds dropped for contention
+    over rounds run, and the trials measured under load (too few quiet rounds)."""
+    kept = [
+        t.user_attrs["latency"]
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("latency_cache") == "miss" and "latency" in t.user_attrs
+    ]
+    if not kept:
+        return {}
+    rounds = sum(k["rounds"] + k.get("rounds_dropped", 0) for k in kept)
+    contended = sum(k.get("rounds_contended", 0) for k in kept)
+    return {
+        "rounds_contended_share": contended / rounds if rounds else 0.0,
+        "n_measured_under_load": float(sum(bool(k.get("disturbed")) for k in kept)),
+    }
 
 
 def _best_feasible_speedup(study: optuna.Study) -> float | None:
