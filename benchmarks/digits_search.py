@@ -22,6 +22,7 @@ from benchmarks._fingerprint import fingerprint  # noqa: E402
 from tightfit.config import load_config  # noqa: E402
 from tightfit.runs.export import export  # noqa: E402
 from tightfit.search import run_search  # noqa: E402
+from tightfit.search._driver import contention_metrics  # noqa: E402
 from tightfit.search._reuse import joint_metrics, latency_reuse_metrics  # noqa: E402
 
 
@@ -73,7 +74,12 @@ def main() -> None:
             "measured": knee.measured,
             "latency_change": knee.latency_change,
             "accuracy_change": knee.accuracy_change,
+            "ratio_logged": knee.ratio_logged,
+            "ratio_now": knee.ratio_now,
+            "agrees": knee.agrees,
         },
+        "aa_check": profile.aa_check,
+        "contention": contention_metrics(profile.study),
         "latency_reuse": latency_reuse_metrics(profile.study),
         "remeasured_jointly": joint_metrics(profile.study),
         "prescreen": not args.no_prescreen,
@@ -100,6 +106,10 @@ def main() -> None:
         f"- best speedup within 1 point of the baseline's accuracy: {result['best_speedup_within_1pt']:.2f}x",
         f"- knee (trial {knee.trial}): accuracy {knee.logged['accuracy']:.4f} -> {knee.measured['accuracy']:.4f}, "
         f"latency {knee.logged['latency_ms']:.3f} -> {knee.measured['latency_ms']:.3f} ms ({knee.latency_change:+.1%})",
+        _ratios_line(knee),
+        _aa_line(profile.aa_check),
+        "- rounds dropped because other processes took the pinned CPUs: "
+        + ", ".join(f"{k} {v:.3g}" for k, v in result["contention"].items()),
         f"- latency pre-screening {'on' if result['prescreen'] else 'off'}: "
         + ", ".join(f"{k} {v:.3g}" for k, v in result["latency_reuse"].items()),
         "- every measured candidate measured again, together, at the end (latency.remeasure: "
@@ -119,6 +129,31 @@ def main() -> None:
     print("\n".join(lines))
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _ratios_line(knee) -> str:
+    """The knee's latency ratio to the baseline as logged and as re-measured at export."""
+    if knee.ratio_logged is None or knee.ratio_now is None:
+        return "- knee latency ratio: no logged interval to compare with"
+    (lo, lo_l, lo_h), (now, now_l, now_h) = knee.ratio_logged, knee.ratio_now
+    inside = lo_l <= now <= lo_h
+    return (
+        f"- knee latency ratio to the baseline: logged {lo:.3f} [{lo_l:.3f}, {lo_h:.3f}], "
+        f"re-measured at export {now:.3f} [{now_l:.3f}, {now_h:.3f}]: the re-measured ratio is "
+        f"{'inside' if inside else 'OUTSIDE'} the logged interval; intervals "
+        f"{'overlap' if knee.agrees else 'do NOT overlap'}"
+    )
+
+
+def _aa_line(aa) -> str:
+    if not aa:
+        return "- A/A check: none (a study begun before it existed)"
+    return (
+        f"- A/A check (the baseline against itself, once per search): ratio {aa['ratio']:.3f} "
+        f"[{aa['ratio_ci'][0]:.3f}, {aa['ratio_ci'][1]:.3f}], error {aa['error']:.1%} "
+        f"(tolerance {aa['tolerance']:.0%}; {'EXCEEDED' if aa['exceeded'] else 'within'}), "
+        f"{aa['rounds']} rounds, {aa['rounds_contended']} dropped for contention"
+    )
 
 
 if __name__ == "__main__":

@@ -105,13 +105,31 @@ def test_plan_built_elsewhere_is_refused() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.tensorrt
-def test_tensorrt_export_writes_a_tagged_plan(tmp_path) -> None:
-    pytest.importorskip("tensorrt")
-    from tightfit.runs.export import load_plan, plan_tags
+def test_tensorrt_plan_is_built_tagged_and_refused_elsewhere(tmp_path, digits) -> None:
+    """A real plan: built from an exported model, loaded back here, refused once its manifest
+    says another GPU, and refused once the file no longer matches its sha256."""
+    profile = _skip_unless_runs("gpu-trt-fp16")
+    from tests import models
+    from tightfit.evaluators.backends import build_engine
+    from tightfit.kernels import export_onnx
+    from tightfit.runs.export import load_plan, plan_tags, sha256
 
-    manifest = {"files": {"model.plan": {"sha256": "0"}}, "plan": plan_tags()}
+    onnx_path = export_onnx(
+        models.tiny_resnet(), digits.example_inputs(), digits.input_names, tmp_path / "m.onnx"
+    )
+    feed = input_feed({"image": (1, 16, 16)}, {"image": "float32"}, profile, seed=0)
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(build_engine(onnx_path, profile, feed))
+    assert plan.stat().st_size > 0
+    manifest = {"files": {"model.plan": {"sha256": sha256(plan)}}, "plan": plan_tags()}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    (tmp_path / "model.plan").write_bytes(b"x")
+    assert load_plan(tmp_path) == plan.read_bytes()  # built here: accepted
+    elsewhere = {**manifest, "plan": {**manifest["plan"], "gpu": "NVIDIA A100-SXM4-40GB"}}
+    (tmp_path / "manifest.json").write_text(json.dumps(elsewhere))
+    with pytest.raises(PlanMismatchError, match="gpu: plan 'NVIDIA A100-SXM4-40GB'"):
+        load_plan(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    plan.write_bytes(plan.read_bytes() + b"x")
     with pytest.raises(Exception, match="does not match the sha256"):
         load_plan(tmp_path)
 

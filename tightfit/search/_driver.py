@@ -1185,7 +1185,7 @@ class _ProfileSearch:
             metrics["aa_ratio"] = aa["ratio"]
             metrics["aa_error"] = aa["error"]
             metrics["aa_exceeded"] = float(aa["exceeded"])
-        metrics.update(_contention_metrics(self.study))
+        metrics.update(contention_metrics(self.study))
         # what the driver itself cost (sampling, dispatch, telling, logging), for the whole
         # search: the profiles ran together
         wall = clock.wall_s
@@ -1216,7 +1216,7 @@ class _ProfileSearch:
         )
 
 
-def _contention_metrics(study: optuna.Study) -> dict[str, float]:
+def contention_metrics(study: optuna.Study) -> dict[str, float]:
     """How much of the search's measuring others disturbed: rounds dropped for contention
     over rounds run, and the trials measured under load (too few quiet rounds)."""
     kept = [
