@@ -235,3 +235,15 @@ def test_ui_warns_before_serving_beyond_loopback(tmp_path: Path, monkeypatch, ca
         err = capsys.readouterr().err
         assert ("has no login" in err) == warned, host
     assert [c[c.index("--host") + 1] for c in started] == ["0.0.0.0", "127.0.0.1", "::1"]
+
+
+def test_ctrl_c_in_a_read_only_command_does_not_talk_of_trials(monkeypatch, capsys) -> None:
+    from tightfit import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_pareto", interrupted)
+    assert cli.main(["pareto", "--workdir", "x"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "tightfit: pareto interrupted" and "re-queued" not in err

@@ -36,6 +36,9 @@ def _setup_logging(workdir: Path | None) -> None:
         handler.addFilter(RedactingFilter())
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
+    for h in root.handlers:  # every handler, not only ours: credentials never reach a log
+        if not any(isinstance(f, RedactingFilter) for f in h.filters):
+            h.addFilter(RedactingFilter())
 
 
 def _front_table(front: Any, title: str, objectives: list[str]) -> Any:

@@ -308,18 +308,24 @@ def test_export_register_makes_the_knee_pullable_by_alias(finished, tmp_path) ->
     assert json.loads((pulled / "manifest.json").read_text())["trial"] == result.trial
 
 
-def test_rerun_resumes_to_more_trials(finished) -> None:
+def test_rerun_resumes_to_more_trials(finished, tmp_path) -> None:
+    import shutil
+
     config, outcome, _ = finished
-    more = config.model_copy(update={"n_trials": 8})
+    # on a copy of the work directory: the module's other tests see the 6-trial search
+    workdir = tmp_path / "copy"
+    shutil.copytree(outcome.workdir, workdir)
+    more = config.model_copy(update={"n_trials": 8, "workdir": str(workdir)})
     before = outcome.profiles[0].study.user_attrs["int8_formats_measured"]
     again = run_search(more)
-    study = load_study(more, "cpu-ort-fast", outcome.workdir)
+    study = load_study(more, "cpu-ort-fast", workdir)
     assert study.user_attrs["int8_formats_measured"] == before  # chosen once, not re-measured
     assert (
         len(study.get_trials(states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))) == 8
     )
-    assert len(trial_runs(outcome.workdir)) == 8  # no duplicated runs
+    assert len(trial_runs(workdir)) == 8  # no duplicated runs
     assert len(again.profiles[0].front) >= 1
+    assert len(load_study(config, "cpu-ort-fast", outcome.workdir).trials) == 6  # untouched
 
 
 def test_workdir_of_another_search_is_refused(finished) -> None:
