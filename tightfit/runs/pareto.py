@@ -158,7 +158,20 @@ def front_figure_html(study: optuna.Study, path: Path) -> Path:
         targets=lambda t: (t.values[names.index("latency_ms")], t.values[names.index("accuracy")]),
         target_names=["latency_ms", "accuracy"],
     )
-    fig.update_layout(title=f"Pareto front: {study.study_name}")
+    title = f"Pareto front: {study.study_name}"
+    aa = study.user_attrs.get("aa_check")
+    if aa:  # the machine's measurement error, beside the speedups it carries
+        title += (
+            f"<br><sup>A/A check (baseline vs itself): {aa['ratio']:.3f}, error "
+            f"{aa['error']:.1%}"
+            + (
+                f": EXCEEDS the tolerance of {aa['tolerance']:.0%}, measured on a noisy machine"
+                if aa["exceeded"]
+                else f" (tolerance {aa['tolerance']:.0%})"
+            )
+            + "</sup>"
+        )
+    fig.update_layout(title=title)
     return atomic_write(path, fig.to_html(include_plotlyjs=True, full_html=True))
 
 
