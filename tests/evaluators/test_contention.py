@@ -75,7 +75,10 @@ def test_rounds_taken_by_a_neighbour_are_dropped_and_flagged(tmp_path: Path, fas
         models.tiny_resnet(), (torch.randn(2, 1, 16, 16),), ["image"], tmp_path / "m.onnx"
     )
     feed = {"image": np.random.default_rng(0).standard_normal((1, 1, 16, 16), dtype=np.float32)}
-    profile = fast_profile.model_copy(update={"intra_op_threads": 1})
+    # rounds of 0.2 s at least: /proc/stat ticks at 100 Hz, so a round of a few milliseconds
+    # (the fast test profile's) sees one tick or none; the built-in profiles' rounds are 0.1 s+
+    protocol = fast_profile.measurement.model_copy(update={"min_block_s": 0.1})
+    profile = fast_profile.model_copy(update={"intra_op_threads": 1, "measurement": protocol})
     cpu = sorted(os.sched_getaffinity(0))[0]  # the CPU ``pinned`` measures on
     with burner_on(cpu):
         result = measure_latency(model, model, profile, feed, baseline_ref_ms=1.0, seed=0)

@@ -34,6 +34,8 @@ def test_identical_failures_stop_the_search(tmp_path: Path, fast_profile_file: P
         f"profiles: ['{fast_profile_file}']\n"
         f"workdir: '{tmp_path / 'work'}'\n"
         "n_trials: 30\nconcurrency: 2\nsensitivity: {enabled: false}\nray: {num_cpus: 2}\n"
+        # random weights: no pre-flight accuracy check may stop the search before its trials
+        "constraints: {max_accuracy_drop: 1.0}\nrecovery: {batchnorm: false}\n"
     )
     result = tightfit("search", str(path))
     assert result.returncode == 2, result.stderr
