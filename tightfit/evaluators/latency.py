@@ -53,10 +53,13 @@ class LatencyResult(Record):
     )
     foreign_cpu: float = Field(
         0.0,
-        description="median share of the pinned CPUs' time others took per round (steal "
-        "included), over every round run; -1 where it could not be watched",
+        description="median share of the pinned CPUs' time others took per window of rounds "
+        "(steal included; a window lasts until the counters can tell, 0.2 s on 2 CPUs); -1 "
+        "where it could not be watched or no window was long enough",
     )
-    max_foreign_cpu_seen: float = Field(0.0, description="the largest such share in one round")
+    max_foreign_cpu_seen: float = Field(
+        0.0, description="the largest such share in one window of rounds"
+    )
     seconds: float = Field(0.0, description="wall time of the measurement")
     attempts: int = Field(1, description="measurements taken; >1 when earlier ones were disturbed")
     disturbed: bool = Field(
@@ -209,10 +212,13 @@ def _measure_once(
         rng = np.random.default_rng(seed)
         samples: dict[str, list[np.ndarray]] = {name: [] for name in runners}
         every: list[np.ndarray] = []  # each candidate's ratio, every round
-        kept: list[bool] = []  # whether the round ran undisturbed
+        kept: list[bool] = []  # whether the round ran undisturbed (as far as judged yet)
         watch = CpuWatch(cpus) if not profile.is_gpu else None
-        foreign: list[float] = []  # share of the pinned CPUs others took, per round
-        contended = 0
+        foreign: list[float] = []  # share of the pinned CPUs others took, per judged window
+        slow: list[bool] = []  # whether the round's baseline ran slow
+        busy: list[bool] = []  # whether the round fell in a window others took the CPUs in
+        window = watch.snapshot() if watch else None
+        window_rounds: list[int] = []
         slow_ms = (
             baseline_ref_ms * protocol.max_baseline_slowdown
             if baseline_ref_ms is not None
@@ -221,20 +227,27 @@ def _measure_once(
         order = list(runners)
         t_rounds = time.perf_counter()
         while True:
-            before = watch.snapshot() if watch else None
             block = {order[i]: runners[order[i]].block(iters) for i in rng.permutation(len(order))}
-            load = watch.load(before, watch.snapshot()) if watch else None
             for name, times in block.items():
                 samples[name].append(times)
             base_ms = float(np.median(block["baseline"]))
             every.append(np.array([np.median(block[name]) / base_ms for name in names]))
-            # a round that others took the pinned CPUs in is left out (seen in /proc/stat), and
-            # so is one whose baseline ran slow (the cores were taken where nothing is watched)
-            busy = load is not None and load.total > protocol.max_foreign_cpu
-            if load is not None:
+            # a round whose baseline ran slow is left out (the cores were taken, watched or not)
+            slow.append(slow_ms is not None and base_ms > slow_ms)
+            busy.append(False)
+            window_rounds.append(len(every) - 1)
+            # and so is every round of a window in which others took the pinned CPUs (seen in
+            # /proc/stat); a window spans rounds until it is long enough for the counters' ticks
+            end = watch.snapshot() if watch else None
+            if watch and watch.judgeable(window, end):
+                load = watch.load(window, end)
+                assert load is not None
                 foreign.append(load.total)
-            contended += busy
-            kept.append(not busy and (slow_ms is None or base_ms <= slow_ms))
+                if load.total > protocol.max_foreign_cpu:
+                    for i in window_rounds:
+                        busy[i] = True
+                window, window_rounds = end, []
+            kept = [not (a or b) for a, b in zip(slow, busy, strict=True)]
             spent = (
                 time.perf_counter() - t_rounds > protocol.budget_s * n
                 or len(every) >= 2 * protocol.max_rounds
@@ -280,7 +293,7 @@ def _measure_once(
                 baseline_median_ms=float(np.median(base)),
                 rounds=len(ratios),
                 rounds_dropped=len(every) - len(ratios),
-                rounds_contended=contended,
+                rounds_contended=sum(busy),
                 foreign_cpu=float(np.median(foreign)) if foreign else -1.0,
                 max_foreign_cpu_seen=float(max(foreign)) if foreign else -1.0,
                 disturbed=disturbed,
