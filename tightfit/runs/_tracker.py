@@ -83,9 +83,7 @@ class GuardedClient:
 def _make_client(uri: str) -> Any:
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
-    client._tracking_client.store  # noqa: B018 - opens (and migrates) the store now, not later
-    return client
+    return MlflowClient(tracking_uri=uri)  # opens (and checks) the store: errors surface here
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

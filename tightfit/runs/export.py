@@ -46,11 +46,7 @@ class ExportResult:
     def agrees(self) -> bool | None:
         """Whether the logged and the re-measured ratio agree within their noise: their 95%
         intervals overlap (None: no logged interval to compare with)."""
-        if self.ratio_logged is None or self.ratio_now is None:
-            return None
-        return (
-            self.ratio_logged[1] <= self.ratio_now[2] and self.ratio_now[1] <= self.ratio_logged[2]
-        )
+        return intervals_overlap(self.ratio_logged, self.ratio_now)
 
     @property
     def latency_change(self) -> float:
@@ -315,9 +311,7 @@ def export(
             "latency": {
                 **latency.summary(),
                 "ratio_logged": ratio_logged,
-                "agrees_with_logged": None
-                if ratio_logged is None
-                else ratio_logged[1] <= ratio_now[2] and ratio_now[1] <= ratio_logged[2],
+                "agrees_with_logged": intervals_overlap(ratio_logged, ratio_now),
                 "measured_with_trials": [o.number for o in built if o.number != number],
                 "environment": latency.environment,
             },
@@ -366,6 +360,15 @@ def _remove_staging(out: Path) -> None:
     if out.is_dir():
         for leftover in out.glob(f"{STAGING}*"):
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def intervals_overlap(
+    a: tuple[float, float, float] | None, b: tuple[float, float, float] | None
+) -> bool | None:
+    """Whether two (value, low, high) intervals overlap (None: one of them is missing)."""
+    if a is None or b is None:
+        return None
+    return a[1] <= b[2] and b[1] <= a[2]
 
 
 def _ratios(

@@ -172,12 +172,9 @@ def upload_plan(working_dir: Path, include: list[str] | None = None) -> Upload:
     """
     import pathspec
 
-    include = include or []
-    excludes = [*UPLOAD_EXCLUDES, *SENSITIVE_EXCLUDES, *(f"!{p}" for p in include)]
+    withheld_patterns = [*SENSITIVE_EXCLUDES, *(f"!{p}" for p in include or [])]
     base = pathspec.PathSpec.from_lines("gitwildmatch", UPLOAD_EXCLUDES)
-    sensitive = pathspec.PathSpec.from_lines(
-        "gitwildmatch", [*SENSITIVE_EXCLUDES, *(f"!{p}" for p in include)]
-    )
+    sensitive = pathspec.PathSpec.from_lines("gitwildmatch", withheld_patterns)
     files: list[tuple[str, int]] = []
     withheld: list[str] = []
 
@@ -202,7 +199,7 @@ def upload_plan(working_dir: Path, include: list[str] | None = None) -> Upload:
                 files.append((rel, path.stat().st_size))
 
     walk(working_dir, [])
-    return Upload(working_dir, files, withheld, excludes)
+    return Upload(working_dir, files, withheld, [*UPLOAD_EXCLUDES, *withheld_patterns])
 
 
 def submit(
