@@ -77,6 +77,8 @@ def main() -> None:
             "ratio_logged": knee.ratio_logged,
             "ratio_now": knee.ratio_now,
             "agrees": knee.agrees,
+            "expected": knee.expected,
+            "repeat_error": knee.repeat_error,
         },
         "aa_check": profile.aa_check,
         "contention": contention_metrics(profile.study),
@@ -133,15 +135,18 @@ def main() -> None:
 
 def _ratios_line(knee) -> str:
     """The knee's latency ratio to the baseline as logged and as re-measured at export."""
-    if knee.ratio_logged is None or knee.ratio_now is None:
+    if knee.ratio_logged is None or knee.ratio_now is None or knee.expected is None:
         return "- knee latency ratio: no logged interval to compare with"
     (lo, lo_l, lo_h), (now, now_l, now_h) = knee.ratio_logged, knee.ratio_now
-    inside = lo_l <= now <= lo_h
+    exp_l, exp_h = knee.expected
+    repeat = "none" if knee.repeat_error is None else f"{knee.repeat_error:.1%}"
     return (
         f"- knee latency ratio to the baseline: logged {lo:.3f} [{lo_l:.3f}, {lo_h:.3f}], "
-        f"re-measured at export {now:.3f} [{now_l:.3f}, {now_h:.3f}]: the re-measured ratio is "
-        f"{'inside' if inside else 'OUTSIDE'} the logged interval; intervals "
-        f"{'overlap' if knee.agrees else 'do NOT overlap'}"
+        f"re-measured at export {now:.3f} [{now_l:.3f}, {now_h:.3f}]; a re-measurement of the "
+        f"logged ratio lands in [{exp_l:.3f}, {exp_h:.3f}] (both intervals' noise, or the "
+        f"search's repeat error {repeat} where wider): the re-measured ratio is "
+        f"{'INSIDE' if knee.agrees else 'OUTSIDE'} it; inside the logged 95% interval itself: "
+        f"{'yes' if lo_l <= now <= lo_h else 'no'}"
     )
 
 

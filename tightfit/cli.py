@@ -150,6 +150,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         "latency ms (logged → now)",
         "latency ratio logged [95% CI]",
         "ratio now [95% CI]",
+        "a re-measurement lands in (95%)",
         "agree?",
     ]:
         table.add_column(c)
@@ -161,19 +162,24 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"{r.logged['latency_ms']:.3f} → {r.measured['latency_ms']:.3f} ({r.latency_change:+.1%})",
             _ratio_text(r.ratio_logged),
             _ratio_text(r.ratio_now),
+            "?" if r.expected is None else f"[{r.expected[0]:.3f}, {r.expected[1]:.3f}]",
             {True: "yes", False: "[bold red]NO[/]", None: "?"}[r.agrees],
         )
     console.print(table)
     console.print(
         "latency now = the re-measured ratio to the baseline x the search's reference latency "
-        "(the manifest has the baseline's latency now, to see the machine's drift)"
+        "(the manifest has the baseline's latency now, to see the machine's drift); a "
+        "re-measurement lands within both measurements' noise, or within how far this search's "
+        "own repeated measurements disagreed where that is wider (repeat_error)",
+        soft_wrap=True,
     )
     for r in results:
         if r.agrees is False:
             console.print(
                 f"[bold]trial {r.trial}[/]: the re-measured latency ratio "
-                f"{_ratio_text(r.ratio_now)} is outside the noise of the logged one "
-                f"{_ratio_text(r.ratio_logged)}: the machine's state differs from the search's "
+                f"{_ratio_text(r.ratio_now)} is outside the range a re-measurement of the "
+                f"logged {_ratio_text(r.ratio_logged)} lands in: the machine's state differs "
+                "from the search's "
                 "(load, frequency, another process); measure again on a quiet machine before "
                 "relying on either number",
                 soft_wrap=True,

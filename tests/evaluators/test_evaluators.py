@@ -38,6 +38,8 @@ def test_latency_protocol_records_interleaved_rounds(tiny_ctx, fast_profile) -> 
     assert r.latency_ms == r.ratio * 2.0 and r.speedup == 1 / r.ratio
     assert r.p90_ms >= r.median_ms > 0
     assert r.environment["intra_op_threads"] == "2" and r.environment["onnxruntime"]
+    # each model ran in the protocol's sessions, taken in turn by the rounds
+    assert r.environment["sessions_per_model"] == str(fast_profile.measurement.sessions)
 
 
 def test_input_shapes_from_profile_override(fast_profile) -> None:
@@ -56,6 +58,20 @@ def test_bootstrap_ci_of_constant_is_the_constant() -> None:
     assert bootstrap_ci(np.full(7, 0.5), seed=0) == (0.5, 0.5)
     lo, hi = bootstrap_ci(np.arange(1.0, 12.0), seed=0)
     assert lo < np.median(np.arange(1.0, 12.0)) < hi
+
+
+def test_bootstrap_over_sessions_includes_their_disagreement() -> None:
+    # two sessions whose rounds agree within themselves (+-0.5%) but read 4% apart
+    rng = np.random.default_rng(0)
+    values = np.r_[rng.normal(1.00, 0.005, 10), rng.normal(1.04, 0.005, 10)]
+    groups = np.r_[np.zeros(10), np.ones(10)]
+    lo, hi = bootstrap_ci(values, seed=0, groups=groups)
+    assert lo < 1.005 and hi > 1.035  # reaches each session's own reading
+    # sessions that agree: hardly wider than rounds alone
+    same = rng.normal(1.0, 0.005, 20)
+    plain, both = bootstrap_ci(same, seed=0), bootstrap_ci(same, seed=0, groups=groups)
+    assert (both[1] - both[0]) < 2 * (plain[1] - plain[0])
+    assert bootstrap_ci(same, seed=0, groups=np.zeros(20)) == plain  # one session: rounds alone
 
 
 def test_disturbed_measurements_are_repeated(tiny_ctx, fast_profile) -> None:

@@ -5,6 +5,9 @@ runtime (``backends``): fixed threads pinned to their CPUs where the OS allows, 
 warm-up by time; then rounds in which the candidate and the baseline each run a block of
 inferences, in random order. A round's ratio is the candidate's block median over the
 baseline's; the score is the median ratio over rounds, with a bootstrap confidence interval.
+Each model runs in ``sessions`` runtime sessions that the rounds take in turn: two sessions of
+one model differ by a few percent (where the runtime placed its memory), a bias one session
+cannot reveal, so the interval resamples sessions as well as rounds (a cluster bootstrap).
 After ``rounds`` rounds, more are added until the interval is narrow enough (``target_ci``), or
 ``max_rounds`` or the time budget is reached. Slow drifts of a shared machine hit both models of
 a round alike and cancel in the ratio. The raw block times are kept (``samples_ms``).
@@ -120,10 +123,33 @@ def _warm(run: Callable[[], None], seconds: float) -> float:
     return float(np.median(times))
 
 
-def bootstrap_ci(values: np.ndarray, seed: int, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    values: np.ndarray, seed: int, level: float = 0.95, groups: np.ndarray | None = None
+) -> tuple[float, float]:
+    """The ``level`` interval of the median of ``values``, by bootstrap.
+
+    With ``groups`` (a label per value: the session that measured it), a cluster bootstrap:
+    each replicate draws the groups with replacement, then values within each drawn group, so
+    the interval includes how far the groups disagree, not only the spread within them.
+    """
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(N_BOOTSTRAP, len(values)))
-    medians = np.median(values[idx], axis=1)
+    values = np.asarray(values, dtype=float)
+    labels = np.unique(groups) if groups is not None else np.array([])
+    if len(labels) < 2:
+        idx = rng.integers(0, len(values), size=(N_BOOTSTRAP, len(values)))
+        medians = np.median(values[idx], axis=1)
+    else:
+        assert groups is not None
+        members = [values[groups == g] for g in labels]
+        sizes = np.array([len(m) for m in members])
+        table = np.full((len(members), sizes.max()), np.nan)  # a row per group, NaN-padded
+        for row, m in zip(table, members, strict=True):
+            row[: len(m)] = m
+        drawn = rng.integers(0, len(members), size=(N_BOOTSTRAP, len(members), 1))
+        within = (rng.random((N_BOOTSTRAP, len(members), sizes.max())) * sizes[drawn]).astype(int)
+        sample = table[drawn, within]
+        sample[np.arange(sizes.max()) >= sizes[drawn]] = np.nan  # a drawn group's own size
+        medians = np.nanmedian(sample.reshape(N_BOOTSTRAP, -1), axis=1)
     lo, hi = np.quantile(medians, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 
@@ -198,13 +224,18 @@ def _measure_once(
     n = len(candidates)
     names = [f"candidate{i}" for i in range(n)]
     t_start = time.perf_counter()
+    n_sessions = protocol.sessions
     with pinned(profile) as cpus:
+        paths = dict(zip(names, candidates, strict=True)) | {"baseline": baseline}
         runners = {
-            name: open_runner(path, profile, feed)
-            for name, path in zip(names, candidates, strict=True)
+            name: [open_runner(path, profile, feed) for _ in range(n_sessions)]
+            for name, path in paths.items()
         }
-        runners["baseline"] = open_runner(baseline, profile, feed)
-        per_run = max(_warm(r.run, protocol.warmup_s) for r in runners.values())
+        per_run = max(
+            _warm(r.run, protocol.warmup_s / n_sessions)
+            for sessions in runners.values()
+            for r in sessions
+        )
         iters = min(
             protocol.max_block_iters,
             max(protocol.min_iters_per_block, math.ceil(protocol.min_block_s / per_run)),
@@ -212,6 +243,7 @@ def _measure_once(
         rng = np.random.default_rng(seed)
         samples: dict[str, list[np.ndarray]] = {name: [] for name in runners}
         every: list[np.ndarray] = []  # each candidate's ratio, every round
+        session: list[int] = []  # which session of each model ran the round
         kept: list[bool] = []  # whether the round ran undisturbed (as far as judged yet)
         watch = CpuWatch(cpus) if not profile.is_gpu else None
         foreign: list[float] = []  # share of the pinned CPUs others took, per judged window
@@ -227,7 +259,11 @@ def _measure_once(
         order = list(runners)
         t_rounds = time.perf_counter()
         while True:
-            block = {order[i]: runners[order[i]].block(iters) for i in rng.permutation(len(order))}
+            session.append(len(every) % n_sessions)
+            block = {
+                order[i]: runners[order[i]][session[-1]].block(iters)
+                for i in rng.permutation(len(order))
+            }
             for name, times in block.items():
                 samples[name].append(times)
             base_ms = float(np.median(block["baseline"]))
@@ -261,7 +297,8 @@ def _measure_once(
             if spent and len(every) >= protocol.rounds:  # the minimum is always run
                 break
     disturbed = sum(kept) < 3  # the cores were taken all along: every round is used, flagged
-    ratios = np.array(every) if disturbed else np.array(every)[np.array(kept)]
+    used = np.ones(len(every), bool) if disturbed else np.array(kept)
+    ratios, groups = np.array(every)[used], np.array(session)[used]
     base = np.concatenate(samples["baseline"])
     ref = baseline_ref_ms if baseline_ref_ms is not None else float(np.median(base))
     env = environment(profile, feed)
@@ -269,6 +306,7 @@ def _measure_once(
         env["pinned_cpus"] = ",".join(map(str, cpus))
     if n > 1:
         env["measured_jointly_with"] = str(n - 1)
+    env["sessions_per_model"] = str(n_sessions)
     env["contention_watch"] = (
         "proc-stat" if watch is not None and watch.available else "unavailable"
     )
@@ -278,14 +316,14 @@ def _measure_once(
         cand = np.concatenate(samples[name])
         ratio = float(np.median(ratios[:, i]))
         own_env = dict(env)
-        for key, runner in (("candidate", runners[name]), ("baseline", runners["baseline"])):
+        for key, runner in (("candidate", runners[name][0]), ("baseline", runners["baseline"][0])):
             if hasattr(runner, "timing"):
                 own_env[f"timing_{key}"] = runner.timing
         results.append(
             LatencyResult(
                 latency_ms=ratio * ref,
                 ratio=ratio,
-                ratio_ci=bootstrap_ci(ratios[:, i], seed),
+                ratio_ci=bootstrap_ci(ratios[:, i], seed, groups=groups),
                 speedup=1.0 / ratio,
                 median_ms=float(np.median(cand)),
                 p90_ms=float(np.quantile(cand, 0.9)),
@@ -310,5 +348,7 @@ def _measure_once(
 
 
 def _narrow(ratios: np.ndarray, target_ci: float, seed: int) -> bool:
+    """Whether more rounds would no longer narrow the interval: judged over rounds alone, since
+    how far the sessions disagree no number of rounds changes."""
     lo, hi = bootstrap_ci(ratios, seed)
     return (hi - lo) / 2 <= target_ci * float(np.median(ratios))

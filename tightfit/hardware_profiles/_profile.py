@@ -23,6 +23,14 @@ class MeasurementProtocol(Record):
     """
 
     warmup_s: float = Field(0.3, ge=0.0, description="warm-up per model, by time")
+    sessions: int = Field(
+        2,
+        ge=1,
+        le=8,
+        description="runtime sessions opened per model; rounds take them in turn. Two sessions "
+        "of one model differ by 1-3% on a CPU (memory placement), a fixed bias a single session "
+        "cannot show: with several, the ratio averages it out and its interval includes it",
+    )
     rounds: int = Field(12, ge=3, description="interleaved candidate/baseline rounds, at least")
     max_rounds: int = Field(
         40, ge=3, description="more rounds, up to this many, while the ratio's CI is too wide"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import time
 from dataclasses import dataclass, replace
@@ -23,6 +24,7 @@ from tightfit.hardware_profiles import HardwareProfile, get_profile
 from tightfit.runs.pareto import front_frame, knee
 from tightfit.runs.workdir import atomic_write, load_workdir_config
 from tightfit.search._evaluate import Setup, measure_many, measure_reference, workspace
+from tightfit.search._reuse import repeat_error
 from tightfit.search._study import load_study
 from tightfit.spaces import Candidate
 
@@ -41,12 +43,21 @@ class ExportResult:
     #: search logged it and as re-measured now (None where the trial kept no interval)
     ratio_logged: tuple[float, float, float] | None = None
     ratio_now: tuple[float, float, float] | None = None
+    #: how far two measurements of one candidate at different times disagreed in the search
+    #: (``search._reuse.repeat_error``; None where the search re-measured too few)
+    repeat_error: float | None = None
+
+    @property
+    def expected(self) -> tuple[float, float] | None:
+        """Where a re-measurement of the logged ratio lands, 95% (``expected_range``)."""
+        return expected_range(self.ratio_logged, self.ratio_now, self.repeat_error)
 
     @property
     def agrees(self) -> bool | None:
-        """Whether the logged and the re-measured ratio agree within their noise: their 95%
-        intervals overlap (None: no logged interval to compare with)."""
-        return intervals_overlap(self.ratio_logged, self.ratio_now)
+        """Whether the re-measured ratio lies in ``expected`` (None: no logged interval)."""
+        if self.expected is None or self.ratio_now is None:
+            return None
+        return self.expected[0] <= self.ratio_now[0] <= self.expected[1]
 
     @property
     def latency_change(self) -> float:
@@ -281,6 +292,7 @@ def export(
     # not that of the machine's state while each one ran (``measure_jointly``).
     args = (base_bytes, shapes, dtypes, ref_ms, config.seed)
     latencies = measure_many(hw, [b.onnx_bytes for b in built], *args)
+    repeat = repeat_error(study)
     results = []
     for b, latency in zip(built, latencies, strict=True):
         number, engine, trial = b.number, b.engine, trials[b.number]
@@ -294,6 +306,16 @@ def export(
             "size_mb": size_mb(engine),
             "speedup": latency.speedup,
         }
+        done = ExportResult(
+            number,
+            b.target / engine.name,
+            b.target / "manifest.json",
+            logged,
+            measured,
+            ratio_logged=ratio_logged,
+            ratio_now=ratio_now,
+            repeat_error=repeat,
+        )
         manifest = {
             "format": "onnx",
             "runtime": hw.runtime,
@@ -311,7 +333,9 @@ def export(
             "latency": {
                 **latency.summary(),
                 "ratio_logged": ratio_logged,
-                "agrees_with_logged": intervals_overlap(ratio_logged, ratio_now),
+                "expected_range": done.expected,
+                "repeat_error_search": repeat,
+                "agrees_with_logged": done.agrees,
                 "measured_with_trials": [o.number for o in built if o.number != number],
                 "environment": latency.environment,
             },
@@ -324,17 +348,7 @@ def export(
         }
         atomic_write(b.staging / "manifest.json", json.dumps(manifest, indent=2, default=str))
         _publish(b.staging, b.target)  # the engine and its manifest appear together
-        results.append(
-            ExportResult(
-                number,
-                b.target / engine.name,
-                b.target / "manifest.json",
-                logged,
-                measured,
-                ratio_logged=ratio_logged,
-                ratio_now=ratio_now,
-            )
-        )
+        results.append(done)
     return _register(results, workdir, config, hw, pick) if register else results
 
 
@@ -362,13 +376,30 @@ def _remove_staging(out: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def intervals_overlap(
-    a: tuple[float, float, float] | None, b: tuple[float, float, float] | None
-) -> bool | None:
-    """Whether two (value, low, high) intervals overlap (None: one of them is missing)."""
-    if a is None or b is None:
+Z95 = 1.959964
+
+
+def expected_range(
+    logged: tuple[float, float, float] | None,
+    now: tuple[float, float, float] | None,
+    repeat_error: float | None,
+) -> tuple[float, float] | None:
+    """The 95% range around the logged ratio in which a second measurement of it lands.
+
+    Two measurements differ by the noise of both: in log terms their standard deviations, read
+    from their own (value, low, high) intervals, add in quadrature. Rounds alone understate it
+    on a machine whose state moves over minutes, so where the search measured how far repeated
+    measurements of its candidates disagree (``repeat_error``) and that is larger, it is used.
+    None without a logged interval.
+    """
+    if logged is None or now is None:
         return None
-    return a[1] <= b[2] and b[1] <= a[2]
+
+    def sd(interval: tuple[float, float, float]) -> float:
+        return math.log(interval[2] / interval[1]) / (2 * Z95)
+
+    sigma = max(math.hypot(sd(logged), sd(now)), repeat_error or 0.0)
+    return logged[0] * math.exp(-Z95 * sigma), logged[0] * math.exp(Z95 * sigma)
 
 
 def _ratios(

@@ -6,6 +6,9 @@ decides what to do with a hit or a "dominated" verdict.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -195,6 +198,35 @@ def _held_out(trials: list[FrozenTrial]) -> list[tuple[FrozenTrial, float]]:
     return [(t, p) for t, p in zip(usable, predictions, strict=True) if p is not None]
 
 
+#: fewer pairs of measurements than this give no repeat error (its estimate would be noise)
+MIN_REPEAT_PAIRS = 5
+
+
+def repeat_error(study: optuna.Study) -> float | None:
+    """How far two measurements of the same candidate, taken at different times in this search,
+    typically disagree: a robust standard deviation (1.4826 x the median absolute value) of
+    log(joint re-measurement / the search's measurement) over the re-measured candidates.
+
+    A measurement's own interval holds only the noise of its rounds. On a shared or virtual
+    machine the ratio of two models also moves over minutes (a neighbour's memory traffic slows
+    int8 and fp32 unequally, and no CPU counter shows it): six measurements of one digits
+    candidate within a minute spread 3-8%, beyond each one's +-2% interval. This is that
+    movement, as this search saw it. None when fewer than ``MIN_REPEAT_PAIRS`` were re-measured.
+    """
+    joint = study.user_attrs.get("remeasured_jointly")
+    if not joint:
+        return None
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    logs = [
+        math.log(joint["latency_ms"][str(n)] / trials[n].user_attrs["latency"]["latency_ms"])
+        for n in joint["trials"]
+        if n in trials and "latency" in trials[n].user_attrs
+    ]
+    if len(logs) < MIN_REPEAT_PAIRS:
+        return None
+    return 1.4826 * float(np.median(np.abs(logs)))
+
+
 def joint_metrics(study: optuna.Study) -> dict[str, float]:
     """What the end-of-search joint re-measurement (``latency.remeasure``) found.
 
@@ -223,6 +255,9 @@ def joint_metrics(study: optuna.Study) -> dict[str, float]:
         [trials[n].user_attrs["predicted_latency_ms"] for n in predicted],
         [joint["latency_ms"][str(n)] for n in predicted],
     )
+    error = repeat_error(study)
+    if error is not None:
+        out["repeat_error"] = error
     loo = _held_out([trials[n] for n in numbers])
     out["predictor_spearman_loo_joint"] = spearman(
         [p for _, p in loo], [joint["latency_ms"][str(t.number)] for t, _ in loo]
