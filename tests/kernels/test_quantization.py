@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import torch
@@ -52,3 +54,87 @@ def test_int4_matmulnbits_for_matmul_layers(tmp_path, fast_profile) -> None:
         ref = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(predict(out.onnx_path, {"tokens": x}), ref, atol=0.15)
     assert isinstance(data, TaskData)
+
+
+def _uniform_int8(model, ctx, tmp_path):
+    units = discover_units(model, ctx, SpaceSpec())
+    bits = {u.path: 8 for u in units if u.knob == "bits" and 8 in u.choices}
+    assert bits
+    return bits, compress(model, Candidate(base_model="m", bits=bits), ctx, tmp_path / "int8")
+
+
+def test_int8_engages_on_a_cnn_whose_biases_the_exporter_shares(tiny_ctx, tmp_path) -> None:
+    model = models.tiny_resnet()  # fresh BatchNorms fold into equal (zero) biases
+    raw = tmp_path / "raw.onnx"
+    torch.onnx.export(model, tiny_ctx.example_inputs, raw, dynamo=False, opset_version=17)
+    assert "Identity" in _ops(raw)  # the exporter shares them through Identity nodes
+    assert "Identity" not in _ops(tiny_ctx.baseline_onnx)  # tightfit's export inlines them
+    bits, out = _uniform_int8(model, tiny_ctx, tmp_path)
+    assert out.report["quantize"]["int8_engaged"] == 1.0
+    assert out.report["quantize"]["engagement_unchecked"] == 0
+
+
+def test_a_plan_that_runs_float_is_caught(tiny_ctx, tmp_path) -> None:
+    """Quantized from the exporter's raw graph (shared biases), the Convs stay float: the
+    check sees it, on ONNX Runtime's optimized graph."""
+    from onnxruntime.quantization import quantize_static
+
+    from tightfit.kernels.quantization import _Reader, engagement
+
+    model = models.tiny_resnet()
+    raw = tmp_path / "raw.onnx"
+    torch.onnx.export(
+        model,
+        tiny_ctx.example_inputs,
+        raw,
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        dynamic_axes={"image": {0: "batch"}},
+    )
+    convs = {n.name for n in onnx.load(str(raw)).graph.node if n.op_type in ("Conv", "Gemm")}
+    quantized = tmp_path / "q.onnx"
+    quantize_static(
+        str(raw), str(quantized), _Reader(tiny_ctx.calibration), nodes_to_quantize=sorted(convs)
+    )
+    found = engagement(raw, quantized, {8: convs, 4: set()}, tiny_ctx)
+    assert found.float_nodes and found.report()["int8_engaged"] < 1.0
+    assert set(found.float_nodes) <= convs
+
+
+def test_int8_engages_on_a_bert_style_encoder(tmp_path, fast_profile) -> None:
+    model = models.tiny_bert()
+    data = load_data(CallableSpec(callable="tests.models:token_id_data"))
+    ctx = make_ctx(model, data, fast_profile, tmp_path, classifier=None)
+    for fmt in ("static", "dynamic"):
+        ctx = replace(ctx, profile=fast_profile.with_int8_format(fmt))
+        _, out = _uniform_int8(model, ctx, tmp_path / fmt)
+        assert out.report["quantize"]["int8_engaged"] == 1.0, fmt
+
+
+def test_int8_is_not_offered_where_it_would_not_engage(tiny_ctx, tmp_path, caplog) -> None:
+    """Units are discovered on the raw exporter graph (shared biases): the layers whose int8
+    would run float there lose the choice, the others keep it."""
+    model = models.tiny_resnet()
+    raw = tmp_path / "raw.onnx"
+    torch.onnx.export(
+        model,
+        tiny_ctx.example_inputs,
+        raw,
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        dynamic_axes={"image": {0: "batch"}},
+    )
+    offered = {
+        u.path: u.choices
+        for u in discover_units(model, replace(tiny_ctx, baseline_onnx=raw), SpaceSpec())
+        if u.knob == "bits"
+    }
+    everywhere = {
+        u.path: u.choices for u in discover_units(model, tiny_ctx, SpaceSpec()) if u.knob == "bits"
+    }
+    assert all(8 in c for c in everywhere.values())
+    refused = set(everywhere) - {p for p, c in offered.items() if 8 in c}
+    assert refused and refused < set(everywhere)
+    assert "int8 not offered" in caplog.text and all(p in caplog.text for p in refused)

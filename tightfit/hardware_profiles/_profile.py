@@ -88,13 +88,13 @@ class QuantizationSettings(Record):
     calibrate_method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"
     int8_format: Literal["static", "dynamic", "auto"] = Field(
         "static",
-        description="int8 MatMul/Gemm layers: static Q/DQ (activation ranges calibrated on the "
+        description="int8 MatMul layers: static Q/DQ (activation ranges calibrated on the "
         "data), dynamic (activation ranges computed per inference; ONNX Runtime's "
         "MatMulInteger, often faster for transformers on CPU), or auto: a search builds uniform "
         "int8 both ways, measures both on this profile once per study and uses dynamic if it is "
         "faster by more than measurement.target_ci, else static (the "
         "study remembers the choice; a compression outside a search treats auto as static). "
-        "Conv layers are always static",
+        "Conv and Gemm layers are always static (ONNX Runtime has no dynamic integer Gemm)",
     )
     symmetric_activations: bool = Field(
         False, description="zero-point 0 for activations (TensorRT accepts only symmetric Q/DQ)"

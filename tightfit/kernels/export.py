@@ -108,9 +108,39 @@ def export_onnx(
         model.eval()  # export may flip train mode of submodules (offline-models-data.md §6.4)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(buffer.getvalue())
+    tmp.write_bytes(inline_shared_initializers(buffer.getvalue()))
     tmp.replace(path)
     return path
+
+
+def inline_shared_initializers(onnx_bytes: bytes) -> bytes:
+    """Replace every ``Identity`` of an initializer by a copy of that initializer.
+
+    The exporter stores equal constants once and hands them to their other users through
+    Identity nodes: the zero biases that BatchNorm folding leaves in a freshly initialised CNN
+    are all one tensor. ONNX Runtime's quantizer then finds a bias that is no initializer
+    ("Expected bias ... to be an initializer"), leaves that Conv unquantized, and the int8
+    graph runs those Convs in float: on a ResNet-18, 13 of 20 Convs. Each copy takes the
+    Identity's output name, so every node keeps its inputs.
+    """
+    model = onnx.load_model_from_string(onnx_bytes)
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    shared = [
+        n
+        for n in graph.node
+        if n.op_type == "Identity" and n.input[0] in initializers and n.output[0] not in outputs
+    ]
+    if not shared:
+        return onnx_bytes
+    for node in shared:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(initializers[node.input[0]])
+        copy.name = node.output[0]
+        graph.initializer.append(copy)
+        graph.node.remove(node)
+    return model.SerializeToString()
 
 
 def module_of_node(node_name: str) -> list[str]:

@@ -14,8 +14,9 @@ import logging
 import shutil
 import tempfile
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
@@ -35,6 +36,24 @@ from tightfit.kernels.export import (
 )
 
 CALIBRATION_BATCH = 32
+log = logging.getLogger(__name__)
+
+#: ONNX Runtime operators that compute in integers (the ``com.microsoft`` ones included): a
+#: planned int8 or 4-bit layer engages when its weight feeds one of them after graph optimization
+INTEGER_OPS = frozenset(
+    {
+        "QLinearConv",
+        "QLinearMatMul",
+        "QGemm",
+        "ConvInteger",
+        "MatMulInteger",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeMatMul",
+        "QAttention",
+        "QLinearConvTranspose",
+        "MatMulNBits",
+    }
+)
 
 
 def cpu_has_vnni() -> bool:
@@ -110,7 +129,7 @@ def _quantize_int8(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext) -
 
 
 def _quantize_dynamic(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext) -> None:
-    """Dynamic int8 for MatMul/Gemm ``nodes``: weights offline (per output column when the
+    """Dynamic int8 for MatMul ``nodes``: weights offline (per output column when the
     profile says ``per_channel``), activations per run."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -118,7 +137,7 @@ def _quantize_dynamic(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext
         str(src),
         str(dst),
         nodes_to_quantize=sorted(nodes),
-        op_types_to_quantize=["MatMul", "Gemm"],
+        op_types_to_quantize=["MatMul"],
         per_channel=ctx.profile.quantization.per_channel,
         reduce_range=_reduce_range(ctx),
         weight_type=QuantType.QInt8,
@@ -168,7 +187,7 @@ class Quantization(Kernel):
                 choices.append(4)
             if len(choices) > 1:
                 units.append(Unit(path, self.knob, tuple(choices), {"nodes": owned}))
-        return units
+        return _engaging(units, ctx)
 
     def apply_onnx(
         self, src: Path, dst: Path, plan: dict[str, Any], ctx: SurgeryContext
@@ -191,12 +210,139 @@ class Quantization(Kernel):
                 raise
             except Exception as e:
                 raise CandidateError(f"quantization failed: {type(e).__name__}: {e}") from e
+            engaged = engagement(src, final, by_bits, ctx)
             shutil.copyfile(final, dst)
+        report.update(engaged.report())
+        if engaged.float_nodes:
+            raise CandidateError(
+                f"quantize: the plan puts {len(engaged.float_nodes)} layer(s) in low precision "
+                "that ONNX Runtime runs in float after graph optimization "
+                f"({', '.join(engaged.float_nodes[:4])}): their quantized weights only pass "
+                "through DequantizeLinear into a float kernel, so the candidate would be a float "
+                "model with conversions, not an int8 one"
+            )
         return report
 
 
+class Engagement(NamedTuple):
+    """Which planned low-precision nodes run as integer kernels in the runtime's graph."""
+
+    checked: dict[int, int]  # bits -> planned nodes whose weight could be followed
+    engaged: dict[int, int]  # bits -> of those, the ones an integer kernel consumes
+    float_nodes: list[str]  # planned nodes that run in float
+    unchecked: int  # planned nodes without a constant weight to follow
+
+    def report(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"engagement_unchecked": self.unchecked}
+        for bits, name in ((8, "int8_engaged"), (4, "int4_engaged")):
+            if self.checked.get(bits):
+                out[name] = self.engaged[bits] / self.checked[bits]
+        return out
+
+
+def engagement(
+    float_src: Path, quantized: Path, by_bits: dict[int, set[str]], ctx: SurgeryContext
+) -> Engagement:
+    """Follow each planned node's weight into ONNX Runtime's optimized graph of ``quantized``.
+
+    The quantizer rewrites a weight ``W`` into ``W_quantized`` (``W_Q4`` for 4-bit) with its
+    scales; the runtime then fuses the Q/DQ pattern into an integer kernel (``QLinearConv``,
+    ``MatMulInteger``, ...) or, where it cannot, leaves ``DequantizeLinear`` feeding the float
+    kernel. A node engages when a tensor derived from its weight feeds one of ``INTEGER_OPS``.
+    The graph is optimized as the measurement runs it (all optimizations, CPU execution
+    provider); profiles on other runtimes (TensorRT, torch) fuse in their own builders and are
+    not checked here.
+    """
+    planned = {bits: nodes for bits, nodes in by_bits.items() if nodes}
+    profile = ctx.profile
+    if profile.runtime != "onnxruntime" or profile.is_gpu or not planned:
+        return Engagement({}, {}, [], 0)
+    import onnxruntime as ort
+
+    source = onnx.load(str(float_src), load_external_data=False)
+    constants = {t.name for t in source.graph.initializer}
+    weight_of = {
+        n.name: next((i for i in n.input[1:] if i in constants), None)
+        or (n.input[0] if n.input and n.input[0] in constants else None)
+        for n in source.graph.node
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(str(quantized), options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath, load_external_data=False)
+    consumers: dict[str, set[str]] = {}
+    for node in optimized.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, set()).add(node.op_type)
+
+    def engaged(weight: str) -> bool:
+        return any(
+            ops & INTEGER_OPS
+            for name, ops in consumers.items()
+            if name == weight or name.startswith(weight + "_")
+        )
+
+    checked: dict[int, int] = {}
+    count: dict[int, int] = {}
+    float_nodes: list[str] = []
+    unchecked = 0
+    for bits, nodes in planned.items():
+        for node in sorted(nodes):
+            weight = weight_of.get(node)
+            if weight is None:
+                unchecked += 1
+                continue
+            checked[bits] = checked.get(bits, 0) + 1
+            if engaged(weight):
+                count[bits] = count.get(bits, 0) + 1
+            else:
+                float_nodes.append(node)
+    return Engagement(checked, {b: count.get(b, 0) for b in checked}, float_nodes, unchecked)
+
+
+def _engaging(units: list[Unit], ctx: SurgeryContext) -> list[Unit]:
+    """``units`` without int8 where it would not engage: the baseline is quantized once with
+    every int8 choice at 8 bits (static Q/DQ, as Conv and Gemm always are) and followed into the
+    runtime's optimized graph (``engagement``); a layer that still runs in float there is not
+    offered int8, so no trial spends its time on a plan that measures as float."""
+    int8 = [u for u in units if 8 in u.choices]
+    profile = ctx.profile
+    if not int8 or ctx.baseline_onnx is None or profile.runtime != "onnxruntime" or profile.is_gpu:
+        return units
+    nodes = {n for u in int8 for n in u.info["nodes"]}
+    static = replace(ctx, profile=profile.with_int8_format("static"))
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            quantized = _quantize(ctx.baseline_onnx, Path(tmp), {8: nodes, 4: set()}, static)
+            floating = set(engagement(ctx.baseline_onnx, quantized, {8: nodes}, static).float_nodes)
+        except Exception as e:  # the trials will say what fails, layer by layer
+            log.warning(
+                "int8 engagement probe failed (%s: %s); every int8 choice kept", type(e).__name__, e
+            )
+            return units
+    refused = [u for u in int8 if floating & set(u.info["nodes"])]
+    if refused:
+        log.warning(
+            "int8 not offered for %d layer(s) that ONNX Runtime would run in float even "
+            "quantized: %s",
+            len(refused),
+            ", ".join(u.path for u in refused),
+        )
+    kept = []
+    for u in units:
+        if u in refused:
+            u = replace(u, choices=tuple(c for c in u.choices if c != 8))
+        if len(u.choices) > 1:
+            kept.append(u)
+    return kept
+
+
 def _quantize(src: Path, out_dir: Path, by_bits: dict[int, set[str]], ctx: SurgeryContext) -> Path:
-    """int8 for ``by_bits[8]`` (static Q/DQ, or dynamic for MatMul/Gemm when the profile says
+    """int8 for ``by_bits[8]`` (static Q/DQ, or dynamic for MatMul when the profile says
     so), then 4-bit MatMulNBits for ``by_bits[4]``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     current = src
@@ -218,11 +364,17 @@ def _quantize(src: Path, out_dir: Path, by_bits: dict[int, set[str]], ctx: Surge
 
 
 def _dynamic_nodes(src: Path, int8: set[str], ctx: SurgeryContext) -> set[str]:
-    """The int8 nodes quantized dynamically: MatMul/Gemm, when the profile asks for dynamic."""
+    """The int8 nodes quantized dynamically: MatMul, when the profile asks for dynamic.
+
+    Not Gemm: ONNX Runtime's dynamic quantizer has no integer Gemm (its registry maps MatMul to
+    MatMulInteger, Conv to ConvInteger), so a "dynamic" Gemm kept its float kernel behind a
+    DequantizeLinear, as ``engagement`` showed on the digits classifier. A Gemm takes static
+    Q/DQ (QGemm) in either format.
+    """
     if ctx.profile.quantization.int8_format != "dynamic":
         return set()
     ops = node_op_types(onnx.load(str(src), load_external_data=False))
-    return {n for n in int8 if ops.get(n) in ("MatMul", "Gemm")}
+    return {n for n in int8 if ops.get(n) == "MatMul"}
 
 
 def _with_bias_correction(

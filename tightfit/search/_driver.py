@@ -504,7 +504,7 @@ class _ProfileSearch:
             }
             built = {fmt: ray.get(ref) for fmt, ref in refs.items()}
             if built["static"].onnx == built["dynamic"].onnx:
-                log.info("int8_format auto: no int8 layer is a MatMul/Gemm; static")
+                log.info("int8_format auto: no int8 layer is a MatMul; static")
                 return "static", {}
             for fmt, one in built.items():  # from the latency cache, as a trial would
                 key = self.reuse.key(one)
