@@ -23,6 +23,7 @@ from tightfit.config import load_config  # noqa: E402
 from tightfit.runs.export import export  # noqa: E402
 from tightfit.search import run_search  # noqa: E402
 from tightfit.search._driver import contention_metrics  # noqa: E402
+from tightfit.search._recipe import metrics as recipe_metrics  # noqa: E402
 from tightfit.search._reuse import joint_metrics, latency_reuse_metrics  # noqa: E402
 
 
@@ -84,6 +85,8 @@ def main() -> None:
         "contention": contention_metrics(profile.study),
         "latency_reuse": latency_reuse_metrics(profile.study),
         "remeasured_jointly": joint_metrics(profile.study),
+        "recipe": profile.study.user_attrs.get("recipe"),
+        "recipe_metrics": recipe_metrics(profile.study),
         "prescreen": not args.no_prescreen,
         "machine": fingerprint(),
     }
@@ -116,16 +119,29 @@ def main() -> None:
         + ", ".join(f"{k} {v:.3g}" for k, v in result["latency_reuse"].items()),
         "- every measured candidate measured again, together, at the end (latency.remeasure: "
         "measured): " + ", ".join(f"{k} {v:.3g}" for k, v in result["remeasured_jointly"].items()),
+        _recipe_line(result),
         "",
-        "| trial | accuracy | latency_ms | latency_ms measured together | size_mb | speedup | knobs |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "The front, then the standard recipe's variants (built from the baseline), all measured "
+        "together in the same rounds at the end of the search (the last two columns):",
+        "",
+        "| trial | accuracy | latency_ms | size_mb | speedup | latency_ms measured together | "
+        "speedup measured together | knobs |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
+    reference = profile.baseline["latency_ms"]
     for row in result["front"]:
         joint = row["latency_ms_joint"]
+        missing = joint != joint or joint is None
         lines.append(
             f"| {row['trial']} | {row['accuracy']:.4f} | {row['latency_ms']:.3f} | "
-            f"{'' if joint != joint or joint is None else f'{joint:.3f}'} | {row['size_mb']:.2f} | "
-            f"{row['speedup']:.2f}x | {row['knobs']} |"
+            f"{row['size_mb']:.2f} | {row['speedup']:.2f}x | "
+            f"{'' if missing else f'{joint:.3f}'} | "
+            f"{'' if missing else f'{reference / joint:.2f}x'} | {row['knobs']} |"
+        )
+    for variant, r in (result["recipe"] or {}).items():
+        lines.append(
+            f"| recipe: {variant} | {r['accuracy']:.4f} | | | | {r['latency_ms']:.3f} | "
+            f"{r['speedup']:.2f}x | standard recipe{'' if r['feasible'] else ' (infeasible)'} |"
         )
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -147,6 +163,21 @@ def _ratios_line(knee) -> str:
         f"search's repeat error {repeat} where wider): the re-measured ratio is "
         f"{'INSIDE' if knee.agrees else 'OUTSIDE'} it; inside the logged 95% interval itself: "
         f"{'yes' if lo_l <= now <= lo_h else 'no'}"
+    )
+
+
+def _recipe_line(result) -> str:
+    m = result["recipe_metrics"]
+    if not result["recipe"]:
+        return "- standard recipe: not measured"
+    if "speedup_over_recipe" not in m:
+        return (
+            "- standard recipe: measured (below), no tightfit or recipe point within the constraint"
+        )
+    return (
+        f"- standard recipe, best feasible: {m['recipe_best_speedup']:.2f}x; tightfit's best "
+        f"feasible in the same rounds: {m['best_feasible_speedup_joint']:.2f}x, "
+        f"**{m['speedup_over_recipe']:.2f}x over the recipe**"
     )
 
 

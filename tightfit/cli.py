@@ -98,6 +98,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         )
         if p.aa_check:
             console.print(_aa_text(p.aa_check), soft_wrap=True)
+        if p.study.user_attrs.get("recipe"):
+            console.print(_recipe_text(p.study), soft_wrap=True)
         console.print(
             f"baseline on {p.profile}: accuracy {p.baseline['accuracy']:.4f}, "
             f"latency {p.baseline['latency_ms']:.3f} ms, size {p.baseline['size_mb']:.2f} MB; "
@@ -126,6 +128,8 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         console.print(_front_table(front, f"{config.name} on {name}", list(config.objectives)))
         if study.user_attrs.get("aa_check"):
             console.print(_aa_text(study.user_attrs["aa_check"]), soft_wrap=True)
+        if study.user_attrs.get("recipe"):
+            console.print(_recipe_text(study), soft_wrap=True)
     return 0
 
 
@@ -213,6 +217,29 @@ def _aa_text(aa: dict[str, Any]) -> str:
             f"[bold red]{text}: this machine measured noisily, so speedups within "
             f"{aa['error']:.0%} of each other are not told apart[/]"
         )
+    return text
+
+
+def _recipe_text(study: Any) -> str:
+    """The standard recipe beside the front (measured in the same rounds), as one line."""
+    from tightfit.search._recipe import metrics
+
+    recipe = study.user_attrs["recipe"]
+    parts = [
+        f"{v} {r['speedup']:.2f}x (accuracy {r['accuracy']:.4f}"
+        f"{'' if r['feasible'] else ', infeasible'})"
+        for v, r in recipe.items()
+    ]
+    m = metrics(study)
+    text = "standard recipe, measured in the same rounds as the front: " + ", ".join(parts)
+    if "speedup_over_recipe" in m:
+        text += (
+            f"; tightfit's best feasible {m['best_feasible_speedup_joint']:.2f}x is "
+            f"[bold]{m['speedup_over_recipe']:.2f}x[/] the recipe's best feasible "
+            f"{m['recipe_best_speedup']:.2f}x"
+        )
+    elif "recipe_best_speedup" not in m:
+        text += "; no variant meets the accuracy constraint"
     return text
 
 

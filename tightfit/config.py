@@ -175,6 +175,12 @@ class LatencySpec(Record):
     remeasure_max: int = Field(
         48, ge=2, description="at most this many candidates re-measured together (front first)"
     )
+    recipe: bool = Field(
+        True,
+        description="at the end of a search, build the standard deployment recipe (fp32 fused, "
+        "uniform dynamic and static int8 on CPUs, fp16 on GPUs) and measure it in the same "
+        "rounds as the front (summary: recipe_best_speedup, speedup_over_recipe)",
+    )
     prescreen_margin: float = Field(
         0.15,
         ge=0.0,

@@ -40,7 +40,7 @@ from tightfit.kernels.recovery import recalibrate_batchnorm
 from tightfit.runs import pareto
 from tightfit.runs._tracker import Tracker
 from tightfit.runs.workdir import atomic_write, prepare_workdir, workdir_lock
-from tightfit.search import _ray, sensitivity, strategies
+from tightfit.search import _ray, _recipe, sensitivity, strategies
 from tightfit.search._evaluate import Setup, StageOne, workspace
 from tightfit.search._reuse import LatencyReuse, joint_metrics, latency_reuse_metrics
 from tightfit.search._signals import DeferredInterrupt
@@ -1073,6 +1073,10 @@ class _ProfileSearch:
         self.tracker.stop_summary(self.profile.name)
 
     # ---- the end ------------------------------------------------------------------------
+    def _front_numbers(self) -> list[int]:
+        front = pareto.front_frame(self.study)
+        return sorted(int(n) for n in front["trial"]) if not front.empty else []
+
     def _remeasure_set(self) -> list[int]:
         """The trials ``latency.remeasure`` names: the front's, then (``measured``) every other
         compressed candidate with a latency, at most ``remeasure_max``."""
@@ -1101,10 +1105,20 @@ class _ProfileSearch:
         """
         import ray
 
-        numbers = [] if self.config.latency.remeasure == "off" else self._remeasure_set()
-        if len(numbers) < 2:
+        spec = self.config.latency
+        if spec.remeasure != "off":
+            numbers = self._remeasure_set()
+        else:  # the recipe is still measured beside the front, in the same rounds
+            numbers = self._front_numbers() if spec.recipe else []
+        attrs = self.study.user_attrs
+        done = attrs.get("remeasured_jointly", {}).get("trials") == numbers
+        if done and (not spec.recipe or _recipe.ATTR in attrs):
             return
-        if self.study.user_attrs.get("remeasured_jointly", {}).get("trials") == numbers:
+        recipes = []
+        if spec.recipe:
+            stop.waiting_for = "the standard recipe's current variant to be built (seconds)"
+            recipes = _recipe.build(self.ws, self.profile, stop.check)
+        if len(numbers) + len(recipes) < 2:
             return
         if not self.idle:
             log.warning("%s: no measurement actor left to re-measure with", self.profile.name)
@@ -1119,10 +1133,12 @@ class _ProfileSearch:
                 candidate = Candidate.from_json(trials[number].user_attrs["candidate"])
                 onnx.append(self.ws.rebuild(candidate)[0])
             bench = self.idle[0]
+            onnx += [r.onnx for r in recipes]
             ref = bench.measure_many.remote(self.profile, onnx, *self._against_baseline())
             stop.waiting_for = (
                 f"nothing more: the end-of-search re-measurement of {len(numbers)} candidates "
-                "is dropped (the trials keep their own measurements)"
+                f"{'and the standard recipe ' if recipes else ''}is dropped (the trials keep "
+                "their own measurements)"
             )
             while not ray.wait([ref], timeout=POLL_S)[0]:
                 stop.check()  # Ctrl-C drops the re-measurement at once; its actor is killed
@@ -1135,14 +1151,20 @@ class _ProfileSearch:
             )
             return
         stop.check()
+        results, recipe_results = results[: len(numbers)], results[len(numbers) :]
+        if recipes:
+            self.study.set_user_attr(
+                _recipe.ATTR,
+                _recipe.record(recipes, recipe_results, self.baseline, self.config.constraints),
+            )
         self.study.set_user_attr(
             "remeasured_jointly",
             {
                 "trials": numbers,
                 "latency_ms": {str(n): r.latency_ms for n, r in zip(numbers, results, strict=True)},
                 "ratio_ci": {str(n): r.ratio_ci for n, r in zip(numbers, results, strict=True)},
-                "rounds": results[0].rounds,
-                "disturbed": results[0].disturbed,
+                "rounds": (results or recipe_results)[0].rounds,
+                "disturbed": (results or recipe_results)[0].disturbed,
                 "seconds": time.monotonic() - t0,
             },
         )
@@ -1180,6 +1202,7 @@ class _ProfileSearch:
                 metrics[f"uniform_int8_{fmt}_latency_ms"] = m["latency_ms"]
         metrics.update(latency_reuse_metrics(self.study))
         metrics.update(joint_metrics(self.study))
+        metrics.update(_recipe.metrics(self.study))
         aa = self.study.user_attrs.get("aa_check")
         if aa:
             metrics["aa_ratio"] = aa["ratio"]

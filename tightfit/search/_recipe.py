@@ -1,0 +1,134 @@
+"""The standard deployment recipe (``kernels.recipe``), measured beside the front.
+
+At the end of a search its variants are built from the baseline, scored on the validation
+data, and measured in the same interleaved rounds as the front's re-measurement, so that the
+front's speedups and the recipe's compare under one state of the machine. The study keeps the
+result as ``recipe``; the summary run logs ``recipe_<variant>_speedup``, ``recipe_best_speedup``
+(the fastest variant within the accuracy constraint) and ``speedup_over_recipe`` (the front's
+fastest feasible point, measured in the same rounds, over it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from tightfit.config import Constraints
+from tightfit.evaluators import LatencyResult
+from tightfit.evaluators.accuracy import evaluate_quality
+from tightfit.hardware_profiles import HardwareProfile
+from tightfit.kernels.recipe import attention_shape, build_recipe, recipe_variants
+from tightfit.search._evaluate import Workspace
+
+log = logging.getLogger(__name__)
+
+#: the study attribute that keeps the recipe's measurement
+ATTR = "recipe"
+
+
+@dataclass
+class Recipe:
+    variant: str
+    onnx: bytes
+    accuracy: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def build(
+    ws: Workspace, profile: HardwareProfile, check: Callable[[], None] = lambda: None
+) -> list[Recipe]:
+    """Every variant of the recipe for ``profile``, built from the float baseline and scored on
+    the validation data. A variant that cannot be built is logged and left out. ``check`` runs
+    before each variant (Ctrl-C stops there)."""
+    recipes = []
+    attention = attention_shape(ws.model)
+    for variant in recipe_variants(profile):
+        check()
+        try:
+            path, info = build_recipe(
+                variant, ws.float_onnx, ws.ctx, ws.scratch / "recipe" / variant, attention
+            )
+            accuracy, _ = evaluate_quality(path, ws.data)
+        except Exception as e:  # the search's results stand without it
+            log.warning(
+                "%s: standard recipe %s could not be built (%s: %s)",
+                profile.name,
+                variant,
+                type(e).__name__,
+                str(e).splitlines()[0] if str(e) else "",
+            )
+            continue
+        recipes.append(Recipe(variant, path.read_bytes(), accuracy, info))
+    return recipes
+
+
+def record(
+    recipes: list[Recipe],
+    results: list[LatencyResult],
+    baseline: dict[str, float],
+    constraints: Constraints,
+) -> dict[str, Any]:
+    """What the study keeps: per variant its accuracy, latency (ratio x the search's reference),
+    interval, speedup and whether it meets the search's constraints."""
+    out = {}
+    for r, lat in zip(recipes, results, strict=True):
+        latency_ms = lat.ratio * baseline["latency_ms"]
+        feasible = baseline["accuracy"] - r.accuracy <= constraints.max_accuracy_drop and (
+            constraints.max_latency_ms is None or latency_ms <= constraints.max_latency_ms
+        )
+        out[r.variant] = {
+            "accuracy": r.accuracy,
+            "latency_ms": latency_ms,
+            "ratio": lat.ratio,
+            "ratio_ci": list(lat.ratio_ci),
+            "speedup": lat.speedup,
+            "feasible": feasible,
+            **r.info,
+        }
+    return out
+
+
+def metrics(study: optuna.Study) -> dict[str, float]:
+    """The recipe's speedups, its best feasible one, and tightfit's over it (same rounds)."""
+    recipe = study.user_attrs.get(ATTR)
+    if not recipe:
+        return {}
+    out: dict[str, float] = {}
+    for variant, r in recipe.items():
+        key = variant.replace("-", "_")
+        out[f"recipe_{key}_speedup"] = float(r["speedup"])
+        out[f"recipe_{key}_accuracy"] = float(r["accuracy"])
+    feasible = [float(r["speedup"]) for r in recipe.values() if r["feasible"]]
+    if not feasible:
+        return out
+    out["recipe_best_speedup"] = max(feasible)
+    best = best_joint_speedup(study)
+    if best is not None:
+        out["best_feasible_speedup_joint"] = best
+        out["speedup_over_recipe"] = best / out["recipe_best_speedup"]
+    return out
+
+
+def best_joint_speedup(study: optuna.Study) -> float | None:
+    """The fastest feasible trial's speedup as measured in the joint re-measurement (the rounds
+    the recipe ran in)."""
+    from tightfit.runs.pareto import trials_frame
+
+    joint = study.user_attrs.get("remeasured_jointly")
+    if not joint:
+        return None
+    frame = trials_frame(study)
+    if frame.empty:
+        return None
+    feasible = set(frame.loc[frame["feasible"], "trial"].astype(int))
+    reference = float(study.user_attrs["baseline_latency_ms"])
+    speedups = [
+        reference / float(joint["latency_ms"][str(n)])
+        for n in joint["trials"]
+        if n in feasible and str(n) in joint["latency_ms"]
+    ]
+    return max(speedups) if speedups else None
