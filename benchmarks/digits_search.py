@@ -95,7 +95,7 @@ def main() -> None:
     name = f"digits_search{args.tag}"
     (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=float))
     lines = [
-        f"# digits example search ({', '.join(config.profiles)})",
+        f"# {config.name} search ({', '.join(config.profiles)})",
         "",
         f"Machine: {result['machine']['cpu']} ({result['machine']['cpu_count']} cores; {result['machine']['cpu_flags']}), "
         f"onnxruntime {result['machine']['onnxruntime']}, torch {result['machine']['torch']}"

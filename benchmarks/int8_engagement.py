@@ -9,8 +9,9 @@ measured in the same interleaved rounds against its plain fp32 export:
   then cannot quantize those biases and leaves their Convs in float;
 - **tightfit uniform int8**: the search space's uniform int8 candidate, built by the kernels a
   trial uses (shared initializers inlined at export);
-- **standard recipe**: what a user gets in a minute without tightfit: ``quant_pre_process`` with
-  its default graph optimization, then ``quantize_static`` (Q/DQ, U8S8, per channel) on every
+- **standard recipe**: what a user gets in a minute without tightfit, as every search builds it
+  beside its front (``kernels.recipe``, ``int8-static``): ``quant_pre_process`` with its default
+  graph optimization, then ``quantize_static`` (Q/DQ, the profile's types, per channel) on every
   operator it takes.
 
 For each, the share of planned int8 layers that run as integer kernels in ONNX Runtime's
@@ -48,12 +49,13 @@ def main() -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from tests.models import resnet18
+    from tests.models import exporter_graph, resnet18
     from tightfit.config import SpaceSpec
     from tightfit.evaluators import input_feed, measure_jointly
     from tightfit.hardware_profiles import get_profile
     from tightfit.kernels import SurgeryContext, compress, export_onnx
     from tightfit.kernels.quantization import _Reader, engagement
+    from tightfit.kernels.recipe import build_recipe
     from tightfit.spaces import CompressionSpace, discover_units
 
     logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
@@ -81,15 +83,7 @@ def main() -> None:
 
     # the exporter's raw graph, quantized as tightfit did before (shape inference only)
     raw = tmp / "raw.onnx"
-    torch.onnx.export(
-        model,
-        example,
-        raw,
-        dynamo=False,
-        opset_version=17,
-        input_names=["image"],
-        dynamic_axes={"image": {0: "batch"}},
-    )
+    exporter_graph(model, example, raw)
     raw_nodes = {n.name for n in onnx.load(str(raw)).graph.node if n.op_type in ("Conv", "Gemm")}
     pre = tmp / "raw-pre.onnx"
     quant_pre_process(str(raw), str(pre), skip_optimization=True, skip_symbolic_shape=True)
@@ -104,19 +98,9 @@ def main() -> None:
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
     )
-    # the standard recipe: pre-processing with its graph optimization, then every operator
-    recipe_pre = tmp / "recipe-pre.onnx"
-    quant_pre_process(str(raw), str(recipe_pre))
-    recipe = tmp / "recipe-int8.onnx"
-    quantize_static(
-        str(recipe_pre),
-        str(recipe),
-        _Reader(calibration),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
+    # the standard recipe, as every search builds it beside its front (kernels.recipe)
+    recipe, _ = build_recipe("int8-static", baseline, ctx, tmp / "recipe")
+    recipe_pre = tmp / "recipe" / "int8-static-pre.onnx"
     recipe_nodes = {
         n.name for n in onnx.load(str(recipe_pre)).graph.node if n.op_type in ("Conv", "Gemm")
     }

@@ -284,3 +284,18 @@ def resnet18(n_classes: int = 1000, seed: int = 0) -> nn.Module:
     """Freshly initialised, as torchvision's is: every folded BatchNorm bias is zero."""
     torch.manual_seed(seed)
     return ResNet18(n_classes).eval()
+
+
+def exporter_graph(model: nn.Module, example: tuple[torch.Tensor, ...], path) -> None:
+    """``model`` as the TorchScript exporter writes it, untouched by tightfit (equal constants
+    shared through Identity nodes), with a dynamic batch axis: what tightfit quantized before it
+    inlined them."""
+    torch.onnx.export(
+        model,
+        example,
+        path,
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        dynamic_axes={"image": {0: "batch"}},
+    )

@@ -66,7 +66,7 @@ def _uniform_int8(model, ctx, tmp_path):
 def test_int8_engages_on_a_cnn_whose_biases_the_exporter_shares(tiny_ctx, tmp_path) -> None:
     model = models.tiny_resnet()  # fresh BatchNorms fold into equal (zero) biases
     raw = tmp_path / "raw.onnx"
-    torch.onnx.export(model, tiny_ctx.example_inputs, raw, dynamo=False, opset_version=17)
+    models.exporter_graph(model, tiny_ctx.example_inputs, raw)
     assert "Identity" in _ops(raw)  # the exporter shares them through Identity nodes
     assert "Identity" not in _ops(tiny_ctx.baseline_onnx)  # tightfit's export inlines them
     bits, out = _uniform_int8(model, tiny_ctx, tmp_path)
@@ -83,15 +83,7 @@ def test_a_plan_that_runs_float_is_caught(tiny_ctx, tmp_path) -> None:
 
     model = models.tiny_resnet()
     raw = tmp_path / "raw.onnx"
-    torch.onnx.export(
-        model,
-        tiny_ctx.example_inputs,
-        raw,
-        dynamo=False,
-        opset_version=17,
-        input_names=["image"],
-        dynamic_axes={"image": {0: "batch"}},
-    )
+    models.exporter_graph(model, tiny_ctx.example_inputs, raw)
     convs = {n.name for n in onnx.load(str(raw)).graph.node if n.op_type in ("Conv", "Gemm")}
     quantized = tmp_path / "q.onnx"
     quantize_static(
@@ -117,15 +109,7 @@ def test_int8_is_not_offered_where_it_would_not_engage(tiny_ctx, tmp_path, caplo
     would run float there lose the choice, the others keep it."""
     model = models.tiny_resnet()
     raw = tmp_path / "raw.onnx"
-    torch.onnx.export(
-        model,
-        tiny_ctx.example_inputs,
-        raw,
-        dynamo=False,
-        opset_version=17,
-        input_names=["image"],
-        dynamic_axes={"image": {0: "batch"}},
-    )
+    models.exporter_graph(model, tiny_ctx.example_inputs, raw)
     offered = {
         u.path: u.choices
         for u in discover_units(model, replace(tiny_ctx, baseline_onnx=raw), SpaceSpec())

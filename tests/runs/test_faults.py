@@ -9,6 +9,7 @@ holding the lock).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -244,3 +245,26 @@ def test_journal_helper_rejects_nothing_on_a_healthy_journal(tmp_path: Path) -> 
     check_journal(journal, repair=True)
     assert not list(journal.parent.glob("*.bak"))
     assert all(json.loads(line) for line in journal.read_text().splitlines())
+
+
+def test_scratch_folders_of_dead_processes_are_removed(tmp_path, monkeypatch) -> None:
+    """Ray kills its workers at shutdown, so their workspace folders outlive them; the next
+    workspace removes those whose process is gone, and only those."""
+    import tempfile
+
+    from tightfit.search._evaluate import OWNER_FILE, SCRATCH_PREFIX, scratch_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead, alive, unmarked = (tmp_path / f"{SCRATCH_PREFIX}{n}" for n in ("dead", "alive", "old"))
+    for folder, owner in ((dead, gone.stdout.strip()), (alive, str(os.getpid())), (unmarked, None)):
+        folder.mkdir()
+        (folder / "baseline.onnx").write_bytes(b"x")
+        if owner:
+            (folder / OWNER_FILE).write_text(owner)
+    made = scratch_dir()
+    assert not dead.exists() and alive.exists() and unmarked.exists()
+    assert (Path(made.name) / OWNER_FILE).read_text() == str(os.getpid())
+    made.cleanup()
