@@ -1095,7 +1095,9 @@ class _ProfileSearch:
         return sorted(chosen[: spec.remeasure_max])
 
     def remeasure_jointly(self, stop: DeferredInterrupt) -> None:
-        """Measure the chosen candidates again, together in the same rounds, once no trial runs.
+        """Measure the chosen candidates again, together in the same rounds, once no trial runs;
+        with ``latency.recipe``, the standard recipe's variants in those rounds too (with
+        ``remeasure: off``, beside the front alone; see ``search._recipe``).
 
         Each is rebuilt from its Candidate (as ``tightfit export`` does) and measured with the
         others on a measurement actor. Kept as the study's ``remeasured_jointly``; a resumed
