@@ -419,19 +419,27 @@ def expected_range(
     """The 95% range around the logged ratio in which a second measurement of it lands.
 
     Two measurements differ by the noise of both: in log terms their standard deviations, read
-    from their own (value, low, high) intervals, add in quadrature. Rounds alone understate it
-    on a machine whose state moves over minutes, so where the search measured how far repeated
+    from their own (value, low, high) intervals, add in quadrature. A bootstrap interval of a
+    median is often lopsided, so each side uses the sides that meet there: below the logged
+    ratio, its lower half and the re-measurement's upper half; above, the others. The logged
+    interval therefore always lies within the range. Rounds alone understate the noise on a
+    machine whose state moves over minutes, so where the search measured how far repeated
     measurements of its candidates disagree (``repeat_error``) and that is larger, it is used.
     None without a logged interval.
     """
     if logged is None or now is None:
         return None
 
-    def sd(interval: tuple[float, float, float]) -> float:
-        return math.log(interval[2] / interval[1]) / (2 * Z95)
+    def sd(a: float, b: float) -> float:  # one side of a 95% interval, in log terms
+        return math.log(b / a) / Z95
 
-    sigma = max(math.hypot(sd(logged), sd(now)), repeat_error or 0.0)
-    return logged[0] * math.exp(-Z95 * sigma), logged[0] * math.exp(Z95 * sigma)
+    below = math.hypot(sd(logged[1], logged[0]), sd(now[0], now[2]))
+    above = math.hypot(sd(logged[0], logged[2]), sd(now[1], now[0]))
+    floor = repeat_error or 0.0
+    return (
+        logged[0] * math.exp(-Z95 * max(below, floor)),
+        logged[0] * math.exp(Z95 * max(above, floor)),
+    )
 
 
 def _ratios(
