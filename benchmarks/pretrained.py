@@ -30,10 +30,10 @@ from tightfit.config import (  # noqa: E402
     QuantizeSpace,
     SearchConfig,
     SpaceSpec,
+    drop_excess,
     load_config,
 )
 from tightfit.search import run_search  # noqa: E402
-from tightfit.search._driver import drop_excess  # noqa: E402
 from tightfit.search._evaluate import Setup, evaluate_candidate, workspace  # noqa: E402
 from tightfit.spaces import CompressionSpace, discover_units  # noqa: E402
 

@@ -113,9 +113,25 @@ class SpaceSpec(Record):
     quantize: QuantizeSpace = Field(default_factory=QuantizeSpace)
 
 
+def drop_excess(baseline: float, accuracy: float, max_drop: float) -> float:
+    """How far the accuracy drop from the baseline exceeds ``max_drop`` (> 0: infeasible).
+
+    Rounded to 1e-9: accuracies are float sums, and 0.747 - 0.737 is 0.01000000000000001 in
+    binary, which would make a drop of exactly the limit infeasible.
+    """
+    return round(baseline - accuracy - max_drop, 9)
+
+
 class Constraints(Record):
     max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0, description="vs the baseline, absolute")
     max_latency_ms: float | None = Field(None, gt=0.0)
+
+    def met(self, baseline_accuracy: float, accuracy: float, latency_ms: float) -> bool:
+        """Whether a point with ``accuracy`` and ``latency_ms`` meets both constraints (the rule
+        for trials and for the standard recipe's variants alike)."""
+        return drop_excess(baseline_accuracy, accuracy, self.max_accuracy_drop) <= 0 and (
+            self.max_latency_ms is None or latency_ms <= self.max_latency_ms
+        )
 
 
 class SamplerSpec(Record):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tightfit.config import config_from_dict
+from tightfit.config import Constraints, config_from_dict, drop_excess
 from tightfit.exceptions import CandidateError
 from tightfit.search import Setup, evaluate_candidate
-from tightfit.search._driver import drop_excess
 from tightfit.search._evaluate import workspace
 from tightfit.spaces import Candidate
 
@@ -48,3 +47,8 @@ def test_a_drop_of_exactly_the_limit_is_feasible() -> None:
     assert drop_excess(0.747, 0.737, 0.01) == 0.0
     assert drop_excess(0.747, 0.736, 0.01) > 0
     assert drop_excess(0.747, 0.738, 0.01) < 0
+    # one rule for trials and for the standard recipe's variants: both constraints
+    limits = Constraints(max_accuracy_drop=0.01, max_latency_ms=2.0)
+    assert limits.met(0.747, 0.737, 2.0)
+    assert not limits.met(0.747, 0.736, 1.0) and not limits.met(0.747, 0.747, 2.01)
+    assert Constraints(max_accuracy_drop=0.01).met(0.747, 0.737, 1e9)

@@ -31,7 +31,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from tightfit.config import SearchConfig
+from tightfit.config import SearchConfig, drop_excess
 from tightfit.evaluators import evaluate_quality, size_mb
 from tightfit.exceptions import ConfigError, SearchAborted, WorkdirError
 from tightfit.hardware_profiles import HardwareProfile
@@ -59,15 +59,6 @@ def _error_kind(reason: str) -> str:
     """A failure reason without its numbers and hashes: two trials failing for the same cause
     (``base model 3f2a... now returns 9b1c...``) have the same kind."""
     return re.sub(r"[0-9a-f]{8,}|\d+(\.\d+)?", "#", reason.splitlines()[0] if reason else "")
-
-
-def drop_excess(baseline: float, accuracy: float, max_drop: float) -> float:
-    """How far the accuracy drop from the baseline exceeds ``max_drop`` (> 0: infeasible).
-
-    Rounded to 1e-9: accuracies are float sums, and 0.747 - 0.737 is 0.01000000000000001 in
-    binary, which would make a drop of exactly the limit infeasible.
-    """
-    return round(baseline - accuracy - max_drop, 9)
 
 
 @dataclass
@@ -739,9 +730,8 @@ class _ProfileSearch:
             t.set_constraint(
                 "latency_ms", latency.latency_ms - self.config.constraints.max_latency_ms
             )
-        feasible = excess <= 0 and (
-            self.config.constraints.max_latency_ms is None
-            or latency.latency_ms <= self.config.constraints.max_latency_ms
+        feasible = self.config.constraints.met(
+            self.baseline["accuracy"], one.accuracy, latency.latency_ms
         )
         t.set_user_attr("stage", "complete")
         t.set_user_attr("speedup", latency.speedup)

@@ -77,9 +77,7 @@ def record(
     out = {}
     for r, lat in zip(recipes, results, strict=True):
         latency_ms = lat.ratio * baseline["latency_ms"]
-        feasible = baseline["accuracy"] - r.accuracy <= constraints.max_accuracy_drop and (
-            constraints.max_latency_ms is None or latency_ms <= constraints.max_latency_ms
-        )
+        feasible = constraints.met(baseline["accuracy"], r.accuracy, latency_ms)
         out[r.variant] = {
             "accuracy": r.accuracy,
             "latency_ms": latency_ms,
