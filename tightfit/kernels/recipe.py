@@ -87,16 +87,29 @@ def fuse_transformer(
     return fused
 
 
+def fused_graph(
+    baseline: Path, out_dir: Path, attention: tuple[int, int] | None = None
+) -> tuple[Path, dict[str, int]]:
+    """The graph the recipe's CPU variants start from, and the fused operators' counts: the
+    transformer optimizer's output where it fused anything, else ``baseline`` itself."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fused_path = out_dir / "fused.onnx"
+    fusions = fuse_transformer(baseline, fused_path, attention)
+    return (fused_path if fusions else baseline), fusions
+
+
 def build_recipe(
     variant: str,
     baseline: Path,
     ctx: SurgeryContext,
     out_dir: Path,
     attention: tuple[int, int] | None = None,
+    fused: tuple[Path, dict[str, int]] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Build ``variant`` of the recipe from the ``baseline`` ONNX into ``out_dir``; returns the
     file and what was done (the fused operators, the quantizer's settings). ``attention``:
-    the model's (heads, width), see ``attention_shape``."""
+    the model's (heads, width), see ``attention_shape``. ``fused``: ``fused_graph``'s result,
+    when several variants are built from one baseline (the optimizer then runs once)."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -113,9 +126,7 @@ def build_recipe(
     logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
     if variant == "fp16":
         return to_float16(baseline, out_dir / "fp16.onnx"), {}
-    fused_path = out_dir / "fused.onnx"
-    fusions = fuse_transformer(baseline, fused_path, attention)
-    graph = fused_path if fusions else baseline
+    graph, fusions = fused or fused_graph(baseline, out_dir, attention)
     info: dict[str, Any] = {"fusions": fusions}
     if variant == "fp32":
         return graph, info

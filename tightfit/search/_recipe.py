@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -21,7 +22,7 @@ from tightfit.config import Constraints
 from tightfit.evaluators import LatencyResult
 from tightfit.evaluators.accuracy import evaluate_quality
 from tightfit.hardware_profiles import HardwareProfile
-from tightfit.kernels.recipe import attention_shape, build_recipe, recipe_variants
+from tightfit.kernels.recipe import attention_shape, build_recipe, fused_graph, recipe_variants
 from tightfit.search._evaluate import Workspace
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,14 @@ def build(
     before each variant (Ctrl-C stops there)."""
     recipes = []
     attention = attention_shape(ws.model)
+    fused: tuple[Path, dict[str, int]] | None = None
     for variant in recipe_variants(profile):
         check()
         try:
+            if fused is None and variant != "fp16":  # one optimizer run for the CPU variants
+                fused = fused_graph(ws.float_onnx, ws.scratch / "recipe", attention)
             path, info = build_recipe(
-                variant, ws.float_onnx, ws.ctx, ws.scratch / "recipe" / variant, attention
+                variant, ws.float_onnx, ws.ctx, ws.scratch / "recipe" / variant, attention, fused
             )
             accuracy, _ = evaluate_quality(path, ws.data)
         except Exception as e:  # the search's results stand without it
