@@ -25,6 +25,7 @@ from torch import nn
 from tightfit.config import SpaceSpec
 from tightfit.evaluators.accuracy import predict
 from tightfit.exceptions import CandidateError
+from tightfit.hardware_profiles import HardwareProfile
 from tightfit.kernels._base import Kernel, SurgeryContext, Unit
 from tightfit.kernels._registry import register_kernel
 from tightfit.kernels.bias_correction import MAX_SAMPLES, WeightQuant, correct_bias
@@ -240,6 +241,12 @@ class Engagement(NamedTuple):
         return out
 
 
+def _checks_engagement(profile: HardwareProfile) -> bool:
+    """Engagement is read from ONNX Runtime's CPU graph; other runtimes fuse in their own
+    builders (TensorRT, torch) and are not checked."""
+    return profile.runtime == "onnxruntime" and not profile.is_gpu
+
+
 def engagement(
     float_src: Path, quantized: Path, by_bits: dict[int, set[str]], ctx: SurgeryContext
 ) -> Engagement:
@@ -250,12 +257,10 @@ def engagement(
     ``MatMulInteger``, ...) or, where it cannot, leaves ``DequantizeLinear`` feeding the float
     kernel. A node engages when a tensor derived from its weight feeds one of ``INTEGER_OPS``.
     The graph is optimized as the measurement runs it (all optimizations, CPU execution
-    provider); profiles on other runtimes (TensorRT, torch) fuse in their own builders and are
-    not checked here.
+    provider; see ``_checks_engagement``).
     """
     planned = {bits: nodes for bits, nodes in by_bits.items() if nodes}
-    profile = ctx.profile
-    if profile.runtime != "onnxruntime" or profile.is_gpu or not planned:
+    if not _checks_engagement(ctx.profile) or not planned:
         return Engagement({}, {}, [], 0)
     import onnxruntime as ort
 
@@ -309,11 +314,10 @@ def _engaging(units: list[Unit], ctx: SurgeryContext) -> list[Unit]:
     runtime's optimized graph (``engagement``); a layer that still runs in float there is not
     offered int8, so no trial spends its time on a plan that measures as float."""
     int8 = [u for u in units if 8 in u.choices]
-    profile = ctx.profile
-    if not int8 or ctx.baseline_onnx is None or profile.runtime != "onnxruntime" or profile.is_gpu:
+    if not int8 or ctx.baseline_onnx is None or not _checks_engagement(ctx.profile):
         return units
     nodes = {n for u in int8 for n in u.info["nodes"]}
-    static = replace(ctx, profile=profile.with_int8_format("static"))
+    static = replace(ctx, profile=ctx.profile.with_int8_format("static"))
     logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         try:

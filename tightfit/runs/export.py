@@ -55,9 +55,10 @@ class ExportResult:
     @property
     def agrees(self) -> bool | None:
         """Whether the re-measured ratio lies in ``expected`` (None: no logged interval)."""
-        if self.expected is None or self.ratio_now is None:
+        expected = self.expected
+        if expected is None or self.ratio_now is None:
             return None
-        return self.expected[0] <= self.ratio_now[0] <= self.expected[1]
+        return expected[0] <= self.ratio_now[0] <= expected[1]
 
     @property
     def latency_change(self) -> float:
