@@ -152,10 +152,11 @@ def test_worker_node_killed_mid_search_loses_and_duplicates_nothing(
 ) -> None:
     c, ids = cluster
     px = _profile_file(tmp_path, fast_profile, "lat-x", "lat:x", "x")
-    n_trials = 10
+    n_trials = 16  # measurements take ~0.2 s: enough of them start after the grace below
     config = _config(tmp_path, "killnode", [px], c.address, n_trials=n_trials, concurrency=3)
     victim = next(n for n in c.worker_nodes if n.node_id == ids["x1"])
     killed_at: list[float] = []
+    dead_at: list[float] = []
 
     def kill_when_running() -> None:
         deadline = time.monotonic() + 400
@@ -169,6 +170,7 @@ def test_worker_node_killed_mid_search_loses_and_duplicates_nothing(
             if len(done) >= 3:
                 killed_at.append(time.time())
                 c.remove_node(victim, allow_graceful=False)
+                dead_at.append(time.time())
                 return
             time.sleep(0.2)
 
@@ -184,7 +186,11 @@ def test_worker_node_killed_mid_search_loses_and_duplicates_nothing(
     assert not study.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.RUNNING))
     # no candidate evaluated twice: a retried task or a moved measurement tells its trial once
     assert len({t.number for t in complete}) == n_trials
-    after = [m for m in _measured(study) if m["window"][0] > killed_at[0] + 1.0]
+    # Ray kills the node's raylet; an actor worker there notices within a second
+    # (raylet_death_check_interval_milliseconds) and can still send a result it finished in
+    # that second straight to the driver: a real measurement, so the cut has a grace.
+    orphan_grace = 2.0
+    after = [m for m in _measured(study) if m["window"][0] > dead_at[0] + orphan_grace]
     assert after and all(m["node_id"] == ids["x2"] for m in after)
     client = MlflowClient(tracking_uri=f"sqlite:///{config.workdir_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("killnode")
@@ -202,14 +208,14 @@ def test_worker_node_killed_mid_search_loses_and_duplicates_nothing(
     for t in moved:
         assert t.user_attrs["latency"]["node_id"] == ids["x2"], t.number
         assert t.user_attrs["measurement_moves"] < MAX_MEASURE_ATTEMPTS
-    busy_at_kill = [
-        t
-        for t in complete
-        if t.user_attrs["latency"]["window"][0]
-        < killed_at[0]
-        < t.user_attrs["latency"]["window"][1]
+    # a measurement on the killed node ended there before its worker died, or it was moved
+    on_victim = [t for t in complete if t.user_attrs["latency"]["node_id"] == ids["x1"]]
+    late = [
+        t.number
+        for t in on_victim
+        if t.user_attrs["latency"]["window"][1] > dead_at[0] + orphan_grace
     ]
-    assert all(t.user_attrs["latency"]["node_id"] == ids["x2"] for t in busy_at_kill)
+    assert not late, late
 
 
 def test_a_local_search_starts_its_own_ray_beside_a_running_cluster(
