@@ -44,6 +44,19 @@ class Unit:
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """A part of the model a kernel will not act on, and why: decided when the space is
+    discovered, so no trial is spent on it."""
+
+    path: str
+    knob: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "knob": self.knob, "reason": self.reason}
+
+
+@dataclass(frozen=True)
 class SurgeryContext:
     """What kernels need besides the model: inputs, calibration data and the target."""
 
@@ -76,6 +89,10 @@ class Kernel(ABC):
     @abstractmethod
     def units(self, model: nn.Module, ctx: SurgeryContext, space: SpaceSpec) -> list[Unit]:
         """The units of ``model`` this kernel can act on, with their choices from ``space``."""
+
+    def refusals(self, model: nn.Module, ctx: SurgeryContext, space: SpaceSpec) -> list[Refusal]:
+        """Parts of ``model`` this kernel recognises but will not act on, with the reason."""
+        return []
 
     def apply(self, model: nn.Module, plan: dict[str, Any], ctx: SurgeryContext) -> dict[str, Any]:
         """Torch stage: change ``model`` in place; return a report of what was done."""

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from tightfit.exceptions import CandidateError
-from tightfit.kernels._base import SurgeryContext
+from tightfit.kernels._base import Refusal, SurgeryContext, Unit
 from tightfit.kernels._registry import _KERNELS
 from tightfit.kernels.export import export_onnx
 from tightfit.kernels.precision import to_float16
@@ -58,6 +58,52 @@ def apply(model: nn.Module, candidate: Candidate, ctx: SurgeryContext) -> tuple[
     compressed.eval()
     _check_forward(model, compressed, ctx)
     return compressed, report
+
+
+def probe_units(
+    model: nn.Module, units: list[Unit], ctx: SurgeryContext, scratch: Path
+) -> tuple[list[Unit], list[Refusal]]:
+    """The units whose strongest level applies, runs and exports, and refusals for the rest.
+
+    Run when the space is discovered, so that a unit no candidate can use costs no trial. Per
+    torch-stage kernel, every unit at its strongest level at once: one model surgery, one
+    forward pass, one export. Only when that fails is each unit tried alone, and those that
+    fail alone are refused with the error.
+    """
+    kept = list(units)
+    refused: list[Refusal] = []
+    for kernel in _KERNELS.values():
+        mine = [u for u in kept if u.knob == kernel.knob]
+        if kernel.stage != "torch" or not mine:
+            continue
+        if _probe_fails(model, kernel, mine, ctx, scratch) is None:
+            continue
+        for unit in mine:
+            reason = _probe_fails(model, kernel, [unit], ctx, scratch)
+            if reason is not None:
+                kept.remove(unit)
+                refused.append(Refusal(unit.path, unit.knob, f"at {_strongest(unit)}: {reason}"))
+    return kept, refused
+
+
+def _strongest(unit: Unit) -> Any:
+    return min(unit.choices) if unit.knob == "rank" else unit.choices[-1]
+
+
+def _probe_fails(
+    model: nn.Module, kernel: Any, units: list[Unit], ctx: SurgeryContext, scratch: Path
+) -> str | None:
+    """Why ``kernel`` at the strongest level of ``units`` fails; None when it applies, runs
+    and exports."""
+    compressed = copy.deepcopy(model).eval()
+    try:
+        kernel.apply(compressed, {u.path: _strongest(u) for u in units}, ctx)
+        _check_forward(model, compressed, ctx)
+        export_onnx(compressed, ctx.example_inputs, ctx.input_names, scratch / "probe.onnx")
+    except Exception as e:  # any failure: the unit is refused with it
+        message = str(e) if isinstance(e, CandidateError) else f"{type(e).__name__}: {e}"
+        return message.splitlines()[0][:300] if message else type(e).__name__
+    return None
 
 
 def _check_forward(reference: nn.Module, model: nn.Module, ctx: SurgeryContext) -> None:

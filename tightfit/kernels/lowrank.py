@@ -74,8 +74,40 @@ def svd_factors(
     return first.to(weight.dtype), second.to(weight.dtype)
 
 
-def factorize(layer: nn.Module, rank: int, in_scale: torch.Tensor | None = None) -> nn.Sequential:
-    """A two-layer Sequential that approximates ``layer`` at ``rank``."""
+class Factored(nn.Sequential):
+    """Two thin layers standing in for one: a Sequential (so parameter names are
+    ``<path>.0.weight`` and ``<path>.1.weight``) that keeps the attributes model code reads off
+    the layer it replaced. Hugging Face models read ``conv.stride`` for their padding
+    (MobileNetV2) and ``layer.weight.dtype`` (ViT's patch embedding); a plain Sequential
+    has neither. ``weight`` is the dense product, for such reads only."""
+
+    KEPT = (
+        "in_features", "out_features", "in_channels", "out_channels", "kernel_size", "stride",
+        "padding", "dilation", "groups", "padding_mode",
+    )  # fmt: skip
+
+    def __init__(self, first: nn.Module, second: nn.Module, original: nn.Module) -> None:
+        super().__init__(first, second)
+        for name in self.KEPT:
+            if hasattr(original, name):
+                object.__setattr__(self, name, getattr(original, name))
+
+    @property
+    def weight(self) -> torch.Tensor:  # type: ignore[override]
+        first, second = self[0].weight, self[1].weight
+        assert isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor)
+        with torch.no_grad():
+            dense = second.flatten(1) @ first.flatten(1)
+        return dense.reshape(second.shape[0], *first.shape[1:])
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        bias = self[1].bias
+        return bias if isinstance(bias, torch.Tensor) else None
+
+
+def factorize(layer: nn.Module, rank: int, in_scale: torch.Tensor | None = None) -> Factored:
+    """Two layers that approximate ``layer`` at ``rank`` (see :class:`Factored`)."""
     first: nn.Module
     second: nn.Module
     if isinstance(layer, nn.Linear):
@@ -104,7 +136,7 @@ def factorize(layer: nn.Module, rank: int, in_scale: torch.Tensor | None = None)
     if layer.bias is not None:
         assert second.bias is not None
         second.bias.data.copy_(layer.bias.detach())
-    return nn.Sequential(first, second).to(layer.weight.device)
+    return Factored(first, second, layer).to(layer.weight.device)
 
 
 def input_scales(

@@ -19,7 +19,7 @@ from tightfit.config import SpaceSpec
 from tightfit.exceptions import CandidateError
 from tightfit.kernels import _heads
 from tightfit.kernels import _torch_pruning as adapter
-from tightfit.kernels._base import Kernel, SurgeryContext, Unit
+from tightfit.kernels._base import Kernel, Refusal, SurgeryContext, Unit
 from tightfit.kernels._registry import register_kernel
 
 ENERGY_BATCH = 32
@@ -94,6 +94,19 @@ def input_energy(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str
     return {p: sums[p] / counts[p] for p in sums}
 
 
+def _refused_members(model: nn.Module) -> list[str]:
+    """The Linear layers inside attention modules whose heads are refused."""
+    out = []
+    for path in _heads.refused_attention(model):
+        module = model.get_submodule(path)
+        out += [
+            f"{path}.{n}" if path else n
+            for n, m in module.named_children()
+            if isinstance(m, nn.Linear)
+        ]
+    return out
+
+
 @register_kernel
 class StructuredPruning(Kernel):
     """Remove output channels of a coupled group (and the matching inputs downstream)."""
@@ -103,11 +116,15 @@ class StructuredPruning(Kernel):
     stage = "torch"
     order = 10
 
-    def _ignored(self, ctx: SurgeryContext, attention: list[_heads.Attention]) -> tuple[str, ...]:
-        """Layers torch-pruning leaves alone: the configured ones, the classifier, and every
-        attention module's members (pruned by head)."""
+    def _ignored(
+        self, ctx: SurgeryContext, attention: list[_heads.Attention], model: nn.Module
+    ) -> tuple[str, ...]:
+        """Layers torch-pruning leaves alone: the configured ones, the classifier, every
+        attention module's members (pruned by head), and the layers of attention modules
+        whose heads are refused (their reshapes fix the width)."""
         members = tuple(p for a in attention for p in a.members)
-        return ctx.ignore + ((ctx.classifier,) if ctx.classifier else ()) + members
+        classifier = (ctx.classifier,) if ctx.classifier else ()
+        return ctx.ignore + classifier + members + tuple(_refused_members(model))
 
     @staticmethod
     def _prunable(found: list[_heads.Attention], ctx: SurgeryContext) -> list[_heads.Attention]:
@@ -123,8 +140,8 @@ class StructuredPruning(Kernel):
             head_choices: list[float] = []
             seen: set[int] = set()
             for r in space.prune.ratios:
-                removed = _heads.heads_removed(r, attention.heads)
-                if removed < attention.heads and removed not in seen:
+                removed = _heads.heads_removed(r, attention.groups)
+                if removed < attention.groups and removed not in seen:
                     seen.add(removed)
                     head_choices.append(r)
             if len(head_choices) > 1:
@@ -132,11 +149,17 @@ class StructuredPruning(Kernel):
                     "members": attention.members,
                     "heads": attention.heads,
                     "head_dim": attention.head_dim,
+                    "layout": attention.layout,
                 }
+                if attention.kv_heads:
+                    info["kv_heads"] = attention.kv_heads
                 units.append(Unit(attention.path, self.knob, tuple(head_choices), info))
         skip = {p for p, m in model.named_modules() if isinstance(m, nn.Embedding)}
         skip |= {p for a in found for p in a.members}
-        for group in adapter.coupled_groups(model, ctx.example_inputs, self._ignored(ctx, found)):
+        skip |= set(_refused_members(model))
+        for group in adapter.coupled_groups(
+            model, ctx.example_inputs, self._ignored(ctx, found, model)
+        ):
             if skip & set(group.members):
                 continue  # a transformer's hidden width, or layers pruned by head only
             # a ratio is worth offering only if it leaves at least one round_to block
@@ -154,6 +177,15 @@ class StructuredPruning(Kernel):
                 )
         return units
 
+    def refusals(self, model: nn.Module, ctx: SurgeryContext, space: SpaceSpec) -> list[Refusal]:
+        if not space.prune.enabled:
+            return []
+        return [
+            Refusal(path, self.knob, f"heads not pruned: {reason}")
+            for path, reason in _heads.refused_attention(model).items()
+            if path not in ctx.ignore
+        ]
+
     def apply(self, model: nn.Module, plan: dict[str, Any], ctx: SurgeryContext) -> dict[str, Any]:
         if not plan:
             return {}
@@ -169,7 +201,7 @@ class StructuredPruning(Kernel):
                     model,
                     ctx.example_inputs,
                     channels,
-                    self._ignored(ctx, found),
+                    self._ignored(ctx, found, model),
                     ctx.profile.round_to,
                     energy,
                 )
@@ -199,7 +231,7 @@ class StructuredPruning(Kernel):
         pruner ranks them by (so a global threshold can be drawn across groups)."""
         found = _heads.find_attention(model)
         out = adapter.channel_importance(
-            model, ctx.example_inputs, self._ignored(ctx, found), self._energy(model, ctx)
+            model, ctx.example_inputs, self._ignored(ctx, found, model), self._energy(model, ctx)
         )
         for attention in self._prunable(found, ctx):  # one entry per head
             importance = _heads.head_importance(model, attention)

@@ -45,7 +45,7 @@ from tightfit.search._evaluate import Setup, StageOne, workspace
 from tightfit.search._reuse import LatencyReuse, joint_metrics, latency_reuse_metrics
 from tightfit.search._signals import DeferredInterrupt
 from tightfit.search._study import ATTR_INTERRUPTED, counted_trials, open_study, recover_interrupted
-from tightfit.spaces import Candidate, CompressionSpace, discover_units
+from tightfit.spaces import Candidate, CompressionSpace, discover
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +223,7 @@ class _ProfileSearch:
         self.progress = progress or (lambda *a: None)
         self.n_done = 0
         self.n_failed = 0
+        self.n_refused = 0  # parts of the model discovery refused (summary/<profile>/refused.json)
         self.failures: list[str] = []  # this run's failure reasons since its last good trial
         self.succeeded = False  # a trial of this run was evaluated (not failed)
         self.n_trials = config.n_trials
@@ -245,10 +246,22 @@ class _ProfileSearch:
     def _prepare(self) -> None:
         ws = workspace(self.setup)  # loads (or trains) the model, exports the baseline
         self.ws = ws
-        self.space = CompressionSpace(
-            discover_units(ws.model, ws.ctx, self.config.space), ws.model_id, self.config.seed
-        )
+        units, refused = discover(ws.model, ws.ctx, self.config.space)
+        self.n_refused = len(refused)
+        self.space = CompressionSpace(units, ws.model_id, self.config.seed)
         atomic_write(self.summary_dir / "space.json", json.dumps(self.space.describe(), indent=1))
+        atomic_write(
+            self.summary_dir / "refused.json", json.dumps([r.to_dict() for r in refused], indent=1)
+        )
+        if refused:
+            log.warning(
+                "%s: %d part(s) of the model are not searched (reasons in %s), e.g. %s: %s",
+                self.profile.name,
+                len(refused),
+                self.summary_dir / "refused.json",
+                refused[0].path or "<model>",
+                refused[0].reason,
+            )
         self.study = open_study(self.config, self.profile.name)
         attrs = self.study.user_attrs
         if attrs.get("base_model", ws.model_id) != ws.model_id:
@@ -1169,7 +1182,7 @@ class _ProfileSearch:
             atomic_write(d / "trials.csv", frame.to_csv(index=False)),
             atomic_write(d / "front.csv", front.to_csv(index=False)),
         ]
-        files.append(d / "space.json")
+        files += [d / "space.json", d / "refused.json"]
         if not front.empty:
             files.append(pareto.front_figure_html(self.study, d / "front.html"))
             files.append(
@@ -1182,6 +1195,7 @@ class _ProfileSearch:
             "n_trials": float(self.n_done),
             "n_failed": float(self.n_failed),
             "n_front": float(len(front)),
+            "n_refused_units": float(self.n_refused),
             "baseline_accuracy": self.baseline["accuracy"],
             "baseline_latency_ms": self.baseline["latency_ms"],
             "baseline_size_mb": self.baseline["size_mb"],
