@@ -311,6 +311,11 @@ class Conformance:
     ctx: Any
 
     @property
+    def feed_one(self) -> dict[str, np.ndarray]:
+        """One sample of the inputs: what latency is measured on (batch 1)."""
+        return {k: v[:1] for k, v in self.feed.items()}
+
+    @property
     def unit_keys(self) -> set[tuple[str, str]]:
         return {(u.path, u.knob) for u in self.units}
 
@@ -323,9 +328,16 @@ def _compare(got: np.ndarray, want: np.ndarray, quantized: bool) -> float:
     return float(np.abs(got - want).max() / np.abs(want).max())
 
 
-def conform(family: Family, size: str, profile: Any, tmp: Any, n: int = 24) -> Conformance:
-    """Discover ``family``'s space and apply every case of :data:`CASES` as a uniform
-    candidate: export, run in ONNX Runtime, compare with the compressed torch model."""
+def conform(
+    family: Family,
+    size: str,
+    profile: Any,
+    tmp: Any,
+    n: int = 24,
+    cases: dict[str, dict[str, float]] = CASES,
+) -> Conformance:
+    """Discover ``family``'s space and apply every case of ``cases`` as a uniform candidate:
+    export, run in ONNX Runtime, compare with the compressed torch model."""
     from pathlib import Path
 
     from tightfit.config import SpaceSpec
@@ -352,26 +364,29 @@ def conform(family: Family, size: str, profile: Any, tmp: Any, n: int = 24) -> C
     for u in units:
         counts[u.knob] = counts.get(u.knob, 0) + 1
     outcomes = {}
-    for case, target in CASES.items():
-        ((arg, value),) = target.items()
-        knob = KNOB[arg]
-        candidate = space.uniform(**{arg: value})
-        plan = candidate.plan_for(knob)
-        if not plan:
+    for case, target in cases.items():
+        candidate = space.uniform(**target)  # type: ignore[arg-type]
+        whys = []
+        for arg, value in target.items():
+            knob = KNOB[arg]
+            if candidate.plan_for(knob):
+                continue
             offered = [u for u in units if u.knob == knob]
             reasons = list(dict.fromkeys(r.reason for r in refused if r.knob in ("*", knob)))
             if offered:
-                why = f"no {knob} unit offers {value}"
+                whys.append(f"no {knob} unit offers {value}")
             else:
-                why = "; ".join(reasons[:2]) if reasons else f"no {knob} unit in this family"
-            outcomes[case] = Outcome("none", why)
+                whys.append("; ".join(reasons[:2]) if reasons else f"no {knob} unit in this family")
+        if whys:
+            outcomes[case] = Outcome("none", "; ".join(whys))
             continue
+        plan = candidate.to_params()
         try:
             out = compress(model, candidate, ctx, tmp / case.replace(" ", "_").replace("%", ""))
             got = predict(out.onnx_path, data)
             with torch.no_grad():
                 want = out.model(*(torch.from_numpy(v) for v in data.values())).numpy()
-            error = _compare(got, want, quantized=knob == "bits")
+            error = _compare(got, want, quantized="bits" in target)
             outcomes[case] = Outcome("ok", units=len(plan), error=error, onnx=out.onnx_path)
         except Exception as e:  # the suite reports it; the test fails on it
             outcomes[case] = Outcome("failed", f"{type(e).__name__}: {e}"[:300], len(plan))

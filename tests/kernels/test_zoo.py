@@ -70,7 +70,7 @@ def test_every_kernel_on_every_family_runs_matches_or_is_refused_up_front(
     assert layouts == ({HEADS[name]} if name in HEADS else set()), layouts
     # measured: every candidate and the baseline in the same rounds, on the real runtime
     paths = [c.outcomes[case].onnx for case in ok]
-    results = measure_jointly(paths, c.baseline_onnx, fast_profile, c.feed)
+    results = measure_jointly(paths, c.baseline_onnx, fast_profile, c.feed_one)
     assert all(np.isfinite(r.median_ms) and r.median_ms > 0 for r in results)
 
 
