@@ -253,7 +253,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
             dict(image_size=32, depth_multiplier=0.35), dict(image_size=224), num_labels=10),
     _family("efficientnet", "convnet", "EfficientNet", _IMG,
             dict(image_size=32, width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=320),
-            dict(image_size=224, hidden_dim=1280), num_labels=10),
+            dict(image_size=224, width_coefficient=1.0, depth_coefficient=1.0, hidden_dim=1280), num_labels=10),
     _family("regnet", "convnet", "RegNet", _IMG,
             dict(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], groups_width=8),
             dict(embedding_size=32, hidden_sizes=[24, 56, 152, 368], depths=[1, 1, 4, 7],
