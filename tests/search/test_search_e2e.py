@@ -150,6 +150,9 @@ def test_mlflow_has_one_run_per_trial_and_a_summary(finished) -> None:
     assert values[-1] == pytest.approx(summary.data.metrics["hypervolume"])  # = the front's
     files = {Path(f).name for f in (outcome.profiles[0].summary_dir).iterdir()}
     assert {"front.csv", "front.html", "front.png", "trials.csv", "space.json"} <= files
+    # what discovery refused, with reasons (the example's CNN: nothing), logged with the summary
+    refused = json.loads((outcome.profiles[0].summary_dir / "refused.json").read_text())
+    assert len(refused) == summary.data.metrics["n_refused_units"]
     assert {"sensitivity.csv", "sensitivity.png"} <= files
     logged = {a.path for a in client.list_artifacts(summary.info.run_id)}
     assert {"sensitivity.csv", "sensitivity.png", "front.csv"} <= logged
