@@ -15,7 +15,7 @@ import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 import onnx
@@ -107,6 +107,7 @@ def export_onnx(
             torch.no_grad(),
             _fd_to(chatter, 1),
             fusable_attention(model),
+            _covering_pools(model) as covering,
         ):
             warnings.simplefilter("always", torch.jit.TracerWarning)
             torch.onnx.export(
@@ -138,7 +139,7 @@ def export_onnx(
         model.eval()  # export may flip train mode of submodules (offline-models-data.md §6.4)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(inline_shared_initializers(buffer.getvalue()))
+    tmp.write_bytes(global_pools(inline_shared_initializers(buffer.getvalue()), covering))
     tmp.replace(path)
     return path
 
@@ -171,6 +172,58 @@ def inline_shared_initializers(onnx_bytes: bytes) -> bytes:
         graph.initializer.append(copy)
         graph.node.remove(node)
     return model.SerializeToString()
+
+
+@contextlib.contextmanager
+def _covering_pools(model: nn.Module) -> Iterator[set[str]]:
+    """During the trace, collect the ``AvgPool`` modules whose one window covers their whole
+    input (unpadded): the exported graph only knows their input sizes symbolically."""
+    covering: set[str] = set()
+
+    def watch(path: str):  # type: ignore[no-untyped-def]
+        def pre(module: nn.Module, args: tuple) -> None:
+            spatial = tuple(args[0].shape[2:])
+            kernel: Any = getattr(module, "kernel_size", 0)
+            padding: Any = getattr(module, "padding", 0)
+            kernel = (kernel,) * len(spatial) if isinstance(kernel, int) else tuple(kernel)
+            pads = (padding,) if isinstance(padding, int) else tuple(padding)
+            if not any(pads) and all(k >= s for k, s in zip(kernel, spatial, strict=False)):
+                covering.add(path)
+
+        return pre
+
+    handles = [
+        m.register_forward_pre_hook(watch(p))
+        for p, m in model.named_modules()
+        if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d))
+    ]
+    try:
+        yield covering
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def global_pools(onnx_bytes: bytes, covering: set[str]) -> bytes:
+    """Write the ``AveragePool`` of a module in ``covering`` (one window over its whole input)
+    as the ``GlobalAveragePool`` it is.
+
+    Hugging Face's EfficientNet pools with ``AvgPool2d(1280, ceil_mode=True)`` on a 7x7 map:
+    in float ONNX Runtime averages the 49 values, as torch does, but once quantized its fused
+    ``QLinearAveragePool`` divides by the whole window and every logit becomes the bias (the
+    uniform int8 candidate's output, ONNX Runtime's own ``quantize_static`` alike; right with
+    basic optimizations only). Same value, and an op both paths agree on.
+    """
+    if not covering:
+        return onnx_bytes
+    model = onnx.load_model_from_string(onnx_bytes)
+    changed = False
+    for node in model.graph.node:
+        if node.op_type == "AveragePool" and set(module_of_node(node.name)) & covering:
+            node.op_type = "GlobalAveragePool"
+            del node.attribute[:]
+            changed = True
+    return model.SerializeToString() if changed else onnx_bytes
 
 
 def module_of_node(node_name: str) -> list[str]:
