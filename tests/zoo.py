@@ -206,12 +206,22 @@ IMAGE_IN = ("pixel_values",)
 
 
 def _family(
-    name: str, group: str, arch: str, head: str, tiny: dict, real: dict, **common
+    name: str,
+    group: str,
+    arch: str,
+    head: str,
+    tiny: dict,
+    real: dict,
+    ids_only: bool = False,
+    **common: Any,
 ) -> Family:
-    """A Hugging Face family: ``<arch>Config`` and ``<arch><head>`` from transformers."""
+    """A Hugging Face family: ``<arch>Config`` and ``<arch><head>`` from transformers.
+    ``ids_only``: a text model called with ``input_ids`` alone (as LLMs often are)."""
     inputs = IMAGE_IN if head == "ForImageClassification" else TEXT_IN
+    inputs = ("input_ids",) if ids_only else inputs
     build = _hf(f"{arch}Config", f"{arch}{head}", inputs, tiny, real, **common)
-    return Family(name, group, build, inputs, _images(IMAGE) if inputs == IMAGE_IN else _text(True))
+    sample = _images(IMAGE) if inputs == IMAGE_IN else _text(not ids_only)
+    return Family(name, group, build, inputs, sample)
 
 
 _SEQ, _LM, _IMG = "ForSequenceClassification", "ForCausalLM", "ForImageClassification"
@@ -232,7 +242,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
     _family("gpt2", "decoder", "GPT2", "LMHeadModel", dict(n_embd=64, n_head=4, n_layer=2),
             dict(n_embd=384, n_head=12, n_layer=6), **_GQA),
     _family("llama", "decoder", "Llama", _LM, dict(_TEXT_TINY, num_key_value_heads=2),
-            dict(_TEXT_REAL, num_key_value_heads=4), **_GQA),
+            dict(_TEXT_REAL, num_key_value_heads=4), ids_only=True, **_GQA),
     _family("qwen2", "decoder", "Qwen2", _LM, dict(_TEXT_TINY, num_key_value_heads=2),
             dict(_TEXT_REAL, num_key_value_heads=4), **_GQA),
     _family("vit", "vision transformer", "ViT", _IMG, _VIT_TINY, _VIT_REAL),

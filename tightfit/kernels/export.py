@@ -82,6 +82,28 @@ def fusable_attention(model: nn.Module) -> Iterator[None]:
             c._attn_implementation = saved[key]
 
 
+@contextlib.contextmanager
+def _one_sequence_per_row() -> Iterator[None]:
+    """Hugging Face decoders called with ``input_ids`` alone: no packed sequences.
+
+    Without an attention mask, transformers 5 checks ``position_ids`` for several sequences
+    packed into one row (a training layout) with ``torch.diff``, which the exporter cannot
+    write at opset 17, so a Llama or Qwen2 taking only ``input_ids`` failed to export. Outside
+    a trace that check answers "not packed" for the positions a forward pass makes itself; the
+    export takes that answer.
+    """
+    masking = sys.modules.get("transformers.masking_utils")
+    original = getattr(masking, "find_packed_sequence_indices", None)
+    if masking is None or original is None:
+        yield
+        return
+    masking.find_packed_sequence_indices = lambda position_ids: None  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        masking.find_packed_sequence_indices = original  # type: ignore[attr-defined]
+
+
 def export_onnx(
     model: nn.Module,
     example_inputs: tuple[torch.Tensor, ...],
@@ -107,6 +129,7 @@ def export_onnx(
             torch.no_grad(),
             _fd_to(chatter, 1),
             fusable_attention(model),
+            _one_sequence_per_row(),
             _covering_pools(model) as covering,
         ):
             warnings.simplefilter("always", torch.jit.TracerWarning)
