@@ -38,6 +38,11 @@ def main() -> None:
     parser.add_argument("--size", default="real", choices=["tiny", "real"])
     parser.add_argument("--families", nargs="*", help="default: all")
     parser.add_argument("--readme", action="store_true", help="rewrite README's family table")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="replace the given families' rows in the existing result (same machine only)",
+    )
     args = parser.parse_args()
 
     from tests import zoo
@@ -86,6 +91,12 @@ def main() -> None:
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     stem = "zoo" if args.size == "real" else f"zoo_{args.size}"
+    if args.update and (out / f"{stem}.json").exists():
+        old = json.loads((out / f"{stem}.json").read_text())
+        if old["machine"] != result["machine"]:
+            raise SystemExit("--update: the existing result is from another machine; rerun all")
+        new = {row["family"]: row for row in rows}
+        result["rows"] = [new.pop(row["family"], row) for row in old["rows"]] + list(new.values())
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     (out / f"{stem}.md").write_text(_markdown(result))
     if args.readme:

@@ -254,7 +254,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
                  num_heads=[2, 4, 8], window_size=7), num_labels=10),
     _family("convnext", "convnet", "ConvNext", _IMG,
             dict(hidden_sizes=[16, 32], depths=[1, 1], num_stages=2),
-            dict(hidden_sizes=[48, 96, 192, 384], depths=[2, 2, 4, 2]), num_labels=10),
+            dict(hidden_sizes=[48, 96, 192, 384], depths=[2, 2, 4, 2]), num_labels=10,
+            layer_scale_init_value=1.0),  # its default, 1e-6, hides every block's output
     _family("resnet", "convnet", "ResNet", _IMG,
             dict(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic"),
             dict(embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2],
