@@ -140,6 +140,8 @@ def test_mlflow_has_one_run_per_trial_and_a_summary(finished) -> None:
             assert r.data.tags["tightfit.error"]
     [summary] = trial_runs(outcome.workdir, "summary")
     assert summary.data.metrics["n_trials"] == 6
+    # trials are nested under their profile's summary run (MLflow's parent-run tag)
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {summary.info.run_id}
     # the front's hypervolume, logged after every trial: never decreasing
     client = MlflowClient(tracking_uri=f"sqlite:///{outcome.workdir / 'mlflow.db'}")
     history = client.get_metric_history(summary.info.run_id, "hypervolume")

@@ -26,10 +26,27 @@ TAG_FEASIBLE = "tightfit.feasible"
 TAG_KIND = "tightfit.kind"
 
 MAX_PARAMS_PER_BATCH = 100
+MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"  # mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID
 
 
 def tracking_uri(workdir: Path) -> str:
     return f"sqlite:///{workdir / 'mlflow.db'}"
+
+
+SERVER_SCHEMES = ("http", "https", "databricks", "databricks-uc", "uc")
+
+
+def local_artifacts(uri: str, workdir: Path) -> str | None:
+    """Where a new experiment's artifacts go: for a tracking server, wherever the server says
+    (None: its ``--default-artifact-root``, or its proxied ``mlflow-artifacts:/`` store); for a
+    store this process writes itself (SQLite, a database, a folder), ``<workdir>/mlartifacts``.
+    Set to the driver's disk with a server, the team's MLflow UI could not show a front, an
+    engine or a table."""
+    from urllib.parse import urlparse
+
+    if (urlparse(uri).scheme or uri) in SERVER_SCHEMES:  # "databricks" alone is a server too
+        return None
+    return (workdir / "mlartifacts").resolve().as_uri()
 
 
 def _quiet() -> None:
@@ -153,9 +170,10 @@ class Tracker:
         self.client: Any = GuardedClient(self.uri)
         experiment = self.client.get_experiment_by_name(search)
         if experiment is None:
-            artifacts = (workdir / "mlartifacts").resolve().as_uri()
             self.experiment_id = self.client.create_experiment(
-                search, artifact_location=artifacts, tags={TAG_SEARCH: search}
+                search,
+                artifact_location=local_artifacts(self.uri, workdir),
+                tags={TAG_SEARCH: search},
             )
         else:
             self.experiment_id = experiment.experiment_id
@@ -212,6 +230,9 @@ class Tracker:
                 TAG_KIND: "trial",
                 TAG_STATUS: "running",
                 TAG_PARETO: "false",
+                # nested under the profile's summary run, as Optuna's MLflowCallback and Ray
+                # Tune nest trials: the UI folds a search's trials under its front
+                MLFLOW_PARENT_RUN_ID: self.summary_run(profile),
             },
         )
         run_id = run.info.run_id
