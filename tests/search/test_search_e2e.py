@@ -309,6 +309,9 @@ def test_export_all_remeasures_the_front_together(loose, tmp_path) -> None:
 
 def test_export_register_makes_the_knee_pullable_by_alias(finished, tmp_path) -> None:
     import mlflow
+    import numpy as np
+
+    from tightfit.evaluators import predict
 
     config, outcome, _ = finished
     [result] = export(outcome.workdir, pick="knee", out=tmp_path / "engines", register=True)
@@ -327,6 +330,15 @@ def test_export_register_makes_the_knee_pullable_by_alias(finished, tmp_path) ->
     )
     assert sha256(pulled / "model.onnx") == sha256(result.path)
     assert json.loads((pulled / "manifest.json").read_text())["trial"] == result.trial
+    # an MLflow Model (onnx flavour, with a signature): pyfunc serves it with ONNX Runtime
+    model = mlflow.pyfunc.load_model("models:/e2e-cpu-ort-fast@knee")
+    [spec] = model.metadata.get_input_schema().inputs
+    assert spec.shape[0] == -1  # the batch axis stays dynamic
+    name, shape = spec.name, (3, *spec.shape[1:])
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    got = model.predict({name: x})
+    got = got["output"] if isinstance(got, dict) else np.asarray(got)
+    np.testing.assert_allclose(np.asarray(got), predict(result.path, {name: x}), atol=1e-5)
 
 
 def test_rerun_resumes_to_more_trials(finished, tmp_path) -> None:

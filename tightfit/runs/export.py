@@ -11,6 +11,8 @@ import hashlib
 import json
 import math
 import platform
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from importlib import metadata
@@ -196,14 +198,68 @@ def registered_model_name(config: SearchConfig, profile: HardwareProfile) -> str
     return f"{config.name}-{profile.name}"
 
 
+def _signature(model_path: Path) -> Any:
+    """The MLflow signature of an ONNX engine: its named inputs and output as tensors (dynamic
+    axes as -1)."""
+    import numpy as np
+    import onnx
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+
+    def specs(values: Any) -> Schema:
+        out: list[Any] = []
+        for v in values:
+            t = v.type.tensor_type
+            shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim)
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
+            out.append(TensorSpec(dtype, shape, name=v.name))
+        return Schema(out)
+
+    initializers = {i.name for i in graph.initializer}
+    return ModelSignature(
+        inputs=specs([i for i in graph.input if i.name not in initializers]),
+        outputs=specs(graph.output),
+    )
+
+
+def _mlflow_model(engine: Path, hw: HardwareProfile, folder: Path) -> Path:
+    """``folder`` holding the engine as an MLflow Model (``MLmodel``, signature, requirements):
+    an ONNX engine in the ``onnx`` flavour, which ``mlflow.pyfunc.load_model`` serves with ONNX
+    Runtime on the profile's execution provider. The engine file is the exported one, byte for
+    byte (its sha256 is in the manifest), and ``manifest.json`` travels beside it. A TensorRT
+    plan has no MLflow flavour: its folder is logged as it is."""
+    manifest = engine.parent / "manifest.json"
+    if engine.suffix != ".onnx":
+        shutil.copytree(engine.parent, folder)
+        return folder
+    import mlflow.onnx
+    import onnx
+
+    mlflow.onnx.save_model(
+        onnx.load(str(engine)),
+        str(folder),
+        signature=_signature(engine),
+        onnx_execution_providers=[hw.execution_provider],
+        metadata={"tightfit.profile": hw.name},
+        save_as_external_data=False,
+        extra_files=[str(manifest)] if manifest.exists() else None,
+    )
+    shutil.copyfile(engine, folder / "model.onnx")  # the exported bytes (sha256 in the manifest)
+    if manifest.exists():
+        shutil.copyfile(manifest, folder / "manifest.json")
+    return folder
+
+
 def _register(
     results: list[ExportResult], workdir: Path, config: SearchConfig, hw: HardwareProfile, pick: str
 ) -> list[ExportResult]:
     """Register each engine in the MLflow Model Registry, aliased ``trial-N`` (and ``knee``).
 
-    The engine folder (model.onnx + manifest.json) is logged to the trial's own run, and the
-    version's tags carry the profile and the re-measured metrics, so a deployment pipeline
-    can pull ``models:/<search>-<profile>@knee`` without knowing trial numbers.
+    The engine is logged to the trial's own run as an MLflow Model (see :func:`_mlflow_model`),
+    and the version's tags carry the profile and the re-measured metrics, so a deployment
+    pipeline can load ``models:/<search>-<profile>@knee`` without knowing trial numbers.
     """
     from mlflow.exceptions import MlflowException
 
@@ -226,7 +282,9 @@ def _register(
         run_id = tracker.run_id(hw.name, r.trial)
         if run_id is None:
             raise TightfitError(f"trial {r.trial} has no MLflow run to attach its engine to")
-        client.log_artifacts(run_id, str(r.path.parent), artifact_path="engine")
+        with tempfile.TemporaryDirectory(prefix="tightfit-register-") as tmp:
+            folder = _mlflow_model(r.path, hw, Path(tmp) / "engine")
+            client.log_artifacts(run_id, str(folder), artifact_path="engine")
         source = f"{client.get_run(run_id).info.artifact_uri}/engine"
         tags = {
             "tightfit.profile": hw.name,
