@@ -44,7 +44,29 @@ def top1_accuracy(outputs: np.ndarray, targets: np.ndarray) -> float:
 #: e.g. the uncompressed model's outputs, beside labels).
 Metric = Callable[[np.ndarray, np.ndarray], float]
 
-METRICS: dict[str, Metric] = {"accuracy": top1_accuracy}
+
+def top5_accuracy(outputs: np.ndarray, targets: np.ndarray) -> float:
+    """Share of samples whose integer target is among the 5 highest outputs (all of them when
+    there are 5 classes or fewer)."""
+    k = min(5, outputs.shape[-1])
+    top = np.argpartition(-outputs, k - 1, axis=-1)[..., :k]
+    return float(np.mean((top == np.asarray(targets)[..., None]).any(axis=-1)))
+
+
+def f1_macro(outputs: np.ndarray, targets: np.ndarray) -> float:
+    """F1 of the arg-max predictions, averaged over the classes present (scikit-learn's
+    ``average="macro"``): for imbalanced classes, where accuracy hides a class the model drops."""
+    from sklearn.metrics import f1_score
+
+    predicted = outputs.argmax(axis=-1).ravel()
+    return float(f1_score(np.asarray(targets).ravel(), predicted, average="macro", zero_division=0))
+
+
+METRICS: dict[str, Metric] = {
+    "accuracy": top1_accuracy,
+    "top5_accuracy": top5_accuracy,
+    "f1_macro": f1_macro,
+}
 
 
 @dataclass(frozen=True)
