@@ -51,3 +51,12 @@ def test_hypervolume_history_counts_every_trial_and_only_feasible_points() -> No
         study.tell(t, values, state=state)
     history = hypervolume_history(study, base, OBJ)
     assert history == pytest.approx([0.5, 0.5, 0.5, 0.5, 0.7])
+
+
+def test_hypervolume_through_the_one_private_optuna_call() -> None:
+    import numpy as np
+
+    from tightfit._optuna_private import hypervolume
+
+    points = np.array([[0.5, 0.5], [0.6, 0.6], [0.25, 0.9]])  # the second is dominated
+    assert hypervolume(points, np.ones(2)) == pytest.approx(0.25 + 0.25 * 0.1)

@@ -102,7 +102,7 @@ def hypervolume_of(
     points: list[dict[str, float]], baseline: dict[str, float], objectives: list[str]
 ) -> float:
     """:func:`hypervolume` of objective values (dominated points may be among them)."""
-    from optuna._hypervolume import compute_hypervolume
+    from tightfit._optuna_private import hypervolume
 
     pts = []
     for row in points:
@@ -117,7 +117,7 @@ def hypervolume_of(
     arr = arr[(arr < 1.0).all(axis=1)]
     if len(arr) == 0:
         return 0.0
-    return float(compute_hypervolume(arr, np.ones(len(objectives)), assume_pareto=False))
+    return hypervolume(arr, np.ones(len(objectives)))
 
 
 def hypervolume_history(

@@ -15,6 +15,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from tightfit._optuna_private import set_running_trial_attr
 from tightfit.config import SamplerSpec, SearchConfig
 from tightfit.exceptions import WorkdirError
 
@@ -193,7 +194,7 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
     for t in stale:
         if t.state == TrialState.WAITING:
             continue  # still queued: the next ask() takes it
-        study._storage.set_trial_user_attr(t._trial_id, ATTR_INTERRUPTED, True)
+        set_running_trial_attr(study, t, ATTR_INTERRUPTED, True)
         study.tell(t.number, state=TrialState.FAIL)
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
         recovered.append(t.number)
