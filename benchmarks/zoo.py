@@ -104,12 +104,22 @@ def main() -> None:
     print(_markdown(result))
 
 
-def _cell(o: dict) -> str:
+KNOBS = {"prune": "prune_ratio", "low rank": "rank", "int8": "bits", "4-bit": "bits"}
+
+
+def _cell(o: dict, refused: int = 0) -> str:
+    """``ok``, with how many parts that kernel left out (refused at discovery) if any."""
     if o["status"] == "ok":
-        return "ok"
+        return f"ok ({refused} refused)" if refused else "ok"
     if o["status"] == "none":
         return "refused" if "not" in o["why"] or "fails" in o["why"] else "n/a"
     return "**FAILED**"
+
+
+def _refused(row: dict, case: str) -> int:
+    """Refusals that concern ``case``'s kernels (and those no kernel acts on: knob ``*``)."""
+    knobs = {knob for word, knob in KNOBS.items() if word in case} | {"*"}
+    return sum(r["knob"] in knobs for r in row["refused"])
 
 
 def _row_line(row: dict) -> str:
@@ -133,7 +143,7 @@ def _support_table(result: dict) -> list[str]:
                 + " |"
             )
             continue
-        cells = [_cell(row["outcomes"][k]) for k in kernels]
+        cells = [_cell(row["outcomes"][k], _refused(row, k)) for k in kernels]
         lines.append(f"| {row['family']} | {row['group']} | " + " | ".join(cells) + " |")
     return lines
 
@@ -150,7 +160,8 @@ def _markdown(r: dict) -> str:
         "Random weights (Hugging Face configs, no download; `tests/zoo.py`). Each kernel is "
         "applied to every unit it offers (uniform); `ok`: the candidate exports, runs in ONNX "
         "Runtime and its output is compared with the compressed torch model (error below); "
-        "`refused`: decided when the space was discovered, with the reason; `n/a`: the kernel "
+        "`refused`: decided when the space was discovered, with the reason (`ok (N refused)`: "
+        "the candidate ran, and N parts were refused for that kernel); `n/a`: the kernel "
         "offers no such level here (4-bit applies to MatMul weights only). int8 is static "
         "(Q/DQ, calibrated on 16 samples): a search's `int8_format: auto` measures dynamic too "
         "and takes the faster. Speedups over the plain fp32 export, all measured in the same "
