@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._fingerprint import fingerprint  # noqa: E402
 
 MEASURED = ("prune 50%", "int8", "prune 50% + int8")
+BOTH = {"prune 50% + int8": {"prune_ratio": 0.5, "bits": 8}}  # beside tests/zoo.py's CASES
 README_START, README_END = "<!-- zoo:start -->", "<!-- zoo:end -->"
 
 
@@ -52,7 +53,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     logging.getLogger().setLevel(logging.ERROR)
     profile = get_profile(args.profile)
-    cases = {**zoo.CASES, "prune 50% + int8": {"prune_ratio": 0.5, "bits": 8}}
+    cases = {**zoo.CASES, **BOTH}
     rows = []
     for name in args.families or list(zoo.FAMILIES):
         family = zoo.FAMILIES[name]
@@ -104,9 +105,6 @@ def main() -> None:
     print(_markdown(result))
 
 
-KNOBS = {"prune": "prune_ratio", "low rank": "rank", "int8": "bits", "4-bit": "bits"}
-
-
 def _cell(o: dict, refused: int = 0) -> str:
     """``ok``, with how many parts that kernel left out (refused at discovery) if any."""
     if o["status"] == "ok":
@@ -118,7 +116,9 @@ def _cell(o: dict, refused: int = 0) -> str:
 
 def _refused(row: dict, case: str) -> int:
     """Refusals that concern ``case``'s kernels (and those no kernel acts on: knob ``*``)."""
-    knobs = {knob for word, knob in KNOBS.items() if word in case} | {"*"}
+    from tests import zoo
+
+    knobs = {zoo.KNOB[arg] for arg in {**zoo.CASES, **BOTH}[case]} | {"*"}
     return sum(r["knob"] in knobs for r in row["refused"])
 
 

@@ -10,6 +10,7 @@ model.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,8 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-
-SIZES = ("tiny", "real")
 
 
 class Logits(nn.Module):
@@ -371,9 +370,7 @@ def conform(
     space_spec = SpaceSpec(prune={"ratios": [0.0, 0.25, 0.5]}, quantize={"bits": [32, 8, 4]})
     units, refused = discover(model, ctx, space_spec)
     space = CompressionSpace(units, family.name)
-    counts: dict[str, int] = {}
-    for u in units:
-        counts[u.knob] = counts.get(u.knob, 0) + 1
+    counts = dict(Counter(u.knob for u in units))
     outcomes = {}
     for case, target in cases.items():
         candidate = space.uniform(**target)  # type: ignore[arg-type]

@@ -64,6 +64,7 @@ PROJECTION_NAMES = frozenset(
     {"query", "key", "value", "q_proj", "k_proj", "v_proj", "q_lin", "k_lin", "v_lin", "qkv"}
     | {"c_attn", "in_proj", "to_q", "to_k", "to_v", "Wqkv", "query_key_value"}
 )
+HEAD_COUNTS = tuple(dict.fromkeys(n for layout in LAYOUTS for n in layout.heads))
 KV_HEADS = ("num_key_value_heads", "num_kv_heads")
 WIDTHS = ("all_head_size",)  # attributes holding heads x head width, set after pruning
 PER_HEAD_EXTRAS = ("relative_position_bias_table", "relative_position_bias", "head_scale")
@@ -122,15 +123,14 @@ def _match(
     if out_path is None:
         return f"{layout.name}-style attention without its output projection ({layout.out})"
     heads = _int_attr(module, layout.heads)
-    if heads is None:
-        config = getattr(module, "config", None)
-        n = getattr(config, "num_attention_heads", None)
-        if not isinstance(n, int) or not hasattr(module, layout.head_dim[0]):
+    if heads is None:  # the count in the config only: the module's reshapes must not use it
+        n_heads = getattr(getattr(module, "config", None), "num_attention_heads", None)
+        if not isinstance(n_heads, int) or not hasattr(module, layout.head_dim[0]):
             return f"no head-count attribute ({' / '.join(layout.heads)}) to update after pruning"
-        heads = ("", n)
+    else:
+        n_heads = heads[1]
     q, k, v = (getattr(module, n) for n in (layout.q, layout.k, layout.v))
     dim = _int_attr(module, layout.head_dim)
-    n_heads = heads[1]
     width = (q.out_features // 3) if layout.fused else q.out_features
     head_dim = dim[1] if dim else width // n_heads
     if n_heads * head_dim != width or (layout.fused and q.out_features != 3 * width):
@@ -155,7 +155,22 @@ def _match(
     return Attention(path, out_path, n_heads, head_dim, layout.name, kv_heads, projections)
 
 
-def _scan(model: nn.Module) -> tuple[list[Attention], dict[str, str]]:
+@dataclass(frozen=True)
+class Scan:
+    """The attention modules of a model: those whose heads prune, and those refused."""
+
+    found: list[Attention]
+    refused: dict[str, str]  # path -> reason
+    refused_members: tuple[str, ...]  # the Linear layers of the refused modules
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """Every layer whose width attention fixes: pruned by head, or not at all."""
+        return (*(p for a in self.found for p in a.members), *self.refused_members)
+
+
+def scan(model: nn.Module) -> Scan:
+    """Every module of ``model`` that looks like attention, matched against :data:`LAYOUTS`."""
     modules = dict(model.named_modules())
     found: list[Attention] = []
     refused: dict[str, str] = {}
@@ -182,17 +197,23 @@ def _scan(model: nn.Module) -> tuple[list[Attention], dict[str, str]]:
                         f"{', '.join(layout.name for layout in LAYOUTS)})"
                     )
                 )
-    return found, refused
+    refused_members = tuple(
+        _join(path, n)
+        for path in refused
+        for n, m in modules[path].named_children()
+        if isinstance(m, nn.Linear)
+    )
+    return Scan(found, refused, refused_members)
 
 
 def find_attention(model: nn.Module) -> list[Attention]:
     """Every self-attention module of ``model`` whose heads can be pruned."""
-    return _scan(model)[0]
+    return scan(model).found
 
 
 def refused_attention(model: nn.Module) -> dict[str, str]:
     """Modules that look like attention but whose heads are not pruned, with the reason."""
-    return _scan(model)[1]
+    return scan(model).refused
 
 
 def heads_removed(ratio: float, heads: int) -> int:
@@ -218,15 +239,15 @@ def head_importance(model: nn.Module, attention: Attention) -> torch.Tensor:
     d, width = attention.head_dim, attention.heads * attention.head_dim
     total = torch.zeros(attention.groups, dtype=torch.float64)
     out = _linear(model, attention.out)
+    projections = _projections(model, attention)
     with torch.no_grad():
         for g in range(attention.groups):
             q_rows = _rows(_query_heads(attention, g), d)
             kv_rows = _rows([g], d) if attention.kv_heads else q_rows
             if attention.layout == "fused":
-                parts = [(_projections(model, attention)[0], [r + o for r in q_rows])
-                         for o in (0, width, 2 * width)]  # fmt: skip
+                parts = [(projections[0], [r + o for r in q_rows]) for o in (0, width, 2 * width)]
             else:
-                q, k, v = _projections(model, attention)
+                q, k, v = projections
                 parts = [(q, q_rows), (k, kv_rows), (v, kv_rows)]
             for layer, rows in parts:
                 total[g] += layer.weight.detach().double()[rows].pow(2).sum()
@@ -284,18 +305,15 @@ def prune_heads(model: nn.Module, plan: dict[str, float]) -> dict[str, list[int]
             _keep_rows(k, kv_rows)
             _keep_rows(v, kv_rows)
         _keep_columns(_linear(model, a.out), q_rows)
-        for name, value in vars(module).items():
+        # the head counts and width the module's reshapes read, set to what is left
+        for name, value in list(vars(module).items()):
             if isinstance(value, bool) or not isinstance(value, int):
                 continue
-            if name in (*LAYOUTS_HEADS, *WIDTHS) or name in KV_HEADS:
-                if name in KV_HEADS and a.kv_heads and value == a.kv_heads:
-                    setattr(module, name, len(groups))
-                elif name in WIDTHS and value == width:
-                    setattr(module, name, len(heads) * d)
-                elif name in LAYOUTS_HEADS and value == a.heads:
-                    setattr(module, name, len(heads))
+            if name in KV_HEADS and a.kv_heads and value == a.kv_heads:
+                setattr(module, name, len(groups))
+            elif name in WIDTHS and value == width:
+                setattr(module, name, len(heads) * d)
+            elif name in HEAD_COUNTS and value == a.heads:
+                setattr(module, name, len(heads))
         kept[path] = heads
     return kept
-
-
-LAYOUTS_HEADS = tuple(dict.fromkeys(n for layout in LAYOUTS for n in layout.heads))

@@ -82,22 +82,18 @@ def probe_units(
             reason = _probe_fails(model, kernel, [unit], ctx, scratch)
             if reason is not None:
                 kept.remove(unit)
-                refused.append(Refusal(unit.path, unit.knob, f"at {_strongest(unit)}: {reason}"))
+                refused.append(Refusal(unit.path, unit.knob, f"at {unit.choices[-1]}: {reason}"))
     return kept, refused
-
-
-def _strongest(unit: Unit) -> Any:
-    return min(unit.choices) if unit.knob == "rank" else unit.choices[-1]
 
 
 def _probe_fails(
     model: nn.Module, kernel: Any, units: list[Unit], ctx: SurgeryContext, scratch: Path
 ) -> str | None:
-    """Why ``kernel`` at the strongest level of ``units`` fails; None when it applies, runs
-    and exports."""
+    """Why ``kernel`` at the strongest level of ``units`` (their last choice) fails; None when
+    it applies, runs and exports."""
     compressed = copy.deepcopy(model).eval()
     try:
-        kernel.apply(compressed, {u.path: _strongest(u) for u in units}, ctx)
+        kernel.apply(compressed, {u.path: u.choices[-1] for u in units}, ctx)
         _check_forward(model, compressed, ctx)
         export_onnx(compressed, ctx.example_inputs, ctx.input_names, scratch / "probe.onnx")
     except Exception as e:  # any failure: the unit is refused with it

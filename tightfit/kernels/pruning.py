@@ -94,19 +94,6 @@ def input_energy(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str
     return {p: sums[p] / counts[p] for p in sums}
 
 
-def _refused_members(model: nn.Module) -> list[str]:
-    """The Linear layers inside attention modules whose heads are refused."""
-    out = []
-    for path in _heads.refused_attention(model):
-        module = model.get_submodule(path)
-        out += [
-            f"{path}.{n}" if path else n
-            for n, m in module.named_children()
-            if isinstance(m, nn.Linear)
-        ]
-    return out
-
-
 @register_kernel
 class StructuredPruning(Kernel):
     """Remove output channels of a coupled group (and the matching inputs downstream)."""
@@ -116,15 +103,12 @@ class StructuredPruning(Kernel):
     stage = "torch"
     order = 10
 
-    def _ignored(
-        self, ctx: SurgeryContext, attention: list[_heads.Attention], model: nn.Module
-    ) -> tuple[str, ...]:
-        """Layers torch-pruning leaves alone: the configured ones, the classifier, every
-        attention module's members (pruned by head), and the layers of attention modules
-        whose heads are refused (their reshapes fix the width)."""
-        members = tuple(p for a in attention for p in a.members)
+    def _ignored(self, ctx: SurgeryContext, attention: _heads.Scan) -> tuple[str, ...]:
+        """Layers torch-pruning leaves alone: the configured ones, the classifier, and the
+        layers of every attention module (pruned by head, or, where its heads are refused, not
+        at all: its reshapes fix the width)."""
         classifier = (ctx.classifier,) if ctx.classifier else ()
-        return ctx.ignore + classifier + members + tuple(_refused_members(model))
+        return ctx.ignore + classifier + attention.members
 
     @staticmethod
     def _prunable(found: list[_heads.Attention], ctx: SurgeryContext) -> list[_heads.Attention]:
@@ -135,8 +119,8 @@ class StructuredPruning(Kernel):
         if not space.prune.enabled:
             return []
         units = []
-        found = _heads.find_attention(model)
-        for attention in self._prunable(found, ctx):
+        attention_scan = _heads.scan(model)
+        for attention in self._prunable(attention_scan.found, ctx):
             head_choices: list[float] = []
             seen: set[int] = set()
             for r in space.prune.ratios:
@@ -155,13 +139,12 @@ class StructuredPruning(Kernel):
                     info["kv_heads"] = attention.kv_heads
                 units.append(Unit(attention.path, self.knob, tuple(head_choices), info))
         skip = {p for p, m in model.named_modules() if isinstance(m, nn.Embedding)}
-        skip |= {p for a in found for p in a.members}
-        skip |= set(_refused_members(model))
+        skip |= set(attention_scan.members)
         for group in adapter.coupled_groups(
-            model, ctx.example_inputs, self._ignored(ctx, found, model)
+            model, ctx.example_inputs, self._ignored(ctx, attention_scan)
         ):
             if skip & set(group.members):
-                continue  # a transformer's hidden width, or layers pruned by head only
+                continue  # a transformer's hidden width, or layers pruned by head or not at all
             # a ratio is worth offering only if it leaves at least one round_to block
             choices = tuple(
                 r for r in space.prune.ratios if group.channels * (1 - r) >= ctx.profile.round_to
@@ -189,8 +172,8 @@ class StructuredPruning(Kernel):
     def apply(self, model: nn.Module, plan: dict[str, Any], ctx: SurgeryContext) -> dict[str, Any]:
         if not plan:
             return {}
-        found = _heads.find_attention(model)
-        paths = {a.path for a in found}
+        attention_scan = _heads.scan(model)
+        paths = {a.path for a in attention_scan.found}
         heads = {p: r for p, r in plan.items() if p in paths}
         channels = {p: r for p, r in plan.items() if p not in heads}
         report: dict[str, Any] = {}
@@ -201,7 +184,7 @@ class StructuredPruning(Kernel):
                     model,
                     ctx.example_inputs,
                     channels,
-                    self._ignored(ctx, found, model),
+                    self._ignored(ctx, attention_scan),
                     ctx.profile.round_to,
                     energy,
                 )
@@ -229,11 +212,11 @@ class StructuredPruning(Kernel):
     def channel_importance(self, model: nn.Module, ctx: SurgeryContext) -> dict[str, list[float]]:
         """Per coupled group (by root path), the importance of each channel, on the scale the
         pruner ranks them by (so a global threshold can be drawn across groups)."""
-        found = _heads.find_attention(model)
+        attention_scan = _heads.scan(model)
         out = adapter.channel_importance(
-            model, ctx.example_inputs, self._ignored(ctx, found, model), self._energy(model, ctx)
+            model, ctx.example_inputs, self._ignored(ctx, attention_scan), self._energy(model, ctx)
         )
-        for attention in self._prunable(found, ctx):  # one entry per head
+        for attention in self._prunable(attention_scan.found, ctx):  # one entry per head
             importance = _heads.head_importance(model, attention)
             out[attention.path] = (importance / importance.mean()).tolist()
         return out

@@ -244,7 +244,6 @@ def _mlflow_model(engine: Path, hw: HardwareProfile, folder: Path) -> Path:
         onnx_execution_providers=[hw.execution_provider],
         metadata={"tightfit.profile": hw.name},
         save_as_external_data=False,
-        extra_files=[str(manifest)] if manifest.exists() else None,
     )
     shutil.copyfile(engine, folder / "model.onnx")  # the exported bytes (sha256 in the manifest)
     if manifest.exists():
