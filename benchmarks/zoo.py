@@ -165,7 +165,9 @@ def _markdown(r: dict) -> str:
         "offers no such level here (4-bit applies to MatMul weights only). int8 is static "
         "(Q/DQ, calibrated on 16 samples): a search's `int8_format: auto` measures dynamic too "
         "and takes the faster. Speedups over the plain fp32 export, all measured in the same "
-        "interleaved rounds.",
+        "interleaved rounds. They show that each kernel runs and what it does alone; they are "
+        "not searched candidates and the standard deployment recipe is not measured here, so "
+        "they are no claim over it (that comparison: `digits_search.md`, `pretrained.md`).",
         "",
         *_support_table(r),
         "",
