@@ -7,7 +7,7 @@ import platform
 
 def fingerprint() -> dict[str, str]:
     """The CPU as latency measurements record it, the platform, and the library versions."""
-    from tightfit.evaluators.backends import cpu_environment, gpu_environment
+    from tightfit._machine import cpu_environment, gpu_environment
     from tightfit.runs.export import library_versions
 
     return {

@@ -35,8 +35,8 @@ from tightfit.hardware_profiles import get_profile  # noqa: E402
 from tightfit.kernels._base import SurgeryContext  # noqa: E402
 from tightfit.kernels._pipeline import apply  # noqa: E402
 from tightfit.kernels.pruning import StructuredPruning  # noqa: E402
-from tightfit.search._study import load_study  # noqa: E402
 from tightfit.spaces import Candidate  # noqa: E402
+from tightfit.studies import load_study  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CONFIG = ROOT / "examples" / "efficientnet-lite0.yaml"

@@ -90,9 +90,9 @@ def main() -> None:
     from tightfit.examples.digits import DigitsResNet
     from tightfit.hardware_profiles import get_profile
     from tightfit.kernels import SurgeryContext, compress, export_onnx
-    from tightfit.search._evaluate import find_output_layer
     from tightfit.spaces import CompressionSpace, discover_units
     from tightfit.task import load_data
+    from tightfit.workspace import find_output_layer
 
     profile = get_profile(args.profile)
     if profile.float_precision == "fp16":
@@ -156,7 +156,7 @@ def main() -> None:
 
 def two_passes(paths, baseline, profile, shapes, dtypes, feed):
     """Each protocol measures every candidate twice, in a fresh random order per pass."""
-    from tightfit.search._evaluate import measure, measure_reference
+    from tightfit.workspace import measure, measure_reference
 
     base_bytes = baseline.read_bytes()
     ours, naive, seconds = [], [], {"ours": 0.0, "naive": 0.0}

@@ -69,16 +69,16 @@ def replay(workdir: Path) -> dict:
     from tightfit.evaluators.layer_table import LayerTable, layer_models
     from tightfit.evaluators.predictor import LatencyPredictor, LayerRatioPredictor
     from tightfit.hardware_profiles import get_profile
-    from tightfit.runs.workdir import load_workdir_config
-    from tightfit.search._evaluate import (
+    from tightfit.spaces import Candidate
+    from tightfit.studies import load_study
+    from tightfit.workdir import load_workdir_config
+    from tightfit.workspace import (
         Setup,
         measure,
         measure_many,
         measure_reference,
         workspace,
     )
-    from tightfit.search._study import load_study
-    from tightfit.spaces import Candidate
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     config = load_workdir_config(workdir)

@@ -34,8 +34,8 @@ from tightfit.config import (  # noqa: E402
     load_config,
 )
 from tightfit.search import run_search  # noqa: E402
-from tightfit.search._evaluate import Setup, evaluate_candidate, workspace  # noqa: E402
 from tightfit.spaces import CompressionSpace, discover_units  # noqa: E402
+from tightfit.workspace import Setup, evaluate_candidate, workspace  # noqa: E402
 
 MODELS = {
     "fashion-mnist": ("fashion-mnist.yaml", "test accuracy within 1 point", 2.0),

@@ -211,8 +211,8 @@ def recovery_effect(workdir: Path) -> list[dict[str, Any]]:
     from tightfit.config import DistillSpec, RecoverySpec
     from tightfit.evaluators import evaluate_accuracy
     from tightfit.kernels import compress
-    from tightfit.search._evaluate import Setup, Workspace
     from tightfit.spaces import Candidate, discover_units
+    from tightfit.workspace import Setup, Workspace
 
     config = load_config(ROOT / "examples" / "digits.yaml", {})
     profile = get_profile("cpu-ort")

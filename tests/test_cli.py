@@ -216,7 +216,7 @@ def test_ui_warns_before_serving_beyond_loopback(tmp_path: Path, monkeypatch, ca
 
     from tightfit import cli
     from tightfit.config import config_from_dict
-    from tightfit.runs.workdir import prepare_workdir
+    from tightfit.workdir import prepare_workdir
 
     workdir = prepare_workdir(
         config_from_dict(

@@ -115,8 +115,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_pareto(args: argparse.Namespace) -> int:
     from tightfit.runs import front_frame
     from tightfit.runs.export import profile_name
-    from tightfit.runs.workdir import load_workdir_config
-    from tightfit.search._study import load_study
+    from tightfit.studies import load_study
+    from tightfit.workdir import load_workdir_config
 
     workdir = Path(args.workdir).resolve()
     config = load_workdir_config(workdir)
@@ -251,7 +251,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     import os
 
     from tightfit.runs._tracker import Tracker, tracking_uri
-    from tightfit.runs.workdir import load_workdir_config
+    from tightfit.workdir import load_workdir_config
 
     workdir = Path(args.workdir).resolve()
     config = load_workdir_config(workdir)
@@ -320,14 +320,14 @@ def _calibrate(args: argparse.Namespace) -> int:
     from tightfit.evaluators.backends import require_runtime
     from tightfit.evaluators.calibrate import calibrate, calibrated_profile
     from tightfit.hardware_profiles import get_profile
-    from tightfit.runs.workdir import atomic_write
+    from tightfit.workdir import atomic_write
 
     profile = get_profile(args.name)
     require_runtime(profile)
     with tempfile.TemporaryDirectory(prefix="tightfit-calibrate-") as tmp:
         if args.config:
             from tightfit.config import load_config
-            from tightfit.search._evaluate import Setup, workspace
+            from tightfit.workspace import Setup, workspace
 
             config = load_config(args.config)
             ws = workspace(

@@ -69,7 +69,7 @@ def _space():
 @pytest.mark.gpu
 def test_cuda_graph_runner_matches_onnxruntime_cpu(digits, tmp_path) -> None:
     from tests import models
-    from tightfit.evaluators.accuracy import predict
+    from tightfit.evaluators import predict
     from tightfit.evaluators.backends import TorchCudaRunner
 
     profile = _skip_unless_runs("gpu-torch-cuda-fp16")

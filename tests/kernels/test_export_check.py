@@ -12,8 +12,8 @@ from tightfit.exceptions import ModelError
 from tightfit.hardware_profiles import get_profile
 from tightfit.kernels import export_onnx
 from tightfit.kernels.export import verify_export
-from tightfit.search._evaluate import Setup, Workspace
 from tightfit.task import TaskData, load_data
+from tightfit.workspace import Setup, Workspace
 
 
 def test_a_faithful_export_passes(tmp_path: Path, digits: TaskData) -> None:

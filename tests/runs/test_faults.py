@@ -22,8 +22,8 @@ from tightfit.config import config_from_dict
 from tightfit.exceptions import WorkdirError
 from tightfit.runs import export as export_module
 from tightfit.runs._tracker import Tracker, store_problem
-from tightfit.runs.workdir import load_workdir_config, prepare_workdir, workdir_lock
-from tightfit.search._study import check_journal, load_study, open_study
+from tightfit.studies import check_journal, load_study, open_study
+from tightfit.workdir import load_workdir_config, prepare_workdir, workdir_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,7 +48,7 @@ def test_a_second_search_is_refused_while_the_first_holds_the_workdir(tmp_path: 
             sys.executable,
             "-c",
             "import sys, time; from pathlib import Path\n"
-            "from tightfit.runs.workdir import workdir_lock\n"
+            "from tightfit.workdir import workdir_lock\n"
             "with workdir_lock(Path(sys.argv[1])):\n"
             "    print('held', flush=True); time.sleep(60)\n",
             str(workdir),
@@ -252,7 +252,7 @@ def test_scratch_folders_of_dead_processes_are_removed(tmp_path, monkeypatch) ->
     workspace removes those whose process is gone, and only those."""
     import tempfile
 
-    from tightfit.search._evaluate import OWNER_FILE, SCRATCH_PREFIX, scratch_dir
+    from tightfit.workspace import OWNER_FILE, SCRATCH_PREFIX, scratch_dir
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     gone = subprocess.run(

@@ -8,7 +8,7 @@ import pytest
 
 from tightfit.config import config_from_dict
 from tightfit.exceptions import WorkdirError
-from tightfit.runs.workdir import atomic_write, prepare_workdir
+from tightfit.workdir import atomic_write, prepare_workdir
 
 
 def test_atomic_write_replaces_whole_files(tmp_path: Path) -> None:

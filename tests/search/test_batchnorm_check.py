@@ -11,7 +11,7 @@ from tightfit.config import load_config
 from tightfit.examples import digits
 from tightfit.exceptions import ConfigError
 from tightfit.search import run_search
-from tightfit.search._study import load_study
+from tightfit.studies import load_study
 
 pytestmark = pytest.mark.slow
 

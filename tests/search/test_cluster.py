@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from tightfit.config import config_from_dict
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.search import run_search
-from tightfit.search._study import load_study
+from tightfit.studies import load_study
 
 pytestmark = pytest.mark.slow
 

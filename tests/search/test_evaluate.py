@@ -7,8 +7,8 @@ import pytest
 from tightfit.config import Constraints, config_from_dict, drop_excess
 from tightfit.exceptions import CandidateError
 from tightfit.search import Setup, evaluate_candidate
-from tightfit.search._evaluate import workspace
 from tightfit.spaces import Candidate
+from tightfit.workspace import workspace
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from tightfit.config import load_config
 from tightfit.runs.export import sha256
-from tightfit.search._study import ATTR_INTERRUPTED, load_study
+from tightfit.studies import ATTR_INTERRUPTED, load_study
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

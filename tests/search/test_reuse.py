@@ -22,8 +22,8 @@ def test_margin_makes_skipping_conservative(tmp_path) -> None:
     from tightfit.config import LatencySpec
     from tightfit.evaluators.predictor import FEATURES
     from tightfit.hardware_profiles import get_profile
-    from tightfit.search._evaluate import StageOne
     from tightfit.search._reuse import LatencyReuse
+    from tightfit.workspace import StageOne
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     spec = LatencySpec(cache=False, prescreen_margin=0.2, prescreen_after=3)
@@ -64,8 +64,8 @@ def test_layer_table_predicts_only_what_the_target_cpu_timed() -> None:
 
     from tightfit.config import LatencySpec
     from tightfit.hardware_profiles import get_profile
-    from tightfit.search._evaluate import StageOne
     from tightfit.search._reuse import LatencyReuse
+    from tightfit.workspace import StageOne
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     study.set_user_attr("environment", {"cpu": "CPU A", "cpu_flags": "avx2"})

@@ -14,9 +14,9 @@ from tightfit.config import config_from_dict
 from tightfit.exceptions import WorkdirError
 from tightfit.runs.export import export, sha256
 from tightfit.runs.pareto import front_frame
-from tightfit.runs.workdir import prepare_workdir
 from tightfit.search import run_search
-from tightfit.search._study import load_study
+from tightfit.studies import load_study
+from tightfit.workdir import prepare_workdir
 
 pytestmark = pytest.mark.slow
 
@@ -630,7 +630,7 @@ def test_a_failed_remeasurement_loses_only_itself(loose, monkeypatch, caplog) ->
     rebuild fails. The search still ends with its trials, and the old record stands."""
     import logging
 
-    from tightfit.search._evaluate import Workspace
+    from tightfit.workspace import Workspace
 
     config, outcome = loose
     before = load_study(config, "cpu-ort-fast", outcome.workdir).user_attrs["remeasured_jointly"]

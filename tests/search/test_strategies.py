@@ -11,8 +11,8 @@ import pytest
 
 from tightfit.config import SamplerSpec, SpaceSpec
 from tightfit.search import strategies
-from tightfit.search._study import make_sampler
 from tightfit.spaces import Candidate, CompressionSpace, discover_units
+from tightfit.studies import make_sampler
 
 SAMPLERS = ["tpe", "nsga2", "random", "qmc"]
 

@@ -6,22 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tightfit.evaluators._ort import make_session
+from tightfit._ort import predict
 from tightfit.exceptions import CandidateError
 from tightfit.task import TaskData
-
-EVAL_BATCH = 64
-
-
-def predict(onnx_path: Path, inputs: dict[str, np.ndarray], threads: int = 1) -> np.ndarray:
-    """Run the model over ``inputs`` in batches; return the stacked first output."""
-    session = make_session(onnx_path, threads=threads)
-    n = len(next(iter(inputs.values())))
-    outs = []
-    for i in range(0, n, EVAL_BATCH):
-        feed = {k: v[i : i + EVAL_BATCH] for k, v in inputs.items()}
-        outs.append(session.run(None, feed)[0])
-    return np.concatenate(outs)
 
 
 def _outputs(onnx_path: Path, data: TaskData, rows: np.ndarray | None, threads: int) -> np.ndarray:

@@ -159,7 +159,7 @@ def _feed(model: onnx.ModelProto, rng: np.random.Generator) -> dict[str, np.ndar
 
 def time_layer(model_bytes: bytes, profile: HardwareProfile, seed: int = 0) -> float:
     """Median milliseconds of one run of a one-layer model under ``profile``'s session options."""
-    from tightfit.evaluators._ort import make_session
+    from tightfit._ort import make_session
 
     session = make_session(model_bytes, profile)
     feed = _feed(onnx.load_from_string(model_bytes), np.random.default_rng(seed))
@@ -191,7 +191,7 @@ def applies(profile: HardwareProfile) -> bool:
 
 def host() -> str:
     """The CPU a layer time belongs to (model and the flags that change kernels)."""
-    from tightfit.evaluators.backends import cpu_environment
+    from tightfit._machine import cpu_environment
 
     env = cpu_environment()
     return f"{env['cpu']}|{env['cpu_flags']}"

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from tightfit.evaluators._ort import make_session
+from tightfit._ort import make_session
 
 MAX_SAMPLES = 256
 BATCH = 32

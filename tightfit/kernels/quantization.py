@@ -22,8 +22,8 @@ import numpy as np
 import onnx
 from torch import nn
 
+from tightfit._ort import predict
 from tightfit.config import SpaceSpec
-from tightfit.evaluators.accuracy import predict
 from tightfit.exceptions import CandidateError
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.kernels._base import Kernel, SurgeryContext, Unit
@@ -59,7 +59,7 @@ INTEGER_OPS = frozenset(
 
 def cpu_has_vnni() -> bool:
     """True on x86 CPUs with VNNI / AMX (full-range U8S8 int8 is safe there)."""
-    from tightfit.evaluators.backends import cpu_environment
+    from tightfit._machine import cpu_environment
 
     flags = cpu_environment()["cpu_flags"].split(",")
     return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))

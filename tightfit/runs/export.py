@@ -24,11 +24,11 @@ from tightfit.evaluators import LatencyResult, evaluate_accuracy, size_mb
 from tightfit.exceptions import TightfitError
 from tightfit.hardware_profiles import HardwareProfile, get_profile
 from tightfit.runs.pareto import front_frame, knee
-from tightfit.runs.workdir import atomic_write, load_workdir_config
-from tightfit.search._evaluate import Setup, workspace
 from tightfit.search._reuse import repeat_error
-from tightfit.search._study import load_study
 from tightfit.spaces import Candidate
+from tightfit.studies import load_study
+from tightfit.workdir import atomic_write, load_workdir_config
+from tightfit.workspace import Setup, workspace
 
 LIBRARIES = ("tightfit", "torch", "torch-pruning", "onnx", "onnxruntime", "optuna", "ray", "mlflow")
 
@@ -149,7 +149,7 @@ def plan_tags() -> dict[str, str]:
     """What a TensorRT plan is bound to: GPU model, TensorRT, CUDA and driver versions."""
     import tensorrt as trt
 
-    from tightfit.evaluators.backends import gpu_environment
+    from tightfit._machine import gpu_environment
 
     env = {**gpu_environment(), "tensorrt": trt.__version__}
     return {k: env.get(k, "unknown") for k in PLAN_TAGS}

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from tightfit.runs.workdir import atomic_write
+from tightfit.workdir import atomic_write
 
 if TYPE_CHECKING:
     import optuna

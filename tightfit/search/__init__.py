@@ -1,14 +1,14 @@
 """The search: an Optuna ask/tell driver with evaluations as Ray tasks."""
 
 from tightfit.search._driver import ProfileOutcome, SearchOutcome, run_search
-from tightfit.search._evaluate import (
+from tightfit.studies import make_sampler
+from tightfit.workspace import (
     Evaluation,
     Setup,
     compress_and_score,
     evaluate_candidate,
     measure,
 )
-from tightfit.search._study import make_sampler
 
 __all__ = [
     "Evaluation",

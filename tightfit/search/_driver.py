@@ -39,13 +39,13 @@ from tightfit.kernels.export import export_onnx
 from tightfit.kernels.recovery import recalibrate_batchnorm
 from tightfit.runs import pareto
 from tightfit.runs._tracker import Tracker
-from tightfit.runs.workdir import atomic_write, prepare_workdir, workdir_lock
 from tightfit.search import _ray, _recipe, sensitivity, strategies
-from tightfit.search._evaluate import Setup, StageOne, workspace
 from tightfit.search._reuse import LatencyReuse, joint_metrics, latency_reuse_metrics
 from tightfit.search._signals import DeferredInterrupt
-from tightfit.search._study import ATTR_INTERRUPTED, counted_trials, open_study, recover_interrupted
 from tightfit.spaces import Candidate, CompressionSpace, discover
+from tightfit.studies import ATTR_INTERRUPTED, counted_trials, open_study, recover_interrupted
+from tightfit.workdir import atomic_write, prepare_workdir, workdir_lock
+from tightfit.workspace import Setup, StageOne, workspace
 
 log = logging.getLogger(__name__)
 

@@ -139,7 +139,7 @@ class LatencyBench:
 
         import ray
 
-        from tightfit.search._evaluate import measure_many
+        from tightfit.workspace import measure_many
 
         start = time.time()
         results = measure_many(*args, **kwargs)
@@ -152,13 +152,13 @@ class LatencyBench:
         return runtime_missing(profile)
 
     def reference(self, *args: Any, **kwargs: Any) -> Any:
-        from tightfit.search._evaluate import measure_reference
+        from tightfit.workspace import measure_reference
 
         return measure_reference(*args, **kwargs)
 
 
 def _import_stages() -> None:
-    import tightfit.search._evaluate  # noqa: F401  (the import is the work: torch, onnx, ...)
+    import tightfit.workspace  # noqa: F401  (the import is the work: torch, onnx, ...)
 
 
 def warm_up(n_workers: int) -> None:
@@ -178,7 +178,7 @@ def _compress_on_node(setup: Any, candidate: Any, subset_only: bool = False) -> 
 
     import ray
 
-    from tightfit.search._evaluate import compress_and_score
+    from tightfit.workspace import compress_and_score
 
     start = time.time()
     one = compress_and_score(setup, candidate, subset_only)

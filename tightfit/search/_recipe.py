@@ -23,7 +23,7 @@ from tightfit.evaluators import LatencyResult
 from tightfit.evaluators.accuracy import evaluate_quality
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.kernels.recipe import attention_shape, build_recipe, fused_graph, recipe_variants
-from tightfit.search._evaluate import Workspace
+from tightfit.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from tightfit.evaluators.predictor import (
     spearman,
 )
 from tightfit.hardware_profiles import HardwareProfile
-from tightfit.search._evaluate import StageOne
+from tightfit.workspace import StageOne
 
 
 class LatencyReuse:

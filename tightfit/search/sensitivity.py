@@ -28,8 +28,8 @@ import pandas as pd
 
 from tightfit.evaluators.accuracy import noise_margin
 from tightfit.kernels import Unit
-from tightfit.runs.workdir import atomic_write
 from tightfit.spaces import Candidate, CompressionSpace
+from tightfit.workdir import atomic_write
 
 #: Budgets of the seeds, as multiples of the accuracy constraint.
 SEED_BUDGETS = (0.5, 1.0, 2.0, 0.25, 4.0)
