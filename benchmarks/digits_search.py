@@ -20,11 +20,10 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._fingerprint import fingerprint  # noqa: E402
 from tightfit.config import load_config  # noqa: E402
+from tightfit.runs import run_search  # noqa: E402
 from tightfit.runs.export import export  # noqa: E402
-from tightfit.search import run_search  # noqa: E402
-from tightfit.search._driver import contention_metrics  # noqa: E402
-from tightfit.search._recipe import metrics as recipe_metrics  # noqa: E402
-from tightfit.search._reuse import joint_metrics, latency_reuse_metrics  # noqa: E402
+from tightfit.runs.summary import contention_metrics  # noqa: E402
+from tightfit.search import joint_metrics, latency_reuse_metrics, recipe_metrics  # noqa: E402
 
 
 def main() -> None:

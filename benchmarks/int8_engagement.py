@@ -53,10 +53,10 @@ def main() -> None:
     from tightfit.config import SpaceSpec
     from tightfit.evaluators import input_feed, measure_jointly
     from tightfit.hardware_profiles import get_profile
-    from tightfit.kernels import SurgeryContext, compress, export_onnx
+    from tightfit.kernels import SurgeryContext, compress, discover_units, export_onnx
     from tightfit.kernels.quantization import _Reader, engagement
     from tightfit.kernels.recipe import build_recipe
-    from tightfit.spaces import CompressionSpace, discover_units
+    from tightfit.spaces import CompressionSpace
 
     logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
     logging.getLogger().setLevel(logging.ERROR)

@@ -59,7 +59,7 @@ def candidates(space):  # a spread of speedups, several of them close together
 
 
 def naive_pass(paths: dict[str, Path], baseline: Path, profile, feed) -> dict[str, float]:
-    from tightfit.evaluators.backends import open_runner
+    from tightfit.evaluators.runtimes import open_runner
 
     def mean_ms(path: Path) -> float:  # the same runtime and timer, none of the protocol
         runner = open_runner(path, profile, feed)
@@ -89,8 +89,8 @@ def main() -> None:
     from tightfit.evaluators import input_feed
     from tightfit.examples.digits import DigitsResNet
     from tightfit.hardware_profiles import get_profile
-    from tightfit.kernels import SurgeryContext, compress, export_onnx
-    from tightfit.spaces import CompressionSpace, discover_units
+    from tightfit.kernels import SurgeryContext, compress, discover_units, export_onnx
+    from tightfit.spaces import CompressionSpace
     from tightfit.task import load_data
     from tightfit.workspace import find_output_layer
 
@@ -156,7 +156,7 @@ def main() -> None:
 
 def two_passes(paths, baseline, profile, shapes, dtypes, feed):
     """Each protocol measures every candidate twice, in a fresh random order per pass."""
-    from tightfit.workspace import measure, measure_reference
+    from tightfit.workspace import MeasurementReference, measure, measure_reference
 
     base_bytes = baseline.read_bytes()
     ours, naive, seconds = [], [], {"ours": 0.0, "naive": 0.0}
@@ -164,18 +164,18 @@ def two_passes(paths, baseline, profile, shapes, dtypes, feed):
     rng = np.random.default_rng(0)
     for p in range(2):
         t0 = time.perf_counter()
-        ref = measure_reference(profile, base_bytes, shapes, dtypes, seed=100 * p)
+        against = MeasurementReference(
+            baseline_onnx=base_bytes, input_shapes=shapes, input_dtypes=dtypes, seed=100 * p
+        )
+        ref = measure_reference(profile, against)
+        against = against.model_copy(update={"reference_ms": ref.baseline_median_ms})
         order = list(paths)
         rng.shuffle(order)
         results = {
             name: measure(
                 profile,
                 paths[name].read_bytes(),
-                base_bytes,
-                shapes,
-                dtypes,
-                ref.baseline_median_ms,
-                seed=100 * p + i,
+                against.model_copy(update={"seed": 100 * p + i}),
             )
             for i, name in enumerate(order)
         }

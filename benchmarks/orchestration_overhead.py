@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._fingerprint import fingerprint  # noqa: E402
 from tightfit.config import load_config  # noqa: E402
-from tightfit.search import run_search  # noqa: E402
+from tightfit.runs import run_search  # noqa: E402
 
 
 def one_search(config_path: str, n_trials: int, concurrency: int, tmp: Path) -> dict:

@@ -39,7 +39,7 @@ from benchmarks._fingerprint import fingerprint  # noqa: E402
 
 def _search(n_trials: int, tmp: Path) -> Path:
     from tightfit.config import load_config
-    from tightfit.search import run_search
+    from tightfit.runs import run_search
 
     latency = {"cache_dir": str(tmp / "latency-cache"), "prescreen": False, "layer_table": True}
     workdir = tmp / "work"
@@ -73,6 +73,7 @@ def replay(workdir: Path) -> dict:
     from tightfit.studies import load_study
     from tightfit.workdir import load_workdir_config
     from tightfit.workspace import (
+        MeasurementReference,
         Setup,
         measure,
         measure_many,
@@ -133,13 +134,15 @@ def replay(workdir: Path) -> dict:
                 "onnx": onnx_bytes,
             }
         )
-    ref_ms = measure_reference(hw, base, shapes, dtypes, config.seed).baseline_median_ms
+    against = MeasurementReference(
+        baseline_onnx=base, input_shapes=shapes, input_dtypes=dtypes, seed=config.seed
+    )
+    ref_ms = measure_reference(hw, against).baseline_median_ms
+    against = against.model_copy(update={"reference_ms": ref_ms})
     for n in (1, 2):
         for r in rows:
-            r[f"ratio_quiet_{n}"] = measure(
-                hw, r["onnx"], base, shapes, dtypes, ref_ms, config.seed
-            ).ratio
-        joint = measure_many(hw, [r["onnx"] for r in rows], base, shapes, dtypes, ref_ms, n)
+            r[f"ratio_quiet_{n}"] = measure(hw, r["onnx"], against).ratio
+        joint = measure_many(hw, [r["onnx"] for r in rows], against.model_copy(update={"seed": n}))
         for r, lat in zip(rows, joint, strict=True):
             r[f"ratio_joint_{n}"] = lat.ratio
     for r in rows:

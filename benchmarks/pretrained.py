@@ -33,8 +33,9 @@ from tightfit.config import (  # noqa: E402
     drop_excess,
     load_config,
 )
-from tightfit.search import run_search  # noqa: E402
-from tightfit.spaces import CompressionSpace, discover_units  # noqa: E402
+from tightfit.kernels import discover_units  # noqa: E402
+from tightfit.runs import run_search  # noqa: E402
+from tightfit.spaces import CompressionSpace  # noqa: E402
 from tightfit.workspace import Setup, evaluate_candidate, workspace  # noqa: E402
 
 MODELS = {

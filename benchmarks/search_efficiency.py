@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._fingerprint import fingerprint  # noqa: E402
 from tightfit.config import load_config  # noqa: E402
 from tightfit.hardware_profiles import get_profile  # noqa: E402
+from tightfit.runs import run_search  # noqa: E402
 from tightfit.runs.pareto import hypervolume_history, trials_frame  # noqa: E402
-from tightfit.search import run_search  # noqa: E402
 
 SEEDS = (0, 1, 2)
 
@@ -210,8 +210,8 @@ def recovery_effect(workdir: Path) -> list[dict[str, Any]]:
 
     from tightfit.config import DistillSpec, RecoverySpec
     from tightfit.evaluators import evaluate_accuracy
-    from tightfit.kernels import compress
-    from tightfit.spaces import Candidate, discover_units
+    from tightfit.kernels import compress, discover_units
+    from tightfit.spaces import Candidate
     from tightfit.workspace import Setup, Workspace
 
     config = load_config(ROOT / "examples" / "digits.yaml", {})

@@ -352,8 +352,8 @@ def conform(
 
     from tightfit.config import SpaceSpec
     from tightfit.evaluators import predict
-    from tightfit.kernels import SurgeryContext, compress, export_onnx
-    from tightfit.spaces import CompressionSpace, discover
+    from tightfit.kernels import SurgeryContext, compress, discover, export_onnx
+    from tightfit.spaces import CompressionSpace
 
     tmp = Path(tmp)
     model = family.model(size)

@@ -10,7 +10,7 @@ __all__ = ["__version__", "export", "load_config", "run_search"]
 
 def __getattr__(name: str) -> Any:  # heavy imports stay lazy: `import tightfit` is fast
     if name == "run_search":
-        from tightfit.search import run_search
+        from tightfit.runs import run_search
 
         return run_search
     if name == "load_config":

@@ -62,7 +62,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tightfit.config import load_config
-    from tightfit.search import run_search
+    from tightfit.runs import run_search
+    from tightfit.search import Progress as SearchProgress
 
     overrides: dict[str, Any] = {}
     if args.n_trials is not None:
@@ -83,13 +84,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     with Progress(*columns, console=console, transient=False) as bar:
         tasks: dict[str, Any] = {}
 
-        def progress(profile: str, done: int, total: int, failed: int, best: float | None) -> None:
-            if profile not in tasks:
-                tasks[profile] = bar.add_task(profile, total=total, status="")
+        def progress(p: SearchProgress) -> None:
+            if p.profile not in tasks:
+                tasks[p.profile] = bar.add_task(p.profile, total=p.total, status="")
+            best = p.best_speedup
             best_text = f"best ×{best:.2f} within constraint" if best else "no feasible speedup yet"
-            bar.update(
-                tasks[profile], completed=min(done, total), status=f"{failed} failed · {best_text}"
-            )
+            status = f"{p.failed} failed · {best_text}"
+            bar.update(tasks[p.profile], completed=min(p.done, p.total), status=status)
 
         outcome = run_search(config, progress=progress)
     for p in outcome.profiles:
@@ -222,7 +223,7 @@ def _aa_text(aa: dict[str, Any]) -> str:
 
 def _recipe_text(study: Any) -> str:
     """The standard recipe beside the front (measured in the same rounds), as one line."""
-    from tightfit.search._recipe import metrics
+    from tightfit.search import recipe_metrics as metrics
 
     recipe = study.user_attrs["recipe"]
     parts = [
@@ -317,8 +318,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     import tempfile
 
     from tightfit.evaluators import input_feed
-    from tightfit.evaluators.backends import require_runtime
     from tightfit.evaluators.calibrate import calibrate, calibrated_profile
+    from tightfit.evaluators.runtimes import require_runtime
     from tightfit.hardware_profiles import get_profile
     from tightfit.workdir import atomic_write
 

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from tightfit import objectives
 from tightfit._records import Record, describe_validation_error
 from tightfit._secrets import has_secret, redact, secret_keys
 from tightfit.exceptions import ConfigError
@@ -23,12 +24,7 @@ from tightfit.hardware_profiles._profile import _yaml_where
 
 __all__ = ["SearchConfig", "load_config"]
 
-Objective = Literal["accuracy", "latency_ms", "size_mb"]
-DIRECTIONS: dict[str, str] = {
-    "accuracy": "maximize",
-    "latency_ms": "minimize",
-    "size_mb": "minimize",
-}
+Objective = Literal["accuracy", "latency_ms", "size_mb"]  # the names of objectives.OBJECTIVES
 
 
 class CallableSpec(Record):
@@ -452,7 +448,7 @@ class SearchConfig(Record):
 
     @property
     def directions(self) -> list[str]:
-        return [DIRECTIONS[o] for o in self.objectives]
+        return [objectives.direction(o) for o in self.objectives]
 
     @property
     def workdir_path(self) -> Path:

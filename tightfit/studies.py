@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from tightfit._optuna_private import set_running_trial_attr
 from tightfit.config import SamplerSpec, SearchConfig
 from tightfit.exceptions import WorkdirError
+from tightfit.hardware_profiles import HardwareProfile
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,21 @@ def load_study(config: SearchConfig, profile: str, workdir: Path | None = None) 
                 else "run 'tightfit search' first"
             )
         ) from None
+
+
+def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    """A trial with objective values whose constraints all hold (``Trial.set_constraint``)."""
+    c = trial.constraints
+    values = [] if c is None else list(c.values()) if isinstance(c, dict) else list(c)
+    return trial.values is not None and all(v <= 0 for v in values)
+
+
+def profile_as_searched(profile: HardwareProfile, study: optuna.Study) -> HardwareProfile:
+    """``profile`` as the study's trials were built: with ``int8_format: auto``, the format the
+    search measured and chose (a study begun before auto kept static)."""
+    if profile.quantization.int8_format != "auto":
+        return profile
+    return profile.with_int8_format(study.user_attrs.get("int8_format", "static"))
 
 
 def recover_interrupted(study: optuna.Study) -> list[int]:

@@ -55,6 +55,26 @@ class Setup(Record):
     profile: HardwareProfile
     cache_dir: str = Field(description="where model callables may cache (e.g. trained weights)")
 
+    @classmethod
+    def of(cls, config: SearchConfig, profile: HardwareProfile, workdir: Path) -> Setup:
+        """The search's set-up for ``profile``: model callables cache under the workdir."""
+        return cls(config=config, profile=profile, cache_dir=str(Path(workdir) / "cache"))
+
+
+class MeasurementReference(Record):
+    """What every latency of a search is measured against: the baseline's ONNX, the inputs
+    (shapes without the batch, dtypes), the baseline's reference latency and the seed.
+
+    Latencies are ratios to the baseline measured in the same rounds, scaled by
+    ``reference_ms`` (None: by the baseline's own median in those rounds).
+    """
+
+    baseline_onnx: bytes
+    input_shapes: dict[str, tuple[int, ...]]
+    input_dtypes: dict[str, str]
+    reference_ms: float | None = None
+    seed: int = 0
+
 
 class StageOne(Record):
     """Result of compressing and scoring one candidate (ONNX bytes travel to the latency stage)."""
@@ -264,6 +284,17 @@ class Workspace:
         dtypes = {k: str(v.dtype) for k, v in self.data.validation.items()}
         return shapes, dtypes
 
+    def reference(self, seed: int, reference_ms: float | None = None) -> MeasurementReference:
+        """What candidates of this task are measured against (see MeasurementReference)."""
+        shapes, dtypes = self.input_spec()
+        return MeasurementReference(
+            baseline_onnx=self.baseline_onnx.read_bytes(),
+            input_shapes=shapes,
+            input_dtypes=dtypes,
+            reference_ms=reference_ms,
+            seed=seed,
+        )
+
 
 @functools.lru_cache(maxsize=4)
 def _workspace(setup_json: str) -> Workspace:
@@ -314,59 +345,45 @@ def compress_and_score(setup: Setup, candidate: Candidate, subset_only: bool = F
 
 
 def measure(
-    profile: HardwareProfile,
-    onnx_bytes: bytes,
-    baseline_bytes: bytes,
-    input_shapes: dict[str, tuple[int, ...]],
-    input_dtypes: dict[str, str],
-    baseline_ref_ms: float | None,
-    seed: int,
+    profile: HardwareProfile, onnx_bytes: bytes, reference: MeasurementReference
 ) -> LatencyResult:
     """Stage 2: latency of ``onnx_bytes`` against the baseline under ``profile``."""
-    args = (baseline_bytes, input_shapes, input_dtypes, baseline_ref_ms, seed)
-    return measure_many(profile, [onnx_bytes], *args)[0]
+    return measure_many(profile, [onnx_bytes], reference)[0]
 
 
 def measure_many(
-    profile: HardwareProfile,
-    onnx_bytes: Sequence[bytes],
-    baseline_bytes: bytes,
-    input_shapes: dict[str, tuple[int, ...]],
-    input_dtypes: dict[str, str],
-    baseline_ref_ms: float | None,
-    seed: int,
+    profile: HardwareProfile, onnx_bytes: Sequence[bytes], reference: MeasurementReference
 ) -> list[LatencyResult]:
     """``measure`` for several candidates at once, in the same rounds (``measure_jointly``)."""
+    r = reference
     with tempfile.TemporaryDirectory(prefix="tightfit-lat-") as tmp:
         paths = []
         for i, b in enumerate(onnx_bytes):
             paths.append(Path(tmp) / f"candidate{i}.onnx")
             paths[-1].write_bytes(b)
         base = Path(tmp) / "baseline.onnx"
-        base.write_bytes(baseline_bytes)
-        feed = input_feed(input_shapes, input_dtypes, profile, seed)
-        return measure_jointly(paths, base, profile, feed, baseline_ref_ms, seed=seed)
+        base.write_bytes(r.baseline_onnx)
+        feed = input_feed(r.input_shapes, r.input_dtypes, profile, r.seed)
+        return measure_jointly(paths, base, profile, feed, r.reference_ms, seed=r.seed)
 
 
 REFERENCE_REPEATS = 3
 
 
-def measure_reference(
-    profile: HardwareProfile,
-    baseline_bytes: bytes,
-    input_shapes: dict[str, tuple[int, ...]],
-    input_dtypes: dict[str, str],
-    seed: int,
-) -> LatencyResult:
+def measure_reference(profile: HardwareProfile, reference: MeasurementReference) -> LatencyResult:
     """The baseline's reference latency: the quietest of a few measurements of it.
 
     Every latency_ms of a search is a ratio times this number, so it must not be measured while
     something else runs (at start-up, Ray is still starting worker processes). Interference only
     ever adds time, so of ``REFERENCE_REPEATS`` measurements the one with the lowest median is
-    the least disturbed.
+    the least disturbed. ``reference.reference_ms`` is not used (this measures it).
     """
     results = [
-        measure(profile, baseline_bytes, baseline_bytes, input_shapes, input_dtypes, None, seed + i)
+        measure(
+            profile,
+            reference.baseline_onnx,
+            reference.model_copy(update={"reference_ms": None, "seed": reference.seed + i}),
+        )
         for i in range(REFERENCE_REPEATS)
     ]
     return min(results, key=lambda r: r.baseline_median_ms)
@@ -378,16 +395,7 @@ def evaluate_candidate(
     """Both stages in this process (what a Ray worker pair does), for tests and debugging."""
     ws = workspace(setup)
     one = compress_and_score(setup, candidate)
-    shapes, dtypes = ws.input_spec()
-    latency = measure(
-        setup.profile,
-        one.onnx,
-        ws.baseline_onnx.read_bytes(),
-        shapes,
-        dtypes,
-        baseline_ref_ms,
-        candidate.seed,
-    )
+    latency = measure(setup.profile, one.onnx, ws.reference(candidate.seed, baseline_ref_ms))
     return Evaluation(
         accuracy=one.accuracy, size_mb=one.size_mb, latency=latency, report=one.report
     )

@@ -10,11 +10,11 @@ import torch
 
 from tests.conftest import make_ctx
 from tightfit.evaluators import input_feed, measure_latency
-from tightfit.evaluators.backends import runtime_missing
+from tightfit.evaluators.runtimes import runtime_missing
 from tightfit.hardware_profiles import get_profile
-from tightfit.kernels import compress
+from tightfit.kernels import compress, discover_units
 from tightfit.runs.export import PlanMismatchError, check_plan
-from tightfit.spaces import CompressionSpace, discover_units
+from tightfit.spaces import CompressionSpace
 
 
 def _fast(profile):
@@ -70,7 +70,7 @@ def _space():
 def test_cuda_graph_runner_matches_onnxruntime_cpu(digits, tmp_path) -> None:
     from tests import models
     from tightfit.evaluators import predict
-    from tightfit.evaluators.backends import TorchCudaRunner
+    from tightfit.evaluators.runtimes.torch_cuda import TorchCudaRunner
 
     profile = _skip_unless_runs("gpu-torch-cuda-fp16")
     model = models.tiny_resnet()
@@ -110,7 +110,7 @@ def test_tensorrt_plan_is_built_tagged_and_refused_elsewhere(tmp_path, digits) -
     says another GPU, and refused once the file no longer matches its sha256."""
     profile = _skip_unless_runs("gpu-trt-fp16")
     from tests import models
-    from tightfit.evaluators.backends import build_engine
+    from tightfit.evaluators.runtimes.tensorrt import build_engine
     from tightfit.kernels import export_onnx
     from tightfit.runs.export import load_plan, plan_tags, sha256
 
@@ -135,7 +135,7 @@ def test_tensorrt_plan_is_built_tagged_and_refused_elsewhere(tmp_path, digits) -
 
 
 def test_gpu_profile_without_a_gpu_is_a_clear_error() -> None:
-    from tightfit.evaluators.backends import require_runtime
+    from tightfit.evaluators.runtimes import require_runtime
     from tightfit.exceptions import ConfigError
 
     profile = get_profile("gpu-torch-cuda-fp16")

@@ -19,8 +19,8 @@ from tightfit.evaluators.predictor import (
     held_out,
     spearman,
 )
-from tightfit.kernels import compress
-from tightfit.spaces import CompressionSpace, discover_units
+from tightfit.kernels import compress, discover_units
+from tightfit.spaces import CompressionSpace
 
 
 @pytest.fixture()

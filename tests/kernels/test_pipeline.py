@@ -8,9 +8,9 @@ import torch
 
 from tightfit.config import SpaceSpec
 from tightfit.evaluators import predict
-from tightfit.kernels import compress, get_kernel, list_kernels
+from tightfit.kernels import compress, discover_units, get_kernel, list_kernels
 from tightfit.kernels.export import module_of_node
-from tightfit.spaces import Candidate, CompressionSpace, discover_units
+from tightfit.spaces import Candidate, CompressionSpace
 
 
 def test_registry_order_and_unknown_name() -> None:

@@ -16,9 +16,9 @@ from tests.conftest import make_ctx
 from tightfit.config import CallableSpec, SpaceSpec
 from tightfit.evaluators import input_feed, predict
 from tightfit.hardware_profiles import HardwareProfile
-from tightfit.kernels import compress
+from tightfit.kernels import compress, discover_units
 from tightfit.kernels._heads import find_attention
-from tightfit.spaces import Candidate, discover_units
+from tightfit.spaces import Candidate
 from tightfit.task import TaskData, load_data
 
 pytest.importorskip("transformers")

@@ -10,8 +10,8 @@ from tests import models
 from tests.conftest import make_ctx
 from tightfit.config import CallableSpec, SpaceSpec
 from tightfit.evaluators import predict
-from tightfit.kernels import compress
-from tightfit.spaces import Candidate, discover_units
+from tightfit.kernels import compress, discover_units
+from tightfit.spaces import Candidate
 from tightfit.task import TaskData, load_data
 
 

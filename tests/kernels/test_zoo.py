@@ -142,7 +142,7 @@ def test_a_unit_that_fails_its_strongest_level_is_refused_when_the_space_is_disc
     """The LM head of a decoder is its classifier: pruning it changes the output. Not told so,
     the space refuses it up front instead of failing trials on it."""
     from tightfit.config import SpaceSpec
-    from tightfit.spaces import discover
+    from tightfit.kernels import discover
 
     family = zoo.FAMILIES["llama"]
     model = family.model("tiny")

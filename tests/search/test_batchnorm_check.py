@@ -10,7 +10,7 @@ import pytest
 from tightfit.config import load_config
 from tightfit.examples import digits
 from tightfit.exceptions import ConfigError
-from tightfit.search import run_search
+from tightfit.runs import run_search
 from tightfit.studies import load_study
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from tightfit.config import config_from_dict
 from tightfit.hardware_profiles import HardwareProfile
-from tightfit.search import run_search
+from tightfit.runs import run_search
 from tightfit.studies import load_study
 
 pytestmark = pytest.mark.slow

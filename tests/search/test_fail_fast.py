@@ -9,7 +9,8 @@ from optuna.trial import TrialState
 
 from tests.test_cli import tightfit
 from tightfit.config import load_config
-from tightfit.search._driver import FAIL_FAST, _error_kind
+from tightfit.search._driver import FAIL_FAST
+from tightfit.search._tell import error_kind as _error_kind
 from tightfit.studies import ATTR_INTERRUPTED, load_study
 
 pytestmark = pytest.mark.slow

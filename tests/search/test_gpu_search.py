@@ -10,10 +10,10 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.search.test_search_e2e import small_config
-from tightfit.evaluators.backends import runtime_missing
+from tightfit.evaluators.runtimes import runtime_missing
 from tightfit.hardware_profiles import get_profile
+from tightfit.runs import run_search
 from tightfit.runs.export import export
-from tightfit.search import run_search
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 

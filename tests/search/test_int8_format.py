@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.search.test_search_e2e import small_config
-from tightfit.search import run_search
+from tightfit.runs import run_search
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tightfit.search._reuse import dominates
+from tightfit.objectives import dominates
 
 
 def test_dominance_per_objective_direction() -> None:

@@ -12,9 +12,9 @@ from optuna.trial import TrialState
 
 from tightfit.config import config_from_dict
 from tightfit.exceptions import WorkdirError
+from tightfit.runs import run_search
 from tightfit.runs.export import export, sha256
 from tightfit.runs.pareto import front_frame
-from tightfit.search import run_search
 from tightfit.studies import load_study
 from tightfit.workdir import prepare_workdir
 
@@ -52,7 +52,7 @@ def finished(tmp_path_factory, fast_profile_file):
         recovery=DISTILL,
     )
     seen = []
-    outcome = run_search(config, progress=lambda *a: seen.append(a))
+    outcome = run_search(config, progress=seen.append)
     return config, outcome, seen
 
 
@@ -90,7 +90,7 @@ def test_search_completes_with_a_front(finished) -> None:
     assert study.trials[0].user_attrs["is_baseline"]  # the baseline is enqueued first
     assert study.trials[1].user_attrs["seed_kind"] == "uniform"
     assert not profile.front.empty and profile.front["accuracy"].notna().all()
-    assert seen[-1][1] == 6  # the progress hook saw every trial
+    assert seen[-1].done == 6 and seen[-1].profile == "cpu-ort-fast"  # saw every trial
     distilled = 0
     for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)):
         c = json.loads(t.user_attrs["candidate"])

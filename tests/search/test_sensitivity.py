@@ -7,9 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from tightfit.kernels import Unit
 from tightfit.search import sensitivity
-from tightfit.spaces import CompressionSpace
+from tightfit.spaces import CompressionSpace, Unit
 
 
 @pytest.fixture()

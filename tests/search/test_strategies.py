@@ -10,8 +10,9 @@ import optuna
 import pytest
 
 from tightfit.config import SamplerSpec, SpaceSpec
+from tightfit.kernels import discover_units
 from tightfit.search import strategies
-from tightfit.spaces import Candidate, CompressionSpace, discover_units
+from tightfit.spaces import Candidate, CompressionSpace
 from tightfit.studies import make_sampler
 
 SAMPLERS = ["tpe", "nsga2", "random", "qmc"]

@@ -4,7 +4,8 @@ import optuna
 import pytest
 
 from tightfit.config import SpaceSpec
-from tightfit.spaces import Candidate, CompressionSpace, discover_units
+from tightfit.kernels import discover_units
+from tightfit.spaces import Candidate, CompressionSpace
 
 
 def test_units_of_a_residual_net(tiny_model, tiny_ctx, default_space: SpaceSpec) -> None:

@@ -1,7 +1,7 @@
 """Latency measured on the target runtime, interleaved with the baseline.
 
 Protocol (design decision 8; research/surgery-and-latency.md part B), the same for every
-runtime (``backends``): fixed threads pinned to their CPUs where the OS allows, spinning off,
+runtime (``runtimes``): fixed threads pinned to their CPUs where the OS allows, spinning off,
 warm-up by time; then rounds in which the candidate and the baseline each run a block of
 inferences, in random order. A round's ratio is the candidate's block median over the
 baseline's; the score is the median ratio over rounds, with a bootstrap confidence interval.
@@ -27,8 +27,8 @@ import numpy as np
 from pydantic import Field
 
 from tightfit._records import Record
-from tightfit.evaluators.backends import environment, open_runner, pinned
 from tightfit.evaluators.contention import CpuWatch
+from tightfit.evaluators.runtimes import environment, open_runner, pinned
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.task import is_token_input
 

@@ -6,11 +6,14 @@ from tightfit.hardware_profiles._profile import (
     QuantizationSettings,
 )
 from tightfit.hardware_profiles._registry import get_profile, list_profiles
+from tightfit.hardware_profiles._runtimes import RUNTIMES, RuntimeSpec
 
 __all__ = [
     "HardwareProfile",
     "MeasurementProtocol",
     "QuantizationSettings",
+    "RUNTIMES",
+    "RuntimeSpec",
     "get_profile",
     "list_profiles",
 ]

@@ -8,8 +8,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from tightfit._naming import unknown_name_message
 from tightfit._records import Record, describe_validation_error
 from tightfit.exceptions import ConfigError
+from tightfit.hardware_profiles._runtimes import RUNTIMES
 
 Precision = Literal["fp32", "fp16", "int8", "int4"]
 
@@ -101,9 +103,6 @@ class QuantizationSettings(Record):
     )
 
 
-Runtime = Literal["onnxruntime", "tensorrt", "torch-cuda"]
-
-
 class HardwareProfile(Record):
     """A named deployment target: runtime, threads, shapes, precisions and measurement protocol.
 
@@ -114,7 +113,7 @@ class HardwareProfile(Record):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     description: str = ""
-    runtime: Runtime = "onnxruntime"
+    runtime: str = Field("onnxruntime", description="a runtime of hardware_profiles.RUNTIMES")
     device: Literal["cpu", "cuda"] = "cpu"
     execution_provider: str = "CPUExecutionProvider"
     intra_op_threads: int = Field(1, ge=1)
@@ -173,6 +172,13 @@ class HardwareProfile(Record):
         """Measurements run on nodes set aside for them (a resource or label), not on these cores."""
         return bool(self.ray_resources or self.ray_labels)
 
+    @field_validator("runtime")
+    @classmethod
+    def _runtime(cls, v: str) -> str:
+        if v not in RUNTIMES:
+            raise ValueError(unknown_name_message("runtime", v, RUNTIMES))
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> HardwareProfile:
         if self.float_precision not in self.precisions:
@@ -180,24 +186,21 @@ class HardwareProfile(Record):
                 f"precisions must include float_precision '{self.float_precision}' "
                 "(the uncompressed baseline)"
             )
-        gpu = self.runtime in ("tensorrt", "torch-cuda") or self.execution_provider.startswith(
-            ("CUDA", "Tensorrt")
-        )
+        spec = RUNTIMES[self.runtime]
+        gpu = spec.gpu or self.execution_provider.startswith(("CUDA", "Tensorrt"))
         if gpu and self.device != "cuda":
             raise ValueError(
                 f"runtime '{self.runtime}' ({self.execution_provider}) needs device: cuda"
             )
-        if self.quantization.int8_format != "static" and self.runtime != "onnxruntime":
+        if self.quantization.int8_format != "static" and not spec.dynamic_int8:
             raise ValueError(
                 f"quantization.int8_format '{self.quantization.int8_format}' needs runtime "
                 f"onnxruntime (dynamic int8 is ONNX Runtime's MatMulInteger; {self.runtime} "
                 "runs static Q/DQ only): set it to static"
             )
-        if self.runtime == "torch-cuda" and (
-            "int8" in self.precisions or "int4" in self.precisions
-        ):
+        if not spec.quantized and ("int8" in self.precisions or "int4" in self.precisions):
             raise ValueError(
-                "runtime 'torch-cuda' runs float graphs only: remove int8/int4 from precisions"
+                f"runtime '{self.runtime}' runs float graphs only: remove int8/int4 from precisions"
             )
         return self
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from tightfit.exceptions import CandidateError
 from tightfit.kernels._base import Refusal, SurgeryContext, Unit
-from tightfit.kernels._registry import _KERNELS
+from tightfit.kernels._registry import registered_kernels
 from tightfit.kernels.export import export_onnx
 from tightfit.kernels.precision import to_float16
 from tightfit.kernels.recovery import distill, recalibrate_batchnorm, reconstruct
@@ -35,7 +35,7 @@ def apply(model: nn.Module, candidate: Candidate, ctx: SurgeryContext) -> tuple[
     """A compressed copy of ``model`` after the torch-stage kernels (``model`` is untouched)."""
     compressed = copy.deepcopy(model).eval()
     report: dict[str, Any] = {}
-    for kernel in _KERNELS.values():
+    for kernel in registered_kernels():
         plan = candidate.plan_for(kernel.knob)
         if kernel.stage == "torch" and plan:
             report[kernel.name] = kernel.apply(compressed, plan, ctx)
@@ -72,7 +72,7 @@ def probe_units(
     """
     kept = list(units)
     refused: list[Refusal] = []
-    for kernel in _KERNELS.values():
+    for kernel in registered_kernels():
         mine = [u for u in kept if u.knob == kernel.knob]
         if kernel.stage != "torch" or not mine:
             continue
@@ -128,7 +128,7 @@ def compress(
         compressed, ctx.example_inputs, ctx.input_names, out_dir / "float.onnx"
     )
     current = float_path
-    for kernel in _KERNELS.values():
+    for kernel in registered_kernels():
         plan = candidate.plan_for(kernel.knob)
         if kernel.stage == "onnx" and plan:
             dst = out_dir / f"{kernel.name}.onnx"

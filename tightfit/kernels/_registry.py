@@ -17,6 +17,11 @@ def register_kernel(cls: type[Kernel]) -> type[Kernel]:
     return cls
 
 
+def registered_kernels() -> list[Kernel]:
+    """Every registered kernel, in the order they apply."""
+    return list(_KERNELS.values())
+
+
 def list_kernels() -> list[str]:
     return list(_KERNELS)
 

@@ -14,16 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from tightfit.exceptions import WorkdirError
+from tightfit.keys import Tag
 from tightfit.runs import _mlflow_view as view
-
-TAG_SEARCH = "tightfit.search"
-TAG_PROFILE = "tightfit.profile"
-TAG_TRIAL = "tightfit.trial"
-TAG_STATUS = "tightfit.status"
-TAG_ERROR = "tightfit.error"
-TAG_PARETO = "tightfit.pareto"
-TAG_FEASIBLE = "tightfit.feasible"
-TAG_KIND = "tightfit.kind"
 
 MAX_PARAMS_PER_BATCH = 100
 MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"  # mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID
@@ -173,7 +165,7 @@ class Tracker:
             self.experiment_id = self.client.create_experiment(
                 search,
                 artifact_location=local_artifacts(self.uri, workdir),
-                tags={TAG_SEARCH: search},
+                tags={Tag.SEARCH: search},
             )
         else:
             self.experiment_id = experiment.experiment_id
@@ -186,11 +178,11 @@ class Tracker:
             self.client.set_experiment_tag(self.experiment_id, *view.view_tag(objectives))
 
     def _load_existing(self) -> None:
-        for run in self._search(f"tags.`{TAG_KIND}` = 'trial'"):
-            key = (run.data.tags[TAG_PROFILE], int(run.data.tags[TAG_TRIAL]))
+        for run in self._search(f"tags.`{Tag.KIND}` = 'trial'"):
+            key = (run.data.tags[Tag.PROFILE], int(run.data.tags[Tag.TRIAL]))
             self._runs[key] = run.info.run_id
-            self._pareto[run.info.run_id] = run.data.tags.get(TAG_PARETO) == "true"
-            self._feasible[run.info.run_id] = run.data.tags.get(TAG_FEASIBLE) == "true"
+            self._pareto[run.info.run_id] = run.data.tags.get(Tag.PARETO) == "true"
+            self._feasible[run.info.run_id] = run.data.tags.get(Tag.FEASIBLE) == "true"
 
     def _search(self, query: str) -> list[Any]:
         runs: list[Any] = []
@@ -224,12 +216,12 @@ class Tracker:
             self.experiment_id,
             run_name=f"{profile}-trial-{trial:04d}",
             tags={
-                TAG_SEARCH: self.search,
-                TAG_PROFILE: profile,
-                TAG_TRIAL: str(trial),
-                TAG_KIND: "trial",
-                TAG_STATUS: "running",
-                TAG_PARETO: "false",
+                Tag.SEARCH: self.search,
+                Tag.PROFILE: profile,
+                Tag.TRIAL: str(trial),
+                Tag.KIND: "trial",
+                Tag.STATUS: "running",
+                Tag.PARETO: "false",
                 # nested under the profile's summary run, as Optuna's MLflowCallback and Ray
                 # Tune nest trials: the UI folds a search's trials under its front
                 MLFLOW_PARENT_RUN_ID: self.summary_run(profile),
@@ -257,11 +249,11 @@ class Tracker:
         from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
-        run_tags = [RunTag(TAG_STATUS, status), *(RunTag(k, v) for k, v in (tags or {}).items())]
+        run_tags = [RunTag(Tag.STATUS, status), *(RunTag(k, v) for k, v in (tags or {}).items())]
         if error:
-            run_tags.append(RunTag(TAG_ERROR, error[:5000]))
+            run_tags.append(RunTag(Tag.ERROR, error[:5000]))
         if feasible is not None:
-            run_tags.append(RunTag(TAG_FEASIBLE, str(feasible).lower()))
+            run_tags.append(RunTag(Tag.FEASIBLE, str(feasible).lower()))
         self._feasible[run_id] = bool(feasible)
         color = view.COLORS["feasible" if feasible else "infeasible"]
         run_tags.append(RunTag(view.COLOR_TAG, color))
@@ -282,7 +274,7 @@ class Tracker:
                 continue
             on_front = trial in front_trials
             if self._pareto.get(run_id) != on_front:
-                self.client.set_tag(run_id, TAG_PARETO, str(on_front).lower())
+                self.client.set_tag(run_id, Tag.PARETO, str(on_front).lower())
                 color = (
                     "pareto"
                     if on_front
@@ -298,7 +290,7 @@ class Tracker:
         if profile in self._summary:
             return self._summary[profile]
         found = self._search(
-            f"tags.`{TAG_KIND}` = 'summary' and tags.`{TAG_PROFILE}` = '{profile}'"
+            f"tags.`{Tag.KIND}` = 'summary' and tags.`{Tag.PROFILE}` = '{profile}'"
         )
         if found:
             self._summary[profile] = found[0].info.run_id
@@ -306,7 +298,7 @@ class Tracker:
             run = self.client.create_run(
                 self.experiment_id,
                 run_name=f"{profile}-pareto-front",
-                tags={TAG_SEARCH: self.search, TAG_PROFILE: profile, TAG_KIND: "summary"},
+                tags={Tag.SEARCH: self.search, Tag.PROFILE: profile, Tag.KIND: "summary"},
             )
             self._summary[profile] = run.info.run_id
         return self._summary[profile]
@@ -372,7 +364,7 @@ class Tracker:
         running = {
             run.info.run_id
             for run in self._search(
-                f"tags.`{TAG_KIND}` = 'trial' and tags.`{TAG_PROFILE}` = '{profile}' "
+                f"tags.`{Tag.KIND}` = 'trial' and tags.`{Tag.PROFILE}` = '{profile}' "
                 "and attributes.status = 'RUNNING'"
             )
         }
@@ -385,7 +377,7 @@ class Tracker:
                 continue
             if run_id is None:
                 run_id = self.start_trial(profile, t.number, t.params)
-            tags = {"tightfit.reconciled": "true"}
+            tags = {Tag.RECONCILED: "true"}
             if t.state == TrialState.COMPLETE:
                 metrics = dict(zip(objectives, t.values, strict=True))
                 for key in ("speedup", "accuracy_drop"):
@@ -410,6 +402,6 @@ class Tracker:
             return
         run = self.client.get_run(run_id)
         if run.info.status == "RUNNING":
-            self.client.set_tag(run_id, TAG_STATUS, "interrupted")
-            self.client.set_tag(run_id, TAG_ERROR, reason)
+            self.client.set_tag(run_id, Tag.STATUS, "interrupted")
+            self.client.set_tag(run_id, Tag.ERROR, reason)
             self.client.set_terminated(run_id, "KILLED")

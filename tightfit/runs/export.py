@@ -24,11 +24,11 @@ from tightfit.evaluators import LatencyResult, evaluate_accuracy, size_mb
 from tightfit.exceptions import TightfitError
 from tightfit.hardware_profiles import HardwareProfile, get_profile
 from tightfit.runs.pareto import front_frame, knee
-from tightfit.search._reuse import repeat_error
+from tightfit.search import repeat_error
 from tightfit.spaces import Candidate
-from tightfit.studies import load_study
+from tightfit.studies import load_study, profile_as_searched
 from tightfit.workdir import atomic_write, load_workdir_config
-from tightfit.workspace import Setup, workspace
+from tightfit.workspace import MeasurementReference, Setup, workspace
 
 LIBRARIES = ("tightfit", "torch", "torch-pruning", "onnx", "onnxruntime", "optuna", "ray", "mlflow")
 
@@ -313,12 +313,9 @@ def export(
     hw = _resolve_profile(config, profile)
     study = load_study(config, hw.name, workdir)
     numbers = _pick(study, list(config.objectives), pick)
-    if hw.quantization.int8_format == "auto":  # the format the search chose and measured
-        hw = hw.with_int8_format(study.user_attrs.get("int8_format", "static"))
-    setup = Setup(config=config, profile=hw, cache_dir=str(workdir / "cache"))
-    ws = workspace(setup)
-    base_bytes = ws.baseline_onnx.read_bytes()
-    shapes, dtypes = ws.input_spec()
+    hw = profile_as_searched(hw, study)  # int8_format auto: the format the search chose
+    ws = workspace(Setup.of(config, hw, workdir))
+    reference = ws.reference(config.seed)
     # The search scaled every ratio by its reference latency of the baseline; the re-measured
     # ratio is scaled by the same one, so logged and re-measured latencies compare the candidate,
     # not the machine's drift since (the baseline's latency now is reported beside it).
@@ -336,9 +333,9 @@ def export(
         extra: dict[str, Any] = {}
         if hw.runtime == "tensorrt":  # the deployable engine, bound to this GPU and TensorRT
             from tightfit.evaluators import input_feed
-            from tightfit.evaluators.backends import build_engine
+            from tightfit.evaluators.runtimes.tensorrt import build_engine
 
-            feed = input_feed(shapes, dtypes, hw, config.seed)
+            feed = input_feed(reference.input_shapes, reference.input_dtypes, hw, config.seed)
             plan = atomic_write(staging / "model.plan", build_engine(engine, hw, feed))
             files["model.plan"] = {"sha256": sha256(plan), "bytes": plan.stat().st_size}
             extra["plan"] = plan_tags()
@@ -347,9 +344,7 @@ def export(
         )
     # Several points are re-measured together, in the same rounds, so that their order is
     # not that of the machine's state while each one ran (``measure_jointly``).
-    ref_ms, latencies = _remeasure(
-        config, hw, [b.onnx_bytes for b in built], base_bytes, shapes, dtypes
-    )
+    ref_ms, latencies = _remeasure(config, hw, [b.onnx_bytes for b in built], reference)
     repeat = repeat_error(study)
     results = []
     for b, latency in zip(built, latencies, strict=True):
@@ -414,9 +409,7 @@ def _remeasure(
     config: SearchConfig,
     hw: HardwareProfile,
     onnx: list[bytes],
-    base_bytes: bytes,
-    shapes: dict[str, tuple[int, ...]],
-    dtypes: dict[str, str],
+    reference: MeasurementReference,
 ) -> tuple[float, list[LatencyResult]]:
     """The baseline's reference latency now, and ``onnx`` measured together against it, on a
     measurement actor as the search measured: on a node with the profile's hardware (the search's
@@ -432,11 +425,9 @@ def _remeasure(
     try:
         _ray.check_feasible(hw)
         bench = _ray.latency_bench(hw)
-        seed = config.seed
-        ref = ray.get(bench.reference.remote(hw, base_bytes, shapes, dtypes, seed))
-        ref_ms = float(ref.baseline_median_ms)
-        measured = bench.measure_many.remote(hw, onnx, base_bytes, shapes, dtypes, ref_ms, seed)
-        return ref_ms, list(ray.get(measured))
+        ref_ms = float(ray.get(bench.reference.remote(hw, reference)).baseline_median_ms)
+        reference = reference.model_copy(update={"reference_ms": ref_ms})
+        return ref_ms, list(ray.get(bench.measure_many.remote(hw, onnx, reference)))
     finally:
         if started:
             ray.shutdown()

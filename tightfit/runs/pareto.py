@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from tightfit import objectives as obj
+from tightfit.studies import is_feasible
 from tightfit.workdir import atomic_write
 
 if TYPE_CHECKING:
     import optuna
-
-DIRECTION_SIGN = {"accuracy": -1.0, "latency_ms": 1.0, "size_mb": 1.0}  # to "lower is better"
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -36,7 +36,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             row.update(dict(zip(names, t.values, strict=True)))
         row["speedup"] = t.user_attrs.get("speedup")
         row["accuracy_drop"] = t.user_attrs.get("accuracy_drop")
-        row["feasible"] = bool(t.values is not None and all(c <= 0 for c in _constraint_values(t)))
+        row["feasible"] = is_feasible(t)
         row["baseline"] = bool(t.user_attrs.get("is_baseline", False))
         row["pareto"] = t.number in front
         row["predicted_latency_ms"] = t.user_attrs.get("predicted_latency_ms")
@@ -51,13 +51,6 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row["error"] = t.user_attrs.get("error", "")
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _constraint_values(trial: optuna.trial.FrozenTrial) -> list[float]:
-    c = trial.constraints
-    if c is None:
-        return []
-    return list(c.values()) if isinstance(c, dict) else list(c)
 
 
 def front_frame(study: optuna.Study) -> pd.DataFrame:
@@ -80,7 +73,7 @@ def knee(front: pd.DataFrame, objectives: list[str]) -> int:
         raise ValueError("the front is empty")
     cols = []
     for name in objectives:
-        v = front[name].to_numpy(dtype=float) * DIRECTION_SIGN[name]
+        v = front[name].to_numpy(dtype=float) * obj.sign(name)
         span = v.max() - v.min()
         cols.append((v - v.min()) / span if span > 0 else np.zeros_like(v))
     dist = np.sqrt(np.sum(np.stack(cols, axis=1) ** 2, axis=1))
@@ -95,29 +88,7 @@ def hypervolume(front: pd.DataFrame, baseline: dict[str, float], objectives: lis
     """
     if front.empty:
         return 0.0
-    return hypervolume_of(front[objectives].to_dict("records"), baseline, objectives)
-
-
-def hypervolume_of(
-    points: list[dict[str, float]], baseline: dict[str, float], objectives: list[str]
-) -> float:
-    """:func:`hypervolume` of objective values (dominated points may be among them)."""
-    from tightfit._optuna_private import hypervolume
-
-    pts = []
-    for row in points:
-        p = []
-        for name in objectives:
-            if name == "accuracy":
-                p.append((baseline["accuracy"] - row[name]) / max(baseline["accuracy"], 1e-12))
-            else:
-                p.append(row[name] / baseline[name])
-        pts.append(p)
-    arr = np.asarray(pts, dtype=float).reshape(-1, len(objectives))
-    arr = arr[(arr < 1.0).all(axis=1)]
-    if len(arr) == 0:
-        return 0.0
-    return hypervolume(arr, np.ones(len(objectives)))
+    return obj.hypervolume(front[objectives].to_dict("records"), baseline, objectives)
 
 
 def hypervolume_history(
@@ -140,9 +111,9 @@ def hypervolume_history(
     points: list[dict[str, float]] = []
     history = []
     for t in done:
-        if t.state == TrialState.COMPLETE and all(c <= 0 for c in _constraint_values(t)):
+        if t.state == TrialState.COMPLETE and is_feasible(t):
             points.append(dict(zip(objectives, t.values, strict=True)))
-            history.append(hypervolume_of(points, baseline, objectives))
+            history.append(obj.hypervolume(points, baseline, objectives))
         else:
             history.append(history[-1] if history else 0.0)
     return history

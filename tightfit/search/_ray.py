@@ -14,11 +14,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tightfit.config import SearchConfig
 from tightfit.exceptions import ConfigError
 from tightfit.hardware_profiles import HardwareProfile
+
+if TYPE_CHECKING:
+    from tightfit.workspace import MeasurementReference
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +130,14 @@ class LatencyBench:
     its end (see the module docstring)."""
 
     def measure(
-        self, profile: HardwareProfile, onnx_bytes: bytes, *args: Any, **kwargs: Any
+        self, profile: HardwareProfile, onnx_bytes: bytes, reference: MeasurementReference
     ) -> Any:
         """A candidate's latency, with the node and the time window it was measured in."""
-        return self.measure_many(profile, [onnx_bytes], *args, **kwargs)[0]
+        return self.measure_many(profile, [onnx_bytes], reference)[0]
 
-    def measure_many(self, *args: Any, **kwargs: Any) -> Any:
+    def measure_many(
+        self, profile: HardwareProfile, onnx: list[bytes], reference: MeasurementReference
+    ) -> Any:
         """Several candidates' latency, measured together (``measure_jointly``), each with the
         node and the time window they were measured in."""
         import time
@@ -142,19 +147,19 @@ class LatencyBench:
         from tightfit.workspace import measure_many
 
         start = time.time()
-        results = measure_many(*args, **kwargs)
+        results = measure_many(profile, onnx, reference)
         stamp = {"node_id": ray.get_runtime_context().get_node_id(), "window": (start, time.time())}
         return [r.model_copy(update=stamp) for r in results]
 
     def runtime_missing(self, profile: HardwareProfile) -> str | None:
-        from tightfit.evaluators.backends import runtime_missing
+        from tightfit.evaluators.runtimes import runtime_missing
 
         return runtime_missing(profile)
 
-    def reference(self, *args: Any, **kwargs: Any) -> Any:
+    def reference(self, profile: HardwareProfile, reference: MeasurementReference) -> Any:
         from tightfit.workspace import measure_reference
 
-        return measure_reference(*args, **kwargs)
+        return measure_reference(profile, reference)
 
 
 def _import_stages() -> None:
@@ -240,3 +245,73 @@ def error_text(exc: BaseException) -> str:
     text = f"{type(cause).__name__}: {cause}".strip()
     lines = [ln for ln in text.splitlines() if ln.strip()]
     return lines[0][:1000] if lines else type(exc).__name__
+
+
+class RayExecutor:
+    """The driver's :class:`~tightfit.search._executor.Executor` on Ray: compression as tasks
+    (one CPU, anywhere), measurements in ``LatencyBench`` actors."""
+
+    def __init__(self) -> None:
+        self._compress = compress_function()
+
+    def compress(self, setup: Any, candidate: Any, subset_only: bool = False) -> Any:
+        return self._compress.remote(setup, candidate, subset_only)
+
+    def new_bench(self, profile: HardwareProfile) -> Any:
+        return latency_bench(profile)
+
+    def bench_ready(self, bench: Any, profile: HardwareProfile) -> Any:
+        return bench.runtime_missing.remote(profile)
+
+    def measure(
+        self, bench: Any, profile: HardwareProfile, onnx: bytes, ref: MeasurementReference
+    ) -> Any:
+        return bench.measure.remote(profile, onnx, ref)
+
+    def measure_many(
+        self, bench: Any, profile: HardwareProfile, onnx: Any, ref: MeasurementReference
+    ) -> Any:
+        return bench.measure_many.remote(profile, list(onnx), ref)
+
+    def measure_reference(
+        self, bench: Any, profile: HardwareProfile, ref: MeasurementReference
+    ) -> Any:
+        return bench.reference.remote(profile, ref)
+
+    def wait(self, refs: list[Any], timeout: float) -> list[Any]:
+        import ray
+
+        return ray.wait(refs, num_returns=1, timeout=timeout)[0] if refs else []
+
+    def get(self, ref: Any) -> Any:
+        import ray
+
+        return ray.get(ref)
+
+    def cancel(self, ref: Any) -> None:
+        import ray
+
+        ray.cancel(ref, force=True)
+
+    def kill(self, bench: Any) -> None:
+        import ray
+
+        try:
+            ray.kill(bench, no_restart=True)
+        except Exception:  # already dead with its node
+            pass
+
+    def check(self, profile: HardwareProfile) -> None:
+        check_feasible(profile)
+
+    def slots(self, profile: HardwareProfile) -> int:
+        return measurement_slots(profile)
+
+    def warm_up(self, n_workers: int) -> None:
+        warm_up(n_workers)
+
+    def is_system_failure(self, exc: BaseException) -> bool:
+        return is_system_failure(exc)
+
+    def error_text(self, exc: BaseException) -> str:
+        return error_text(exc)

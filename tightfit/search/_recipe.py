@@ -23,12 +23,14 @@ from tightfit.evaluators import LatencyResult
 from tightfit.evaluators.accuracy import evaluate_quality
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.kernels.recipe import attention_shape, build_recipe, fused_graph, recipe_variants
+from tightfit.keys import StudyAttr
+from tightfit.studies import is_feasible
 from tightfit.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
 #: the study attribute that keeps the recipe's measurement
-ATTR = "recipe"
+ATTR = StudyAttr.RECIPE
 
 
 @dataclass
@@ -118,16 +120,11 @@ def metrics(study: optuna.Study) -> dict[str, float]:
 def best_joint_speedup(study: optuna.Study) -> float | None:
     """The fastest feasible trial's speedup as measured in the joint re-measurement (the rounds
     the recipe ran in)."""
-    from tightfit.runs.pareto import trials_frame
-
-    joint = study.user_attrs.get("remeasured_jointly")
+    joint = study.user_attrs.get(StudyAttr.REMEASURED_JOINTLY)
     if not joint:
         return None
-    frame = trials_frame(study)
-    if frame.empty:
-        return None
-    feasible = set(frame.loc[frame["feasible"], "trial"].astype(int))
-    reference = float(study.user_attrs["baseline_latency_ms"])
+    feasible = {t.number for t in study.get_trials(deepcopy=False) if is_feasible(t)}
+    reference = float(study.user_attrs[StudyAttr.BASELINE_LATENCY_MS])
     speedups = [
         reference / float(joint["latency_ms"][str(n)])
         for n in joint["trials"]

@@ -22,6 +22,7 @@ from tightfit.evaluators.predictor import (
     spearman,
 )
 from tightfit.hardware_profiles import HardwareProfile
+from tightfit.objectives import dominates
 from tightfit.workspace import StageOne
 
 
@@ -122,16 +123,6 @@ class LatencyReuse:
             self.store(key, latency)
         if not baseline:
             self._learn(one.features, one.layer_host, latency.latency_ms)
-
-
-SIGN = {"accuracy": -1.0, "latency_ms": 1.0, "size_mb": 1.0}  # to "lower is better"
-
-
-def dominates(a: dict[str, float], b: dict[str, float]) -> bool:
-    """``a`` is at least as good as ``b`` in every objective they share, and better in one."""
-    keys = [k for k in a if k in b]
-    pairs = [(SIGN[k] * a[k], SIGN[k] * b[k]) for k in keys]
-    return bool(pairs) and all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
 
 
 def latency_reuse_metrics(study: optuna.Study) -> dict[str, float]:

@@ -219,8 +219,6 @@ def submit(
     ``dry_run``: check everything and return what would be submitted (``Submission.upload``
     lists the files), without reaching the cluster.
     """
-    import tightfit
-
     config_path = config_path.resolve()
     config = load_config(config_path)  # a bad config fails here, not on the cluster
     working_dir = (working_dir or config_path.parent).resolve()
@@ -252,7 +250,7 @@ def submit(
         "env_vars": {"PYTHONUNBUFFERED": "1", **(env or {})},
     }
     if ship_tightfit:
-        runtime_env["py_modules"] = [str(Path(tightfit.__file__).parent)]
+        runtime_env["py_modules"] = [str(Path(__file__).resolve().parents[1])]  # tightfit/
     if dry_run:
         return Submission("(dry run)", entrypoint, working_dir, remote_workdir, upload)
     jobs = client(address)

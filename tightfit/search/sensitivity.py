@@ -27,8 +27,7 @@ from typing import Any
 import pandas as pd
 
 from tightfit.evaluators.accuracy import noise_margin
-from tightfit.kernels import Unit
-from tightfit.spaces import Candidate, CompressionSpace
+from tightfit.spaces import Candidate, CompressionSpace, Unit
 from tightfit.workdir import atomic_write
 
 #: Budgets of the seeds, as multiples of the accuracy constraint.

@@ -2,62 +2,14 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tightfit.kernels import Refusal, SurgeryContext, Unit, probe_units
-from tightfit.kernels._registry import _KERNELS
 from tightfit.spaces._candidate import Candidate
+from tightfit.spaces._unit import Unit
 
 if TYPE_CHECKING:
     import optuna
-    from torch import nn
-
-    from tightfit.config import SpaceSpec
-
-
-def discover(
-    model: nn.Module, ctx: SurgeryContext, space: SpaceSpec
-) -> tuple[list[Unit], list[Refusal]]:
-    """Ask every registered kernel which units of ``model`` it can act on, and which parts it
-    will not act on; then try each torch-stage kernel's strongest level (see
-    :func:`tightfit.kernels.probe_units`), refusing the units that fail it."""
-    units: list[Unit] = []
-    refused: list[Refusal] = []
-    for kernel in _KERNELS.values():
-        units.extend(kernel.units(model, ctx, space))
-        refused.extend(kernel.refusals(model, ctx, space))
-    with tempfile.TemporaryDirectory(prefix="tightfit-probe-") as scratch:
-        units, failed = probe_units(model, units, ctx, Path(scratch))
-    return units, unrecognised_layers(model) + refused + failed
-
-
-def unrecognised_layers(model: nn.Module) -> list[Refusal]:
-    """Layers holding a weight matrix that no kernel knows the layout of (transformers'
-    ``Conv1D`` in GPT-2, stores its weight in x out): left as they are, and said so."""
-    from torch import nn
-
-    known = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding, nn.EmbeddingBag)
-    out = []
-    for path, module in model.named_modules():
-        weight = module._parameters.get("weight")
-        if weight is not None and weight.dim() >= 2 and not isinstance(module, known):
-            out.append(
-                Refusal(
-                    path,
-                    "*",
-                    f"{type(module).__name__} is not an nn.Linear or nn.ConvNd: no kernel knows "
-                    "its weight layout, so it is left as it is",
-                )
-            )
-    return out
-
-
-def discover_units(model: nn.Module, ctx: SurgeryContext, space: SpaceSpec) -> list[Unit]:
-    """The units of :func:`discover` (refusals left out)."""
-    return discover(model, ctx, space)[0]
 
 
 class CompressionSpace:

@@ -1,0 +1,72 @@
+"""The names a search writes and later parts read back: Optuna study and trial attributes, and
+MLflow tags. One module, so that a writer (the driver) and its readers (export, the fronts,
+latency reuse, the CLI) cannot drift apart.
+"""
+
+from __future__ import annotations
+
+
+class StudyAttr:
+    """``study.user_attrs``: once per study (per hardware profile)."""
+
+    BASE_MODEL = "base_model"  # the model callable's weights hash when the study began
+    BASELINE_ACCURACY = "baseline_accuracy"
+    BASELINE_METRICS = "baseline_metrics"  # the data's extra metrics on the baseline
+    BASELINE_SIZE_MB = "baseline_size_mb"
+    BASELINE_LATENCY_MS = "baseline_latency_ms"  # the reference every latency is scaled by
+    ENVIRONMENT = "environment"  # the machine and runtime the baseline was measured on
+    AA_CHECK = "aa_check"  # the baseline measured against itself
+    INT8_FORMAT = "int8_format"  # int8_format auto: the format chosen
+    INT8_FORMATS_MEASURED = "int8_formats_measured"  # ... and what each measured
+    FASTEST_LATENCY_MS = "fastest_latency_ms"  # the most compressed candidate (max_latency_ms)
+    SENSITIVITY = "sensitivity"  # the per-unit scan's table
+    SENSITIVITY_S = "sensitivity_s"
+    N_PLANNED = "n_planned"  # seeds (or a baseline strategy's sweep) enqueued
+    REMEASURED_JOINTLY = "remeasured_jointly"  # the end-of-search re-measurement
+    RECIPE = "recipe"  # the standard deployment recipe, measured in those rounds
+
+
+class TrialAttr:
+    """``trial.user_attrs``: per trial."""
+
+    CANDIDATE = "candidate"  # the Candidate's JSON: what export rebuilds
+    IS_BASELINE = "is_baseline"
+    SUMMARY = "summary"  # the candidate's knobs in words
+    SEED_KIND = "seed_kind"  # enqueued as a seed: which ("baseline", "uniform", ...)
+    RETRY_OF = "retry_of"  # enqueued again after an interruption: the trial it repeats
+    INTERRUPTED = "interrupted"  # failed by an interruption (enqueued again), not by itself
+    ERROR = "error"
+    STAGE = "stage"  # complete, subset, accuracy or prescreened
+    SPEEDUP = "speedup"
+    ACCURACY_DROP = "accuracy_drop"
+    LATENCY = "latency"  # LatencyResult.summary()
+    REPORT = "report"  # the kernels' report
+    FEATURES = "features"  # latency predictor input
+    LAYER_HOST = "layer_host"
+    METRICS = "metrics"  # the data's extra metrics
+    LATENCY_CACHE = "latency_cache"  # hit or miss
+    COMPRESS_NODE_ID = "compress_node_id"
+    MEASUREMENT_MOVES = "measurement_moves"  # times the measuring node died under it
+    PREDICTED_LATENCY_MS = "predicted_latency_ms"
+    PREDICTOR = "predictor"
+
+
+class Tag:
+    """MLflow tags on a search's runs."""
+
+    SEARCH = "tightfit.search"
+    PROFILE = "tightfit.profile"
+    TRIAL = "tightfit.trial"
+    KIND = "tightfit.kind"  # trial or summary
+    STATUS = "tightfit.status"  # running, complete, failed, stopped, prescreened, interrupted
+    ERROR = "tightfit.error"
+    PARETO = "tightfit.pareto"
+    FEASIBLE = "tightfit.feasible"
+    STAGE = "tightfit.stage"
+    LATENCY_CACHE = "tightfit.latency_cache"
+    SIGNATURE = "tightfit.signature"
+    NODE_ID = "tightfit.node_id"  # where it was measured
+    COMPRESS_NODE_ID = "tightfit.compress_node_id"
+    MEASURED_UNDER_LOAD = "tightfit.measured_under_load"
+    RECONCILED = "tightfit.reconciled"  # written from the study after the driver had stopped
+    ENVIRONMENT_PREFIX = "env."

@@ -1,0 +1,220 @@
+"""How a trial ends, in one place: what Optuna is told and what its MLflow run records.
+
+Every path (complete, failed, stopped by staged evaluation, pre-screened as dominated) builds
+a :class:`Told` and goes through :func:`tell` and :func:`record`, so the study and the runs
+cannot disagree on what a trial was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from tightfit.config import SearchConfig, drop_excess
+from tightfit.evaluators import LatencyResult
+from tightfit.keys import Tag, TrialAttr
+from tightfit.search._executor import Recorder
+from tightfit.spaces import Candidate
+from tightfit.workspace import StageOne
+
+STATES = {
+    "complete": TrialState.COMPLETE,
+    "failed": TrialState.FAIL,
+    "stopped": TrialState.PRUNED,  # staged evaluation: accuracy already rules it out
+    "prescreened": TrialState.PRUNED,  # predicted dominated: not worth a measurement
+}
+
+
+@dataclass
+class Told:
+    status: str  # a key of STATES: the MLflow run's tightfit.status
+    values: list[float] | None = None  # the objectives, in the config's order (complete only)
+    constraints: dict[str, float] = field(default_factory=dict)  # > 0: violated by that much
+    attrs: dict[str, Any] = field(default_factory=dict)  # the trial's user attributes
+    metrics: dict[str, float] = field(default_factory=dict)
+    feasible: bool | None = None
+    error: str | None = None
+    artifacts: dict[str, Any] | None = None
+    tags: dict[str, str] | None = None
+
+    @property
+    def state(self) -> TrialState:
+        return STATES[self.status]
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, told: Told) -> None:
+    for name, excess in told.constraints.items():
+        trial.set_constraint(name, excess)
+    for key, value in told.attrs.items():
+        trial.set_user_attr(key, value)
+    study.tell(trial, told.values, state=told.state)
+
+
+def record(recorder: Recorder, run_id: str, told: Told) -> None:
+    recorder.finish_trial(
+        run_id,
+        told.metrics,
+        status=told.status,
+        error=told.error,
+        feasible=told.feasible,
+        artifacts=told.artifacts,
+        tags=told.tags,
+    )
+
+
+def failed(reason: str) -> Told:
+    return Told("failed", attrs={TrialAttr.ERROR: reason}, error=reason)
+
+
+def error_kind(reason: str) -> str:
+    """A failure reason without its numbers and hashes: two trials failing for the same cause
+    (``base model 3f2a... now returns 9b1c...``) have the same kind."""
+    return re.sub(r"[0-9a-f]{8,}|\d+(\.\d+)?", "#", reason.splitlines()[0] if reason else "")
+
+
+def completed(
+    config: SearchConfig,
+    baseline: dict[str, float],
+    candidate: Candidate,
+    one: StageOne,
+    latency: LatencyResult,
+    *,
+    cache: str,
+    moves: int,
+    dispatch_s: float | None,
+    predicted_ms: float | None,
+) -> Told:
+    """A measured trial: its objectives, constraints, and everything its run shows."""
+    values = {"accuracy": one.accuracy, "latency_ms": latency.latency_ms, "size_mb": one.size_mb}
+    if not all(math.isfinite(v) for v in values.values()):
+        return failed(f"non-finite result {values}")
+    limits = config.constraints
+    drop = baseline["accuracy"] - one.accuracy
+    constraints = {
+        "accuracy_drop": drop_excess(baseline["accuracy"], one.accuracy, limits.max_accuracy_drop)
+    }
+    if limits.max_latency_ms is not None:
+        constraints["latency_ms"] = latency.latency_ms - limits.max_latency_ms
+    attrs = {
+        TrialAttr.STAGE: "complete",
+        TrialAttr.SPEEDUP: latency.speedup,
+        TrialAttr.ACCURACY_DROP: drop,
+        TrialAttr.LATENCY: latency.summary(),
+        TrialAttr.REPORT: one.report,
+        TrialAttr.FEATURES: one.features,
+        TrialAttr.LAYER_HOST: one.layer_host,
+        TrialAttr.METRICS: one.metrics,
+        TrialAttr.LATENCY_CACHE: cache,
+        TrialAttr.COMPRESS_NODE_ID: one.node_id,
+        TrialAttr.MEASUREMENT_MOVES: moves,
+    }
+    metrics = {
+        **values,
+        "accuracy_drop": drop,
+        "speedup": latency.speedup,
+        "latency_ratio_ci_low": latency.ratio_ci[0],
+        "latency_ratio_ci_high": latency.ratio_ci[1],
+        "latency_median_ms": latency.median_ms,
+        "latency_p90_ms": latency.p90_ms,
+        "size_reduction": baseline["size_mb"] / one.size_mb,
+        "compress_s": one.seconds,
+        "latency_rounds": latency.rounds,
+        "latency_ci_half_width": latency.ci_half_width,
+        "latency_measure_s": latency.seconds,
+        "latency_rounds_dropped": latency.rounds_dropped,
+        "latency_rounds_contended": latency.rounds_contended,
+        "latency_foreign_cpu": latency.foreign_cpu,
+        **one.metrics,
+    }
+    if dispatch_s is not None:  # from dispatch to the worker starting it: Ray's queue
+        metrics["dispatch_s"] = dispatch_s
+    if predicted_ms is not None:
+        metrics["predicted_latency_ms"] = predicted_ms
+    artifacts: dict[str, Any] = {
+        "candidate.json": json.loads(candidate.to_json()),
+        "report.json": one.report,
+    }
+    if latency.samples_ms:
+        artifacts["latency_samples.json"] = {
+            "samples_ms": latency.samples_ms,
+            "environment": latency.environment,
+        }
+    tags = {
+        Tag.STAGE: "complete",
+        Tag.LATENCY_CACHE: cache,
+        Tag.SIGNATURE: one.signature[:16],
+        Tag.NODE_ID: latency.node_id,
+        Tag.COMPRESS_NODE_ID: one.node_id,
+        Tag.MEASURED_UNDER_LOAD: str(latency.disturbed).lower(),
+    }
+    tags.update({f"{Tag.ENVIRONMENT_PREFIX}{k}": v for k, v in latency.environment.items()})
+    return Told(
+        "complete",
+        values=[values[o] for o in config.objectives],
+        constraints=constraints,
+        attrs=attrs,
+        metrics=metrics,
+        feasible=limits.met(baseline["accuracy"], one.accuracy, latency.latency_ms),
+        artifacts=artifacts,
+        tags=tags,
+    )
+
+
+def stopped_early(config: SearchConfig, baseline: dict[str, float], one: StageOne) -> Told | None:
+    """Staged evaluation: the trial unmeasured, if its accuracy already rules it out.
+
+    Stage ``subset``: the validation subset showed a drop clearly beyond the constraint;
+    stage ``accuracy``: the full validation did. Neither can reach the front, so neither is
+    worth a latency measurement. Told PRUNED with its constraint violation, so the samplers
+    learn the region is infeasible. None: measure it.
+    """
+    staged = config.staged
+    drop = baseline["accuracy"] - one.accuracy
+    excess = drop_excess(baseline["accuracy"], one.accuracy, config.constraints.max_accuracy_drop)
+    if not staged.enabled or not (
+        one.stage == "subset" or (excess > 0 and not staged.measure_infeasible)
+    ):
+        return None
+    stage = "subset" if one.stage == "subset" else "accuracy"
+    return Told(
+        "stopped",
+        constraints={"accuracy_drop": excess},
+        attrs={
+            TrialAttr.STAGE: stage,
+            TrialAttr.ACCURACY_DROP: drop,
+            TrialAttr.REPORT: one.report,
+        },
+        metrics={
+            "accuracy": one.accuracy,
+            "accuracy_drop": drop,
+            "size_mb": one.size_mb,
+            "compress_s": one.seconds,
+        },
+        feasible=False,
+        tags={Tag.STAGE: stage, Tag.COMPRESS_NODE_ID: one.node_id},
+    )
+
+
+def prescreened(
+    config: SearchConfig, baseline: dict[str, float], one: StageOne, predicted_ms: float
+) -> Told:
+    """A trial whose predicted latency puts it behind the front: not measured."""
+    limit = config.constraints.max_accuracy_drop
+    return Told(
+        "prescreened",
+        constraints={"accuracy_drop": drop_excess(baseline["accuracy"], one.accuracy, limit)},
+        attrs={TrialAttr.STAGE: "prescreened"},
+        metrics={
+            "accuracy": one.accuracy,
+            "size_mb": one.size_mb,
+            "predicted_latency_ms": predicted_ms,
+            "compress_s": one.seconds,
+        },
+        tags={Tag.LATENCY_CACHE: "miss"},
+    )
