@@ -40,6 +40,7 @@ from tightfit.evaluators.predictor import graph_features
 from tightfit.exceptions import CandidateError, ModelError
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.kernels import SurgeryContext, compress, export_onnx
+from tightfit.kernels._hooks import run_watched
 from tightfit.kernels.export import verify_export
 from tightfit.kernels.precision import to_float16
 from tightfit.spaces import Candidate
@@ -114,12 +115,7 @@ def find_output_layer(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]
         for p, m in model.named_modules()
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))
     ]
-    try:
-        with torch.no_grad():
-            model(*example_inputs)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_watched(model, example_inputs, hooks)
     return order[-1] if order else None
 
 

@@ -159,9 +159,9 @@ class FakeRecorder:
     def start_trial(self, profile: str, trial: int, params: dict[str, Any]) -> str:
         return f"run{next(self.runs)}"
 
-    def finish_trial(self, run_id: str, metrics: dict[str, float], status: str, **_: Any) -> None:
+    def record_trial(self, run_id: str, told: Any) -> None:
         assert run_id not in self.finished, "a trial was recorded twice"
-        self.finished[run_id] = status
+        self.finished[run_id] = told.status
 
     def mark_interrupted(self, profile: str, trial: int, reason: str) -> None:
         self.interrupted.append(trial)

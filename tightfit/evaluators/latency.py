@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from pydantic import Field
@@ -197,14 +197,13 @@ def measure_jointly(
     """
     if not candidates:
         return []
+    job = _Job(candidates, baseline, profile, feed)
     if baseline_ref_ms is None:
-        return _measure_once(candidates, baseline, profile, feed, None, seed)
+        return _measure_once(job, None, seed)
     protocol = profile.measurement
     attempts: list[list[LatencyResult]] = []
     while len(attempts) < protocol.max_attempts:
-        attempt = _measure_once(
-            candidates, baseline, profile, feed, baseline_ref_ms, seed + len(attempts)
-        )
+        attempt = _measure_once(job, baseline_ref_ms, seed + len(attempts))
         attempts.append(attempt)
         if not attempt[0].disturbed:
             break
@@ -212,14 +211,17 @@ def measure_jointly(
     return [r.model_copy(update={"attempts": len(attempts)}) for r in best]
 
 
-def _measure_once(
-    candidates: Sequence[Path],
-    baseline: Path,
-    profile: HardwareProfile,
-    feed: dict[str, np.ndarray],
-    baseline_ref_ms: float | None = None,
-    seed: int = 0,
-) -> list[LatencyResult]:
+class _Job(NamedTuple):
+    """What a measurement runs: the candidates and the baseline, on a profile, fed ``feed``."""
+
+    candidates: Sequence[Path]
+    baseline: Path
+    profile: HardwareProfile
+    feed: dict[str, np.ndarray]
+
+
+def _measure_once(job: _Job, baseline_ref_ms: float | None, seed: int) -> list[LatencyResult]:
+    candidates, baseline, profile, feed = job
     protocol = profile.measurement
     n = len(candidates)
     names = [f"candidate{i}" for i in range(n)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,29 @@ def fit(
             opt.step()
             sched.step()
     return model.to(torch.float32).eval()
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def seeded_fit(
+    build: Callable[[], M],
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    epochs: int,
+    batch: int,
+    seed: int,
+) -> M:
+    """``build()``'s network trained by :func:`fit`: its init and the batch order seeded."""
+    torch.manual_seed(seed)
+    model = build()
+    fit(model, xs, ys, epochs, batch=batch, generator=torch.Generator().manual_seed(seed))
+    return model
+
+
+def cache_file(cache_dir: Path | None, stem: str) -> Path | None:
+    """Where trained weights named ``stem`` are cached (nowhere without a cache folder)."""
+    return Path(cache_dir) / f"{stem}.pt" if cache_dir else None
 
 
 def trained_once(

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tightfit.examples._training import fit, trained_once
+from tightfit.examples._training import cache_file, seeded_fit, trained_once
 
 IMAGE_SIZE = 16
 N_TRAIN = 1200  # the remaining 597 images are the validation split
@@ -85,26 +85,19 @@ class DigitsResNet(nn.Module):
 
 def train(width: int = 48, epochs: int = 4, seed: int = 0) -> DigitsResNet:
     """Train on the training split with AdamW and a one-cycle schedule (deterministic by seed)."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
     x, y = _images()
     train_idx, _ = _split(seed)
     xs, ys = torch.from_numpy(x[train_idx]), torch.from_numpy(y[train_idx])
-    model = DigitsResNet(width)
-    fit(model, xs, ys, epochs, batch=64, generator=gen)
-    return model
+    return seeded_fit(lambda: DigitsResNet(width), xs, ys, epochs, batch=64, seed=seed)
 
 
 def pretrained_cnn(
     width: int = 48, epochs: int = 4, seed: int = 0, cache_dir: Path | None = None
 ) -> nn.Module:
     """The trained DigitsResNet, from ``cache_dir`` if it was trained there before."""
-    cache = (
-        Path(cache_dir) / f"digits-resnet-w{width}-e{epochs}-s{seed}-f64.pt" if cache_dir else None
-    )
     return trained_once(
         DigitsResNet(width),
-        cache,
+        cache_file(cache_dir, f"digits-resnet-w{width}-e{epochs}-s{seed}-f64"),
         lambda: train(width, epochs, seed),
         "the digits example network (about a minute on 2 cores)",
     )

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tightfit.examples._packages import MissingPackage
-from tightfit.examples._training import fit, trained_once
+from tightfit.examples._training import cache_file, seeded_fit, trained_once
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 FILES = {
@@ -92,22 +92,16 @@ class FashionCNN(nn.Module):
 
 def train(width: int = 48, epochs: int = 3, seed: int = 0) -> FashionCNN:
     """AdamW with a one-cycle schedule on the whole training split (deterministic by seed)."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
     xs = torch.from_numpy(_normalise(_read("train_images")))
     ys = torch.from_numpy(_read("train_labels"))
-    model = FashionCNN(width)
-    fit(model, xs, ys, epochs, batch=128, generator=gen)
-    return model
+    return seeded_fit(lambda: FashionCNN(width), xs, ys, epochs, batch=128, seed=seed)
 
 
 def pretrained_cnn(
     width: int = 48, epochs: int = 3, seed: int = 0, cache_dir: Path | None = None
 ) -> nn.Module:
     """The trained FashionCNN, from ``cache_dir`` if it was trained there before."""
-    cache = (
-        Path(cache_dir) / f"fashion-cnn-w{width}-e{epochs}-s{seed}-f64.pt" if cache_dir else None
-    )
+    cache = cache_file(cache_dir, f"fashion-cnn-w{width}-e{epochs}-s{seed}-f64")
     data_dir()  # fail before training if the data is missing
     return trained_once(
         FashionCNN(width),

@@ -17,6 +17,7 @@ from torch import nn
 from tightfit.config import SpaceSpec
 from tightfit.exceptions import CandidateError
 from tightfit.kernels._base import Kernel, SurgeryContext, Unit
+from tightfit.kernels._hooks import run_watched
 from tightfit.kernels._registry import register_kernel
 
 #: ASVD's default exponent for the per-input-channel activation scale.
@@ -145,7 +146,6 @@ def input_scales(
     """Mean |activation| per input channel of each layer in ``paths``, over ``inputs``."""
     by_path = dict(model.named_modules())
     sums: dict[str, torch.Tensor] = {}
-    hooks = []
 
     def hook(path: str):
         def record(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
@@ -157,14 +157,7 @@ def input_scales(
 
         return record
 
-    for p in paths:
-        hooks.append(by_path[p].register_forward_pre_hook(hook(p)))
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_watched(model, inputs, [by_path[p].register_forward_pre_hook(hook(p)) for p in paths])
     return {p: s.pow(ACTIVATION_ALPHA) for p, s in sums.items()}
 
 

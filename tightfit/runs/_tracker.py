@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tightfit.exceptions import WorkdirError
 from tightfit.keys import Tag
 from tightfit.runs import _mlflow_view as view
+
+if TYPE_CHECKING:
+    from tightfit.search import Told
 
 MAX_PARAMS_PER_BATCH = 100
 MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"  # mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID
@@ -266,6 +269,18 @@ class Tracker:
             self.client.log_dict(run_id, content, name)
         finished = status in ("complete", "prescreened", "stopped")
         self.client.set_terminated(run_id, "FINISHED" if finished else "FAILED")
+
+    def record_trial(self, run_id: str, told: Told) -> None:
+        """A told trial's run, finished as the driver told Optuna (``search.Told``)."""
+        self.finish_trial(
+            run_id,
+            told.metrics,
+            status=told.status,
+            error=told.error,
+            feasible=told.feasible,
+            artifacts=told.artifacts,
+            tags=told.tags,
+        )
 
     def set_pareto(self, profile: str, front_trials: set[int]) -> None:
         """Keep the ``tightfit.pareto`` tag current: write only the runs whose flag changed."""

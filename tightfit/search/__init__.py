@@ -7,6 +7,7 @@ leaves the records' summaries to it.
 from tightfit.search._driver import ProgressHook, search
 from tightfit.search._recipe import metrics as recipe_metrics
 from tightfit.search._reuse import joint_metrics, latency_reuse_metrics, repeat_error
+from tightfit.search._tell import Told
 from tightfit.search.outcome import ProfileOutcome, Progress, SearchOutcome
 from tightfit.studies import make_sampler
 from tightfit.workspace import Evaluation, Setup, compress_and_score, evaluate_candidate, measure
@@ -17,6 +18,7 @@ __all__ = [
     "Progress",
     "ProgressHook",
     "SearchOutcome",
+    "Told",
     "Setup",
     "compress_and_score",
     "evaluate_candidate",

@@ -348,7 +348,7 @@ class ProfileSearch:
         write (``interrupt``), never tells twice."""
         _tell.tell(self.study, p.trial, told)
         p.told = True
-        p.owed_write = lambda: _tell.record(self.recorder, p.run_id, told)
+        p.owed_write = lambda: self.recorder.record_trial(p.run_id, told)
         p.owed_write()
         p.owed_write = None
         self.n_done += 1

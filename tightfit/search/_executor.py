@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from tightfit.hardware_profiles import HardwareProfile
+    from tightfit.search._tell import Told
     from tightfit.spaces import Candidate
     from tightfit.workspace import MeasurementReference, Setup
 
@@ -84,16 +85,8 @@ class Recorder(Protocol):
 
     def start_trial(self, profile: str, trial: int, params: dict[str, Any]) -> str: ...
 
-    def finish_trial(
-        self,
-        run_id: str,
-        metrics: dict[str, float],
-        status: str,
-        error: str | None = None,
-        feasible: bool | None = None,
-        artifacts: dict[str, Any] | None = None,
-        tags: dict[str, str] | None = None,
-    ) -> None: ...
+    def record_trial(self, run_id: str, told: Told) -> None:
+        """Finish the trial's run as ``told`` says (status, metrics, tags, artifacts)."""
 
     def set_pareto(self, profile: str, front_trials: set[int]) -> None: ...
 

@@ -75,11 +75,10 @@ def prepare(
             f"'{config.name}' started ({base_model}); use a new search name or workdir"
         )
     pool = BenchPool(profile, executor)
+    s = _Steps(config, setup, ws, study, pool, recorder, summary_dir)
     try:
         pool.start(config.concurrency_of(profile.name))
-        return _checked(
-            config, profile, setup, ws, space, study, pool, recorder, summary_dir, n_refused
-        )
+        return s.run(space, n_refused)
     except BaseException:
         pool.stop()
         raise
@@ -104,107 +103,119 @@ def _space(
     return space, len(refused)
 
 
-def _checked(
-    config: SearchConfig,
-    profile: HardwareProfile,
-    setup: Setup,
-    ws: Workspace,
-    space: CompressionSpace,
-    study: optuna.Study,
-    pool: BenchPool,
-    recorder: Recorder,
-    summary_dir: Path,
-    n_refused: int,
-) -> Prepared:
-    attrs = study.user_attrs
-    reference = ws.reference(config.seed)
-    if StudyAttr.BASELINE_LATENCY_MS not in attrs:
-        pool.executor.warm_up(config.concurrency)
-        found = _preflight.baseline(pool, ws, reference)
-        _preflight.check_batchnorm_recovery(config, ws, space, found[StudyAttr.BASELINE_ACCURACY])
-        _set(study, found)
-    baseline = {
-        "accuracy": study.user_attrs[StudyAttr.BASELINE_ACCURACY],
-        "latency_ms": study.user_attrs[StudyAttr.BASELINE_LATENCY_MS],
-        "size_mb": study.user_attrs[StudyAttr.BASELINE_SIZE_MB],
-    }
-    reference = reference.model_copy(update={"reference_ms": baseline["latency_ms"]})
-    reuse = LatencyReuse(
-        config.latency, profile, reference.baseline_onnx, baseline["latency_ms"], study
-    )
-    if StudyAttr.AA_CHECK not in study.user_attrs:
-        study.set_user_attr(StudyAttr.AA_CHECK, _preflight.aa_check(pool, reference))
-    if profile.quantization.int8_format == "auto":
+@dataclass
+class _Steps:
+    """The steps after the benches are up, each skipped where the study has its result."""
+
+    config: SearchConfig
+    setup: Setup  # its profile: with int8_format auto resolved, once it is
+    ws: Workspace
+    study: optuna.Study
+    pool: BenchPool
+    recorder: Recorder
+    summary_dir: Path
+
+    @property
+    def profile(self) -> HardwareProfile:
+        return self.setup.profile
+
+    def run(self, space: CompressionSpace, n_refused: int) -> Prepared:
+        config, study, pool = self.config, self.study, self.pool
+        reference = self.ws.reference(config.seed)
+        if StudyAttr.BASELINE_LATENCY_MS not in study.user_attrs:
+            pool.executor.warm_up(config.concurrency)
+            found = _preflight.baseline(pool, self.ws, reference)
+            accuracy = found[StudyAttr.BASELINE_ACCURACY]
+            _preflight.check_batchnorm_recovery(config, self.ws, space, accuracy)
+            _set(study, found)
+        attrs = study.user_attrs
+        baseline = {
+            "accuracy": attrs[StudyAttr.BASELINE_ACCURACY],
+            "latency_ms": attrs[StudyAttr.BASELINE_LATENCY_MS],
+            "size_mb": attrs[StudyAttr.BASELINE_SIZE_MB],
+        }
+        reference = reference.model_copy(update={"reference_ms": baseline["latency_ms"]})
+        reuse = LatencyReuse(
+            config.latency, self.profile, reference.baseline_onnx, baseline["latency_ms"], study
+        )
+        if StudyAttr.AA_CHECK not in attrs:
+            study.set_user_attr(StudyAttr.AA_CHECK, _preflight.aa_check(pool, reference))
+        if self.profile.quantization.int8_format == "auto":
+            self._int8_format(space, reuse, reference)
+        limit = config.constraints.max_latency_ms
+        if limit is not None and StudyAttr.FASTEST_LATENCY_MS not in attrs:
+            fastest = _preflight.fastest_latency(pool, self.setup, space, reference, limit)
+            if fastest is not None:
+                study.set_user_attr(StudyAttr.FASTEST_LATENCY_MS, fastest)
+        with DeferredInterrupt():  # journal and MLflow writes: not cut half-way by Ctrl-C
+            self._reconcile()
+        table = None
+        if config.sensitivity.enabled:  # long: Ctrl-C stops it (it is saved once done)
+            space, table = self._sensitivity(space)
+        with DeferredInterrupt():
+            if not study.trials:
+                _seeding.enqueue(study, space, _seeding.plan(config, space, self.ws, table))
+        return Prepared(
+            self.profile,
+            self.setup,
+            study,
+            space,
+            baseline,
+            reference,
+            reuse,
+            pool,
+            self.summary_dir,
+            self.ws,
+            n_refused,
+        )
+
+    def _int8_format(
+        self, space: CompressionSpace, reuse: LatencyReuse, reference: MeasurementReference
+    ) -> None:
+        """``int8_format: auto``: measured once per study (a study begun without it stays
+        static); every step after this one builds with the chosen format."""
+        study = self.study
         if StudyAttr.INT8_FORMAT not in study.user_attrs and study.trials:
             log.info("int8_format auto: study %s began without it; static", study.study_name)
             study.set_user_attr(StudyAttr.INT8_FORMAT, "static")
         elif StudyAttr.INT8_FORMAT not in study.user_attrs:
-            choice, measured = _preflight.int8_formats(pool, setup, space, reuse, reference)
+            choice, measured = _preflight.int8_formats(
+                self.pool, self.setup, space, reuse, reference
+            )
             _set(study, {StudyAttr.INT8_FORMAT: choice, StudyAttr.INT8_FORMATS_MEASURED: measured})
-        profile = profile_as_searched(profile, study)
-        setup = setup.model_copy(update={"profile": profile})
-        reuse.profile = profile
-        pool.profile = profile
-    limit = config.constraints.max_latency_ms
-    if limit is not None and StudyAttr.FASTEST_LATENCY_MS not in attrs:
-        fastest = _preflight.fastest_latency(pool, setup, space, reference, limit)
-        if fastest is not None:
-            study.set_user_attr(StudyAttr.FASTEST_LATENCY_MS, fastest)
-    with DeferredInterrupt():  # journal and MLflow writes: not cut half-way by Ctrl-C
-        _reconcile(config, profile, study, recorder)
-    if config.sensitivity.enabled:  # long: Ctrl-C stops it (it is saved once done)
-        space, table = _sensitivity(
-            config, profile, setup, ws, space, study, pool, recorder, summary_dir
+        profile = profile_as_searched(self.profile, study)
+        self.setup = self.setup.model_copy(update={"profile": profile})
+        reuse.profile = self.pool.profile = profile
+
+    def _reconcile(self) -> None:
+        """After a crash: trials left running are failed and enqueued again, and every
+        finished trial gets exactly one finished record."""
+        name, study, recorder = self.profile.name, self.study, self.recorder
+        for number in recover_interrupted(study):
+            recorder.mark_interrupted(name, number, "driver stopped; trial enqueued again")
+        trials = study.get_trials(deepcopy=False)
+        fixed = recorder.reconcile(name, trials, list(self.config.objectives))
+        if fixed:
+            log.info("%d MLflow runs written from the study (the driver had stopped)", fixed)
+            recorder.set_pareto(name, {t.number for t in study.best_trials})
+
+    def _sensitivity(self, space: CompressionSpace) -> tuple[CompressionSpace, pd.DataFrame | None]:
+        """The scan (run, or loaded from the study), the space it shrinks, logged."""
+        ws, study = self.ws, self.study
+        table = _seeding.scan(study, self.pool.executor, self.setup, space, ws)
+        if table is None:
+            return space, None
+        n = len(ws.subset) if ws.subset is not None else len(ws.data.targets)
+        title = f"{self.config.name} on {self.profile.name}: each unit alone"
+        space, metrics, files = _seeding.shrink(
+            self.config, space, table, n, self.summary_dir, title
         )
-    else:
-        table = None
-    with DeferredInterrupt():
-        if not study.trials:
-            _seeding.enqueue(study, space, _seeding.plan(config, space, ws, table))
-    return Prepared(
-        profile, setup, study, space, baseline, reference, reuse, pool, summary_dir, ws, n_refused
-    )
+        metrics["sensitivity_s"] = float(study.user_attrs.get(StudyAttr.SENSITIVITY_S, 0.0))
+        self.recorder.log_progress(self.profile.name, metrics, step=0)
+        self.recorder.log_files(self.profile.name, files)
+        return space, table
 
 
 def _set(study: optuna.Study, attrs: dict[str, Any]) -> None:
     for key, value in attrs.items():
         study.set_user_attr(key, value)
-
-
-def _reconcile(
-    config: SearchConfig, profile: HardwareProfile, study: optuna.Study, recorder: Recorder
-) -> None:
-    """After a crash: trials left running are failed and enqueued again, and every finished
-    trial gets exactly one finished MLflow run."""
-    for number in recover_interrupted(study):
-        recorder.mark_interrupted(profile.name, number, "driver stopped; trial enqueued again")
-    fixed = recorder.reconcile(
-        profile.name, study.get_trials(deepcopy=False), list(config.objectives)
-    )
-    if fixed:
-        log.info("%d MLflow runs written from the study (the driver had stopped)", fixed)
-        recorder.set_pareto(profile.name, {t.number for t in study.best_trials})
-
-
-def _sensitivity(
-    config: SearchConfig,
-    profile: HardwareProfile,
-    setup: Setup,
-    ws: Workspace,
-    space: CompressionSpace,
-    study: optuna.Study,
-    pool: BenchPool,
-    recorder: Recorder,
-    summary_dir: Path,
-) -> tuple[CompressionSpace, pd.DataFrame | None]:
-    """The scan (run, or loaded from the study), the space it shrinks, logged to the summary."""
-    table = _seeding.scan(study, pool.executor, setup, space, ws)
-    if table is None:
-        return space, None
-    n = len(ws.subset) if ws.subset is not None else len(ws.data.targets)
-    title = f"{config.name} on {profile.name}: each unit alone"
-    space, metrics, files = _seeding.shrink(config, space, table, n, summary_dir, title)
-    metrics["sensitivity_s"] = float(study.user_attrs.get(StudyAttr.SENSITIVITY_S, 0.0))
-    recorder.log_progress(profile.name, metrics, step=0)
-    recorder.log_files(profile.name, files)
-    return space, table

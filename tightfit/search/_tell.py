@@ -19,7 +19,6 @@ from optuna.trial import TrialState
 from tightfit.config import SearchConfig, drop_excess
 from tightfit.evaluators import LatencyResult
 from tightfit.keys import Tag, TrialAttr
-from tightfit.search._executor import Recorder
 from tightfit.spaces import Candidate
 from tightfit.workspace import StageOne
 
@@ -54,18 +53,6 @@ def tell(study: optuna.Study, trial: optuna.Trial, told: Told) -> None:
     for key, value in told.attrs.items():
         trial.set_user_attr(key, value)
     study.tell(trial, told.values, state=told.state)
-
-
-def record(recorder: Recorder, run_id: str, told: Told) -> None:
-    recorder.finish_trial(
-        run_id,
-        told.metrics,
-        status=told.status,
-        error=told.error,
-        feasible=told.feasible,
-        artifacts=told.artifacts,
-        tags=told.tags,
-    )
 
 
 def failed(reason: str) -> Told:

@@ -7,6 +7,7 @@ feed)`` (a :class:`Runner`) and ``environment(profile)`` (what a latency on it d
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -82,37 +83,66 @@ def require(runtime: Runtime, profile: HardwareProfile) -> None:
         raise ConfigError(f"hardware profile '{profile.name}' cannot run here: {missing}")
 
 
-def cuda_missing() -> str | None:
-    """Why no CUDA GPU can be used from PyTorch here, or None."""
-    try:
+class CudaRuntime:
+    """A runtime on a CUDA GPU, driven through PyTorch's CUDA, that needs one more package."""
+
+    package: str = ""  # imported to check it is there
+    install: str = ""  # what to say when it is not
+    runner: Callable[[Path, HardwareProfile, dict[str, np.ndarray]], Runner]
+
+    def open(self, path: Path, profile: HardwareProfile, feed: dict[str, np.ndarray]) -> Runner:
+        return type(self).runner(path, profile, feed)
+
+    def missing(self, profile: HardwareProfile) -> str | None:
+        try:
+            import torch
+        except ImportError:  # pragma: no cover - torch is a core dependency
+            return "PyTorch is not installed"
+        if not torch.cuda.is_available():
+            return "no CUDA GPU is visible to PyTorch"
+        try:
+            importlib.import_module(self.package)
+        except ImportError:
+            return self.install
+        return None
+
+    def environment(self, profile: HardwareProfile) -> dict[str, str]:
         import torch
-    except ImportError:  # pragma: no cover - torch is a core dependency
-        return "PyTorch is not installed"
-    if not torch.cuda.is_available():
-        return "no CUDA GPU is visible to PyTorch"
-    return None
+
+        version = getattr(importlib.import_module(self.package), "__version__", "")
+        return {"torch": torch.__version__, self.package: str(version)}
 
 
-class CudaEventTimer:
-    """Times launches with CUDA events; one synchronisation per block."""
+class CudaRunner:
+    """A runner whose ``launch`` enqueues one inference on ``stream`` (None: the current
+    stream), timed with CUDA events around each launch: GPU time, one synchronisation per
+    block, so host jitter does not enter the numbers."""
 
-    def __init__(self, launch: Any) -> None:
+    stream: Any = None
+
+    def launch(self) -> None:
+        raise NotImplementedError
+
+    def run(self) -> None:
         import torch
 
-        self.torch = torch
-        self.launch = launch
+        with torch.cuda.stream(self.stream):  # a no-op context for None
+            self.launch()
+        torch.cuda.synchronize()
 
     def block(self, iters: int) -> np.ndarray:
-        torch = self.torch
-        events = [
-            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-            for _ in range(iters)
-        ]
-        for start, end in events:
-            start.record()
-            self.launch()
-            end.record()
-        torch.cuda.synchronize()
+        import torch
+
+        with torch.cuda.stream(self.stream):
+            events = [
+                (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                for _ in range(iters)
+            ]
+            for start, end in events:
+                start.record()
+                self.launch()
+                end.record()
+            torch.cuda.synchronize()
         return np.array([s.elapsed_time(e) for s, e in events])
 
 

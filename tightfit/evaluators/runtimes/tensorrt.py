@@ -14,37 +14,12 @@ import numpy as np
 
 from tightfit._machine import gpu_environment
 from tightfit.evaluators.runtimes._base import (
-    CudaEventTimer,
-    Runner,
-    cuda_missing,
+    CudaRunner,
+    CudaRuntime,
     require,
     torch_inputs,
 )
 from tightfit.hardware_profiles import HardwareProfile
-
-
-class TensorRT:
-    def missing(self, profile: HardwareProfile) -> str | None:
-        missing = cuda_missing()
-        if missing:
-            return missing
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError:
-            return "TensorRT is not installed (pip install tensorrt, from NVIDIA's index)"
-        return None
-
-    def open(self, path: Path, profile: HardwareProfile, feed: dict[str, np.ndarray]) -> Runner:
-        return TensorRTRunner(path, profile, feed)
-
-    def environment(self, profile: HardwareProfile) -> dict[str, str]:
-        import tensorrt as trt
-        import torch
-
-        return {"torch": torch.__version__, "tensorrt": trt.__version__}
-
-
-RUNTIME = TensorRT()
 
 
 def timing_cache_path(gpu: str, trt_version: str) -> Path:
@@ -94,7 +69,7 @@ def build_engine(path: Path, profile: HardwareProfile, feed: dict[str, np.ndarra
     return bytes(plan)
 
 
-class TensorRTRunner:
+class TensorRTRunner(CudaRunner):
     """A TensorRT engine built from the ONNX, run with ``execute_async_v3`` on a torch stream."""
 
     def __init__(
@@ -126,20 +101,15 @@ class TensorRTRunner:
                 ).dtype
                 self.buffers[name] = torch.empty(shape, dtype=dtype, device="cuda")
             self.context.set_tensor_address(name, self.buffers[name].data_ptr())
-        self.timer = CudaEventTimer(self._launch)
 
-    def _launch(self) -> None:
-        import torch
+    def launch(self) -> None:
+        self.context.execute_async_v3(self.stream.cuda_stream)
 
-        with torch.cuda.stream(self.stream):
-            self.context.execute_async_v3(self.stream.cuda_stream)
 
-    def run(self) -> None:
-        self._launch()
-        self.stream.synchronize()
+class TensorRT(CudaRuntime):
+    package = "tensorrt"
+    install = "TensorRT is not installed (pip install tensorrt, from NVIDIA's index)"
+    runner = TensorRTRunner
 
-    def block(self, iters: int) -> np.ndarray:
-        import torch
 
-        with torch.cuda.stream(self.stream):
-            return self.timer.block(iters)
+RUNTIME = TensorRT()

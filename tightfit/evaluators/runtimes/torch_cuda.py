@@ -9,36 +9,12 @@ from typing import Any
 import numpy as np
 
 from tightfit.evaluators.runtimes._base import (
-    CudaEventTimer,
-    Runner,
-    cuda_missing,
+    CudaRunner,
+    CudaRuntime,
     require,
     torch_inputs,
 )
 from tightfit.hardware_profiles import HardwareProfile
-
-
-class TorchCuda:
-    def missing(self, profile: HardwareProfile) -> str | None:
-        missing = cuda_missing()
-        if missing:
-            return missing
-        try:
-            import onnx2torch  # noqa: F401
-        except ImportError:
-            return "the torch-cuda runtime needs onnx2torch: pip install 'tightfit[gpu]'"
-        return None
-
-    def open(self, path: Path, profile: HardwareProfile, feed: dict[str, np.ndarray]) -> Runner:
-        return TorchCudaRunner(path, profile, feed)
-
-    def environment(self, profile: HardwareProfile) -> dict[str, str]:
-        import torch
-
-        return {"torch": torch.__version__}
-
-
-RUNTIME = TorchCuda()
 
 
 def _initializers_inlined(model: Any) -> Any:
@@ -65,7 +41,7 @@ def _initializers_inlined(model: Any) -> Any:
     return model
 
 
-class TorchCudaRunner:
+class TorchCudaRunner(CudaRunner):
     """The ONNX as a PyTorch module on the GPU, captured once and replayed as a CUDA graph."""
 
     def __init__(self, path: Path, profile: HardwareProfile, feed: dict[str, np.ndarray]) -> None:
@@ -88,7 +64,7 @@ class TorchCudaRunner:
             graph = torch.cuda.CUDAGraph()
             with torch.no_grad(), torch.cuda.graph(graph):
                 self.out = self.module(*args)
-            self.launch = graph.replay
+            self._launch = graph.replay
         except RuntimeError as e:  # an op that syncs with the host cannot be captured
             torch.cuda.synchronize()
             self.timing = f"eager launches, CUDA events (graph capture failed: {str(e)[:200]})"
@@ -97,15 +73,17 @@ class TorchCudaRunner:
                 with torch.no_grad():
                     self.out = self.module(*args)
 
-            self.launch = eager
-        torch.cuda.synchronize()
-        self.timer = CudaEventTimer(self.launch)
-
-    def run(self) -> None:
-        import torch
-
-        self.launch()
+            self._launch = eager
         torch.cuda.synchronize()
 
-    def block(self, iters: int) -> np.ndarray:
-        return self.timer.block(iters)
+    def launch(self) -> None:
+        self._launch()
+
+
+class TorchCuda(CudaRuntime):
+    package = "onnx2torch"
+    install = "the torch-cuda runtime needs onnx2torch: pip install 'tightfit[gpu]'"
+    runner = TorchCudaRunner
+
+
+RUNTIME = TorchCuda()
