@@ -247,3 +247,13 @@ def test_ctrl_c_in_a_read_only_command_does_not_talk_of_trials(monkeypatch, caps
     assert cli.main(["pareto", "--workdir", "x"]) == 130
     err = capsys.readouterr().err
     assert err.strip() == "tightfit: pareto interrupted" and "re-queued" not in err
+
+
+def test_verbose_shows_where_a_user_error_was_raised(tmp_path: Path) -> None:
+    path = config(tmp_path, "name: t\nmodel: {callable: digits-cnn}\ndata: {callable: digits}\n")
+    Path(path).write_text(Path(path).read_text() + "profiles: [tpu-v9]\n")
+    quiet, verbose = tightfit("search", path), tightfit("-v", "search", path)
+    assert_user_error(quiet, "unknown hardware profile 'tpu-v9'")
+    assert verbose.returncode == 2
+    assert "Traceback" in verbose.stderr and "tightfit/hardware_profiles" in verbose.stderr
+    assert verbose.stderr.rstrip().splitlines()[-1].startswith("tightfit: error: ")

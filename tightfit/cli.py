@@ -15,6 +15,7 @@ from typing import Any
 
 from tightfit._secrets import RedactingFilter, redact
 from tightfit.exceptions import TightfitError
+from tightfit.keys import StudyAttr, Tag
 
 log = logging.getLogger("tightfit")
 
@@ -99,7 +100,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         )
         if p.aa_check:
             console.print(_aa_text(p.aa_check), soft_wrap=True)
-        if p.study.user_attrs.get("recipe"):
+        if p.study.user_attrs.get(StudyAttr.RECIPE):
             console.print(_recipe_text(p.study), soft_wrap=True)
         console.print(
             f"baseline on {p.profile}: accuracy {p.baseline['accuracy']:.4f}, "
@@ -127,9 +128,9 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         study = load_study(config, name, workdir)
         front = front_frame(study)
         console.print(_front_table(front, f"{config.name} on {name}", list(config.objectives)))
-        if study.user_attrs.get("aa_check"):
-            console.print(_aa_text(study.user_attrs["aa_check"]), soft_wrap=True)
-        if study.user_attrs.get("recipe"):
+        if study.user_attrs.get(StudyAttr.AA_CHECK):
+            console.print(_aa_text(study.user_attrs[StudyAttr.AA_CHECK]), soft_wrap=True)
+        if study.user_attrs.get(StudyAttr.RECIPE):
             console.print(_recipe_text(study), soft_wrap=True)
     return 0
 
@@ -225,7 +226,7 @@ def _recipe_text(study: Any) -> str:
     """The standard recipe beside the front (measured in the same rounds), as one line."""
     from tightfit.search import recipe_metrics as metrics
 
-    recipe = study.user_attrs["recipe"]
+    recipe = study.user_attrs[StudyAttr.RECIPE]
     parts = [
         f"{v} {r['speedup']:.2f}x (accuracy {r['accuracy']:.4f}"
         f"{'' if r['feasible'] else ', infeasible'})"
@@ -460,7 +461,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows = [
         [
             j.submission_id,
-            (j.metadata or {}).get("tightfit.search", ""),
+            (j.metadata or {}).get(Tag.SEARCH, ""),
             jobs.status_text(j.status),
             _when(j.start_time),
             _when(j.end_time),
@@ -507,7 +508,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tightfit", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "-v", "--verbose", action="store_true", help="show tracebacks for every error"
+        "-v", "--verbose", action="store_true", help="show the traceback of a user error too"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -617,6 +618,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except TightfitError as e:
+        if args.verbose:  # where in tightfit the error was raised, for a bug report
+            import traceback
+
+            print(redact(traceback.format_exc()), file=sys.stderr, end="")
         for line in redact(str(e)).splitlines():
             print(f"tightfit: error: {line}", file=sys.stderr)
         return 2

@@ -8,9 +8,12 @@ Errors name the file and the field, and say what is wrong and what was given::
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -22,16 +25,58 @@ from tightfit.exceptions import ConfigError
 from tightfit.hardware_profiles import HardwareProfile, get_profile
 from tightfit.hardware_profiles._profile import _yaml_where
 
-__all__ = ["SearchConfig", "load_config"]
+__all__ = ["SearchConfig", "as_config", "load_config"]
 
 Objective = Literal["accuracy", "latency_ms", "size_mb"]  # the names of objectives.OBJECTIVES
 
 
+def callable_reference(fn: Any) -> str:
+    """``module:qualname`` of an importable function or class, the form Ray workers import.
+
+    A lambda, a function defined inside another, or one defined in ``__main__`` (the script
+    being run) cannot be imported by name on a worker: each gets a message saying what to do.
+    """
+    module, qual = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if not module or not qual:
+        raise ValueError(
+            f"{fn!r} is not a function or class; pass one (its keyword arguments go in 'kwargs')"
+        )
+    if "<lambda>" in qual or "<locals>" in qual:
+        raise ValueError(
+            f"{qual} is a lambda or is defined inside another function: workers import the "
+            "callable by name, so define it at the top level of a module"
+        )
+    if module == "__main__":
+        raise ValueError(
+            f"{qual} is defined in __main__ (the script being run), which workers cannot "
+            f"import: move it to a module (e.g. models.py) and import it from there"
+        )
+    found: Any = importlib.import_module(module)
+    for part in qual.split("."):
+        found = getattr(found, part, None)
+    if found is not fn:
+        raise ValueError(f"{module}:{qual} does not import as the callable given")
+    return f"{module}:{qual}"
+
+
 class CallableSpec(Record):
-    """``module:callable`` (or a built-in example name) and keyword arguments for it."""
+    """``module:callable`` (or a built-in example name) and keyword arguments for it.
+
+    Also given as the string alone, or (from Python) as the importable function itself.
+    """
 
     callable: str = Field(min_length=1)
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"callable": v} if isinstance(v, str) or callable(v) else v
+
+    @field_validator("callable", mode="before")
+    @classmethod
+    def _reference(cls, v: Any) -> Any:
+        return v if isinstance(v, str) or not callable(v) else callable_reference(v)
 
     @field_validator("callable")
     @classmethod
@@ -496,11 +541,42 @@ class SearchConfig(Record):
         return min(self.profile_concurrency.get(profile, self.concurrency), self.concurrency)
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchConfig:
+ConfigLike = Union["SearchConfig", str, os.PathLike, Mapping[str, Any]]
+
+
+def as_config(config: ConfigLike) -> SearchConfig:
+    """A validated, resolved config from a :class:`SearchConfig`, a YAML file's path or a
+    mapping of fields: every entry point checks a config the same way, whichever it is given
+    (the profiles exist, ``profile_concurrency`` names them, the work directory resolved).
+
+    Example:
+        >>> from tightfit.config import as_config
+        >>> config = as_config({"name": "demo", "model": "digits-cnn", "data": "digits"})
+        >>> config.profiles, config.workdir_path.name
+        (['cpu-ort'], 'demo')
+    """
+    if isinstance(config, SearchConfig):
+        return config_from_dict(config.model_dump(mode="json"), source="SearchConfig")
+    if isinstance(config, (str, os.PathLike)):
+        return load_config(config)
+    if isinstance(config, Mapping):
+        return config_from_dict(dict(config))
+    raise ConfigError(
+        f"a search config is a SearchConfig, the path of a YAML file or a mapping of its "
+        f"fields, not {type(config).__name__}"
+    )
+
+
+def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> SearchConfig:
     """Read, validate and resolve a search YAML file.
 
     Relative profile paths are resolved against the config file's folder; a relative
     ``workdir`` against the current directory. Every problem raises :class:`ConfigError`.
+
+    Example:
+        >>> config = load_config("examples/digits.yaml", {"n_trials": 8})  # doctest: +SKIP
+        >>> config.n_trials  # doctest: +SKIP
+        8
     """
     path = Path(path)
     try:

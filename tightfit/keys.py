@@ -70,3 +70,4 @@ class Tag:
     MEASURED_UNDER_LOAD = "tightfit.measured_under_load"
     RECONCILED = "tightfit.reconciled"  # written from the study after the driver had stopped
     ENVIRONMENT_PREFIX = "env."
+    CONFIG = "tightfit.config"  # on a Ray Job (tightfit submit): the config file it runs

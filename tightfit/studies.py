@@ -19,10 +19,9 @@ from tightfit._optuna_private import set_running_trial_attr
 from tightfit.config import SamplerSpec, SearchConfig
 from tightfit.exceptions import WorkdirError
 from tightfit.hardware_profiles import HardwareProfile
+from tightfit.keys import StudyAttr, TrialAttr
 
 log = logging.getLogger(__name__)
-
-ATTR_INTERRUPTED = "interrupted"
 
 
 def make_sampler(spec: SamplerSpec, seed: int) -> optuna.samplers.BaseSampler:
@@ -200,7 +199,7 @@ def profile_as_searched(profile: HardwareProfile, study: optuna.Study) -> Hardwa
     search measured and chose (a study begun before auto kept static)."""
     if profile.quantization.int8_format != "auto":
         return profile
-    return profile.with_int8_format(study.user_attrs.get("int8_format", "static"))
+    return profile.with_int8_format(study.user_attrs.get(StudyAttr.INT8_FORMAT, "static"))
 
 
 def recover_interrupted(study: optuna.Study) -> list[int]:
@@ -210,9 +209,9 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
     for t in stale:
         if t.state == TrialState.WAITING:
             continue  # still queued: the next ask() takes it
-        set_running_trial_attr(study, t, ATTR_INTERRUPTED, True)
+        set_running_trial_attr(study, t, TrialAttr.INTERRUPTED, True)
         study.tell(t.number, state=TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        study.enqueue_trial(t.params, user_attrs={TrialAttr.RETRY_OF: t.number})
         recovered.append(t.number)
     return recovered
 
@@ -224,5 +223,5 @@ def counted_trials(study: optuna.Study) -> tuple[int, int]:
     """
     states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
     done = study.get_trials(deepcopy=False, states=states)
-    counted = [t for t in done if not t.user_attrs.get(ATTR_INTERRUPTED)]
+    counted = [t for t in done if not t.user_attrs.get(TrialAttr.INTERRUPTED)]
     return len(counted), sum(1 for t in counted if t.state == TrialState.FAIL)

@@ -9,9 +9,10 @@ from optuna.trial import TrialState
 
 from tests.test_cli import tightfit
 from tightfit.config import load_config
+from tightfit.keys import TrialAttr
 from tightfit.search._driver import FAIL_FAST
 from tightfit.search._tell import error_kind as _error_kind
-from tightfit.studies import ATTR_INTERRUPTED, load_study
+from tightfit.studies import load_study
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,7 @@ def test_identical_failures_stop_the_search(tmp_path: Path, fast_profile_file: P
     counted = [
         t
         for t in study.get_trials(states=(TrialState.FAIL,))
-        if not t.user_attrs.get(ATTR_INTERRUPTED)
+        if not t.user_attrs.get(TrialAttr.INTERRUPTED)
     ]
     assert FAIL_FAST <= len(counted) < 30  # stopped well before the budget
     assert not study.get_trials(states=(TrialState.COMPLETE,))

@@ -15,8 +15,9 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from tightfit.config import load_config
+from tightfit.keys import TrialAttr
 from tightfit.runs.export import sha256
-from tightfit.studies import ATTR_INTERRUPTED, load_study
+from tightfit.studies import load_study
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -84,14 +85,16 @@ def test_sigint_then_rerun_finishes_every_trial(tmp_path: Path, fast_profile_fil
     study = load_study(config, "cpu-ort-fast", workdir)
     assert not study.get_trials(states=(TrialState.RUNNING,))  # nothing left dangling
     interrupted = [
-        t for t in study.get_trials(states=(TrialState.FAIL,)) if t.user_attrs.get(ATTR_INTERRUPTED)
+        t
+        for t in study.get_trials(states=(TrialState.FAIL,))
+        if t.user_attrs.get(TrialAttr.INTERRUPTED)
     ]
     # each trial running at Ctrl-C was either finished (its result was already in) or marked
     # interrupted; none was dropped or left running
     for number in running:
         t = study.trials[number]
         assert t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-            t.state == TrialState.FAIL and t.user_attrs.get(ATTR_INTERRUPTED)
+            t.state == TrialState.FAIL and t.user_attrs.get(TrialAttr.INTERRUPTED)
         ), (number, t.state)
     for t in interrupted:  # and re-queued under a new number
         assert any(u.user_attrs.get("retry_of") == t.number for u in study.trials)
@@ -109,7 +112,7 @@ def test_sigint_then_rerun_finishes_every_trial(tmp_path: Path, fast_profile_fil
     counted = [
         t
         for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))
-        if not t.user_attrs.get(ATTR_INTERRUPTED)
+        if not t.user_attrs.get(TrialAttr.INTERRUPTED)
     ]
     assert len(counted) == 9
     trial_runs = client.search_runs(
@@ -176,11 +179,11 @@ def test_sigkill_then_rerun_reconciles_mlflow(tmp_path: Path, fast_profile_file:
     counted = [
         t
         for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))
-        if not t.user_attrs.get(ATTR_INTERRUPTED)
+        if not t.user_attrs.get(TrialAttr.INTERRUPTED)
     ]
     assert len(counted) == 10
     for number in left_running:  # failed as interrupted and run again under a new number
-        assert study.trials[number].user_attrs.get(ATTR_INTERRUPTED)
+        assert study.trials[number].user_attrs.get(TrialAttr.INTERRUPTED)
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("killed")
     runs = client.search_runs(
@@ -199,7 +202,7 @@ def test_sigkill_then_rerun_reconciles_mlflow(tmp_path: Path, fast_profile_file:
             else ("prescreened" if stage == "prescreened" else "stopped")
             if t.state == TrialState.PRUNED
             else "interrupted"
-            if t.user_attrs.get(ATTR_INTERRUPTED)
+            if t.user_attrs.get(TrialAttr.INTERRUPTED)
             else "failed"
         )
         assert status == expected, (t.number, t.state, status)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tightfit.exceptions import WorkdirError
-from tightfit.keys import Tag
+from tightfit.keys import Tag, TrialAttr
 from tightfit.runs import _mlflow_view as view
 
 if TYPE_CHECKING:
@@ -400,13 +400,15 @@ class Tracker:
                         metrics[key] = t.user_attrs[key]
                 self.finish_trial(run_id, metrics, "complete", tags=tags)
             elif t.state == TrialState.PRUNED:  # not measured: pre-screened, or stopped early
-                stage = t.user_attrs.get("stage", "prescreened")
+                stage = t.user_attrs.get(TrialAttr.STAGE, "prescreened")
                 status = "prescreened" if stage == "prescreened" else "stopped"
-                self.finish_trial(run_id, {}, status, tags={**tags, "tightfit.stage": stage})
-            elif t.user_attrs.get("interrupted"):
+                self.finish_trial(run_id, {}, status, tags={**tags, Tag.STAGE: stage})
+            elif t.user_attrs.get(TrialAttr.INTERRUPTED):
                 self.mark_interrupted(profile, t.number, "driver stopped; trial enqueued again")
             else:
-                error = str(t.user_attrs.get("error", "failed; the driver stopped before logging"))
+                error = str(
+                    t.user_attrs.get(TrialAttr.ERROR, "failed; the driver stopped before logging")
+                )
                 self.finish_trial(run_id, {}, "failed", error=error, tags=tags)
             fixed += 1
         return fixed

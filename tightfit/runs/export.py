@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import platform
 import shutil
 import tempfile
@@ -23,6 +24,7 @@ from tightfit.config import SearchConfig
 from tightfit.evaluators import LatencyResult, evaluate_accuracy, size_mb
 from tightfit.exceptions import TightfitError
 from tightfit.hardware_profiles import HardwareProfile, get_profile
+from tightfit.keys import StudyAttr, Tag, TrialAttr
 from tightfit.runs.pareto import front_frame, knee
 from tightfit.search import repeat_error
 from tightfit.spaces import Candidate
@@ -242,7 +244,7 @@ def _mlflow_model(engine: Path, hw: HardwareProfile, folder: Path) -> Path:
         str(folder),
         signature=_signature(engine),
         onnx_execution_providers=[hw.execution_provider],
-        metadata={"tightfit.profile": hw.name},
+        metadata={Tag.PROFILE: hw.name},
         save_as_external_data=False,
     )
     shutil.copyfile(engine, folder / "model.onnx")  # the exported bytes (sha256 in the manifest)
@@ -270,7 +272,7 @@ def _register(
     try:
         client.create_registered_model(
             name,
-            tags={"tightfit.search": config.name, "tightfit.profile": hw.name},
+            tags={Tag.SEARCH: config.name, Tag.PROFILE: hw.name},
             description=f"Engines exported by tightfit from search '{config.name}' for profile '{hw.name}'.",
         )
     except MlflowException as e:
@@ -286,8 +288,8 @@ def _register(
             client.log_artifacts(run_id, str(folder), artifact_path="engine")
         source = f"{client.get_run(run_id).info.artifact_uri}/engine"
         tags = {
-            "tightfit.profile": hw.name,
-            "tightfit.trial": str(r.trial),
+            Tag.PROFILE: hw.name,
+            Tag.TRIAL: str(r.trial),
             "sha256": sha256(r.path),
             **{f"metric.{k}": f"{v:.6g}" for k, v in r.measured.items()},
         }
@@ -300,14 +302,24 @@ def _register(
 
 
 def export(
-    workdir: Path,
+    workdir: str | os.PathLike,
     pick: str = "knee",
-    out: Path = Path("engines"),
+    out: str | os.PathLike = Path("engines"),
     profile: str | None = None,
     register: bool = False,
 ) -> list[ExportResult]:
-    """Replay the picked trials of ``workdir``'s search into ``out``; re-measure them (together,
-    when there are several)."""
+    """Rebuild the picked trials of ``workdir``'s search into ``out``, each a folder with its
+    engine (``model.onnx``; ``model.plan`` on TensorRT) and ``manifest.json``; re-measure them
+    together on the profile's hardware, and check the accuracy of the written file.
+
+    ``pick``: ``knee`` (the front's best balance), ``all`` (the whole front) or a trial number.
+    ``register``: also register each as an MLflow Model (an ONNX-flavour model).
+
+    Example:
+        >>> import tightfit
+        >>> [knee] = tightfit.export("runs/digits-resnet", pick="knee")  # doctest: +SKIP
+        >>> knee.path, knee.measured["speedup"]  # doctest: +SKIP
+    """
     workdir = Path(workdir).resolve()
     config = load_workdir_config(workdir)
     hw = _resolve_profile(config, profile)
@@ -319,12 +331,12 @@ def export(
     # The search scaled every ratio by its reference latency of the baseline; the re-measured
     # ratio is scaled by the same one, so logged and re-measured latencies compare the candidate,
     # not the machine's drift since (the baseline's latency now is reported beside it).
-    ref_search = float(study.user_attrs["baseline_latency_ms"])
+    ref_search = float(study.user_attrs[StudyAttr.BASELINE_LATENCY_MS])
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     built: list[_Built] = []
     _remove_staging(Path(out))  # an interrupted export's leftovers
     for number in numbers:
-        candidate = Candidate.from_json(trials[number].user_attrs["candidate"])
+        candidate = Candidate.from_json(trials[number].user_attrs[TrialAttr.CANDIDATE])
         target = Path(out) / f"{config.name}-{hw.name}-trial{number:04d}"
         staging = target.with_name(f"{STAGING}{target.name}")
         onnx_bytes, report = ws.rebuild(candidate)
@@ -351,7 +363,7 @@ def export(
         number, engine, trial = b.number, b.engine, trials[b.number]
         accuracy = evaluate_accuracy(engine, ws.data)  # a fresh session on the written file
         logged = dict(zip(study.metric_names or config.objectives, trial.values, strict=True))
-        logged["speedup"] = trial.user_attrs.get("speedup", float("nan"))
+        logged["speedup"] = trial.user_attrs.get(TrialAttr.SPEEDUP, float("nan"))
         ratio_logged, ratio_now = _ratios(trial, latency)
         measured = {
             "accuracy": accuracy,
@@ -379,7 +391,7 @@ def export(
             "metrics_logged": logged,
             "metrics_measured": measured,
             "baseline": {
-                "accuracy": study.user_attrs["baseline_accuracy"],
+                "accuracy": study.user_attrs[StudyAttr.BASELINE_ACCURACY],
                 "latency_ms_search": ref_search,
                 "latency_ms_now": ref_ms,
             },
@@ -496,7 +508,7 @@ def _ratios(
 ) -> tuple[tuple[float, float, float] | None, tuple[float, float, float]]:
     """(logged, now): each the latency ratio to the baseline with its 95% interval."""
     now = (float(latency.ratio), float(latency.ratio_ci[0]), float(latency.ratio_ci[1]))
-    kept = trial.user_attrs.get("latency") or {}
+    kept = trial.user_attrs.get(TrialAttr.LATENCY) or {}
     if "ratio" not in kept or "ratio_ci" not in kept:
         return None, now
     low, high = kept["ratio_ci"]

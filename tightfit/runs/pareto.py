@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from tightfit import objectives as obj
+from tightfit.keys import StudyAttr, TrialAttr
 from tightfit.studies import is_feasible
 from tightfit.workdir import atomic_write
 
@@ -24,31 +25,31 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 
     names = study.metric_names or [f"value_{i}" for i in range(len(study.directions))]
     front = {t.number for t in study.best_trials}
-    joint = study.user_attrs.get("remeasured_jointly", {}).get("latency_ms", {})
+    joint = study.user_attrs.get(StudyAttr.REMEASURED_JOINTLY, {}).get("latency_ms", {})
     rows = []
     states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
     for t in study.get_trials(deepcopy=False, states=states):
         state = t.state.name.lower()
         if t.state == TrialState.PRUNED:  # not measured: "prescreened", "subset" or "accuracy"
-            state = t.user_attrs.get("stage", "prescreened")
+            state = t.user_attrs.get(TrialAttr.STAGE, "prescreened")
         row: dict = {"trial": t.number, "state": state}
         if t.values is not None:
             row.update(dict(zip(names, t.values, strict=True)))
-        row["speedup"] = t.user_attrs.get("speedup")
-        row["accuracy_drop"] = t.user_attrs.get("accuracy_drop")
+        row["speedup"] = t.user_attrs.get(TrialAttr.SPEEDUP)
+        row["accuracy_drop"] = t.user_attrs.get(TrialAttr.ACCURACY_DROP)
         row["feasible"] = is_feasible(t)
-        row["baseline"] = bool(t.user_attrs.get("is_baseline", False))
+        row["baseline"] = bool(t.user_attrs.get(TrialAttr.IS_BASELINE, False))
         row["pareto"] = t.number in front
-        row["predicted_latency_ms"] = t.user_attrs.get("predicted_latency_ms")
+        row["predicted_latency_ms"] = t.user_attrs.get(TrialAttr.PREDICTED_LATENCY_MS)
         # measured again at the end of the search, together with the others (latency.remeasure)
         row["latency_ms_joint"] = joint.get(str(t.number))
-        row["latency_cache"] = t.user_attrs.get("latency_cache")
-        latency = t.user_attrs.get("latency") or {}
+        row["latency_cache"] = t.user_attrs.get(TrialAttr.LATENCY_CACHE)
+        latency = t.user_attrs.get(TrialAttr.LATENCY) or {}
         # too few rounds ran with the pinned CPUs to itself: the number carries others' load
         row["measured_under_load"] = bool(latency.get("disturbed", False))
         row["rounds_contended"] = latency.get("rounds_contended")
-        row["knobs"] = t.user_attrs.get("summary", "")
-        row["error"] = t.user_attrs.get("error", "")
+        row["knobs"] = t.user_attrs.get(TrialAttr.SUMMARY, "")
+        row["error"] = t.user_attrs.get(TrialAttr.ERROR, "")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -105,7 +106,7 @@ def hypervolume_history(
     done = [
         t
         for t in study.get_trials(deepcopy=False, states=states)
-        if not t.user_attrs.get("interrupted")
+        if not t.user_attrs.get(TrialAttr.INTERRUPTED)
     ]
     done.sort(key=lambda t: (t.datetime_complete or t.datetime_start, t.number))
     points: list[dict[str, float]] = []
@@ -130,7 +131,7 @@ def front_figure_html(study: optuna.Study, path: Path) -> Path:
         target_names=["latency_ms", "accuracy"],
     )
     title = f"Pareto front: {study.study_name}"
-    aa = study.user_attrs.get("aa_check")
+    aa = study.user_attrs.get(StudyAttr.AA_CHECK)
     if aa:  # the machine's measurement error, beside the speedups it carries
         title += (
             f"<br><sup>A/A check (baseline vs itself): {aa['ratio']:.3f}, error "

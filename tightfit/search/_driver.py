@@ -35,7 +35,7 @@ from tightfit.search._signals import DeferredInterrupt
 from tightfit.search._tell import Told, error_kind
 from tightfit.search.outcome import ProfileOutcome, Progress, SearchOutcome
 from tightfit.spaces import Candidate
-from tightfit.studies import ATTR_INTERRUPTED, counted_trials, recover_interrupted
+from tightfit.studies import counted_trials, recover_interrupted
 from tightfit.workspace import Setup, StageOne, workspace
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class ProfileSearch:
         self.n_done, self.n_failed = counted_trials(self.study)
         self.n_trials = config.n_trials
         if config.strategy != "search":  # a baseline alone: its sweep, at most n_trials
-            self.n_trials = min(self.n_trials, int(self.study.user_attrs["n_planned"]))
+            self.n_trials = min(self.n_trials, int(self.study.user_attrs[StudyAttr.N_PLANNED]))
         self.best_speedup = _best_feasible_speedup(self.study)
         self._report()
 
@@ -232,7 +232,7 @@ class ProfileSearch:
         for ref in self.compressing:
             self.executor.cancel(ref)
         for p in pending:
-            p.trial.set_user_attr(ATTR_INTERRUPTED, True)
+            p.trial.set_user_attr(TrialAttr.INTERRUPTED, True)
             self.study.tell(p.trial, state=optuna.trial.TrialState.FAIL)
             self.study.enqueue_trial(
                 p.trial.params, user_attrs={TrialAttr.RETRY_OF: p.trial.number}

@@ -22,6 +22,7 @@ from tightfit.evaluators.predictor import (
     spearman,
 )
 from tightfit.hardware_profiles import HardwareProfile
+from tightfit.keys import StudyAttr, TrialAttr
 from tightfit.objectives import dominates
 from tightfit.workspace import StageOne
 
@@ -55,7 +56,7 @@ class LatencyReuse:
         self.reference_ms = reference_ms
         self.cache = LatencyCache(spec.cache_dir) if spec.cache else None
         self.baseline_signature = architecture_signature(baseline_onnx)
-        self.environment: dict[str, str] = study.user_attrs.get("environment", {})
+        self.environment: dict[str, str] = study.user_attrs.get(StudyAttr.ENVIRONMENT, {})
         env = self.environment
         self.layer_host = f"{env.get('cpu', '')}|{env.get('cpu_flags', '')}"
         self.by_layers = LayerRatioPredictor()
@@ -63,9 +64,9 @@ class LatencyReuse:
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             if _learned_from(t):
                 self._learn(
-                    t.user_attrs["features"],
-                    t.user_attrs.get("layer_host", ""),
-                    t.user_attrs["latency"]["latency_ms"],
+                    t.user_attrs[TrialAttr.FEATURES],
+                    t.user_attrs.get(TrialAttr.LAYER_HOST, ""),
+                    t.user_attrs[TrialAttr.LATENCY]["latency_ms"],
                 )
 
     def _layers_usable(self, features: dict[str, float], host: str) -> bool:
@@ -137,34 +138,42 @@ def latency_reuse_metrics(study: optuna.Study) -> dict[str, float]:
     than the few measurements an early prediction had.
     """
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    measured = [t for t in done if t.state == TrialState.COMPLETE and "latency" in t.user_attrs]
-    fresh = [t for t in measured if t.user_attrs.get("latency_cache") == "miss"]
-    seconds = [t.user_attrs["latency"].get("seconds", 0.0) for t in fresh]
+    measured = [
+        t for t in done if t.state == TrialState.COMPLETE and TrialAttr.LATENCY in t.user_attrs
+    ]
+    fresh = [t for t in measured if t.user_attrs.get(TrialAttr.LATENCY_CACHE) == "miss"]
+    seconds = [t.user_attrs[TrialAttr.LATENCY].get("seconds", 0.0) for t in fresh]
     mean_s = sum(seconds) / len(seconds) if seconds else 0.0
-    predicted = [t for t in fresh if "predicted_latency_ms" in t.user_attrs]
+    predicted = [t for t in fresh if TrialAttr.PREDICTED_LATENCY_MS in t.user_attrs]
     pruned = [t for t in done if t.state == TrialState.PRUNED]
-    n_pre = sum(1 for t in pruned if t.user_attrs.get("stage", "prescreened") == "prescreened")
-    n_hits = sum(1 for t in measured if t.user_attrs.get("latency_cache") == "hit")
+    n_pre = sum(
+        1 for t in pruned if t.user_attrs.get(TrialAttr.STAGE, "prescreened") == "prescreened"
+    )
+    n_hits = sum(1 for t in measured if t.user_attrs.get(TrialAttr.LATENCY_CACHE) == "hit")
     out = {
         "n_latency_measured": float(len(fresh)),
         "n_latency_cache_hits": float(n_hits),
         "n_prescreened": float(n_pre),
-        "n_stopped_subset": float(sum(1 for t in pruned if t.user_attrs.get("stage") == "subset")),
+        "n_stopped_subset": float(
+            sum(1 for t in pruned if t.user_attrs.get(TrialAttr.STAGE) == "subset")
+        ),
         "n_stopped_accuracy": float(
-            sum(1 for t in pruned if t.user_attrs.get("stage") == "accuracy")
+            sum(1 for t in pruned if t.user_attrs.get(TrialAttr.STAGE) == "accuracy")
         ),
         "latency_measure_s_mean": mean_s,
         "latency_s_saved": (len(pruned) + n_hits) * mean_s,
         "n_predicted": float(len(predicted)),
     }
     rho = spearman(
-        [t.user_attrs["predicted_latency_ms"] for t in predicted],
-        [t.user_attrs["latency"]["latency_ms"] for t in predicted],
+        [t.user_attrs[TrialAttr.PREDICTED_LATENCY_MS] for t in predicted],
+        [t.user_attrs[TrialAttr.LATENCY]["latency_ms"] for t in predicted],
     )
     if rho == rho:
         out["predictor_spearman"] = rho
     loo = _held_out(measured)
-    rho = spearman([p for _, p in loo], [t.user_attrs["latency"]["latency_ms"] for t, _ in loo])
+    rho = spearman(
+        [p for _, p in loo], [t.user_attrs[TrialAttr.LATENCY]["latency_ms"] for t, _ in loo]
+    )
     if rho == rho:
         out["predictor_spearman_loo"] = rho
         out["n_predicted_loo"] = float(len(loo))
@@ -175,7 +184,11 @@ def _learned_from(trial: FrozenTrial) -> bool:
     """Whether the latency predictors learn from ``trial``: a measured compressed candidate
     (features and a latency), not the uncompressed baseline (``LatencyReuse`` says why)."""
     attrs = trial.user_attrs
-    return "features" in attrs and "latency" in attrs and not attrs.get("is_baseline")
+    return (
+        TrialAttr.FEATURES in attrs
+        and TrialAttr.LATENCY in attrs
+        and not attrs.get(TrialAttr.IS_BASELINE)
+    )
 
 
 def _held_out(trials: list[FrozenTrial]) -> list[tuple[FrozenTrial, float]]:
@@ -183,8 +196,8 @@ def _held_out(trials: list[FrozenTrial]) -> list[tuple[FrozenTrial, float]]:
     one that could be predicted, with its prediction."""
     usable = [t for t in trials if _learned_from(t)]
     predictions = held_out(
-        [t.user_attrs["features"] for t in usable],
-        [t.user_attrs["latency"]["latency_ms"] for t in usable],
+        [t.user_attrs[TrialAttr.FEATURES] for t in usable],
+        [t.user_attrs[TrialAttr.LATENCY]["latency_ms"] for t in usable],
     )
     return [(t, p) for t, p in zip(usable, predictions, strict=True) if p is not None]
 
@@ -204,12 +217,14 @@ def repeat_error(study: optuna.Study) -> float | None:
     candidate within a minute spread 3-8%, beyond each one's +-2% interval. This is that
     movement, as this search saw it. None when fewer than ``MIN_REPEAT_PAIRS`` were re-measured.
     """
-    joint = study.user_attrs.get("remeasured_jointly")
+    joint = study.user_attrs.get(StudyAttr.REMEASURED_JOINTLY)
     if not joint:
         return None
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     logs = [
-        math.log(joint["latency_ms"][str(n)] / trials[n].user_attrs["latency"]["latency_ms"])
+        math.log(
+            joint["latency_ms"][str(n)] / trials[n].user_attrs[TrialAttr.LATENCY]["latency_ms"]
+        )
         for n in joint["trials"]
         if n in trials and "latency" in trials[n].user_attrs
     ]
@@ -227,7 +242,7 @@ def joint_metrics(study: optuna.Study) -> dict[str, float]:
     ``predictor_spearman_loo_joint``: its leave-one-out predictions (``predictor.held_out``,
     fitted on the search's measurements of the others) against it.
     """
-    joint = study.user_attrs.get("remeasured_jointly")
+    joint = study.user_attrs.get(StudyAttr.REMEASURED_JOINTLY)
     if not joint:
         return {}
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -237,13 +252,13 @@ def joint_metrics(study: optuna.Study) -> dict[str, float]:
         "n_remeasured_jointly": float(len(numbers)),
         "remeasure_s": float(joint["seconds"]),
         "joint_vs_search_spearman": spearman(
-            [trials[n].user_attrs["latency"]["latency_ms"] for n in numbers], again
+            [trials[n].user_attrs[TrialAttr.LATENCY]["latency_ms"] for n in numbers], again
         ),
     }
     predicted = [n for n in numbers if "predicted_latency_ms" in trials[n].user_attrs]
     out["n_predicted_joint"] = float(len(predicted))
     out["predictor_spearman_joint"] = spearman(
-        [trials[n].user_attrs["predicted_latency_ms"] for n in predicted],
+        [trials[n].user_attrs[TrialAttr.PREDICTED_LATENCY_MS] for n in predicted],
         [joint["latency_ms"][str(n)] for n in predicted],
     )
     error = repeat_error(study)

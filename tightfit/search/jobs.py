@@ -22,6 +22,7 @@ from typing import Any
 
 from tightfit.config import load_config
 from tightfit.exceptions import ConfigError, TightfitError
+from tightfit.keys import Tag
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def jobs_of(jobs: Any, search: str | None = None) -> list[Any]:
         for j in jobs.list_jobs()
         if j.submission_id
         and j.submission_id.startswith(PREFIX)
-        and (search is None or (j.metadata or {}).get("tightfit.search") == search)
+        and (search is None or (j.metadata or {}).get(Tag.SEARCH) == search)
     ]
     return sorted(mine, key=lambda j: j.start_time or 0)
 
@@ -263,7 +264,7 @@ def submit(
                 entrypoint=entrypoint,
                 runtime_env=runtime_env,
                 submission_id=submission_id,
-                metadata={"tightfit.search": config.name, "tightfit.config": str(relative)},
+                metadata={Tag.SEARCH: config.name, Tag.CONFIG: str(relative)},
             )
             break
         except Exception as e:
@@ -297,9 +298,9 @@ def find_job(jobs: Any, name: str) -> Any:
     for j in every:
         if j.submission_id == name:
             return j
-    of_search = [j for j in every if (j.metadata or {}).get("tightfit.search") == name]
+    of_search = [j for j in every if (j.metadata or {}).get(Tag.SEARCH) == name]
     if not of_search:
-        known = sorted({(j.metadata or {}).get("tightfit.search", "?") for j in every})
+        known = sorted({(j.metadata or {}).get(Tag.SEARCH, "?") for j in every})
         raise JobError(
             f"no tightfit job for '{name}' on this cluster"
             + (
