@@ -255,5 +255,5 @@ def test_verbose_shows_where_a_user_error_was_raised(tmp_path: Path) -> None:
     quiet, verbose = tightfit("search", path), tightfit("-v", "search", path)
     assert_user_error(quiet, "unknown hardware profile 'tpu-v9'")
     assert verbose.returncode == 2
-    assert "Traceback" in verbose.stderr and "tightfit/hardware_profiles" in verbose.stderr
+    assert "Traceback" in verbose.stderr and "tightfit/config.py" in verbose.stderr
     assert verbose.stderr.rstrip().splitlines()[-1].startswith("tightfit: error: ")

@@ -405,3 +405,25 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
     return value
+
+
+def calibration_model(
+    profile: HardwareProfile, config: SearchConfig | None, scratch: Path
+) -> tuple[Path, dict[str, np.ndarray], str]:
+    """What ``tightfit profiles calibrate`` times: the baseline of ``config``'s search, or
+    (no config) the digits example network with random weights, since latency needs no
+    trained weights. Returns its ONNX file, an input feed for ``profile``, and what it is."""
+    if config is not None:
+        ws = workspace(Setup.of(config, profile, config.workdir_path))
+        ref = ws.reference(seed=0)
+        feed = input_feed(ref.input_shapes, ref.input_dtypes, profile, seed=0)
+        return ws.baseline_onnx, feed, f"the baseline of search '{config.name}'"
+    from tightfit.examples.digits import DigitsResNet
+
+    torch.manual_seed(0)
+    example = (torch.randn(2, 1, 16, 16),)
+    model = export_onnx(DigitsResNet(48).eval(), example, ("image",), scratch / "m.onnx")
+    if profile.float_precision == "fp16":
+        model = to_float16(model, scratch / "m16.onnx")
+    feed = input_feed({"image": (1, 16, 16)}, {"image": "float32"}, profile, seed=0)
+    return model, feed, "the digits example network (random weights)"

@@ -1,0 +1,7 @@
+"""``python -m tightfit.cli``: the ``tightfit`` command."""
+
+import sys
+
+from tightfit.cli import main
+
+sys.exit(main())
