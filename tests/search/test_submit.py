@@ -73,7 +73,9 @@ def test_submit_runs_the_search_on_the_cluster(
     assert "tightfit-submitted" in out.stdout
 
     again = _cli("submit", str(project / "search.yaml"), "--address", job_server)
-    assert again.returncode == 2 and "already running" in again.stderr  # one job per search
+    client = jobs.client(job_server)
+    first = client.get_job_logs("tightfit-submitted")[-3000:]
+    assert again.returncode == 2 and "already running" in again.stderr, first  # one job per search
 
     client = jobs.client(job_server)
     deadline = time.monotonic() + 480
