@@ -13,7 +13,7 @@ from tightfit.evaluators import input_feed, measure_latency
 from tightfit.evaluators.runtimes import runtime_missing
 from tightfit.hardware_profiles import get_profile
 from tightfit.kernels import compress, discover_units
-from tightfit.runs.export import PlanMismatchError, check_plan
+from tightfit.runs.plans import PlanMismatchError, check_plan
 from tightfit.spaces import CompressionSpace
 
 
@@ -112,7 +112,8 @@ def test_tensorrt_plan_is_built_tagged_and_refused_elsewhere(tmp_path, digits) -
     from tests import models
     from tightfit.evaluators.runtimes.tensorrt import build_engine
     from tightfit.kernels import export_onnx
-    from tightfit.runs.export import load_plan, plan_tags, sha256
+    from tightfit.runs._files import sha256
+    from tightfit.runs.plans import load_plan, plan_tags
 
     onnx_path = export_onnx(
         models.tiny_resnet(), digits.example_inputs(), digits.input_names, tmp_path / "m.onnx"

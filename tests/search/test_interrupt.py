@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from tightfit.config import load_config
 from tightfit.keys import TrialAttr
-from tightfit.runs.export import sha256
+from tightfit.runs._files import sha256
 from tightfit.studies import load_study
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,8 @@ from optuna.trial import TrialState
 from tightfit.config import config_from_dict
 from tightfit.exceptions import WorkdirError
 from tightfit.runs import run_search
-from tightfit.runs.export import export, sha256
+from tightfit.runs._files import sha256
+from tightfit.runs.export import export
 from tightfit.runs.pareto import front_frame
 from tightfit.studies import load_study
 from tightfit.workdir import prepare_workdir

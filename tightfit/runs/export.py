@@ -7,15 +7,13 @@ the logged and the present numbers side by side.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import platform
 import shutil
-import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,8 +22,11 @@ from tightfit.config import SearchConfig
 from tightfit.evaluators import LatencyResult, evaluate_accuracy, size_mb
 from tightfit.exceptions import TightfitError
 from tightfit.hardware_profiles import HardwareProfile, get_profile
-from tightfit.keys import StudyAttr, Tag, TrialAttr
+from tightfit.keys import StudyAttr, TrialAttr
+from tightfit.runs import registry
+from tightfit.runs._files import sha256
 from tightfit.runs.pareto import front_frame, knee
+from tightfit.runs.plans import plan_tags
 from tightfit.search import repeat_error
 from tightfit.spaces import Candidate
 from tightfit.studies import load_study, profile_as_searched
@@ -83,14 +84,6 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class _Built(NamedTuple):
     """An exported point before it is measured."""
 
@@ -142,163 +135,6 @@ def _pick(study: Any, objectives: list[str], pick: str) -> list[int]:
             f"trial {number} is not a complete trial of this search; see 'tightfit pareto'"
         )
     return [number]
-
-
-PLAN_TAGS = ("gpu", "gpu_capability", "tensorrt", "cuda", "driver_version")
-
-
-def plan_tags() -> dict[str, str]:
-    """What a TensorRT plan is bound to: GPU model, TensorRT, CUDA and driver versions."""
-    import tensorrt as trt
-
-    from tightfit._machine import gpu_environment
-
-    env = {**gpu_environment(), "tensorrt": trt.__version__}
-    return {k: env.get(k, "unknown") for k in PLAN_TAGS}
-
-
-class PlanMismatchError(TightfitError):
-    pass
-
-
-def check_plan(manifest: dict[str, Any], here: dict[str, str]) -> None:
-    """Refuse a plan built for another GPU / TensorRT / CUDA / driver than ``here``."""
-    built = manifest.get("plan", {})
-    diffs = [
-        f"{k}: plan {built.get(k)!r}, here {here.get(k)!r}"
-        for k in PLAN_TAGS
-        if built.get(k) != here.get(k)
-    ]
-    if diffs:
-        raise PlanMismatchError(
-            "this TensorRT plan was built for other hardware or software ("
-            + "; ".join(diffs)
-            + "); rebuild it here with 'tightfit export', or ship model.onnx and build on the target"
-        )
-
-
-def load_plan(engine_dir: Path) -> bytes:
-    """The plan of an exported engine folder, after checking it was built for this machine.
-
-    A plan is native code for one GPU model and TensorRT version; loading another's fails or,
-    worse, runs slower kernels. Only plans tightfit wrote (sha256 in the manifest) are loaded.
-    """
-    engine_dir = Path(engine_dir)
-    manifest = json.loads((engine_dir / "manifest.json").read_text())
-    if "model.plan" not in manifest.get("files", {}):
-        raise TightfitError(
-            f"{engine_dir} has no TensorRT plan (its profile is not a TensorRT one)"
-        )
-    check_plan(manifest, plan_tags())
-    plan = engine_dir / "model.plan"
-    if sha256(plan) != manifest["files"]["model.plan"]["sha256"]:
-        raise TightfitError(f"{plan} does not match the sha256 in its manifest; export it again")
-    return plan.read_bytes()
-
-
-def registered_model_name(config: SearchConfig, profile: HardwareProfile) -> str:
-    return f"{config.name}-{profile.name}"
-
-
-def _signature(model_path: Path) -> Any:
-    """The MLflow signature of an ONNX engine: its named inputs and output as tensors (dynamic
-    axes as -1)."""
-    import numpy as np
-    import onnx
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
-
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-
-    def specs(values: Any) -> Schema:
-        out: list[Any] = []
-        for v in values:
-            t = v.type.tensor_type
-            shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim)
-            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
-            out.append(TensorSpec(dtype, shape, name=v.name))
-        return Schema(out)
-
-    initializers = {i.name for i in graph.initializer}
-    return ModelSignature(
-        inputs=specs([i for i in graph.input if i.name not in initializers]),
-        outputs=specs(graph.output),
-    )
-
-
-def _mlflow_model(engine: Path, hw: HardwareProfile, folder: Path) -> Path:
-    """``folder`` holding the engine as an MLflow Model (``MLmodel``, signature, requirements):
-    an ONNX engine in the ``onnx`` flavour, which ``mlflow.pyfunc.load_model`` serves with ONNX
-    Runtime on the profile's execution provider. The engine file is the exported one, byte for
-    byte (its sha256 is in the manifest), and ``manifest.json`` travels beside it. A TensorRT
-    plan has no MLflow flavour: its folder is logged as it is."""
-    manifest = engine.parent / "manifest.json"
-    if engine.suffix != ".onnx":
-        shutil.copytree(engine.parent, folder)
-        return folder
-    import mlflow.onnx
-    import onnx
-
-    mlflow.onnx.save_model(
-        onnx.load(str(engine)),
-        str(folder),
-        signature=_signature(engine),
-        onnx_execution_providers=[hw.execution_provider],
-        metadata={Tag.PROFILE: hw.name},
-        save_as_external_data=False,
-    )
-    shutil.copyfile(engine, folder / "model.onnx")  # the exported bytes (sha256 in the manifest)
-    if manifest.exists():
-        shutil.copyfile(manifest, folder / "manifest.json")
-    return folder
-
-
-def _register(
-    results: list[ExportResult], workdir: Path, config: SearchConfig, hw: HardwareProfile, pick: str
-) -> list[ExportResult]:
-    """Register each engine in the MLflow Model Registry, aliased ``trial-N`` (and ``knee``).
-
-    The engine is logged to the trial's own run as an MLflow Model (see :func:`_mlflow_model`),
-    and the version's tags carry the profile and the re-measured metrics, so a deployment
-    pipeline can load ``models:/<search>-<profile>@knee`` without knowing trial numbers.
-    """
-    from mlflow.exceptions import MlflowException
-
-    from tightfit.runs._tracker import Tracker
-
-    tracker = Tracker(workdir, config.name, uri=config.mlflow.tracking_uri)
-    client = tracker.client
-    name = registered_model_name(config, hw)
-    try:
-        client.create_registered_model(
-            name,
-            tags={Tag.SEARCH: config.name, Tag.PROFILE: hw.name},
-            description=f"Engines exported by tightfit from search '{config.name}' for profile '{hw.name}'.",
-        )
-    except MlflowException as e:
-        if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
-            raise
-    out = []
-    for r in results:
-        run_id = tracker.run_id(hw.name, r.trial)
-        if run_id is None:
-            raise TightfitError(f"trial {r.trial} has no MLflow run to attach its engine to")
-        with tempfile.TemporaryDirectory(prefix="tightfit-register-") as tmp:
-            folder = _mlflow_model(r.path, hw, Path(tmp) / "engine")
-            client.log_artifacts(run_id, str(folder), artifact_path="engine")
-        source = f"{client.get_run(run_id).info.artifact_uri}/engine"
-        tags = {
-            Tag.PROFILE: hw.name,
-            Tag.TRIAL: str(r.trial),
-            "sha256": sha256(r.path),
-            **{f"metric.{k}": f"{v:.6g}" for k, v in r.measured.items()},
-        }
-        version = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
-        aliases = [f"trial-{r.trial}"] + (["knee"] if pick == "knee" else [])
-        for alias in aliases:
-            client.set_registered_model_alias(name, alias, version.version)
-        out.append(replace(r, registered=f"models:/{name}@{aliases[-1]}"))
-    return out
 
 
 def export(
@@ -414,7 +250,7 @@ def export(
         atomic_write(b.staging / "manifest.json", json.dumps(manifest, indent=2, default=str))
         _publish(b.staging, b.target)  # the engine and its manifest appear together
         results.append(done)
-    return _register(results, workdir, config, hw, pick) if register else results
+    return registry.register(results, workdir, config, hw, pick) if register else results
 
 
 def _remeasure(
@@ -451,7 +287,6 @@ STAGING = ".partial-"
 def _publish(staging: Path, target: Path) -> None:
     """Move a complete engine folder (files + manifest) to ``target``, replacing an older one:
     a reader sees the old folder or the new one, never an engine without its manifest."""
-    import shutil
 
     old = target.with_name(f"{STAGING}old-{target.name}")
     if target.exists():
@@ -462,7 +297,6 @@ def _publish(staging: Path, target: Path) -> None:
 
 
 def _remove_staging(out: Path) -> None:
-    import shutil
 
     if out.is_dir():
         for leftover in out.glob(f"{STAGING}*"):

@@ -80,7 +80,7 @@ def search(
                 s.remeasure(stop)
         clock.end = time.monotonic()
         outcome.wall_s, outcome.wait_s = clock.wall_s, clock.wait_s
-        outcome.profiles = [s.outcome() for s in searches]
+        outcome.profiles = [_outcome(s) for s in searches]
     finally:
         for s in searches:
             s.pool.stop()
@@ -394,23 +394,25 @@ class ProfileSearch:
             self.study, self.config, r.ws, self.pool, r.reference, r.baseline, stop
         )
 
-    def outcome(self) -> ProfileOutcome:
-        import pandas as pd
 
-        r = self.ready
-        return ProfileOutcome(
-            self.profile.name,
-            self.study,
-            pd.DataFrame(),  # the caller's summary fills in the front
-            r.baseline,
-            r.summary_dir,
-            self.n_done,
-            self.n_failed,
-            aa_check=self.study.user_attrs.get(StudyAttr.AA_CHECK),
-            n_refused=r.n_refused,
-            n_units=len(r.space),
-            int8_format=self.profile.quantization.int8_format,
-        )
+def _outcome(s: ProfileSearch) -> ProfileOutcome:
+    """What ``s`` found; the front is left to the caller's summary (``runs.summary``)."""
+    import pandas as pd
+
+    r = s.ready
+    return ProfileOutcome(
+        s.profile.name,
+        s.study,
+        pd.DataFrame(),
+        r.baseline,
+        r.summary_dir,
+        s.n_done,
+        s.n_failed,
+        aa_check=s.study.user_attrs.get(StudyAttr.AA_CHECK),
+        n_refused=r.n_refused,
+        n_units=len(r.space),
+        int8_format=s.profile.quantization.int8_format,
+    )
 
 
 def _best_feasible_speedup(study: optuna.Study) -> float | None:
