@@ -2,32 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def tightfit(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "tightfit.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("tightfit: error:")]
-    assert len(errors) == 1, result.stderr
-    for needle in needles:
-        assert needle in errors[0]
+from tests.helpers import assert_user_error, tightfit
 
 
 def config(tmp_path: Path, body: str) -> str:
@@ -255,5 +234,5 @@ def test_verbose_shows_where_a_user_error_was_raised(tmp_path: Path) -> None:
     quiet, verbose = tightfit("search", path), tightfit("-v", "search", path)
     assert_user_error(quiet, "unknown hardware profile 'tpu-v9'")
     assert verbose.returncode == 2
-    assert "Traceback" in verbose.stderr and "tightfit/config.py" in verbose.stderr
+    assert "Traceback" in verbose.stderr and "tightfit/config/" in verbose.stderr
     assert verbose.stderr.rstrip().splitlines()[-1].startswith("tightfit: error: ")

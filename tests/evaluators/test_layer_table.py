@@ -5,7 +5,6 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from tests.evaluators.test_latency_reuse import exported  # noqa: F401 - the fixture
 from tightfit.evaluators import layer_table
 from tightfit.evaluators.latency_cache import LatencyCache
 from tightfit.evaluators.predictor import LayerRatioPredictor

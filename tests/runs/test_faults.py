@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tightfit.config import config_from_dict
+from tests.helpers import search_config
 from tightfit.exceptions import WorkdirError
 from tightfit.runs import export as export_module
 from tightfit.runs._tracker import Tracker, store_problem
@@ -29,15 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _config(workdir: Path, **extra: object):
-    return config_from_dict(
-        {
-            "name": "faults",
-            "model": {"callable": "digits-cnn"},
-            "data": {"callable": "digits"},
-            "workdir": str(workdir),
-            **extra,
-        }
-    )
+    return search_config(workdir, name="faults", **extra)
 
 
 def test_a_second_search_is_refused_while_the_first_holds_the_workdir(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tightfit.config import load_config
+from tests.helpers import search_config
 from tightfit.examples import digits
 from tightfit.exceptions import ConfigError
 from tightfit.runs import run_search
@@ -24,26 +24,27 @@ def noise_calibration() -> dict:
     return {**data, "calibration": {"image": noise}}
 
 
-def _config(tmp_path: Path, profile: Path, recovery: str):
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "search.yaml"
-    path.write_text(
-        "name: bncheck\n"
-        "model: {callable: digits-cnn, kwargs: {width: 8, epochs: 2}}\n"
-        "data: {callable: 'tests.search.test_batchnorm_check:noise_calibration'}\n"
-        "space: {prune: {ratios: [0.0, 0.25]}, lowrank: {enabled: false}, "
-        "quantize: {enabled: false}}\n"
-        f"recovery: {recovery}\n"
-        f"profiles: ['{profile}']\n"
-        f"workdir: '{tmp_path / 'work'}'\n"
-        "n_trials: 3\nconcurrency: 1\nseeds: {uniform: 1, global_magnitude: 0}\n"
-        "sensitivity: {enabled: false}\nray: {num_cpus: 2}\n"
+def _config(tmp_path: Path, profile: Path, recovery: dict):
+    return search_config(
+        tmp_path / "work",
+        profile,
+        name="bncheck",
+        data={"callable": "tests.search.test_batchnorm_check:noise_calibration"},
+        space={
+            "prune": {"ratios": [0.0, 0.25]},
+            "lowrank": {"enabled": False},
+            "quantize": {"enabled": False},
+        },
+        recovery=recovery,
+        n_trials=3,
+        concurrency=1,
+        seeds={"uniform": 1, "global_magnitude": 0},
+        sensitivity={"enabled": False},
     )
-    return load_config(path)
 
 
 def test_recalibrating_on_unrepresentative_data_is_refused(tmp_path, fast_profile_file) -> None:
-    config = _config(tmp_path, fast_profile_file, "{batchnorm: true}")
+    config = _config(tmp_path, fast_profile_file, {"batchnorm": True})
     with pytest.raises(ConfigError, match=r"recovery\.batchnorm: .* recovery\.batchnorm: false"):
         run_search(config)
     # refused before the baseline was saved: a rerun checks again rather than going on
@@ -53,7 +54,7 @@ def test_recalibrating_on_unrepresentative_data_is_refused(tmp_path, fast_profil
         run_search(config)
     # with it off (and reconstruction on) the same search runs
     config = _config(
-        tmp_path / "off", fast_profile_file, "{batchnorm: false, reconstruct: {enabled: true}}"
+        tmp_path / "off", fast_profile_file, {"batchnorm": False, "reconstruct": {"enabled": True}}
     )
     outcome = run_search(config)
     [profile] = outcome.profiles

@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from tightfit.config import config_from_dict
+from tests.helpers import search_config
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.runs import run_search
 from tightfit.studies import load_study
@@ -39,22 +39,16 @@ def _profile_file(tmp: Path, base: HardwareProfile, name: str, resource: str, hw
 
 
 def _config(tmp: Path, name: str, profiles: list[Path], address: str, **extra: object):
-    return config_from_dict(
-        {
-            "name": name,
-            "model": {"callable": "digits-cnn", "kwargs": {"width": 8, "epochs": 2}},
-            "data": {"callable": "digits"},
-            "space": {"prune": {"ratios": [0.0, 0.25, 0.5]}, "lowrank": {"rank_fractions": [0.5]}},
-            "profiles": [str(p) for p in profiles],
-            "workdir": str(tmp / "work"),
-            "seeds": {"uniform": 2, "global_magnitude": 0},
-            # every trial is measured
-            "latency": {"cache": False, "prescreen": False},
-            "staged": {"enabled": False},
-            "sensitivity": {"enabled": False},
-            "ray": {"address": address},
-            **extra,
-        }
+    extra.setdefault("ray", {"address": address})
+    return search_config(
+        tmp / "work",
+        name=name,
+        profiles=[str(p) for p in profiles],
+        # every trial is measured
+        latency={"cache": False, "prescreen": False},
+        staged={"enabled": False},
+        sensitivity={"enabled": False},
+        **extra,
     )
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from tests.test_cli import tightfit
+from tests.helpers import tightfit
 from tightfit.config import load_config
 from tightfit.keys import TrialAttr
 from tightfit.search._driver import FAIL_FAST

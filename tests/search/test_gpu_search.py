@@ -9,7 +9,7 @@ import onnx
 import pytest
 from optuna.trial import TrialState
 
-from tests.search.test_search_e2e import small_config
+from tests.helpers import search_config
 from tightfit.evaluators.runtimes import runtime_missing
 from tightfit.hardware_profiles import get_profile
 from tightfit.runs import run_search
@@ -25,7 +25,7 @@ def test_search_export_and_remeasure_on_the_gpu(tmp_path: Path) -> None:
     fast = profile.measurement.model_copy(update={"warmup_s": 0.05, "rounds": 8, "max_rounds": 16})
     path = tmp_path / "gpu-fast.yaml"
     path.write_text(profile.model_copy(update={"name": "gpu-fast", "measurement": fast}).to_yaml())
-    config = small_config(tmp_path / "work", path, n_trials=8, ray={})
+    config = search_config(tmp_path / "work", path, n_trials=8, ray={})
     search = run_search(config)
     [outcome] = search.profiles
     # Staged evaluation stops candidates that miss the accuracy constraint on a subset (PRUNED);

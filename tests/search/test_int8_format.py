@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.search.test_search_e2e import small_config
+from tests.helpers import search_config
 from tightfit.runs import run_search
 
 pytestmark = pytest.mark.slow
 
 
 def test_auto_measures_both_formats_on_matmul_layers(tmp_path, fast_profile_file) -> None:
-    config = small_config(
+    config = search_config(
         tmp_path,
         fast_profile_file,
         name="mlp",

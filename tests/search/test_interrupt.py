@@ -14,6 +14,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from tests.helpers import search_file
 from tightfit.config import load_config
 from tightfit.keys import TrialAttr
 from tightfit.runs._files import sha256
@@ -35,22 +36,19 @@ def _progress(config, workdir: Path) -> tuple[int, set[int]]:
 
 
 def _search_file(tmp_path: Path, name: str, profile: Path, n_trials: int) -> Path:
-    path = tmp_path / "search.yaml"
-    path.write_text(
-        f"name: {name}\n"
-        "model: {callable: digits-cnn, kwargs: {width: 8, epochs: 2}}\n"
-        "data: {callable: digits}\n"
-        "space: {prune: {ratios: [0.0, 0.25, 0.5]}, lowrank: {rank_fractions: [0.5]}}\n"
-        f"profiles: ['{profile}']\n"
-        f"workdir: '{tmp_path / 'work'}'\n"
-        f"n_trials: {n_trials}\nconcurrency: 2\nseeds: {{uniform: 2, global_magnitude: 0}}\nsensitivity: {{enabled: false}}\nray: {{num_cpus: 2}}\n"
+    return search_file(
+        tmp_path / "search.yaml",
+        tmp_path / "work",
+        profile,
+        name=name,
+        n_trials=n_trials,
+        sensitivity={"enabled": False},
         # every trial completes, however well the tiny network trained on this CPU: no
         # accuracy bound stops one, and none is pre-screened
-        "constraints: {max_accuracy_drop: 1.0}\n"
-        "staged: {enabled: false}\n"
-        "latency: {prescreen: false}\n"
+        constraints={"max_accuracy_drop": 1.0},
+        staged={"enabled": False},
+        latency={"prescreen": False},
     )
-    return path
 
 
 def _start_when(

@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from tightfit.config import config_from_dict
+from tests.helpers import search_config
 from tightfit.exceptions import WorkdirError
 from tightfit.runs import run_search
 from tightfit.runs._files import sha256
@@ -25,28 +25,10 @@ pytestmark = pytest.mark.slow
 DISTILL = {"distill": {"enabled": True, "steps": 20}}
 
 
-def small_config(workdir: Path, profile: Path, **extra):
-    raw = {
-        "name": extra.pop("name", "e2e"),
-        "model": {"callable": "digits-cnn", "kwargs": {"width": 8, "epochs": 2}},
-        "data": {"callable": "digits"},
-        "space": {"prune": {"ratios": [0.0, 0.25, 0.5]}, "lowrank": {"rank_fractions": [0.5]}},
-        "profiles": [str(profile)],
-        "n_trials": 6,
-        "seeds": {"uniform": 2, "global_magnitude": 0},
-        "concurrency": 2,
-        "seed": 0,
-        "workdir": str(workdir),
-        "ray": {"num_cpus": 2},
-        **extra,
-    }
-    return config_from_dict(raw)
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, fast_profile_file):
     workdir = tmp_path_factory.mktemp("search")
-    config = small_config(
+    config = search_config(
         workdir,
         fast_profile_file,
         latency={"cache_dir": str(workdir / "lc"), "layer_table": True},  # opt-in predictor
@@ -62,7 +44,7 @@ def loose(tmp_path_factory, fast_profile_file):
     """A search that no accuracy bound stops early: every candidate is measured, then measured
     again with the others at the end (``latency.remeasure: measured``)."""
     workdir = tmp_path_factory.mktemp("loose")
-    config = small_config(
+    config = search_config(
         workdir,
         fast_profile_file,
         name="loose",
@@ -371,7 +353,7 @@ def test_workdir_of_another_search_is_refused(finished) -> None:
 
 
 def test_failing_candidates_fail_their_trials_not_the_study(tmp_path, fast_profile_file) -> None:
-    config = small_config(
+    config = search_config(
         tmp_path,
         fast_profile_file,
         trial_timeout_s=0.001,
@@ -548,7 +530,7 @@ def test_latency_samples_environment_and_cache_misses_are_logged(finished) -> No
 
 def test_a_second_search_reuses_every_measurement(finished, tmp_path, fast_profile_file) -> None:
     config, outcome, _ = finished
-    again = small_config(
+    again = search_config(
         tmp_path / "again",
         fast_profile_file,
         name="e2e-again",
@@ -586,11 +568,11 @@ def test_study_in_a_database_given_by_the_config(tmp_path: Path, fast_profile_fi
     """optuna.storage: the study lives in a database (here SQLite), not the work directory."""
     import optuna
 
-    from tests.test_cli import tightfit
+    from tests.helpers import tightfit
 
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     workdir = tmp_path / "work"
-    config = small_config(
+    config = search_config(
         workdir, fast_profile_file, n_trials=3, name="indb", optuna={"storage": url}
     )
     run_search(config)
@@ -606,7 +588,7 @@ def test_study_in_a_database_given_by_the_config(tmp_path: Path, fast_profile_fi
 def test_a_baseline_strategy_runs_its_sweep_alone(tmp_path, fast_profile_file) -> None:
     """``strategy: global_magnitude``: the baseline, then its seeded sweep; no sampler trial.
     Every candidate prunes by one global threshold, so none is factorized."""
-    config = small_config(
+    config = search_config(
         tmp_path / "work",
         fast_profile_file,
         name="gmp",

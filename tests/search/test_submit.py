@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.test_cli import tightfit as _cli
+from tests.helpers import tightfit as _cli
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.search import jobs
 

@@ -1,0 +1,74 @@
+"""What several test modules share: the small search they run, and running the CLI.
+
+Test modules import from here (and ``tests.models``, ``tests.zoo``), never from each other.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tightfit.config import SearchConfig, config_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: the digits network at width 8, trained 2 epochs: seconds to train, a real model on real data
+TINY_MODEL = {"callable": "digits-cnn", "kwargs": {"width": 8, "epochs": 2}}
+
+
+def search_dict(workdir: Path, profile: Path | str | None = None, **extra: Any) -> dict[str, Any]:
+    """The small search of the end-to-end tests: the tiny digits network, three prune ratios
+    and one rank, two uniform seeds, on ``profile`` (a fast CPU profile file, usually),
+    working in ``workdir``; ``extra`` overrides any field."""
+    raw: dict[str, Any] = {
+        "name": "e2e",
+        "model": TINY_MODEL,
+        "data": {"callable": "digits"},
+        "space": {"prune": {"ratios": [0.0, 0.25, 0.5]}, "lowrank": {"rank_fractions": [0.5]}},
+        "n_trials": 6,
+        "seeds": {"uniform": 2, "global_magnitude": 0},
+        "concurrency": 2,
+        "seed": 0,
+        "workdir": str(workdir),
+        "ray": {"num_cpus": 2},
+    }
+    if profile is not None:
+        raw["profiles"] = [str(profile)]
+    return {**raw, **extra}
+
+
+def search_config(workdir: Path, profile: Path | str | None = None, **extra: Any) -> SearchConfig:
+    """:func:`search_dict`, validated."""
+    return config_from_dict(search_dict(workdir, profile, **extra))
+
+
+def search_file(path: Path, workdir: Path, profile: Path | str | None = None, **extra: Any) -> Path:
+    """:func:`search_dict` written as the YAML file ``path`` (what ``tightfit search`` reads)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(search_dict(workdir, profile, **extra), sort_keys=False))
+    return path
+
+
+def tightfit(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The ``tightfit`` command, run as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "tightfit.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    """Exit 2 with one ``tightfit: error:`` line holding ``needles``, and no traceback."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("tightfit: error:")]
+    assert len(errors) == 1, result.stderr
+    for needle in needles:
+        assert needle in errors[0]
