@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests import models
+from tests.helpers import DISTILL, search_config
 from tightfit.config import CallableSpec, SpaceSpec
 from tightfit.hardware_profiles import HardwareProfile, get_profile
 from tightfit.kernels import SurgeryContext, export_onnx
@@ -87,3 +88,40 @@ def tiny_ctx(
 @pytest.fixture()
 def default_space() -> SpaceSpec:
     return SpaceSpec()
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory, fast_profile_file):
+    """The session's main small search (tests.helpers.search_config), distilling its pruned and
+    factorized candidates; shared by the search, MLflow, export and cache tests."""
+    from tightfit.runs import run_search
+
+    workdir = tmp_path_factory.mktemp("search")
+    config = search_config(
+        workdir,
+        fast_profile_file,
+        latency={"cache_dir": str(workdir / "lc"), "layer_table": True},  # opt-in predictor
+        recovery=DISTILL,
+    )
+    seen = []
+    outcome = run_search(config, progress=seen.append)
+    return config, outcome, seen
+
+
+@pytest.fixture(scope="session")
+def loose(tmp_path_factory, fast_profile_file):
+    """A search that no accuracy bound stops early: every candidate is measured, then measured
+    again with the others at the end (``latency.remeasure: measured``)."""
+    from tightfit.runs import run_search
+
+    workdir = tmp_path_factory.mktemp("loose")
+    config = search_config(
+        workdir,
+        fast_profile_file,
+        name="loose",
+        n_trials=5,
+        constraints={"max_accuracy_drop": 1.0},
+        sensitivity={"enabled": False},
+        latency={"cache_dir": str(workdir / "lc"), "remeasure": "measured"},
+    )
+    return config, run_search(config)

@@ -19,6 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 #: the digits network at width 8, trained 2 epochs: seconds to train, a real model on real data
 TINY_MODEL = {"callable": "digits-cnn", "kwargs": {"width": 8, "epochs": 2}}
 
+#: the session's main search distills its pruned and factorized candidates
+DISTILL = {"distill": {"enabled": True, "steps": 20}}
+
 
 def search_dict(workdir: Path, profile: Path | str | None = None, **extra: Any) -> dict[str, Any]:
     """The small search of the end-to-end tests: the tiny digits network, three prune ratios
@@ -72,3 +75,14 @@ def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> Non
     assert len(errors) == 1, result.stderr
     for needle in needles:
         assert needle in errors[0]
+
+
+def trial_runs(workdir: Path, kind: str = "trial", name: str = "e2e") -> list[Any]:
+    """The MLflow runs of a search in ``workdir``'s local store: its trials, or its summaries."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(name)
+    return client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`tightfit.kind` = '{kind}'", max_results=1000
+    )
