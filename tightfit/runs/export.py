@@ -287,7 +287,6 @@ STAGING = ".partial-"
 def _publish(staging: Path, target: Path) -> None:
     """Move a complete engine folder (files + manifest) to ``target``, replacing an older one:
     a reader sees the old folder or the new one, never an engine without its manifest."""
-
     old = target.with_name(f"{STAGING}old-{target.name}")
     if target.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -297,7 +296,7 @@ def _publish(staging: Path, target: Path) -> None:
 
 
 def _remove_staging(out: Path) -> None:
-
+    """An interrupted export's leftovers."""
     if out.is_dir():
         for leftover in out.glob(f"{STAGING}*"):
             shutil.rmtree(leftover, ignore_errors=True)
