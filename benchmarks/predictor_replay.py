@@ -114,7 +114,7 @@ def replay(workdir: Path) -> dict:
         layers.add(features, measured)
 
     # 2 and 3: rebuild each candidate, re-time its layers, re-measure it twice
-    ws = workspace(Setup(config=config, profile=hw, cache_dir=str(workdir / "cache")))
+    ws = workspace(Setup.of(config, hw, workdir))
     shapes, dtypes = ws.input_spec()
     feed = input_feed(shapes, dtypes, hw, seed=0)
     base = ws.baseline_onnx.read_bytes()

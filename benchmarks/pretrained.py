@@ -53,7 +53,7 @@ def uniform_int8(config: SearchConfig, workdir: Path, baseline: dict, dynamic: b
     # every layer, including those the example's search leaves alone (model.ignore)
     config = config.model_copy(update={"model": config.model.model_copy(update={"ignore": []})})
     profile = profile.with_int8_format("dynamic" if dynamic else "static")
-    setup = Setup(config=config, profile=profile, cache_dir=str(workdir / "cache"))
+    setup = Setup.of(config, profile, workdir)
     ws = workspace(setup)
     # int8 on every layer whether or not the example's own space searches bits
     only_int8 = SpaceSpec(

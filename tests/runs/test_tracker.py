@@ -76,7 +76,9 @@ def test_a_new_tracker_on_the_store_finds_its_runs(tracker: Tracker, tmp_path: P
     run_id = tracker.start_trial("cpu", 7, {})
     tracker.set_pareto("cpu", {7})
     again = Tracker(tmp_path, "unit")
-    assert again.run_id("cpu", 7) == run_id and again.summary_run("cpu") == tracker.summary_run("cpu")
+    assert again.run_id("cpu", 7) == run_id and again.summary_run("cpu") == tracker.summary_run(
+        "cpu"
+    )
 
 
 def test_interrupted_and_summary_runs(tracker: Tracker, tmp_path: Path) -> None:
@@ -113,7 +115,9 @@ def test_reconcile_writes_each_finished_trial_once_from_the_study(tracker: Track
     runs = [_run(tracker, tracker.run_id("cpu", n)) for n in range(3)]  # type: ignore[arg-type]
     assert [r.data.tags[Tag.STATUS] for r in runs] == ["complete", "stopped", "failed"]
     assert all(r.data.tags[Tag.RECONCILED] == "true" for r in runs)
-    assert runs[0].data.metrics["speedup"] == 1.5 and runs[2].data.tags[Tag.ERROR] == "bad candidate"
+    assert (
+        runs[0].data.metrics["speedup"] == 1.5 and runs[2].data.tags[Tag.ERROR] == "bad candidate"
+    )
 
 
 def test_artifacts_stay_in_the_workdir_unless_a_server_keeps_them(tmp_path: Path) -> None:

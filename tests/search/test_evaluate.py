@@ -22,7 +22,7 @@ def setup(tmp_path_factory, fast_profile) -> Setup:
             "workdir": str(work),
         }
     )
-    return Setup(config=config, profile=fast_profile, cache_dir=str(work / "cache"))
+    return Setup.of(config, fast_profile, work)
 
 
 def test_baseline_and_a_compressed_candidate(setup: Setup) -> None:

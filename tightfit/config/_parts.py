@@ -12,6 +12,31 @@ from pydantic import Field, field_validator, model_validator
 from tightfit._records import Record
 from tightfit._secrets import has_secret, redact
 
+__all__ = [
+    "CallableSpec",
+    "Constraints",
+    "DistillSpec",
+    "LatencySpec",
+    "LowRankSpace",
+    "MlflowSpec",
+    "ModelSpec",
+    "Objective",
+    "OptunaSpec",
+    "PruneSpace",
+    "QuantizeSpace",
+    "RaySpec",
+    "ReconstructSpec",
+    "RecoverySpec",
+    "SamplerSpec",
+    "SeedsSpec",
+    "SensitivitySpec",
+    "SpaceSpec",
+    "StagedSpec",
+    "callable_reference",
+    "drop_excess",
+]
+
+
 Objective = Literal["accuracy", "latency_ms", "size_mb"]  # the names of objectives.OBJECTIVES
 
 

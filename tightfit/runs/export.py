@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from tightfit.config import SearchConfig
-from tightfit.evaluators import LatencyResult, evaluate_accuracy, size_mb
+from tightfit.evaluators import evaluate_accuracy, size_mb
 from tightfit.exceptions import TightfitError
 from tightfit.hardware_profiles import HardwareProfile, get_profile
 from tightfit.keys import StudyAttr, TrialAttr
@@ -27,11 +27,11 @@ from tightfit.runs import registry
 from tightfit.runs._files import sha256
 from tightfit.runs.pareto import front_frame, knee
 from tightfit.runs.plans import plan_tags
-from tightfit.search import repeat_error
+from tightfit.search import measure_engines, repeat_error
 from tightfit.spaces import Candidate
 from tightfit.studies import load_study, profile_as_searched
 from tightfit.workdir import atomic_write, load_workdir_config
-from tightfit.workspace import MeasurementReference, Setup, workspace
+from tightfit.workspace import Setup, workspace
 
 LIBRARIES = ("tightfit", "torch", "torch-pruning", "onnx", "onnxruntime", "optuna", "ray", "mlflow")
 
@@ -192,7 +192,7 @@ def export(
         )
     # Several points are re-measured together, in the same rounds, so that their order is
     # not that of the machine's state while each one ran (``measure_jointly``).
-    ref_ms, latencies = _remeasure(config, hw, [b.onnx_bytes for b in built], reference)
+    ref_ms, latencies = measure_engines(config, hw, [b.onnx_bytes for b in built], reference)
     repeat = repeat_error(study)
     results = []
     for b, latency in zip(built, latencies, strict=True):
@@ -251,34 +251,6 @@ def export(
         _publish(b.staging, b.target)  # the engine and its manifest appear together
         results.append(done)
     return registry.register(results, workdir, config, hw, pick) if register else results
-
-
-def _remeasure(
-    config: SearchConfig,
-    hw: HardwareProfile,
-    onnx: list[bytes],
-    reference: MeasurementReference,
-) -> tuple[float, list[LatencyResult]]:
-    """The baseline's reference latency now, and ``onnx`` measured together against it, on a
-    measurement actor as the search measured: on a node with the profile's hardware (the search's
-    Ray cluster when ``ray.address`` names one, else a local Ray), in a Ray worker process. The
-    same candidate measured in the calling process instead read 2-4% faster against the
-    baseline than in the search's actor on the 2-core Xeon VM (four exports against two actor
-    measurements), enough to leave the logged interval."""
-    import ray
-
-    from tightfit.search import _ray
-
-    started = _ray.start_ray(config)
-    try:
-        _ray.check_feasible(hw)
-        bench = _ray.latency_bench(hw)
-        ref_ms = float(ray.get(bench.reference.remote(hw, reference)).baseline_median_ms)
-        reference = reference.model_copy(update={"reference_ms": ref_ms})
-        return ref_ms, list(ray.get(bench.measure_many.remote(hw, onnx, reference)))
-    finally:
-        if started:
-            ray.shutdown()
 
 
 STAGING = ".partial-"

@@ -5,6 +5,7 @@ leaves the records' summaries to it.
 """
 
 from tightfit.search._driver import ProgressHook, search
+from tightfit.search._ray import measure_engines
 from tightfit.search._recipe import metrics as recipe_metrics
 from tightfit.search._reuse import joint_metrics, latency_reuse_metrics, repeat_error
 from tightfit.search._tell import Told
@@ -26,6 +27,7 @@ __all__ = [
     "latency_reuse_metrics",
     "make_sampler",
     "measure",
+    "measure_engines",
     "recipe_metrics",
     "repeat_error",
     "search",
