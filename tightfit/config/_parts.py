@@ -20,7 +20,6 @@ __all__ = [
     "LowRankSpace",
     "MlflowSpec",
     "ModelSpec",
-    "Objective",
     "OptunaSpec",
     "PruneSpace",
     "QuantizeSpace",
@@ -35,9 +34,6 @@ __all__ = [
     "callable_reference",
     "drop_excess",
 ]
-
-
-Objective = Literal["accuracy", "latency_ms", "size_mb"]  # the names of objectives.OBJECTIVES
 
 
 def callable_reference(fn: Any) -> str:

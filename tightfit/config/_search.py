@@ -13,6 +13,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tightfit import objectives
+from tightfit._naming import unknown_name_message
 from tightfit._records import Record, describe_validation_error
 from tightfit._secrets import secret_keys
 from tightfit.config._parts import (
@@ -21,7 +22,6 @@ from tightfit.config._parts import (
     LatencySpec,
     MlflowSpec,
     ModelSpec,
-    Objective,
     OptunaSpec,
     RaySpec,
     RecoverySpec,
@@ -43,7 +43,11 @@ class SearchConfig(Record):
     model: ModelSpec
     data: CallableSpec
     space: SpaceSpec = Field(default_factory=SpaceSpec)
-    objectives: list[Objective] = ["accuracy", "latency_ms", "size_mb"]
+    objectives: list[str] = Field(
+        default_factory=lambda: ["accuracy", "latency_ms", "size_mb"],
+        description="what the front trades off: names of objectives.OBJECTIVES (each knows "
+        "which way is better)",
+    )
     constraints: Constraints = Field(default_factory=Constraints)
     profiles: list[str] = Field(default_factory=lambda: ["cpu-ort"], min_length=1)
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
@@ -75,12 +79,17 @@ class SearchConfig(Record):
     @field_validator("objectives")
     @classmethod
     def _objectives(cls, v: list[str]) -> list[str]:
+        for i, name in enumerate(v):
+            if name not in objectives.OBJECTIVES:
+                raise ValueError(
+                    f"[{i}] {unknown_name_message('objective', name, objectives.OBJECTIVES)}"
+                )
         if len(set(v)) != len(v):
             raise ValueError(f"has duplicates: {v}")
-        if "accuracy" not in v or len(v) < 2:
-            raise ValueError(
-                f"must include 'accuracy' and at least one of latency_ms, size_mb, got {v}"
-            )
+        quality = objectives.QUALITY
+        if quality not in v or len(v) < 2:
+            others = ", ".join(o for o in objectives.OBJECTIVES if o != quality)
+            raise ValueError(f"must include '{quality}' and at least one of {others}, got {v}")
         return v
 
     @field_validator("profiles")
