@@ -44,7 +44,7 @@ def test_unknown_sampler_and_kernel(tmp_path: Path) -> None:
     assert_user_error(result, "sampler.name input should be 'tpe', 'nsga2', 'random' or 'qmc'")
     result = tightfit("search", config(tmp_path, body + "space: {distill: {}}\n"))
     assert_user_error(
-        result, "space.distill is not a known field (valid: prune, lowrank, quantize)"
+        result, "space.distill is not a known field (valid: prune, lowrank, quantize, kernels)"
     )
 
 

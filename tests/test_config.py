@@ -99,7 +99,7 @@ def test_unknown_field_lists_the_valid_ones(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, MINIMAL + "space: {distill: {}}\n"))
     assert str(err.value).endswith(
-        "space.distill is not a known field (valid: prune, lowrank, quantize)"
+        "space.distill is not a known field (valid: prune, lowrank, quantize, kernels)"
     )
     with pytest.raises(ConfigError, match="n_trails is not a known field; did you mean 'n_trials'"):
         load_config(write(tmp_path, MINIMAL + "n_trails: 3\n"))

@@ -158,6 +158,11 @@ class SpaceSpec(Record):
     prune: PruneSpace = Field(default_factory=PruneSpace)
     lowrank: LowRankSpace = Field(default_factory=LowRankSpace)
     quantize: QuantizeSpace = Field(default_factory=QuantizeSpace)
+    kernels: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="settings of kernels registered beyond the three above, by kernel name "
+        "(each kernel validates its own; an unknown name is refused when the space is found)",
+    )
 
 
 def drop_excess(baseline: float, accuracy: float, max_drop: float) -> float:

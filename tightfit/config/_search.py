@@ -125,7 +125,7 @@ class SearchConfig(Record):
     @model_validator(mode="after")
     def _something_to_search(self) -> SearchConfig:
         s = self.space
-        if not (s.prune.enabled or s.lowrank.enabled or s.quantize.enabled):
+        if not (s.prune.enabled or s.lowrank.enabled or s.quantize.enabled or s.kernels):
             raise ValueError("space: every kernel is disabled; enable prune, lowrank or quantize")
         return self
 

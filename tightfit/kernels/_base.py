@@ -54,6 +54,11 @@ class Kernel(ABC):
     def units(self, model: nn.Module, ctx: SurgeryContext, space: SpaceSpec) -> list[Unit]:
         """The units of ``model`` this kernel can act on, with their choices from ``space``."""
 
+    def settings(self, space: SpaceSpec) -> dict[str, Any]:
+        """This kernel's section of ``space.kernels`` (a kernel beyond the built-in three reads
+        its choices there: ``space: {kernels: {<name>: {...}}}`` in the config)."""
+        return dict(space.kernels.get(self.name, {}))
+
     def refusals(self, model: nn.Module, ctx: SurgeryContext, space: SpaceSpec) -> list[Refusal]:
         """Parts of ``model`` this kernel recognises but will not act on, with the reason."""
         return []

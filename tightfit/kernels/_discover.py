@@ -6,6 +6,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tightfit._naming import unknown_name_message
+from tightfit.exceptions import ConfigError
 from tightfit.kernels._base import SurgeryContext
 from tightfit.kernels._pipeline import probe_units
 from tightfit.kernels._registry import registered_kernels
@@ -23,6 +25,10 @@ def discover(
     """Ask every registered kernel which units of ``model`` it can act on, and which parts it
     will not act on; then try each torch-stage kernel's strongest level (see
     :func:`tightfit.kernels.probe_units`), refusing the units that fail it."""
+    known = {k.name for k in registered_kernels()}
+    for name in space.kernels:
+        if name not in known:
+            raise ConfigError(f"space.kernels: {unknown_name_message('kernel', name, known)}")
     units: list[Unit] = []
     refused: list[Refusal] = []
     for kernel in registered_kernels():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_serializer
 
 from tightfit._records import Record
 
@@ -18,12 +18,16 @@ class Candidate(Record):
     removed; ``rank`` maps a Linear/Conv path to its rank as a fraction of the layer's break-even
     rank (1.0 or absent: not factorized); ``bits`` maps a layer path to 8 or 4 (absent: fp32).
     Entries that do nothing are dropped, so equal models have equal candidates.
+
+    ``other`` holds the knobs of kernels registered beyond these three, by knob: ``{knob:
+    {unit path: value}}``, with the units at their first (no-op) level left out by the space.
     """
 
     base_model: str = Field(description="content hash of the base model")
     prune: dict[str, float] = Field(default_factory=dict)
     rank: dict[str, float] = Field(default_factory=dict)
     bits: dict[str, int] = Field(default_factory=dict)
+    other: dict[str, dict[str, Any]] = Field(default_factory=dict)
     seed: int = 0
 
     def model_post_init(self, __context: Any) -> None:
@@ -31,26 +35,39 @@ class Candidate(Record):
         object.__setattr__(self, "prune", {k: v for k, v in sorted(self.prune.items()) if v > 0})
         object.__setattr__(self, "rank", {k: v for k, v in sorted(self.rank.items()) if v < 1.0})
         object.__setattr__(self, "bits", {k: v for k, v in sorted(self.bits.items()) if v < 32})
+        other = {knob: dict(sorted(p.items())) for knob, p in sorted(self.other.items()) if p}
+        object.__setattr__(self, "other", other)
+
+    @model_serializer(mode="wrap")
+    def _without_empty_other(self, handler: Any) -> Any:
+        """A candidate of the three built-in knobs serialises as before ``other`` existed."""
+        data = handler(self)
+        if isinstance(data, dict) and not data.get("other"):
+            data.pop("other", None)
+        return data
 
     @property
     def is_baseline(self) -> bool:
-        return not (self.prune or self.rank or self.bits)
+        return not (self.prune or self.rank or self.bits or self.other)
 
     def plan_for(self, knob: str) -> dict[str, Any]:
-        """The per-unit values of one knob (``prune_ratio``, ``rank`` or ``bits``)."""
+        """The per-unit values of one knob (``prune_ratio``, ``rank``, ``bits`` or another
+        registered kernel's)."""
         plans: dict[str, dict[str, Any]] = {
             "prune_ratio": self.prune,
             "rank": self.rank,
             "bits": self.bits,
         }
-        return plans[knob]
+        return plans[knob] if knob in plans else self.other.get(knob, {})
 
-    def to_params(self) -> dict[str, float | int]:
+    def to_params(self) -> dict[str, Any]:
         """Optuna-style params ``<module path>.<knob>`` (only the entries that do something)."""
-        out: dict[str, float | int] = {}
+        out: dict[str, Any] = {}
         out.update({f"{k}.prune_ratio": v for k, v in self.prune.items()})
         out.update({f"{k}.rank": v for k, v in self.rank.items()})
         out.update({f"{k}.bits": v for k, v in self.bits.items()})
+        for knob, plan in self.other.items():
+            out.update({f"{k}.{knob}": v for k, v in plan.items()})
         return out
 
     @classmethod
@@ -58,19 +75,20 @@ class Candidate(Record):
         prune: dict[str, float] = {}
         rank: dict[str, float] = {}
         bits: dict[str, int] = {}
+        other: dict[str, dict[str, Any]] = {}
         for name, value in params.items():
             path, _, knob = name.rpartition(".")
+            if not path or not knob.isidentifier():
+                raise ValueError(f"param '{name}' is not '<module path>.<knob>'")
             if knob == "prune_ratio":
                 prune[path] = float(value)
             elif knob == "rank":
                 rank[path] = float(value)
             elif knob == "bits":
                 bits[path] = int(value)
-            else:
-                raise ValueError(
-                    f"param '{name}' is not '<module path>.<knob>' with knob in {KNOBS}"
-                )
-        return cls(base_model=base_model, prune=prune, rank=rank, bits=bits, seed=seed)
+            else:  # another registered kernel's knob
+                other.setdefault(knob, {})[path] = value
+        return cls(base_model=base_model, prune=prune, rank=rank, bits=bits, other=other, seed=seed)
 
     def summary(self) -> dict[str, float]:
         """A few numbers that describe the candidate at a glance (logged as MLflow params)."""

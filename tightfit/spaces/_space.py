@@ -46,7 +46,11 @@ class CompressionSpace:
 
     def candidate(self, levels: dict[str, int]) -> Candidate:
         """The candidate of Optuna params (``<path>.<knob>.level``; absent: level 0)."""
-        params = {u.param_name: u.choices[int(levels.get(u.level_name, 0))] for u in self.units}
+        params = {
+            u.param_name: u.choices[int(levels[u.level_name])]
+            for u in self.units
+            if int(levels.get(u.level_name, 0))  # level 0 is the no-op
+        }
         return Candidate.from_params(self.base_model, params, seed=self.seed)
 
     def baseline(self) -> Candidate:
@@ -59,6 +63,8 @@ class CompressionSpace:
         target = {"prune_ratio": prune_ratio, "rank": rank_fraction, "bits": bits}
         params: dict[str, Any] = {}
         for u in self.units:
+            if u.knob not in target:  # another kernel's knob: left at its no-op level
+                continue
             want = target[u.knob]
             if u.knob == "prune_ratio":
                 params[u.param_name] = max((c for c in u.choices if c <= want), default=0.0)
