@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import TypeVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tightfit.workdir import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +87,7 @@ def trained_once(
     log.info("training %s once", what)
     trained = train()
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        torch.save(trained.state_dict(), tmp)
-        tmp.replace(cache)
+        buffer = io.BytesIO()
+        torch.save(trained.state_dict(), buffer)
+        atomic_write(cache, buffer.getvalue())
     return trained

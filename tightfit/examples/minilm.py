@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tightfit.examples._packages import MissingPackage, package_dir, packages_cache, require_module
+from tightfit.workdir import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -168,10 +169,9 @@ def load_data(seed: int = 0, cache_dir: Path | None = None) -> dict:
         embeddings = encode(pretrained_minilm(), inputs)
         coef, intercept = _probe(embeddings[train], labels[train])
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp.npz")
-            np.savez(tmp, embeddings=embeddings, coef=coef, intercept=intercept)
-            tmp.replace(cache)
+            buffer = io.BytesIO()
+            np.savez(buffer, embeddings=embeddings, coef=coef, intercept=intercept)
+            atomic_write(cache, buffer.getvalue())
     targets = np.concatenate(
         [labels[held_out, None].astype(np.float32), embeddings[held_out]], axis=1
     )

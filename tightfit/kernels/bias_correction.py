@@ -69,7 +69,7 @@ def int8_error(weight: np.ndarray, axis: int | None, q: WeightQuant) -> np.ndarr
 
 def int4_error(weight: np.ndarray, block_size: int = INT4_BLOCK) -> np.ndarray:
     """The error of MatMulNBits' symmetric 4-bit blocks on a ``[K, N]`` MatMul weight."""
-    from onnxruntime.capi._pybind_state import quantize_matmul_4bits
+    from tightfit._ort_private import quantize_matmul_4bits
 
     k, n = weight.shape
     blocks = (k + block_size - 1) // block_size

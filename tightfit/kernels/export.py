@@ -24,6 +24,7 @@ from torch import nn
 
 from tightfit.exceptions import CandidateError
 from tightfit.task import is_token_input
+from tightfit.workdir import atomic_write
 
 OPSET = 17
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
@@ -160,11 +161,7 @@ def export_onnx(
     finally:
         chatter.close()
         model.eval()  # export may flip train mode of submodules (offline-models-data.md §6.4)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(global_pools(inline_shared_initializers(buffer.getvalue()), covering))
-    tmp.replace(path)
-    return path
+    return atomic_write(path, global_pools(inline_shared_initializers(buffer.getvalue()), covering))
 
 
 def inline_shared_initializers(onnx_bytes: bytes) -> bytes:

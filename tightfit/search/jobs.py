@@ -90,7 +90,12 @@ def client(address: str | None) -> Any:
     """A Job client for ``address`` (the Ray dashboard, http://HEAD:8265)."""
     import os
 
-    from ray.job_submission import JobSubmissionClient
+    try:
+        from ray.job_submission import JobSubmissionClient
+    except ImportError as e:
+        raise JobError(
+            f"submitting to a cluster needs Ray's job client ({e}): pip install 'tightfit[cluster]'"
+        ) from e
 
     address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
     if not address or address == "auto" or address.startswith("ray://"):

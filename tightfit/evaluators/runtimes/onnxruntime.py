@@ -19,7 +19,8 @@ class OnnxRuntime:
         if profile.execution_provider not in ort.get_available_providers():
             return (
                 f"onnxruntime {ort.__version__} here offers {ort.get_available_providers()}, not "
-                f"{profile.execution_provider}; install onnxruntime-gpu"
+                f"{profile.execution_provider}; install onnxruntime-gpu in its place (pip uninstall "
+                "-y onnxruntime && pip install 'onnxruntime-gpu>=1.20,<1.33')"
             )
         return None
 

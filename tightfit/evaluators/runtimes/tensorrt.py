@@ -20,6 +20,7 @@ from tightfit.evaluators.runtimes._base import (
     torch_inputs,
 )
 from tightfit.hardware_profiles import HardwareProfile
+from tightfit.workdir import atomic_write
 
 
 def timing_cache_path(gpu: str, trt_version: str) -> Path:
@@ -62,10 +63,7 @@ def build_engine(path: Path, profile: HardwareProfile, feed: dict[str, np.ndarra
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise RuntimeError(f"TensorRT could not build an engine for {path.name}")
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_bytes(memoryview(config.get_timing_cache().serialize()))
-    tmp.replace(cache_file)
+    atomic_write(cache_file, bytes(memoryview(config.get_timing_cache().serialize())))
     return bytes(plan)
 
 
@@ -108,7 +106,7 @@ class TensorRTRunner(CudaRunner):
 
 class TensorRT(CudaRuntime):
     package = "tensorrt"
-    install = "TensorRT is not installed (pip install tensorrt, from NVIDIA's index)"
+    install = "TensorRT is not installed: pip install 'tightfit[tensorrt]' (its wheels are on PyPI)"
     runner = TensorRTRunner
 
 
