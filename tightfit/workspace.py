@@ -239,10 +239,8 @@ class Workspace:
         """
         if self.layers is None:
             return {}
-        shapes, dtypes = self.input_spec()
-        feed = input_feed(shapes, dtypes, self.setup.profile, seed=0)
         try:
-            found = layer_table.layer_models(onnx_bytes, {k: v.shape for k, v in feed.items()})
+            found = layer_table.layer_models(onnx_bytes, self.measured_shapes)
             total, timed = self.layers.total_ms(found)
         except Exception as e:  # noqa: BLE001 - no prediction for this one: it gets measured
             log.warning("per-layer latency table: %s: %s", type(e).__name__, e)
@@ -274,6 +272,13 @@ class Workspace:
         with tempfile.TemporaryDirectory(prefix="rebuild-", dir=self.scratch) as out_dir:
             built = compress(self.model, candidate, self.ctx, Path(out_dir))
             return built.onnx_path.read_bytes(), built.report
+
+    @functools.cached_property
+    def measured_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The input shapes latency is measured at: the profile's batch (and sequence length)."""
+        shapes, dtypes = self.input_spec()
+        feed = input_feed(shapes, dtypes, self.setup.profile, seed=0)
+        return {k: tuple(v.shape) for k, v in feed.items()}
 
     def input_spec(self) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
         shapes = {k: tuple(v.shape[1:]) for k, v in self.data.validation.items()}
@@ -333,7 +338,10 @@ def compress_and_score(setup: Setup, candidate: Candidate, subset_only: bool = F
             report=_jsonable(result.report),
             seconds=time.perf_counter() - t0,
             signature=architecture_signature(onnx_bytes),
-            features={**graph_features(onnx_bytes), **ws.layer_features(onnx_bytes)},
+            features={
+                **graph_features(onnx_bytes, ws.measured_shapes),
+                **ws.layer_features(onnx_bytes),
+            },
             layer_host=layer_table.host() if ws.layers is not None else "",
             stage=stage,
             metrics=extras,

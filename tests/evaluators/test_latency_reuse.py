@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from tightfit.evaluators.latency import LatencyResult
 from tightfit.evaluators.latency_cache import LatencyCache, architecture_signature, cache_key
@@ -100,3 +101,21 @@ def test_predictor_fits_non_negative_costs() -> None:
     assert held_out(features[:3], latency[:3]) == [None, None, None]  # 2 others: no fit
     partial = [*features[:4], {"one": 1.0}]  # a candidate without the predictor's inputs
     assert held_out(partial, latency[:5])[-1] is None
+
+
+def test_token_features_count_the_measured_sequence_length(tmp_path) -> None:
+    """Batch and sequence are symbolic in the export; the features count them at the shapes
+    latency is measured at, not at 1."""
+    from tests import models
+    from tightfit.kernels import export_onnx
+
+    ids = torch.ones(2, 16, dtype=torch.int64)
+    names = ("input_ids", "attention_mask")
+    path = export_onnx(models.tiny_bert(), (ids, ids), names, tmp_path / "t.onnx")
+    onnx_bytes = path.read_bytes()
+
+    def at(length: int) -> float:
+        return graph_features(onnx_bytes, dict.fromkeys(names, (1, length)))["mmac_float"]
+
+    assert at(64) > 6 * at(8)  # the projections scale with the length (attention faster)
+    assert graph_features(onnx_bytes)["mmac_float"] < at(8)  # unknown dimensions: 1 each

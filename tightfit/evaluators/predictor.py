@@ -42,9 +42,20 @@ def _shape(info: dict[str, list[int]], name: str) -> list[int] | None:
     return dims if dims is not None and all(d > 0 for d in dims) else None
 
 
-def graph_features(onnx_bytes: bytes) -> dict[str, float]:
-    """Features of one exported candidate (shapes from ONNX shape inference, batch as exported)."""
+def graph_features(
+    onnx_bytes: bytes, input_shapes: dict[str, tuple[int, ...]] | None = None
+) -> dict[str, float]:
+    """Features of one exported candidate, at ``input_shapes`` (the shapes latency is measured
+    at: the profile's batch and sequence length) where given; shapes from ONNX shape inference.
+    A dimension still unknown counts as 1."""
     model = onnx.load_from_string(onnx_bytes)
+    for vi in model.graph.input:
+        shape = (input_shapes or {}).get(vi.name)
+        dims = vi.type.tensor_type.shape.dim
+        if shape is not None and len(shape) == len(dims):
+            for d, size in zip(dims, shape, strict=True):
+                d.Clear()
+                d.dim_value = int(size)
     try:
         model = shape_inference.infer_shapes(model)
     except Exception:  # noqa: BLE001 - features degrade to what is known without shapes
