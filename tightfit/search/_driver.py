@@ -356,10 +356,11 @@ class ProfileSearch:
             self.n_failed += 1
         else:
             self.succeeded = True
+        best = self.study.best_trials  # the front: computed once per told trial
         if told.status == "complete":
-            self.recorder.set_pareto(self.profile.name, {b.number for b in self.study.best_trials})
+            self.recorder.set_pareto(self.profile.name, {b.number for b in best})
         names = list(self.config.objectives)
-        points = [dict(zip(names, t.values, strict=True)) for t in self.study.best_trials]
+        points = [dict(zip(names, t.values, strict=True)) for t in best]
         metrics = {"hypervolume": obj.hypervolume(points, self.ready.baseline, names)}
         if self.best_speedup is not None:
             metrics["best_feasible_speedup"] = self.best_speedup

@@ -55,6 +55,12 @@ def tell(study: optuna.Study, trial: optuna.Trial, told: Told) -> None:
     study.tell(trial, told.values, state=told.state)
 
 
+def _excess(config: SearchConfig, baseline: dict[str, float], one: StageOne) -> float:
+    """How far ``one``'s accuracy drop exceeds ``max_accuracy_drop`` (<= 0: within it)."""
+    limit = config.constraints.max_accuracy_drop
+    return drop_excess(baseline["accuracy"], one.accuracy, limit)
+
+
 def failed(reason: str) -> Told:
     return Told("failed", attrs={TrialAttr.ERROR: reason}, error=reason)
 
@@ -83,9 +89,7 @@ def completed(
         return failed(f"non-finite result {values}")
     limits = config.constraints
     drop = baseline["accuracy"] - one.accuracy
-    constraints = {
-        "accuracy_drop": drop_excess(baseline["accuracy"], one.accuracy, limits.max_accuracy_drop)
-    }
+    constraints = {"accuracy_drop": _excess(config, baseline, one)}
     if limits.max_latency_ms is not None:
         constraints["latency_ms"] = latency.latency_ms - limits.max_latency_ms
     attrs = {
@@ -163,7 +167,7 @@ def stopped_early(config: SearchConfig, baseline: dict[str, float], one: StageOn
     """
     staged = config.staged
     drop = baseline["accuracy"] - one.accuracy
-    excess = drop_excess(baseline["accuracy"], one.accuracy, config.constraints.max_accuracy_drop)
+    excess = _excess(config, baseline, one)
     if not staged.enabled or not (
         one.stage == "subset" or (excess > 0 and not staged.measure_infeasible)
     ):
@@ -192,10 +196,9 @@ def prescreened(
     config: SearchConfig, baseline: dict[str, float], one: StageOne, predicted_ms: float
 ) -> Told:
     """A trial whose predicted latency puts it behind the front: not measured."""
-    limit = config.constraints.max_accuracy_drop
     return Told(
         "prescreened",
-        constraints={"accuracy_drop": drop_excess(baseline["accuracy"], one.accuracy, limit)},
+        constraints={"accuracy_drop": _excess(config, baseline, one)},
         attrs={TrialAttr.STAGE: "prescreened"},
         metrics={
             "accuracy": one.accuracy,
