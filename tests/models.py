@@ -299,3 +299,46 @@ def exporter_graph(model: nn.Module, example: tuple[torch.Tensor, ...], path) ->
         input_names=["image"],
         dynamic_axes={"image": {0: "batch"}},
     )
+
+
+class _Tokens(torch.utils.data.Dataset):
+    """Token-id samples as a Hugging Face ``datasets`` dataset yields them: a dict per sample."""
+
+    def __init__(self, n: int, length: int, seed: int) -> None:
+        data = token_id_data(n, length, seed)
+        self.rows = data["validation"]
+        self.labels = data["targets"]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"labels": int(self.labels[i]), **{k: v[i] for k, v in self.rows.items()}}
+
+
+def token_loaders(n: int = 48, length: int = 16, seed: int = 0) -> dict:
+    """torch DataLoaders of dict batches ({'input_ids', 'attention_mask', 'labels'})."""
+    from torch.utils.data import DataLoader
+
+    return {
+        "calibration": DataLoader(_Tokens(32, length, seed + 1), batch_size=8),
+        "validation": DataLoader(_Tokens(n, length, seed), batch_size=10),
+    }
+
+
+def image_pairs(n: int = 40, seed: int = 0):
+    """A generator of (image, label) pairs, one sample each: a transform batches nothing, it
+    only reshapes (what a user's iterable of raw records needs)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        yield rng.standard_normal(64).astype(np.float32), int(rng.integers(0, 10))
+
+
+def to_image(pair: tuple) -> tuple:
+    """The transform of :func:`image_pairs`: a flat 64-vector to a (1, 1, 8, 8) batch of one."""
+    flat, label = pair
+    return {"image": flat.reshape(1, 1, 8, 8)}, np.array([label])
+
+
+def image_iterables(n: int = 40) -> dict:
+    return {"calibration": image_pairs(16, seed=1), "validation": image_pairs(n)}

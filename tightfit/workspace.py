@@ -44,7 +44,7 @@ from tightfit.kernels._hooks import run_watched
 from tightfit.kernels.export import verify_export
 from tightfit.kernels.precision import to_float16
 from tightfit.spaces import Candidate
-from tightfit.task import TaskData, load_data, load_model, model_id
+from tightfit.task import TaskData, is_token_input, load_data, load_model, model_id
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +150,26 @@ class Workspace:
 
     def __init__(self, setup: Setup) -> None:
         self.setup = setup
-        self.model = load_model(setup.config.model, cache_dir=Path(setup.cache_dir))
         self.data: TaskData = load_data(setup.config.data, cache_dir=Path(setup.cache_dir))
+        self.model = load_model(
+            setup.config.model, cache_dir=Path(setup.cache_dir), input_names=self.data.input_names
+        )
         self.model_id = model_id(self.model)
         example = self.data.example_inputs()
-        what = f"model '{setup.config.model.callable}'"
+        what = setup.config.model.describe()
+        longest, length = getattr(self.model, "max_positions", None), setup.profile.sequence_length
+        if (
+            longest
+            and length
+            and length > longest
+            and any(is_token_input(v.shape[1:], v.dtype) for v in self.data.validation.values())
+        ):
+            raise ModelError(
+                f"profile '{setup.profile.name}' measures token inputs at sequence_length "
+                f"{length}, but {what} takes at most {longest} positions "
+                "(config.max_position_embeddings); give a profile file with sequence_length "
+                f"<= {longest} (tightfit profiles show {setup.profile.name} prints one to start from)"
+            )
         try:
             classifier = find_output_layer(self.model, example)
         except Exception as e:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 
 from tightfit._records import Record
 from tightfit._secrets import has_secret, redact
@@ -15,6 +15,7 @@ from tightfit._secrets import has_secret, redact
 __all__ = [
     "CallableSpec",
     "Constraints",
+    "DataSpec",
     "DistillSpec",
     "LatencySpec",
     "LowRankSpace",
@@ -65,13 +66,42 @@ def callable_reference(fn: Any) -> str:
     return f"{module}:{qual}"
 
 
+def _to_reference(v: Any) -> Any:
+    return v if isinstance(v, str) or not callable(v) else callable_reference(v)
+
+
+def _check_reference(v: str, allow_example: bool) -> str:
+    module, sep, attr = v.partition(":")
+    if not sep and allow_example:
+        return v  # a built-in example's name (checked when it is loaded)
+    if not module or not attr or not all(p.isidentifier() for p in attr.split(".")):
+        what = "'module:callable'" + (" or a built-in example name" if allow_example else "")
+        raise ValueError(f"must be {what}, got {v!r}")
+    return v
+
+
+#: ``module:callable`` or a built-in example's name; from Python, the importable function.
+CallableRef = Annotated[
+    str,
+    BeforeValidator(_to_reference),
+    AfterValidator(lambda v: _check_reference(v, allow_example=True)),
+    Field(min_length=1),
+]
+#: ``module:callable``; from Python, the importable function.
+FunctionRef = Annotated[
+    str,
+    BeforeValidator(_to_reference),
+    AfterValidator(lambda v: _check_reference(v, allow_example=False)),
+]
+
+
 class CallableSpec(Record):
     """``module:callable`` (or a built-in example name) and keyword arguments for it.
 
     Also given as the string alone, or (from Python) as the importable function itself.
     """
 
-    callable: str = Field(min_length=1)
+    callable: CallableRef
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -79,26 +109,102 @@ class CallableSpec(Record):
     def _shorthand(cls, v: Any) -> Any:
         return {"callable": v} if isinstance(v, str) or callable(v) else v
 
-    @field_validator("callable", mode="before")
-    @classmethod
-    def _reference(cls, v: Any) -> Any:
-        return v if isinstance(v, str) or not callable(v) else callable_reference(v)
 
-    @field_validator("callable")
-    @classmethod
-    def _form(cls, v: str) -> str:
-        if ":" in v:
-            module, _, attr = v.partition(":")
-            if not module or not attr or not all(p.isidentifier() for p in attr.split(".")):
-                raise ValueError(f"must be 'module:callable' or a built-in example name, got {v!r}")
-        return v
+class DataSpec(CallableSpec):
+    """The data callable, and how batches are read when it returns loaders.
+
+    The callable returns ``calibration``, ``validation`` (and ``targets``), each as arrays or a
+    mapping of input name to array, or as a torch ``DataLoader`` or any iterable of batches.
+    A batch is ``(inputs, targets)``, a mapping with a ``labels`` (or ``label``) entry, or
+    whatever ``transform`` turns into one of those (as ``nncf.Dataset(loader, transform_fn)``).
+    """
+
+    transform: FunctionRef | None = Field(
+        None,
+        description="module:callable applied to every batch of a loader; returns (inputs, "
+        "targets) or inputs alone (calibration needs no targets)",
+    )
+    calibration_samples: int = Field(
+        512, ge=1, description="samples read from a calibration loader (arrays are taken whole)"
+    )
+    validation_samples: int | None = Field(
+        None, ge=1, description="samples read from a validation loader (default: all of it)"
+    )
 
 
-class ModelSpec(CallableSpec):
+MODEL_SOURCES = ("callable", "hf", "timm", "torchvision")
+
+
+class ModelSpec(Record):
+    """Where the model comes from: exactly one of ``callable`` (``module:callable`` or a built-in
+    example), ``hf`` (a Hugging Face model folder, as ``save_pretrained`` writes it), ``timm``
+    or ``torchvision`` (an architecture name; weights from ``checkpoint``). ``kwargs`` go to
+    the callable, ``from_pretrained``, ``timm.create_model`` or ``torchvision.models.get_model``.
+
+    Nothing is downloaded: a Hugging Face folder is read with ``local_files_only``, and timm or
+    torchvision weights come from a local ``checkpoint`` file (a state dict).
+    """
+
+    callable: CallableRef | None = None
+    hf: str | None = Field(
+        None, description="a Hugging Face model folder (config.json and weights)"
+    )
+    timm: str | None = Field(None, description="a timm architecture name (needs timm installed)")
+    torchvision: str | None = Field(
+        None, description="a torchvision.models name (needs torchvision installed)"
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: str | None = Field(
+        None,
+        description="a state dict file (.pt, .pth, .bin or .safetensors) loaded into the model; "
+        "not with hf (the folder holds the weights)",
+    )
+    hf_class: str | None = Field(
+        None,
+        description="the transformers class that loads an hf folder, e.g. "
+        "AutoModelForSequenceClassification (default: the folder's config.architectures[0])",
+    )
+    output: str | None = Field(
+        None,
+        description="which output of a Hugging Face model is the model's output (default: "
+        "logits if it has them, else its first output, e.g. last_hidden_state)",
+    )
     ignore: list[str] = Field(
         default_factory=list,
         description="module paths never compressed (the classifier is excluded from pruning anyway)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"callable": v} if isinstance(v, str) or callable(v) else v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        given = [s for s in MODEL_SOURCES if getattr(self, s)]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of {', '.join(MODEL_SOURCES)}; got "
+                f"{', '.join(given) if given else 'none'}"
+            )
+        if self.checkpoint and self.hf:
+            raise ValueError(
+                "checkpoint: an hf folder holds its own weights; drop checkpoint, or save the "
+                "weights into the folder with save_pretrained"
+            )
+        if (self.hf_class or self.output) and not self.hf:
+            raise ValueError("hf_class and output apply to hf models only; remove them")
+        return self
+
+    @property
+    def source(self) -> str:
+        """``callable``, ``hf``, ``timm`` or ``torchvision``."""
+        return next(s for s in MODEL_SOURCES if getattr(self, s))
+
+    def describe(self) -> str:
+        """How messages name the model: ``model 'hf:./bert-tiny'``."""
+        value = getattr(self, self.source)
+        return f"model '{value}'" if self.source == "callable" else f"model '{self.source}:{value}'"
 
 
 class PruneSpace(Record):

@@ -17,8 +17,8 @@ from tightfit._naming import unknown_name_message
 from tightfit._records import Record, describe_validation_error
 from tightfit._secrets import secret_keys
 from tightfit.config._parts import (
-    CallableSpec,
     Constraints,
+    DataSpec,
     LatencySpec,
     MlflowSpec,
     ModelSpec,
@@ -41,7 +41,7 @@ class SearchConfig(Record):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
     model: ModelSpec
-    data: CallableSpec
+    data: DataSpec
     space: SpaceSpec = Field(default_factory=SpaceSpec)
     objectives: list[str] = Field(
         default_factory=lambda: ["accuracy", "latency_ms", "size_mb"],

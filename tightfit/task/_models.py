@@ -1,0 +1,204 @@
+"""The user's model, from where users hold it: a callable, a Hugging Face folder, a timm or
+torchvision architecture (with a local checkpoint). Nothing is downloaded."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tightfit.config import ModelSpec
+from tightfit.exceptions import ModelError
+from tightfit.task._calls import call_with_cache, resolve_callable
+
+__all__ = ["HuggingFaceModel", "load_model", "model_id"]
+
+
+class HuggingFaceModel(nn.Module):
+    """A transformers model called with positional tensors, returning one tensor.
+
+    The search feeds a model its inputs in the data's order (``input_ids, attention_mask``,
+    ...) and scores one output; a transformers model takes keywords and returns a
+    ``ModelOutput``. This maps one to the other: ``input_names`` are the keywords, ``output``
+    the field returned (default: ``logits`` where there are logits, else the first field).
+    """
+
+    def __init__(self, model: nn.Module, input_names: Sequence[str], output: str | None) -> None:
+        super().__init__()
+        self.model = model
+        self.input_names = tuple(input_names)
+        self.output = output
+
+    @property
+    def max_positions(self) -> int | None:
+        """The longest token sequence the model takes (``config.max_position_embeddings``)."""
+        return getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        out = self.model(**dict(zip(self.input_names, inputs, strict=True)), return_dict=True)
+        if self.output is not None:
+            return out[self.output]
+        return out["logits"] if "logits" in out else out[0]
+
+
+def _require(module: str, form: str) -> Any:
+    if importlib.util.find_spec(module) is None:
+        raise ModelError(
+            f"model.{form}: the package '{module}' is not installed; run 'pip install {module}' "
+            f"(tightfit needs it only for {form} models)"
+        )
+    return importlib.import_module(module)
+
+
+def _folder(path: str, field: str) -> Path:
+    folder = Path(path).expanduser()
+    if not folder.is_absolute():
+        folder = Path.cwd() / folder
+    if not (folder / "config.json").is_file():
+        raise ModelError(
+            f"model.{field}: {folder} is not a Hugging Face model folder (no config.json); give "
+            "the folder that save_pretrained wrote (model ids are not fetched: nothing is "
+            "downloaded at run time)"
+        )
+    return folder
+
+
+def load_hf(spec: ModelSpec, input_names: Sequence[str]) -> nn.Module:
+    transformers = _require("transformers", "hf")
+    assert spec.hf is not None
+    folder = _folder(spec.hf, "hf")
+    transformers.utils.logging.disable_progress_bar()  # tightfit reports progress itself
+    config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    name = spec.hf_class or next(iter(getattr(config, "architectures", None) or []), "AutoModel")
+    cls = getattr(transformers, name, None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise ModelError(
+            f"model.hf_class: transformers has no model class {name!r}; name one such as "
+            "AutoModelForSequenceClassification, AutoModelForCausalLM or AutoModel"
+        )
+    try:
+        model = cls.from_pretrained(
+            str(folder), local_files_only=True, dtype=torch.float32, **spec.kwargs
+        )
+    except Exception as e:
+        raise ModelError(
+            f"model.hf: {name}.from_pretrained({str(folder)!r}) failed: {type(e).__name__}: {e}"
+        ) from e
+    if getattr(model.config, "use_cache", None):
+        model.config.use_cache = False  # one forward pass, no key/value cache returned
+    accepted = inspect.signature(model.forward).parameters
+    unknown = [n for n in input_names if n not in accepted]
+    if unknown:
+        raise ModelError(
+            f"model.hf: the data's inputs {unknown} are not arguments of {type(model).__name__}"
+            f".forward (it takes {[n for n in accepted if n != 'kwargs'][:8]}); name the data's "
+            "inputs after them"
+        )
+    return HuggingFaceModel(model, input_names, spec.output)
+
+
+def _no_download(spec: ModelSpec, key: str) -> None:
+    value = spec.kwargs.get(key)
+    if value not in (None, False):
+        raise ModelError(
+            f"model.kwargs.{key}: pretrained weights would be downloaded, and nothing is at run "
+            f"time; save them once (torch.save(model.state_dict(), path)) and give "
+            f"model.checkpoint: path"
+        )
+
+
+def load_timm(spec: ModelSpec) -> nn.Module:
+    timm = _require("timm", "timm")
+    _no_download(spec, "pretrained")
+    try:
+        return timm.create_model(spec.timm, **{"pretrained": False, **spec.kwargs})
+    except Exception as e:
+        raise ModelError(
+            f"model.timm: timm.create_model({spec.timm!r}) failed: {type(e).__name__}: {e}"
+        ) from e
+
+
+def load_torchvision(spec: ModelSpec) -> nn.Module:
+    tv = _require("torchvision", "torchvision")
+    _no_download(spec, "weights")
+    try:
+        return tv.models.get_model(spec.torchvision, **{"weights": None, **spec.kwargs})
+    except Exception as e:
+        raise ModelError(
+            f"model.torchvision: torchvision.models.get_model({spec.torchvision!r}) failed: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+
+
+def load_checkpoint(model: nn.Module, path: str) -> None:
+    """Load a state dict file (a training checkpoint's ``state_dict`` or ``model`` entry too)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ModelError(f"model.checkpoint: no file at {file.resolve()}")
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(file))
+        else:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelError(
+            f"model.checkpoint: cannot read {file} ({type(e).__name__}: {e}); save it with "
+            "torch.save(model.state_dict(), path) or safetensors"
+        ) from e
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    try:
+        model.load_state_dict(state, strict=True)
+    except Exception as e:
+        raise ModelError(
+            f"model.checkpoint: {file} does not fit the model: {type(e).__name__}: "
+            f"{str(e).splitlines()[0]}"
+        ) from e
+
+
+def load_model(
+    spec: ModelSpec, cache_dir: Path | None = None, input_names: Sequence[str] = ()
+) -> nn.Module:
+    """The model ``spec`` names, in eval mode. ``input_names`` (the data's inputs, in order)
+    are the keywords a Hugging Face model is called with."""
+    if spec.hf:
+        model = load_hf(spec, input_names)
+    elif spec.timm:
+        model = load_timm(spec)
+    elif spec.torchvision:
+        model = load_torchvision(spec)
+    else:
+        assert spec.callable is not None
+        fn = resolve_callable(spec.callable, "model")
+        try:
+            model = call_with_cache(fn, spec.kwargs, cache_dir)
+        except Exception as e:
+            raise ModelError(
+                f"model.callable '{spec.callable}' failed: {type(e).__name__}: {e}"
+            ) from e
+        if not isinstance(model, nn.Module):
+            raise ModelError(
+                f"model.callable '{spec.callable}' returned {type(model).__name__}, expected a "
+                "torch.nn.Module"
+            )
+    if spec.checkpoint:
+        load_checkpoint(model, spec.checkpoint)
+    return model.eval()
+
+
+def model_id(model: nn.Module) -> str:
+    """Content hash of a model's class and weights: the base-model id in every Candidate."""
+    h = hashlib.sha256(type(model).__qualname__.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
