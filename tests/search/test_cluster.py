@@ -231,3 +231,46 @@ def test_a_local_search_starts_its_own_ray_beside_a_running_cluster(
         assert ray.cluster_resources()["CPU"] == 1
     finally:
         ray.shutdown()
+
+
+@pytest.mark.parametrize("ship", [True, False])
+def test_a_driver_outside_the_cluster_ships_its_folder(
+    ship: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ray.address`` from a user's machine: the workers import the user's modules from the
+    folder sent with the connection, not from a path that exists on the driver only."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from tightfit.search._ray import start_ray
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "shipped_mod.py").write_text("ANSWER = 42\n")
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        config = _config(
+            tmp_path, "ship", ["cpu-ort"], c.address, ray={"address": c.address, "ship": ship}
+        )
+        assert start_ray(config)
+        # the driver's copy goes: only what was sent can be imported now
+        (project / "shipped_mod.py").rename(tmp_path / "elsewhere.py")
+
+        def ask() -> tuple[int, str]:  # defined here, so Ray sends it by value
+            import importlib
+            import os
+
+            return importlib.import_module("shipped_mod").ANSWER, os.getcwd()
+
+        task = ray.remote(num_cpus=0)(ask)
+        if ship:
+            answer, cwd = ray.get(task.remote())
+            assert answer == 42 and Path(cwd) != project  # Ray's copy of the folder
+        else:
+            with pytest.raises(ray.exceptions.RayTaskError, match="No module named 'shipped_mod'"):
+                ray.get(task.remote())
+    finally:
+        ray.shutdown()
+        c.shutdown()

@@ -480,6 +480,16 @@ def _no_credentials(value: str | None, variables: str) -> str | None:
 class RaySpec(Record):
     address: str | None = Field(None, description="None: start a local Ray in the driver")
     num_cpus: int | None = Field(None, ge=1, description="local Ray CPUs; None: all cores")
+    ship: bool = Field(
+        True,
+        description="with an address: send the current folder (your model and data code, as "
+        "submit uploads it) and this tightfit package to the cluster's workers",
+    )
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict,
+        description="with an address: Ray runtime_env entries merged over what ship sends "
+        "(e.g. pip, env_vars, excludes)",
+    )
 
     @field_validator("address")
     @classmethod

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OBJECT_STORE_BYTES = 512 * 1024**2
+SHIP_LIMIT_BYTES = 250 * 10**6  # Ray refuses a working_dir package past 500 MiB; stay well below
 
 
 def start_ray(config: SearchConfig) -> bool:
@@ -37,10 +38,13 @@ def start_ray(config: SearchConfig) -> bool:
     logging.getLogger("ray").setLevel(logging.ERROR)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] = "0"
-    # RAY_ADDRESS is set inside a Ray Job (tightfit submit): join the cluster the job runs on
+    # RAY_ADDRESS is set inside a Ray Job (tightfit submit): join the cluster the job runs on,
+    # whose runtime_env (the uploaded folder, tightfit) the job's workers already have
+    in_job = bool(os.environ.get("RAY_ADDRESS"))
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        env = cluster_runtime_env(config) if config.ray.address and not in_job else None
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, runtime_env=env)
         return True
     # Local workers inherit this environment: let them import user modules from the cwd.
     paths = [str(Path.cwd()), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
@@ -61,6 +65,39 @@ def start_ray(config: SearchConfig) -> bool:
         configure_logging=True,
     )
     return True
+
+
+def cluster_runtime_env(config: SearchConfig) -> dict[str, Any] | None:
+    """What a driver outside the cluster sends its workers: with ``ray.ship``, the current
+    folder (the user's modules; the files ``submit`` would upload, credentials, weights and
+    work directories left out) and this tightfit package; then ``ray.runtime_env`` over it.
+
+    Without it a remote worker imports neither tightfit (unless installed there) nor the
+    model and data modules: Ray adds the driver's current directory to workers' paths,
+    which exists on the driver's machine only.
+    """
+    from tightfit.search.jobs import shipped_env, upload_plan
+
+    env: dict[str, Any] = {}
+    if config.ray.ship:
+        upload = upload_plan(Path.cwd())
+        if upload.total_bytes > SHIP_LIMIT_BYTES:
+            raise ConfigError(
+                f"ray.ship: the current folder {upload.root} holds {upload.total_bytes / 1e6:.0f} "
+                f"MB to send to the cluster (at most {SHIP_LIMIT_BYTES / 1e6:.0f}); run from "
+                "your project's folder, list big files in a .rayignore, or set ray.ship: false "
+                "where the workers already have your code"
+            )
+        env = shipped_env(upload)
+        log.info(
+            "sending %d files (%.1f MB) from %s and tightfit to the cluster's workers%s",
+            len(upload.files),
+            upload.total_bytes / 1e6,
+            upload.root,
+            f"; withheld: {', '.join(upload.withheld[:5])}" if upload.withheld else "",
+        )
+    env.update(config.ray.runtime_env)
+    return env or None
 
 
 def _demand(profile: HardwareProfile) -> dict[str, float]:

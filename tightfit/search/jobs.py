@@ -208,6 +208,15 @@ def upload_plan(working_dir: Path, include: list[str] | None = None) -> Upload:
     return Upload(working_dir, files, withheld, [*UPLOAD_EXCLUDES, *withheld_patterns])
 
 
+def shipped_env(upload: Upload, ship_tightfit: bool = True) -> dict[str, Any]:
+    """The Ray ``runtime_env`` that carries ``upload``'s folder as the working directory (with
+    its excludes) and, with ``ship_tightfit``, this tightfit package, to every worker."""
+    env: dict[str, Any] = {"working_dir": str(upload.root), "excludes": upload.excludes}
+    if ship_tightfit:
+        env["py_modules"] = [str(Path(__file__).resolve().parents[1])]  # tightfit/
+    return env
+
+
 def submit(
     config_path: Path,
     address: str | None,
@@ -250,13 +259,8 @@ def submit(
     if n_trials is not None:
         entrypoint += f" --n-trials {int(n_trials)}"
     upload = upload_plan(working_dir, include)
-    runtime_env: dict[str, Any] = {
-        "working_dir": str(working_dir),
-        "excludes": upload.excludes,
-        "env_vars": {"PYTHONUNBUFFERED": "1", **(env or {})},
-    }
-    if ship_tightfit:
-        runtime_env["py_modules"] = [str(Path(__file__).resolve().parents[1])]  # tightfit/
+    runtime_env = shipped_env(upload, ship_tightfit)
+    runtime_env["env_vars"] = {"PYTHONUNBUFFERED": "1", **(env or {})}
     if dry_run:
         return Submission("(dry run)", entrypoint, working_dir, remote_workdir, upload)
     jobs = client(address)
