@@ -181,7 +181,12 @@ class Workspace:
         traced: list[str] = []
         try:
             self.baseline_onnx = export_onnx(
-                self.model, example, self.data.input_names, self.scratch / "baseline.onnx", traced
+                self.model,
+                example,
+                self.data.input_names,
+                self.scratch / "baseline.onnx",
+                traced,
+                opset=setup.profile.opset,
             )
         except CandidateError as e:
             raise ModelError(

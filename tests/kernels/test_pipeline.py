@@ -68,3 +68,24 @@ def test_uniform_space_candidates_all_apply(tiny_model, tiny_ctx, tmp_path) -> N
 )
 def test_module_of_node(name: str, paths: list[str]) -> None:
     assert module_of_node(name) == paths
+
+
+def test_the_profiles_opset_is_every_exports(tiny_model, tiny_ctx, digits, tmp_path) -> None:
+    """A profile's ``opset`` reaches each candidate's graph, and int8 still engages at it."""
+    import dataclasses
+
+    import onnx
+
+    profile = tiny_ctx.profile.model_copy(update={"opset": 20})
+    ctx = dataclasses.replace(tiny_ctx, profile=profile)
+    units = discover_units(tiny_model, ctx, SpaceSpec())
+    params = {u.param_name: u.choices[1] for u in units if u.knob == "prune_ratio"}
+    params.update({u.param_name: 8 for u in units if u.knob == "bits"})
+    out = compress(tiny_model, Candidate.from_params("m", params), ctx, tmp_path / "opset20")
+    versions = {o.domain: o.version for o in onnx.load(out.onnx_path).opset_import}
+    assert versions[""] == 20
+    assert out.report["quantize"]["int8_engaged"] == 1.0
+    x = {"image": digits.validation["image"][:16]}
+    assert predict(out.onnx_path, x).shape == (16, 10)
+    with pytest.raises(ValueError, match="opset"):
+        tiny_ctx.profile.model_validate({**tiny_ctx.profile.model_dump(), "opset": 21})

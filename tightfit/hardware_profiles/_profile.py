@@ -129,6 +129,13 @@ class HardwareProfile(Record):
         default_factory=dict,
         description="per-sample shapes (without batch) that override the data's, by input name",
     )
+    opset: int = Field(
+        17,
+        ge=14,
+        le=20,
+        description="ONNX opset of every export (the baseline's and each candidate's); the "
+        "exporter writes up to 20",
+    )
     float_precision: Literal["fp32", "fp16"] = Field(
         "fp32", description="precision of the baseline and of every layer not quantized"
     )

@@ -41,6 +41,15 @@ class SurgeryContext:
 
         return tuple(torch.from_numpy(self.calibration[n][:limit]) for n in self.input_names)
 
+    def export(self, model: nn.Module, path: Path) -> Path:
+        """``model`` as ONNX at ``path``, exported as every graph of this search is (the
+        example inputs' names and axes, the profile's opset)."""
+        from tightfit.kernels.export import export_onnx
+
+        return export_onnx(
+            model, self.example_inputs, self.input_names, path, opset=self.profile.opset
+        )
+
 
 class Kernel(ABC):
     """A compression kernel. Subclasses set ``name``, ``knob`` and ``stage`` and register."""

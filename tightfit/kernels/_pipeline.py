@@ -14,7 +14,6 @@ from torch import nn
 from tightfit.exceptions import CandidateError
 from tightfit.kernels._base import Refusal, SurgeryContext, Unit
 from tightfit.kernels._registry import registered_kernels
-from tightfit.kernels.export import export_onnx
 from tightfit.kernels.precision import to_float16
 from tightfit.kernels.recovery import distill, recalibrate_batchnorm, reconstruct
 
@@ -95,7 +94,7 @@ def _probe_fails(
     try:
         kernel.apply(compressed, {u.path: u.choices[-1] for u in units}, ctx)
         _check_forward(model, compressed, ctx)
-        export_onnx(compressed, ctx.example_inputs, ctx.input_names, scratch / "probe.onnx")
+        ctx.export(compressed, scratch / "probe.onnx")
     except Exception as e:  # any failure: the unit is refused with it
         message = str(e) if isinstance(e, CandidateError) else f"{type(e).__name__}: {e}"
         return message.splitlines()[0][:300] if message else type(e).__name__
@@ -124,9 +123,7 @@ def compress(
     """Apply every kernel of ``candidate`` and write ``out_dir/model.onnx``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     compressed, report = apply(model, candidate, ctx)
-    float_path = export_onnx(
-        compressed, ctx.example_inputs, ctx.input_names, out_dir / "float.onnx"
-    )
+    float_path = ctx.export(compressed, out_dir / "float.onnx")
     current = float_path
     for kernel in registered_kernels():
         plan = candidate.plan_for(kernel.knob)

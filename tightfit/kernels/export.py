@@ -111,6 +111,7 @@ def export_onnx(
     input_names: Iterable[str],
     path: Path,
     trace_warnings: list[str] | None = None,
+    opset: int = OPSET,
 ) -> Path:
     """Write ``model`` as ONNX with a dynamic batch axis; raise CandidateError on failure.
 
@@ -139,7 +140,7 @@ def export_onnx(
                 example_inputs,
                 buffer,  # type: ignore[arg-type]  # file-like objects are accepted
                 dynamo=False,
-                opset_version=OPSET,
+                opset_version=opset,
                 input_names=input_names,
                 output_names=["output"],
                 dynamic_axes=dynamic_axes(example_inputs, input_names),

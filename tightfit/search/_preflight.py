@@ -18,7 +18,6 @@ from typing import Any
 from tightfit.config import SearchConfig, drop_excess
 from tightfit.evaluators import evaluate_quality, size_mb
 from tightfit.exceptions import ConfigError
-from tightfit.kernels.export import export_onnx
 from tightfit.kernels.recovery import recalibrate_batchnorm
 from tightfit.keys import StudyAttr
 from tightfit.search._benches import BenchPool
@@ -61,7 +60,7 @@ def check_batchnorm_recovery(
     model = copy.deepcopy(ws.model).eval()
     if not recalibrate_batchnorm(model, ctx.calibration_tensors()):
         return
-    path = export_onnx(model, ctx.example_inputs, ctx.input_names, ws.scratch / "bn.onnx")
+    path = ctx.export(model, ws.scratch / "bn.onnx")
     accuracy, _ = evaluate_quality(path, ws.data)
     limit = config.constraints.max_accuracy_drop
     if drop_excess(baseline_accuracy, accuracy, limit) > 0:
