@@ -17,7 +17,7 @@ from tightfit.config import DataSpec, ModelSpec, config_from_dict
 from tightfit.exceptions import ConfigError, DataError, ModelError
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.runs import run_search
-from tightfit.task import HuggingFaceModel, load_data, load_model
+from tightfit.task import HuggingFaceModel, load_data, load_model, model_id
 from tightfit.workspace import Setup, Workspace
 
 transformers = pytest.importorskip("transformers")
@@ -234,3 +234,21 @@ def _logits(folder: Path, inputs: dict) -> np.ndarray:
     model = transformers.BertForSequenceClassification.from_pretrained(folder).eval()
     with torch.no_grad():
         return model(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits.numpy()
+
+
+def test_a_head_missing_from_the_folder_is_the_same_in_every_worker(tmp_path: Path) -> None:
+    """A classifier on a base model's folder starts random: each worker builds the model again,
+    so the start must be seeded (else every candidate is refused as made for another model)."""
+    base = transformers.BertConfig(
+        vocab_size=200, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+        intermediate_size=64, num_labels=3,
+    )  # fmt: skip
+    transformers.BertModel(base).save_pretrained(tmp_path / "base")
+    spec = ModelSpec(hf=str(tmp_path / "base"), hf_class="BertForSequenceClassification")
+    first, second = (load_model(spec, input_names=TOKENS) for _ in range(2))
+    assert model_id(first) == model_id(second)
+    torch.manual_seed(1)  # the caller's random state is left as it was
+    before = torch.rand(1)
+    torch.manual_seed(1)
+    load_model(spec, input_names=TOKENS)
+    assert torch.rand(1) == before

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import inspect
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from tightfit.exceptions import ModelError
 from tightfit.task._calls import call_with_cache, resolve_callable
 
 __all__ = ["HuggingFaceModel", "load_model", "model_id"]
+
+log = logging.getLogger(__name__)
 
 
 class HuggingFaceModel(nn.Module):
@@ -170,12 +173,25 @@ def load_model(
 ) -> nn.Module:
     """The model ``spec`` names, in eval mode. ``input_names`` (the data's inputs, in order)
     are the keywords a Hugging Face model is called with."""
-    if spec.hf:
-        model = load_hf(spec, input_names)
-    elif spec.timm:
-        model = load_timm(spec)
-    elif spec.torchvision:
-        model = load_torchvision(spec)
+    if spec.source != "callable":
+        # Every worker builds the model again and must get the same weights: timm and
+        # torchvision without a checkpoint, and a Hugging Face head missing from its folder
+        # (a classifier on a base model's folder), are initialised at random.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = (
+                load_hf(spec, input_names)
+                if spec.hf
+                else load_timm(spec)
+                if spec.timm
+                else load_torchvision(spec)
+            )
+        if not spec.hf and not spec.checkpoint:
+            log.warning(
+                "%s has no checkpoint: its weights are random (seeded), so accuracy means "
+                "nothing; give model.checkpoint for a trained model",
+                spec.describe(),
+            )
     else:
         assert spec.callable is not None
         fn = resolve_callable(spec.callable, "model")
