@@ -73,7 +73,7 @@ def main() -> None:
             "logged": knee.logged,
             "measured": knee.measured,
             "latency_change": knee.latency_change,
-            "accuracy_change": knee.accuracy_change,
+            "accuracy_change": knee.quality_change,
             "ratio_logged": knee.ratio_logged,
             "ratio_now": knee.ratio_now,
             "agrees": knee.agrees,

@@ -30,7 +30,6 @@ from tightfit.config import (  # noqa: E402
     QuantizeSpace,
     SearchConfig,
     SpaceSpec,
-    drop_excess,
     load_config,
 )
 from tightfit.kernels import discover_units  # noqa: E402
@@ -65,12 +64,11 @@ def uniform_int8(config: SearchConfig, workdir: Path, baseline: dict, dynamic: b
     candidate = space.uniform(bits=8)
     result = evaluate_candidate(setup, candidate, baseline_ref_ms=baseline["latency_ms"])
     drop = baseline["accuracy"] - result.accuracy
-    limit = config.constraints.max_accuracy_drop
     return {
         "format": "dynamic" if dynamic else "static",
         "accuracy": result.accuracy,
         "accuracy_drop": drop,
-        "feasible": drop_excess(baseline["accuracy"], result.accuracy, limit) <= 0,
+        "feasible": config.loss_excess(baseline["accuracy"], result.accuracy) <= 0,
         "latency_ms": result.latency.latency_ms,
         "speedup": result.latency.speedup,
         "size_mb": result.size_mb,
@@ -87,9 +85,8 @@ def run_model(name: str, n_trials: int, root: Path) -> dict[str, Any]:
     search_s = time.perf_counter() - t0
     [profile] = outcome.profiles
     base = profile.baseline
-    limit = config.constraints.max_accuracy_drop
     front = profile.front
-    within = front["accuracy"].map(lambda a: drop_excess(base["accuracy"], a, limit) <= 0)
+    within = front["accuracy"].map(lambda a: config.loss_excess(base["accuracy"], a) <= 0)
     ok = front[within.astype(bool) & ~front["baseline"]]
     best = ok.loc[ok["speedup"].idxmax()].to_dict() if len(ok) else None
     extras = {}

@@ -342,3 +342,16 @@ def to_image(pair: tuple) -> tuple:
 
 def image_iterables(n: int = 40) -> dict:
     return {"calibration": image_pairs(16, seed=1), "validation": image_pairs(n)}
+
+
+def next_token_data(n: int = 24, length: int = 32, vocab: int = 128, seed: int = 0) -> dict:
+    """Token ids scored as a language model is: the targets are the ids themselves (position t
+    predicts token t + 1), the metric perplexity (lower is better)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, size=(n + 16, length)).astype(np.int64)
+    return {
+        "calibration": {"input_ids": ids[n:]},
+        "validation": {"input_ids": ids[:n]},
+        "targets": ids[:n],
+        "metric": "perplexity",
+    }

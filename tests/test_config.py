@@ -43,7 +43,8 @@ def test_ratio_out_of_range_names_the_field(tmp_path: Path) -> None:
     [
         ("n_trials: many\n", "n_trials"),
         ("sampler: {name: bayes}\n", "sampler.name"),
-        ("objectives: [latency_ms]\n", "objectives must include 'accuracy'"),
+        ("objectives: [latency_ms]\n", "objectives must include one quality objective"),
+        ("objectives: [accuracy, perplexity, latency_ms]\n", "(accuracy or perplexity: the"),
         ("constraints: {max_accuracy_drop: -1}\n", "constraints.max_accuracy_drop"),
         (
             "space: {lowrank: {rank_fractions: [1.5]}}\n",

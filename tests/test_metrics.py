@@ -5,10 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests import models
-from tightfit.config import DataSpec
-from tightfit.exceptions import DataError
-from tightfit.task import METRICS, load_data, perplexity
+from tightfit.task import METRICS, perplexity
 
 
 def test_top5_accuracy_counts_a_target_among_the_five_highest_outputs() -> None:
@@ -26,10 +23,6 @@ def test_f1_macro_sees_the_class_accuracy_hides() -> None:
     assert METRICS["f1_macro"].fn(outputs, targets) == pytest.approx((2 * 0.9 / 1.9 + 0) / 2)
 
 
-def perplexity_data() -> dict:
-    return {**models.token_id_data(), "metric": "perplexity"}
-
-
 def test_perplexity_is_next_token_and_lower_is_better() -> None:
     assert METRICS["perplexity"].direction == "minimize"
     assert METRICS["accuracy"].direction == METRICS["f1_macro"].direction == "maximize"
@@ -44,5 +37,3 @@ def test_perplexity_is_next_token_and_lower_is_better() -> None:
     half = uniform.copy()
     half[0, 0, 2] = np.log(4 * 3)  # p(2) = 12 / (12 + 4) = 0.75
     assert perplexity(half, masked) == pytest.approx(1 / 0.75)
-    with pytest.raises(DataError, match="metric 'perplexity' is lower-is-better"):
-        load_data(DataSpec(callable="tests.test_metrics:perplexity_data"))

@@ -19,19 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-
-class Logits(nn.Module):
-    """A Hugging Face model as tightfit takes one: tensors in, the logits tensor out."""
-
-    def __init__(self, model: nn.Module, names: tuple[str, ...]) -> None:
-        super().__init__()
-        self.model = model
-        self.names = names
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        kwargs: dict[str, Any] = dict(zip(self.names, inputs, strict=True))
-        out = self.model(**kwargs, return_dict=True)
-        return out.logits
+from tightfit.task import HuggingFaceModel
 
 
 @dataclass(frozen=True)
@@ -107,7 +95,7 @@ def _hf(config_cls: str, model_cls: str, names: tuple[str, ...], tiny: dict, rea
         config._attn_implementation = "eager"
         model = getattr(transformers, model_cls)(config)
         _rescale(model)
-        return Logits(model.eval(), names)
+        return HuggingFaceModel(model.eval(), names, "logits")  # as model: {hf: ...} loads it
 
     return build
 

@@ -10,7 +10,8 @@ class StudyAttr:
     """``study.user_attrs``: once per study (per hardware profile)."""
 
     BASE_MODEL = "base_model"  # the model callable's weights hash when the study began
-    BASELINE_ACCURACY = "baseline_accuracy"
+    # the baseline's quality objective (accuracy or perplexity); the name predates perplexity
+    BASELINE_QUALITY = "baseline_accuracy"
     BASELINE_METRICS = "baseline_metrics"  # the data's extra metrics on the baseline
     BASELINE_SIZE_MB = "baseline_size_mb"
     BASELINE_LATENCY_MS = "baseline_latency_ms"  # the reference every latency is scaled by
@@ -38,7 +39,8 @@ class TrialAttr:
     ERROR = "error"
     STAGE = "stage"  # complete, subset, accuracy or prescreened
     SPEEDUP = "speedup"
-    ACCURACY_DROP = "accuracy_drop"
+    # the quality loss is kept under its objective's loss_name: accuracy_drop (absolute) or
+    # perplexity_increase (relative); see tightfit.objectives
     LATENCY = "latency"  # LatencyResult.summary()
     REPORT = "report"  # the kernels' report
     FEATURES = "features"  # latency predictor input

@@ -27,28 +27,63 @@ Direction = Literal["maximize", "minimize"]
 
 @dataclass(frozen=True)
 class Objective:
-    """One objective: its name, which way is better, and what it measures."""
+    """One objective: its name, which way is better, and what it measures.
+
+    A quality objective also says how a candidate's **loss** against the baseline is counted
+    (``loss_name``, > 0 when worse): an absolute drop for accuracy, a relative increase for
+    perplexity (+5% reads 0.05). Its constraint (``constraints.<constraint>``) caps that loss.
+    """
 
     name: str
     direction: Direction
     kind: Literal["quality", "latency", "size"]
     doc: str
+    loss_name: str = ""
+    relative: bool = False
+    constraint: str = ""
 
     @property
     def sign(self) -> float:
         """Multiplying a value by this makes lower better."""
         return -1.0 if self.direction == "maximize" else 1.0
 
+    def loss(self, baseline: float, value: float) -> float:
+        """How much worse ``value`` is than ``baseline`` (> 0: worse; relative for perplexity)."""
+        worse = self.sign * (value - baseline)
+        return worse / abs(baseline) if self.relative and baseline else worse
+
 
 OBJECTIVES: dict[str, Objective] = {
     o.name: o
     for o in (
-        Objective("accuracy", "maximize", "quality", "the data's metric on validation"),
+        Objective(
+            "accuracy", "maximize", "quality",
+            "the data's metric on validation, higher is better (top-1 by default)",
+            loss_name="accuracy_drop", constraint="max_accuracy_drop",
+        ),
+        Objective(
+            "perplexity", "minimize", "quality",
+            "the data's perplexity on validation, lower is better",
+            loss_name="perplexity_increase", relative=True,
+            constraint="max_perplexity_increase",
+        ),
         Objective("latency_ms", "minimize", "latency", "measured on the profile's runtime"),
         Objective("size_mb", "minimize", "size", "the exported engine's bytes"),
     )
-}
-QUALITY = "accuracy"  # the quality objective every search has (constraints refer to it)
+}  # fmt: skip
+QUALITY = "accuracy"  # the default quality objective
+QUALITIES = tuple(o.name for o in OBJECTIVES.values() if o.kind == "quality")
+
+
+def quality_of(names: Sequence[str]) -> Objective:
+    """The one quality objective among ``names`` (a config's objectives)."""
+    found = [OBJECTIVES[n] for n in names if n in OBJECTIVES and OBJECTIVES[n].kind == "quality"]
+    if len(found) != 1:
+        raise ValueError(
+            f"objectives must name exactly one quality objective ({', '.join(QUALITIES)}); "
+            f"got {list(names)}"
+        )
+    return found[0]
 
 
 def get(name: str) -> Objective:

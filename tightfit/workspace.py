@@ -23,6 +23,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from tightfit import objectives
 from tightfit._records import Record
 from tightfit.config import SearchConfig
 from tightfit.evaluators import (
@@ -37,7 +38,7 @@ from tightfit.evaluators import (
 from tightfit.evaluators.accuracy import staged_accuracy, validation_subset
 from tightfit.evaluators.latency_cache import LatencyCache, architecture_signature
 from tightfit.evaluators.predictor import graph_features
-from tightfit.exceptions import CandidateError, ModelError
+from tightfit.exceptions import CandidateError, ConfigError, ModelError
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.kernels import SurgeryContext, compress, export_onnx
 from tightfit.kernels._hooks import run_watched
@@ -157,6 +158,19 @@ class Workspace:
         self.model_id = model_id(self.model)
         example = self.data.example_inputs()
         what = setup.config.model.describe()
+        quality = setup.config.quality
+        if self.data.direction != quality.direction:
+            metric = self.data.metric if isinstance(self.data.metric, str) else "a callable"
+            better = "lower" if self.data.direction == "minimize" else "higher"
+            fits = [
+                o.name for o in objectives.OBJECTIVES.values()
+                if o.kind == "quality" and o.direction == self.data.direction
+            ]  # fmt: skip
+            raise ConfigError(
+                f"objectives: the data's metric ({metric}) is {better}-is-better, but the "
+                f"quality objective '{quality.name}' is {quality.direction}d; list "
+                f"{' or '.join(repr(f) for f in fits)} in objectives instead"
+            )
         longest, length = getattr(self.model, "max_positions", None), setup.profile.sequence_length
         if (
             longest
@@ -277,13 +291,15 @@ class Workspace:
         if self.subset is None:
             accuracy, extras = evaluate_quality(onnx_path, self.data)
             return accuracy, "full", extras
+        config = self.setup.config
         return staged_accuracy(
             onnx_path,
             self.data,
             self.subset,
             self.baseline_subset_accuracy,
-            self.setup.config.constraints.max_accuracy_drop,
-            self.setup.config.staged.z,
+            config.quality,
+            config.constraints.limit(config.quality),
+            config.staged.z,
         )
 
     def rebuild(self, candidate: Candidate) -> tuple[bytes, dict[str, Any]]:

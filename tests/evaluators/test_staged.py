@@ -9,7 +9,10 @@ import torch
 from tightfit.evaluators import evaluate_accuracy
 from tightfit.evaluators.accuracy import clearly_infeasible, staged_accuracy, validation_subset
 from tightfit.kernels import export_onnx
+from tightfit.objectives import OBJECTIVES
 from tightfit.task import TaskData
+
+ACCURACY, PERPLEXITY = OBJECTIVES["accuracy"], OBJECTIVES["perplexity"]
 
 
 def _fit(model: torch.nn.Module, data: TaskData) -> torch.nn.Module:
@@ -47,9 +50,13 @@ def test_subset_is_fixed_and_bounded() -> None:
 
 def test_clearly_infeasible_allows_for_the_subset_noise() -> None:
     # 5 points over a 1-point limit: clear on 1,000 samples, not on 50
-    assert clearly_infeasible(0.85, 0.91, 1000, 0.01, z=2.0)
-    assert not clearly_infeasible(0.85, 0.91, 50, 0.01, z=2.0)
-    assert not clearly_infeasible(0.905, 0.91, 1000, 0.01, z=2.0)
+    assert clearly_infeasible(ACCURACY, 0.85, 0.91, 1000, 0.01, z=2.0)
+    assert not clearly_infeasible(ACCURACY, 0.85, 0.91, 50, 0.01, z=2.0)
+    assert not clearly_infeasible(ACCURACY, 0.905, 0.91, 1000, 0.01, z=2.0)
+    # lower is better, relative: +5% allowed; a subset stops only past twice that at z = 2
+    assert not clearly_infeasible(PERPLEXITY, 21.9, 20.0, 1000, 0.05, z=2.0)  # +9.5%
+    assert clearly_infeasible(PERPLEXITY, 22.1, 20.0, 1000, 0.05, z=2.0)  # +10.5%
+    assert not clearly_infeasible(PERPLEXITY, 15.0, 20.0, 10, 0.05, z=2.0)  # better
 
 
 def test_staged_accuracy_stops_a_broken_model_and_completes_a_good_one(
@@ -61,8 +68,8 @@ def test_staged_accuracy_stops_a_broken_model_and_completes_a_good_one(
     base_sub = evaluate_accuracy(good, digits, subset=subset)
     assert base_sub > 0.5  # the fitted model is well above chance
     full = evaluate_accuracy(good, digits)
-    accuracy, stage, _ = staged_accuracy(good, digits, subset, base_sub, 0.01, 2.0)
+    accuracy, stage, _ = staged_accuracy(good, digits, subset, base_sub, ACCURACY, 0.01, 2.0)
     assert stage == "full" and accuracy == pytest.approx(full)  # same as one full pass
-    accuracy, stage, _ = staged_accuracy(bad, digits, subset, base_sub, 0.01, 2.0)
+    accuracy, stage, _ = staged_accuracy(bad, digits, subset, base_sub, ACCURACY, 0.01, 2.0)
     assert stage == "subset"
     assert accuracy == pytest.approx(evaluate_accuracy(bad, digits, subset=subset))

@@ -24,7 +24,7 @@ def test_export_knee_loads_in_a_fresh_session(finished, tmp_path) -> None:
     manifest = json.loads(result.manifest.read_text())
     assert manifest["files"]["model.onnx"]["sha256"] == sha256(result.path)
     assert manifest["candidate"]["base_model"] and manifest["profile"]["name"] == "cpu-ort-fast"
-    assert abs(result.accuracy_change) < 1e-9  # deterministic replay: the same accuracy
+    assert abs(result.quality_change) < 1e-9  # deterministic replay: the same accuracy
     assert manifest["recovery"]["distill"]["enabled"]  # replayed with the search's recovery
     if manifest["candidate"]["prune"] or manifest["candidate"]["rank"]:
         assert manifest["report"]["distilled"]["steps"] == 20

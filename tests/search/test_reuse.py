@@ -31,11 +31,15 @@ def test_margin_makes_skipping_conservative(tmp_path) -> None:
     one = StageOne(accuracy=0.98, size_mb=2.0, onnx=b"", seconds=0.0)
     front = [{"accuracy": 0.99, "latency_ms": 1.0, "size_mb": 2.0}]
     # fewer than prescreen_after measurements: the predictor may predict, but skips nothing
-    assert reuse.worth_measuring(one, predicted_ms=10.0, front=front)
+    assert reuse.worth_measuring(one, predicted_ms=10.0, front=front, quality="accuracy")
     for _ in range(3):
         reuse.by_graph.add(dict.fromkeys(FEATURES, 1.0), 1.0)
-    assert not reuse.worth_measuring(one, predicted_ms=1.5, front=front)  # 1.2 > 1.0: skip
-    assert reuse.worth_measuring(one, predicted_ms=1.2, front=front)  # 0.96 < 1.0: measure
+    assert not reuse.worth_measuring(
+        one, predicted_ms=1.5, front=front, quality="accuracy"
+    )  # 1.2 > 1.0: skip
+    assert reuse.worth_measuring(
+        one, predicted_ms=1.2, front=front, quality="accuracy"
+    )  # 0.96 < 1.0: measure
     off = LatencyReuse(
         spec.model_copy(update={"prescreen": False}),
         get_profile("cpu-ort"),
@@ -43,7 +47,7 @@ def test_margin_makes_skipping_conservative(tmp_path) -> None:
         1.0,
         study,
     )
-    assert off.worth_measuring(one, predicted_ms=10.0, front=front)
+    assert off.worth_measuring(one, predicted_ms=10.0, front=front, quality="accuracy")
 
 
 def _tiny_onnx() -> bytes:

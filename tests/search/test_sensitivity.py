@@ -25,7 +25,7 @@ def space() -> CompressionSpace:
 
 def scan_of(space: CompressionSpace, drops: dict[tuple[str, int], float]) -> pd.DataFrame:
     rows = [(p, 0.9 - drops[(p.unit.param_name, p.level)], 1.0) for p in sensitivity.probes(space)]
-    return sensitivity.table(rows, baseline_accuracy=0.9)
+    return sensitivity.table(rows, baseline=0.9)
 
 
 DROPS = {

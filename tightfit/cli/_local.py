@@ -67,6 +67,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             bar.update(tasks[p.profile], completed=min(p.done, p.total), status=status)
 
         outcome = run_search(config, progress=progress)
+    quality = config.quality.name
     for p in outcome.profiles:
         console.print(
             _front_table(p.front, f"{config.name} on {p.profile}", list(config.objectives))
@@ -76,7 +77,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         if p.study.user_attrs.get(StudyAttr.RECIPE):
             console.print(_recipe_text(p.study), soft_wrap=True)
         console.print(
-            f"baseline on {p.profile}: accuracy {p.baseline['accuracy']:.4f}, "
+            f"baseline on {p.profile}: {quality} {p.baseline[quality]:.4f}, "
             f"latency {p.baseline['latency_ms']:.3f} ms, size {p.baseline['size_mb']:.2f} MB; "
             f"{p.n_complete} trials, {p.n_failed} failed; front figure: {p.summary_dir / 'front.html'}"
         )
@@ -137,7 +138,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         table.add_row(
             str(r.trial),
             str(r.path),
-            f"{r.logged['accuracy']:.4f} → {r.measured['accuracy']:.4f}",
+            f"{r.logged[r.quality]:.4f} → {r.measured[r.quality]:.4f}",
             f"{r.logged['latency_ms']:.3f} → {r.measured['latency_ms']:.3f} ({r.latency_change:+.1%})",
             _ratio_text(r.ratio_logged),
             _ratio_text(r.ratio_now),

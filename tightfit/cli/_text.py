@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tightfit.keys import StudyAttr
+from tightfit.objectives import OBJECTIVES, QUALITY, quality_of
 
 
 def _console() -> Any:
@@ -23,7 +24,8 @@ def _front_table(front: Any, title: str, objectives: list[str]) -> Any:
     for _, row in front.iterrows():
         cells = [str(int(row["trial"]))]
         for o in objectives:
-            cells.append(f"{row[o]:.4f}" if o == "accuracy" else f"{row[o]:.3f}")
+            quality = o in OBJECTIVES and OBJECTIVES[o].kind == "quality"
+            cells.append(f"{row[o]:.4f}" if quality else f"{row[o]:.3f}")
         cells.append(f"{row['speedup']:.2f}x" if row["speedup"] is not None else "")
         cells.append(str(row["knobs"]))
         table.add_row(*cells)
@@ -50,8 +52,9 @@ def _recipe_text(study: Any) -> str:
     from tightfit.search import recipe_metrics as metrics
 
     recipe = study.user_attrs[StudyAttr.RECIPE]
+    quality = quality_of(study.metric_names or [QUALITY]).name
     parts = [
-        f"{v} {r['speedup']:.2f}x (accuracy {r['accuracy']:.4f}"
+        f"{v} {r['speedup']:.2f}x ({quality} {r[quality]:.4f}"
         f"{'' if r['feasible'] else ', infeasible'})"
         for v, r in recipe.items()
     ]

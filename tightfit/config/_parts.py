@@ -11,6 +11,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, field_validator, mo
 
 from tightfit._records import Record
 from tightfit._secrets import has_secret, redact
+from tightfit.objectives import Objective
 
 __all__ = [
     "CallableSpec",
@@ -33,7 +34,7 @@ __all__ = [
     "SpaceSpec",
     "StagedSpec",
     "callable_reference",
-    "drop_excess",
+    "loss_excess",
 ]
 
 
@@ -271,25 +272,33 @@ class SpaceSpec(Record):
     )
 
 
-def drop_excess(baseline: float, accuracy: float, max_drop: float) -> float:
-    """How far the accuracy drop from the baseline exceeds ``max_drop`` (> 0: infeasible).
+def loss_excess(quality: Objective, baseline: float, value: float, limit: float) -> float:
+    """How far the quality loss of ``value`` against ``baseline`` exceeds ``limit`` (> 0:
+    infeasible): the accuracy drop, or the relative perplexity increase.
 
     Rounded to 1e-9: accuracies are float sums, and 0.747 - 0.737 is 0.01000000000000001 in
     binary, which would make a drop of exactly the limit infeasible.
     """
-    return round(baseline - accuracy - max_drop, 9)
+    return round(quality.loss(baseline, value) - limit, 9)
 
 
 class Constraints(Record):
-    max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0, description="vs the baseline, absolute")
+    """Feasibility: the quality objective's loss against the baseline (the constraint of the
+    search's quality objective applies) and, optionally, a latency ceiling."""
+
+    max_accuracy_drop: float = Field(
+        0.01, ge=0.0, le=1.0, description="objective accuracy: vs the baseline, absolute"
+    )
+    max_perplexity_increase: float = Field(
+        0.05,
+        ge=0.0,
+        description="objective perplexity: vs the baseline, relative (0.05 = at most +5%)",
+    )
     max_latency_ms: float | None = Field(None, gt=0.0)
 
-    def met(self, baseline_accuracy: float, accuracy: float, latency_ms: float) -> bool:
-        """Whether a point with ``accuracy`` and ``latency_ms`` meets both constraints (the rule
-        for trials and for the standard recipe's variants alike)."""
-        return drop_excess(baseline_accuracy, accuracy, self.max_accuracy_drop) <= 0 and (
-            self.max_latency_ms is None or latency_ms <= self.max_latency_ms
-        )
+    def limit(self, quality: Objective) -> float:
+        """The cap on ``quality``'s loss."""
+        return float(getattr(self, quality.constraint))
 
 
 class SamplerSpec(Record):

@@ -30,10 +30,12 @@ from tightfit.config._parts import (
     SensitivitySpec,
     SpaceSpec,
     StagedSpec,
+    loss_excess,
 )
 from tightfit.exceptions import ConfigError
 from tightfit.hardware_profiles import HardwareProfile, get_profile
 from tightfit.hardware_profiles._profile import _yaml_where
+from tightfit.objectives import Objective
 
 
 class SearchConfig(Record):
@@ -86,10 +88,14 @@ class SearchConfig(Record):
                 )
         if len(set(v)) != len(v):
             raise ValueError(f"has duplicates: {v}")
-        quality = objectives.QUALITY
-        if quality not in v or len(v) < 2:
-            others = ", ".join(o for o in objectives.OBJECTIVES if o != quality)
-            raise ValueError(f"must include '{quality}' and at least one of {others}, got {v}")
+        qualities = [n for n in v if n in objectives.QUALITIES]
+        others = [n for n in objectives.OBJECTIVES if n not in objectives.QUALITIES]
+        if len(qualities) != 1 or len(v) < 2:
+            raise ValueError(
+                f"must include one quality objective ({' or '.join(objectives.QUALITIES)}: the "
+                f"data's metric, higher or lower is better) and at least one of "
+                f"{', '.join(others)}, got {v}"
+            )
         return v
 
     @field_validator("profiles")
@@ -132,6 +138,21 @@ class SearchConfig(Record):
     @property
     def directions(self) -> list[str]:
         return [objectives.direction(o) for o in self.objectives]
+
+    @property
+    def quality(self) -> Objective:
+        """The quality objective: ``accuracy`` (higher is better) or ``perplexity`` (lower)."""
+        return objectives.quality_of(self.objectives)
+
+    def loss_excess(self, baseline: float, value: float) -> float:
+        """How far a quality ``value`` is past the constraint (> 0: infeasible)."""
+        return loss_excess(self.quality, baseline, value, self.constraints.limit(self.quality))
+
+    def feasible(self, baseline: float, value: float, latency_ms: float) -> bool:
+        """Whether a point meets the quality and latency constraints (the rule for trials and
+        for the standard recipe's variants alike)."""
+        limit = self.constraints.max_latency_ms
+        return self.loss_excess(baseline, value) <= 0 and (limit is None or latency_ms <= limit)
 
     @property
     def workdir_path(self) -> Path:

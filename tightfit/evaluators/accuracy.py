@@ -8,6 +8,7 @@ import numpy as np
 
 from tightfit._ort import predict
 from tightfit.exceptions import CandidateError
+from tightfit.objectives import Objective
 from tightfit.task import TaskData
 
 
@@ -39,20 +40,21 @@ def staged_accuracy(
     onnx_path: Path,
     data: TaskData,
     subset: np.ndarray,
-    baseline_subset_accuracy: float,
-    max_drop: float,
+    baseline_subset: float,
+    quality: Objective,
+    limit: float,
     z: float,
 ) -> tuple[float, str, dict[str, float]]:
-    """Accuracy on ``subset`` first; on the whole split only if the candidate may be feasible.
+    """The metric on ``subset`` first; on the whole split only if the candidate may be feasible.
 
-    Returns (accuracy, stage, extra metrics): stage ``"subset"`` when the subset already shows
-    the drop is beyond ``max_drop`` (:func:`clearly_infeasible`; the accuracy is the subset's,
-    no extras), else ``"full"``, computed over every sample (the subset's outputs are reused).
+    Returns (value, stage, extra metrics): stage ``"subset"`` when the subset already shows
+    the loss is beyond ``limit`` (:func:`clearly_infeasible`; the value is the subset's, no
+    extras), else ``"full"``, computed over every sample (the subset's outputs are reused).
     """
     first = _outputs(onnx_path, data, subset, threads=1)
-    subset_accuracy = data.score(first, subset)
-    if clearly_infeasible(subset_accuracy, baseline_subset_accuracy, len(subset), max_drop, z):
-        return subset_accuracy, "subset", {}
+    subset_value = data.score(first, subset)
+    if clearly_infeasible(quality, subset_value, baseline_subset, len(subset), limit, z):
+        return subset_value, "subset", {}
     rest = np.setdiff1d(np.arange(len(data.targets)), subset)
     second = _outputs(onnx_path, data, rest, threads=1)
     outputs = np.empty((len(data.targets), *first.shape[1:]), dtype=first.dtype)
@@ -68,16 +70,23 @@ def validation_subset(n: int, fraction: float, minimum: int, seed: int = 0) -> n
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
-def noise_margin(accuracy: float, n: int, z: float) -> float:
-    """``z`` binomial standard errors of an accuracy measured on ``n`` samples."""
-    p = min(max(accuracy, 1.0 / n), 1.0 - 1.0 / n)
+def noise_margin(quality: Objective, value: float, n: int, z: float, limit: float) -> float:
+    """How much a loss measured on ``n`` samples may be noise, in loss units.
+
+    Accuracy: ``z`` binomial standard errors at ``value``. A metric without a per-sample
+    error model (perplexity) gets ``z / 2`` times the ``limit``: at the default z = 2, only a
+    loss past twice the limit counts as clearly infeasible on a subset.
+    """
+    if quality.name != "accuracy":
+        return z / 2 * limit
+    p = min(max(value, 1.0 / n), 1.0 - 1.0 / n)
     return z * float(np.sqrt(p * (1.0 - p) / n))
 
 
 def clearly_infeasible(
-    subset_accuracy: float, baseline_subset_accuracy: float, n: int, max_drop: float, z: float
+    quality: Objective, value: float, baseline: float, n: int, limit: float, z: float
 ) -> bool:
-    """Whether the subset's accuracy drop exceeds ``max_drop`` by more than ``z`` standard
-    errors (binomial, at the subset accuracy), so the full evaluation cannot rescue it."""
-    drop = baseline_subset_accuracy - subset_accuracy
-    return drop - max_drop > noise_margin(subset_accuracy, n, z)
+    """Whether the loss of ``value`` (on a subset of ``n`` samples) against ``baseline`` (on
+    the same subset) exceeds ``limit`` by more than its noise, so the full evaluation cannot
+    rescue it."""
+    return quality.loss(baseline, value) - limit > noise_margin(quality, value, n, z, limit)

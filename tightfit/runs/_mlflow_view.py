@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import time
 
+from tightfit.objectives import quality_of
+
 VIEW_KEY = "tightfit-pareto"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 COLOR_TAG = "mlflow.runColor"
@@ -58,7 +60,7 @@ def view_state(objectives: list[str]) -> dict[str, object]:
                 "tightfit-scatter",
                 "SCATTER",
                 xaxis={"key": x, "type": "METRIC"},
-                yaxis={"key": "accuracy", "type": "METRIC"},
+                yaxis={"key": quality_of(objectives).name, "type": "METRIC"},
             ),
             _card(
                 "tightfit-parallel",

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from tightfit.exceptions import WorkdirError
 from tightfit.keys import Tag, TrialAttr
+from tightfit.objectives import quality_of
 from tightfit.runs import _mlflow_view as view
 
 if TYPE_CHECKING:
@@ -384,6 +385,7 @@ class Tracker:
             )
         }
         fixed = 0
+        loss = quality_of(objectives).loss_name
         for t in trials:
             if not t.state.is_finished():
                 continue
@@ -395,7 +397,7 @@ class Tracker:
             tags = {Tag.RECONCILED: "true"}
             if t.state == TrialState.COMPLETE:
                 metrics = dict(zip(objectives, t.values, strict=True))
-                for key in ("speedup", "accuracy_drop"):
+                for key in ("speedup", loss):
                     if key in t.user_attrs:
                         metrics[key] = t.user_attrs[key]
                 self.finish_trial(run_id, metrics, "complete", tags=tags)

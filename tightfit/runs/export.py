@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from tightfit import objectives
 from tightfit.config import SearchConfig
 from tightfit.evaluators import evaluate_accuracy, size_mb
 from tightfit.exceptions import TightfitError
@@ -51,6 +52,7 @@ class ExportResult:
     #: how far two measurements of one candidate at different times disagreed in the search
     #: (``search._reuse.repeat_error``; None where the search re-measured too few)
     repeat_error: float | None = None
+    quality: str = "accuracy"  # the search's quality objective: the key in logged and measured
 
     @property
     def expected(self) -> tuple[float, float] | None:
@@ -70,8 +72,9 @@ class ExportResult:
         return self.measured["latency_ms"] / self.logged["latency_ms"] - 1.0
 
     @property
-    def accuracy_change(self) -> float:
-        return self.measured["accuracy"] - self.logged["accuracy"]
+    def quality_change(self) -> float:
+        """The quality objective re-measured on the written file minus the logged value."""
+        return self.measured[self.quality] - self.logged[self.quality]
 
 
 def library_versions() -> dict[str, str]:
@@ -195,6 +198,7 @@ def export(
     ref_ms, latencies = measure_engines(config, hw, [b.onnx_bytes for b in built], reference)
     repeat = repeat_error(study)
     results = []
+    quality = config.quality.name
     for b, latency in zip(built, latencies, strict=True):
         number, engine, trial = b.number, b.engine, trials[b.number]
         accuracy = evaluate_accuracy(engine, ws.data)  # a fresh session on the written file
@@ -202,7 +206,7 @@ def export(
         logged["speedup"] = trial.user_attrs.get(TrialAttr.SPEEDUP, float("nan"))
         ratio_logged, ratio_now = _ratios(trial, latency)
         measured = {
-            "accuracy": accuracy,
+            quality: accuracy,
             "latency_ms": latency.ratio * ref_search,
             "size_mb": size_mb(engine),
             "speedup": latency.speedup,
@@ -216,6 +220,7 @@ def export(
             ratio_logged=ratio_logged,
             ratio_now=ratio_now,
             repeat_error=repeat,
+            quality=quality,
         )
         manifest = {
             "format": "onnx",
@@ -224,10 +229,11 @@ def export(
             "trial": number,
             "candidate": json.loads(b.candidate.to_json()),
             "profile": hw.model_dump(mode="json"),
+            "objectives": {o: objectives.direction(o) for o in config.objectives},
             "metrics_logged": logged,
             "metrics_measured": measured,
             "baseline": {
-                "accuracy": study.user_attrs[StudyAttr.BASELINE_ACCURACY],
+                quality: study.user_attrs[StudyAttr.BASELINE_QUALITY],
                 "latency_ms_search": ref_search,
                 "latency_ms_now": ref_ms,
             },

@@ -24,6 +24,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     from optuna.trial import TrialState
 
     names = study.metric_names or [f"value_{i}" for i in range(len(study.directions))]
+    quality = obj.quality_of(study.metric_names or [obj.QUALITY])
     front = {t.number for t in study.best_trials}
     joint = study.user_attrs.get(StudyAttr.REMEASURED_JOINTLY, {}).get("latency_ms", {})
     rows = []
@@ -36,7 +37,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         if t.values is not None:
             row.update(dict(zip(names, t.values, strict=True)))
         row["speedup"] = t.user_attrs.get(TrialAttr.SPEEDUP)
-        row["accuracy_drop"] = t.user_attrs.get(TrialAttr.ACCURACY_DROP)
+        row[quality.loss_name] = t.user_attrs.get(quality.loss_name)
         row["feasible"] = is_feasible(t)
         row["baseline"] = bool(t.user_attrs.get(TrialAttr.IS_BASELINE, False))
         row["pareto"] = t.number in front
@@ -121,14 +122,18 @@ def hypervolume_history(
 
 
 def front_figure_html(study: optuna.Study, path: Path) -> Path:
-    """Optuna's interactive Pareto plot (accuracy vs latency), infeasible trials greyed."""
+    """Optuna's interactive Pareto plot (quality vs latency), infeasible trials greyed."""
     import optuna.visualization as vis
 
     names = list(study.metric_names or [])
+    quality = obj.quality_of(names)
     fig = vis.plot_pareto_front(
         study,
-        targets=lambda t: (t.values[names.index("latency_ms")], t.values[names.index("accuracy")]),
-        target_names=["latency_ms", "accuracy"],
+        targets=lambda t: (
+            t.values[names.index("latency_ms")],
+            t.values[names.index(quality.name)],
+        ),
+        target_names=["latency_ms", _label(quality)],
     )
     title = f"Pareto front: {study.study_name}"
     aa = study.user_attrs.get(StudyAttr.AA_CHECK)
@@ -147,8 +152,15 @@ def front_figure_html(study: optuna.Study, path: Path) -> Path:
     return atomic_write(path, fig.to_html(include_plotlyjs=True, full_html=True))
 
 
-def front_figure_png(frame: pd.DataFrame, path: Path, title: str) -> Path:
-    """A static accuracy-vs-latency scatter with the front marked, for reports and the UI."""
+def _label(quality: obj.Objective) -> str:
+    better = "higher" if quality.direction == "maximize" else "lower"
+    return f"{quality.name} ({better} is better)"
+
+
+def front_figure_png(
+    frame: pd.DataFrame, path: Path, title: str, quality: str = "accuracy"
+) -> Path:
+    """A static quality-vs-latency scatter with the front marked, for reports and the UI."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,15 +171,14 @@ def front_figure_png(frame: pd.DataFrame, path: Path, title: str) -> Path:
     infeasible = done[~done["feasible"]]
     feasible = done[done["feasible"] & ~done["pareto"]]
     front = done[done["pareto"]].sort_values("latency_ms")
-    ax.scatter(
-        infeasible["latency_ms"], infeasible["accuracy"], c="#cccccc", s=18, label="infeasible"
-    )
-    ax.scatter(feasible["latency_ms"], feasible["accuracy"], c="#6b8fbf", s=22, label="feasible")
-    ax.plot(front["latency_ms"], front["accuracy"], "-o", c="#d62728", ms=6, label="Pareto front")
+    q = quality
+    ax.scatter(infeasible["latency_ms"], infeasible[q], c="#cccccc", s=18, label="infeasible")
+    ax.scatter(feasible["latency_ms"], feasible[q], c="#6b8fbf", s=22, label="feasible")
+    ax.plot(front["latency_ms"], front[q], "-o", c="#d62728", ms=6, label="Pareto front")
     base = done[done["baseline"]]
-    ax.scatter(base["latency_ms"], base["accuracy"], marker="*", s=160, c="black", label="baseline")
+    ax.scatter(base["latency_ms"], base[q], marker="*", s=160, c="black", label="baseline")
     ax.set_xlabel("latency (ms, measured)")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel(_label(obj.OBJECTIVES[q]))
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)

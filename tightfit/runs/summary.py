@@ -30,14 +30,14 @@ def summarise(p: ProfileOutcome, outcome: SearchOutcome, tracker: Tracker) -> No
     if not front.empty:
         files.append(pareto.front_figure_html(study, d / "front.html"))
         title = f"{config.name} on {p.profile}"
-        files.append(pareto.front_figure_png(frame, d / "front.png", title))
+        files.append(pareto.front_figure_png(frame, d / "front.png", title, config.quality.name))
     feasible = frame[frame["feasible"]] if not frame.empty else frame
     metrics = {
         "n_trials": float(p.n_complete),
         "n_failed": float(p.n_failed),
         "n_front": float(len(front)),
         "n_refused_units": float(p.n_refused),
-        "baseline_accuracy": p.baseline["accuracy"],
+        f"baseline_{config.quality.name}": p.baseline[config.quality.name],
         "baseline_latency_ms": p.baseline["latency_ms"],
         "baseline_size_mb": p.baseline["size_mb"],
         "hypervolume": pareto.hypervolume(front, p.baseline, list(config.objectives)),

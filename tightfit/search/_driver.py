@@ -255,11 +255,13 @@ class ProfileSearch:
         stopped = _tell.stopped_early(self.config, self.ready.baseline, one)
         if stopped is not None:
             self._finish(p, stopped)
+            loss = self.config.quality.loss_name
             log.info(
-                "trial %d stopped at stage %s: accuracy drop %.4f",
+                "trial %d stopped at stage %s: %s %.4f",
                 p.trial.number,
                 stopped.attrs[TrialAttr.STAGE],
-                stopped.attrs[TrialAttr.ACCURACY_DROP],
+                loss,
+                stopped.attrs[loss],
             )
         elif not self._reuse_or_skip(p, one):
             self.waiting.append(p)
@@ -282,7 +284,7 @@ class ProfileSearch:
         p.trial.set_user_attr(TrialAttr.PREDICTOR, reuse.predictor_for(one)[0])
         names = list(self.config.objectives)
         front = [dict(zip(names, t.values, strict=True)) for t in self.study.best_trials]
-        if reuse.worth_measuring(one, p.predicted_ms, front):
+        if reuse.worth_measuring(one, p.predicted_ms, front, self.config.quality.name):
             return False
         self._finish(p, _tell.prescreened(self.config, self.ready.baseline, one, p.predicted_ms))
         log.info(

@@ -15,7 +15,7 @@ import copy
 import logging
 from typing import Any
 
-from tightfit.config import SearchConfig, drop_excess
+from tightfit.config import SearchConfig
 from tightfit.evaluators import evaluate_quality, size_mb
 from tightfit.exceptions import ConfigError
 from tightfit.kernels.recovery import recalibrate_batchnorm
@@ -35,7 +35,7 @@ def baseline(pool: BenchPool, ws: Workspace, reference: MeasurementReference) ->
     accuracy, extras = evaluate_quality(ws.baseline_onnx, ws.data)
     return {
         StudyAttr.BASE_MODEL: ws.model_id,
-        StudyAttr.BASELINE_ACCURACY: accuracy,
+        StudyAttr.BASELINE_QUALITY: accuracy,
         StudyAttr.BASELINE_METRICS: extras,
         StudyAttr.BASELINE_SIZE_MB: size_mb(ws.baseline_onnx),
         StudyAttr.BASELINE_LATENCY_MS: latency.baseline_median_ms,
@@ -62,17 +62,18 @@ def check_batchnorm_recovery(
         return
     path = ctx.export(model, ws.scratch / "bn.onnx")
     accuracy, _ = evaluate_quality(path, ws.data)
-    limit = config.constraints.max_accuracy_drop
-    if drop_excess(baseline_accuracy, accuracy, limit) > 0:
+    quality = config.quality
+    if config.loss_excess(baseline_accuracy, accuracy) > 0:
         raise ConfigError(
             "recovery.batchnorm: re-estimating BatchNorm statistics on the calibration data "
-            f"alone takes the uncompressed model's accuracy from {baseline_accuracy:.4f} to "
-            f"{accuracy:.4f} (max_accuracy_drop is {limit}), so every pruned candidate "
+            f"alone takes the uncompressed model's {quality.name} from {baseline_accuracy:.4f} "
+            f"to {accuracy:.4f} ({quality.constraint} is "
+            f"{config.constraints.limit(quality)}), so every pruned candidate "
             "would fail: the calibration inputs do not look like the training data. Set "
             "recovery.batchnorm: false (recovery.reconstruct: {enabled: true} repairs "
             "pruned layers without it), or calibrate on data like the training set"
         )
-    log.info("BatchNorm recalibration keeps the baseline's accuracy: %.4f", accuracy)
+    log.info("BatchNorm recalibration keeps the baseline's %s: %.4f", quality.name, accuracy)
 
 
 def aa_check(pool: BenchPool, reference: MeasurementReference) -> dict[str, Any]:
@@ -121,6 +122,7 @@ def int8_formats(
     (dynamic only when faster by more than the protocol's ``target_ci``) and what each measured.
     Anything that fails leaves static, the default, and says why."""
     executor, profile = pool.executor, pool.profile
+    quality = setup.config.quality.name
     candidate = space.uniform(bits=8)
     if candidate.is_baseline:
         log.info("int8_format auto: no layer of the space takes int8; static")
@@ -143,7 +145,7 @@ def int8_formats(
             if latency is None:
                 latency = pool.call("measure", one.onnx, reference)
                 reuse.store(key, latency)
-            measured[fmt] = {"latency_ms": latency.latency_ms, "accuracy": one.accuracy}
+            measured[fmt] = {"latency_ms": latency.latency_ms, quality: one.accuracy}
     except Exception as e:
         reason = executor.error_text(e)
         log.warning(

@@ -41,7 +41,9 @@ class Prepared:
     setup: Setup
     study: optuna.Study
     space: CompressionSpace
-    baseline: dict[str, float]  # accuracy, latency_ms, size_mb
+    baseline: dict[
+        str, float
+    ]  # the quality objective (accuracy or perplexity), latency_ms, size_mb
     reference: MeasurementReference  # what every measurement is taken against
     reuse: LatencyReuse
     pool: BenchPool
@@ -125,12 +127,12 @@ class _Steps:
         if StudyAttr.BASELINE_LATENCY_MS not in study.user_attrs:
             pool.executor.warm_up(config.concurrency)
             found = _preflight.baseline(pool, self.ws, reference)
-            accuracy = found[StudyAttr.BASELINE_ACCURACY]
+            accuracy = found[StudyAttr.BASELINE_QUALITY]
             _preflight.check_batchnorm_recovery(config, self.ws, space, accuracy)
             _set(study, found)
         attrs = study.user_attrs
         baseline = {
-            "accuracy": attrs[StudyAttr.BASELINE_ACCURACY],
+            config.quality.name: attrs[StudyAttr.BASELINE_QUALITY],
             "latency_ms": attrs[StudyAttr.BASELINE_LATENCY_MS],
             "size_mb": attrs[StudyAttr.BASELINE_SIZE_MB],
         }

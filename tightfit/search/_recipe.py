@@ -18,7 +18,8 @@ from typing import Any
 
 import optuna
 
-from tightfit.config import Constraints
+from tightfit import objectives
+from tightfit.config import SearchConfig
 from tightfit.evaluators import LatencyResult
 from tightfit.evaluators.accuracy import evaluate_quality
 from tightfit.hardware_profiles import HardwareProfile
@@ -76,16 +77,17 @@ def record(
     recipes: list[Recipe],
     results: list[LatencyResult],
     baseline: dict[str, float],
-    constraints: Constraints,
+    config: SearchConfig,
 ) -> dict[str, Any]:
-    """What the study keeps: per variant its accuracy, latency (ratio x the search's reference),
-    interval, speedup and whether it meets the search's constraints."""
+    """What the study keeps: per variant its quality (accuracy or perplexity), latency (ratio x
+    the search's reference), interval, speedup and whether it meets the search's constraints."""
+    quality = config.quality.name
     out = {}
     for r, lat in zip(recipes, results, strict=True):
         latency_ms = lat.ratio * baseline["latency_ms"]
-        feasible = constraints.met(baseline["accuracy"], r.accuracy, latency_ms)
+        feasible = config.feasible(baseline[quality], r.accuracy, latency_ms)
         out[r.variant] = {
-            "accuracy": r.accuracy,
+            quality: r.accuracy,
             "latency_ms": latency_ms,
             "ratio": lat.ratio,
             "ratio_ci": list(lat.ratio_ci),
@@ -101,11 +103,12 @@ def metrics(study: optuna.Study) -> dict[str, float]:
     recipe = study.user_attrs.get(ATTR)
     if not recipe:
         return {}
+    quality = objectives.quality_of(study.metric_names or [objectives.QUALITY]).name
     out: dict[str, float] = {}
     for variant, r in recipe.items():
         key = variant.replace("-", "_")
         out[f"recipe_{key}_speedup"] = float(r["speedup"])
-        out[f"recipe_{key}_accuracy"] = float(r["accuracy"])
+        out[f"recipe_{key}_{quality}"] = float(r[quality])
     feasible = [float(r["speedup"]) for r in recipe.values() if r["feasible"]]
     if not feasible:
         return out

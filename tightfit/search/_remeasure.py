@@ -119,7 +119,7 @@ def remeasure_jointly(
     if recipes:
         study.set_user_attr(
             StudyAttr.RECIPE,
-            _recipe.record(recipes, recipe_results, baseline, config.constraints),
+            _recipe.record(recipes, recipe_results, baseline, config),
         )
     study.set_user_attr(
         StudyAttr.REMEASURED_JOINTLY,

@@ -94,13 +94,16 @@ class LatencyReuse:
         logged beside every measurement that follows, for the rank correlation."""
         return self.predictor_for(one)[1].predict(one.features)
 
-    def worth_measuring(self, one: StageOne, predicted_ms: float, front: list[dict]) -> bool:
+    def worth_measuring(
+        self, one: StageOne, predicted_ms: float, front: list[dict], quality: str
+    ) -> bool:
         """False if even an optimistic latency leaves ``one`` dominated by a measured point
-        (only once the predictor has learned from ``prescreen_after`` measurements)."""
+        (only once the predictor has learned from ``prescreen_after`` measurements); points
+        are dicts of objective values, the quality objective named ``quality``."""
         if not self.spec.prescreen or len(self.predictor_for(one)[1]) < self.spec.prescreen_after:
             return True
         mine = {
-            "accuracy": one.accuracy,
+            quality: one.accuracy,
             "latency_ms": predicted_ms * (1.0 - self.spec.prescreen_margin),
             "size_mb": one.size_mb,
         }

@@ -55,7 +55,7 @@ def scan(
                 executor.error_text(e),
             )
             rows.append((probe, float("nan"), float("nan")))
-    table = sensitivity.table(rows, ws.baseline_subset_accuracy)
+    table = sensitivity.table(rows, ws.baseline_subset_accuracy, setup.config.quality)
     study.set_user_attr(StudyAttr.SENSITIVITY, table.to_dict("records"))
     study.set_user_attr(StudyAttr.SENSITIVITY_S, time.monotonic() - t0)
     return table
@@ -73,15 +73,17 @@ def shrink(
     and the files (table, figure, the space and what was dropped) to log."""
     metrics: dict[str, float] = {}
     if config.sensitivity.shrink:
-        space, dropped = sensitivity.shrink(
-            space, table, config.constraints.max_accuracy_drop, n_subset, config.staged.z
-        )
+        quality = config.quality
+        limit = config.constraints.limit(quality)
+        space, dropped = sensitivity.shrink(space, table, limit, n_subset, config.staged.z, quality)
         metrics["n_levels_dropped"] = float(sum(len(v) for v in dropped.values()))
         atomic_write(summary_dir / "space.json", json.dumps(space.describe(), indent=1))
         atomic_write(summary_dir / "dropped_levels.json", json.dumps(dropped, indent=1))
     files = [
         atomic_write(summary_dir / "sensitivity.csv", table.to_csv(index=False)),
-        sensitivity.figure_png(table, summary_dir / "sensitivity.png", title),
+        sensitivity.figure_png(
+            table, summary_dir / "sensitivity.png", title, config.quality.loss_name
+        ),
     ]
     return space, metrics, files
 
@@ -112,7 +114,7 @@ def plan(
     planned += [("uniform", c) for c in uniform[: seeds.uniform]]
     k = config.sensitivity.seeds
     if table is not None and k:
-        limit = config.constraints.max_accuracy_drop
+        limit = config.constraints.limit(config.quality)
         planned += [("sensitivity", c) for c in sensitivity.seeds(s, table, limit, k)]
     if seeds.global_magnitude:
         importance = strategies.channel_importance(ws.model, ws.ctx)

@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from tightfit.config import SearchConfig, drop_excess
+from tightfit.config import SearchConfig
 from tightfit.evaluators import LatencyResult
 from tightfit.keys import Tag, TrialAttr
 from tightfit.spaces import Candidate
@@ -25,7 +25,7 @@ from tightfit.workspace import StageOne
 STATES = {
     "complete": TrialState.COMPLETE,
     "failed": TrialState.FAIL,
-    "stopped": TrialState.PRUNED,  # staged evaluation: accuracy already rules it out
+    "stopped": TrialState.PRUNED,  # staged evaluation: quality already rules it out
     "prescreened": TrialState.PRUNED,  # predicted dominated: not worth a measurement
 }
 
@@ -56,9 +56,14 @@ def tell(study: optuna.Study, trial: optuna.Trial, told: Told) -> None:
 
 
 def _excess(config: SearchConfig, baseline: dict[str, float], one: StageOne) -> float:
-    """How far ``one``'s accuracy drop exceeds ``max_accuracy_drop`` (<= 0: within it)."""
-    limit = config.constraints.max_accuracy_drop
-    return drop_excess(baseline["accuracy"], one.accuracy, limit)
+    """How far ``one``'s quality loss exceeds its constraint (<= 0: within it)."""
+    return config.loss_excess(baseline[config.quality.name], one.accuracy)
+
+
+def _loss(config: SearchConfig, baseline: dict[str, float], one: StageOne) -> float:
+    """``one``'s quality loss against the baseline (the accuracy drop, the relative perplexity
+    increase), > 0 when worse."""
+    return config.quality.loss(baseline[config.quality.name], one.accuracy)
 
 
 def failed(reason: str) -> Told:
@@ -84,18 +89,19 @@ def completed(
     predicted_ms: float | None,
 ) -> Told:
     """A measured trial: its objectives, constraints, and everything its run shows."""
-    values = {"accuracy": one.accuracy, "latency_ms": latency.latency_ms, "size_mb": one.size_mb}
+    quality = config.quality
+    values = {quality.name: one.accuracy, "latency_ms": latency.latency_ms, "size_mb": one.size_mb}
     if not all(math.isfinite(v) for v in values.values()):
         return failed(f"non-finite result {values}")
     limits = config.constraints
-    drop = baseline["accuracy"] - one.accuracy
-    constraints = {"accuracy_drop": _excess(config, baseline, one)}
+    loss = _loss(config, baseline, one)
+    constraints = {quality.loss_name: _excess(config, baseline, one)}
     if limits.max_latency_ms is not None:
         constraints["latency_ms"] = latency.latency_ms - limits.max_latency_ms
     attrs = {
         TrialAttr.STAGE: "complete",
         TrialAttr.SPEEDUP: latency.speedup,
-        TrialAttr.ACCURACY_DROP: drop,
+        quality.loss_name: loss,
         TrialAttr.LATENCY: latency.summary(),
         TrialAttr.REPORT: one.report,
         TrialAttr.FEATURES: one.features,
@@ -107,7 +113,7 @@ def completed(
     }
     metrics = {
         **values,
-        "accuracy_drop": drop,
+        quality.loss_name: loss,
         "speedup": latency.speedup,
         "latency_ratio_ci_low": latency.ratio_ci[0],
         "latency_ratio_ci_high": latency.ratio_ci[1],
@@ -151,22 +157,23 @@ def completed(
         constraints=constraints,
         attrs=attrs,
         metrics=metrics,
-        feasible=limits.met(baseline["accuracy"], one.accuracy, latency.latency_ms),
+        feasible=config.feasible(baseline[quality.name], one.accuracy, latency.latency_ms),
         artifacts=artifacts,
         tags=tags,
     )
 
 
 def stopped_early(config: SearchConfig, baseline: dict[str, float], one: StageOne) -> Told | None:
-    """Staged evaluation: the trial unmeasured, if its accuracy already rules it out.
+    """Staged evaluation: the trial unmeasured, if its quality already rules it out.
 
-    Stage ``subset``: the validation subset showed a drop clearly beyond the constraint;
-    stage ``accuracy``: the full validation did. Neither can reach the front, so neither is
+    Stage ``subset``: the validation subset showed a loss clearly beyond the constraint;
+    stage ``accuracy``: the full validation did (for any quality objective). Neither can reach the front, so neither is
     worth a latency measurement. Told PRUNED with its constraint violation, so the samplers
     learn the region is infeasible. None: measure it.
     """
     staged = config.staged
-    drop = baseline["accuracy"] - one.accuracy
+    quality = config.quality
+    loss = _loss(config, baseline, one)
     excess = _excess(config, baseline, one)
     if not staged.enabled or not (
         one.stage == "subset" or (excess > 0 and not staged.measure_infeasible)
@@ -175,15 +182,15 @@ def stopped_early(config: SearchConfig, baseline: dict[str, float], one: StageOn
     stage = "subset" if one.stage == "subset" else "accuracy"
     return Told(
         "stopped",
-        constraints={"accuracy_drop": excess},
+        constraints={quality.loss_name: excess},
         attrs={
             TrialAttr.STAGE: stage,
-            TrialAttr.ACCURACY_DROP: drop,
+            quality.loss_name: loss,
             TrialAttr.REPORT: one.report,
         },
         metrics={
-            "accuracy": one.accuracy,
-            "accuracy_drop": drop,
+            quality.name: one.accuracy,
+            quality.loss_name: loss,
             "size_mb": one.size_mb,
             "compress_s": one.seconds,
         },
@@ -196,12 +203,13 @@ def prescreened(
     config: SearchConfig, baseline: dict[str, float], one: StageOne, predicted_ms: float
 ) -> Told:
     """A trial whose predicted latency puts it behind the front: not measured."""
+    quality = config.quality
     return Told(
         "prescreened",
-        constraints={"accuracy_drop": _excess(config, baseline, one)},
+        constraints={quality.loss_name: _excess(config, baseline, one)},
         attrs={TrialAttr.STAGE: "prescreened"},
         metrics={
-            "accuracy": one.accuracy,
+            quality.name: one.accuracy,
             "size_mb": one.size_mb,
             "predicted_latency_ms": predicted_ms,
             "compress_s": one.seconds,

@@ -27,8 +27,11 @@ from typing import Any
 import pandas as pd
 
 from tightfit.evaluators.accuracy import noise_margin
+from tightfit.objectives import OBJECTIVES, Objective
 from tightfit.spaces import Candidate, CompressionSpace, Unit
 from tightfit.workdir import atomic_write
+
+ACCURACY = OBJECTIVES["accuracy"]
 
 #: Budgets of the seeds, as multiples of the accuracy constraint.
 SEED_BUDGETS = (0.5, 1.0, 2.0, 0.25, 4.0)
@@ -56,8 +59,12 @@ def probes(space: CompressionSpace) -> list[Probe]:
     return [Probe(u, k) for u in space.units for k in range(1, len(u.choices))]
 
 
-def table(rows: Sequence[tuple[Probe, float, float]], baseline_accuracy: float) -> pd.DataFrame:
-    """The scan as a table: (probe, subset accuracy, size in MB) per row."""
+def table(
+    rows: Sequence[tuple[Probe, float, float]], baseline: float, quality: Objective = ACCURACY
+) -> pd.DataFrame:
+    """The scan as a table: (probe, subset quality, size in MB) per row. The columns keep their
+    first names: ``accuracy`` is the quality objective's value (accuracy or perplexity) and
+    ``accuracy_drop`` its loss against ``baseline`` (> 0: worse; relative for perplexity)."""
     return pd.DataFrame(
         [
             {
@@ -66,7 +73,7 @@ def table(rows: Sequence[tuple[Probe, float, float]], baseline_accuracy: float) 
                 "level": p.level,
                 "value": p.value,
                 "accuracy": accuracy,
-                "accuracy_drop": baseline_accuracy - accuracy,
+                "accuracy_drop": quality.loss(baseline, accuracy),
                 "size_mb": size,
             }
             for p, accuracy, size in rows
@@ -75,12 +82,17 @@ def table(rows: Sequence[tuple[Probe, float, float]], baseline_accuracy: float) 
 
 
 def shrink(
-    space: CompressionSpace, scan: pd.DataFrame, max_drop: float, n: int, z: float
+    space: CompressionSpace,
+    scan: pd.DataFrame,
+    max_drop: float,
+    n: int,
+    z: float,
+    quality: Objective = ACCURACY,
 ) -> tuple[CompressionSpace, dict[str, list[Any]]]:
     """The space without the levels that break the constraint alone (and stronger ones).
 
-    A level is dropped when its drop exceeds ``max_drop`` by more than ``z`` standard errors of
-    the subset (``n`` samples). Returns the new space and, per unit, the values dropped; units
+    A level is dropped when its loss exceeds ``max_drop`` by more than its noise on the subset
+    of ``n`` samples (:func:`tightfit.evaluators.accuracy.noise_margin`). Returns the new space and, per unit, the values dropped; units
     left with only the no-op leave the space.
     """
     units: list[Unit] = []
@@ -92,7 +104,8 @@ def shrink(
         if rows is not None:
             for _, r in rows.sort_values("level").iterrows():
                 failed = not math.isfinite(r["accuracy"])  # it could not even be compressed
-                if failed or r["accuracy_drop"] - max_drop > noise_margin(r["accuracy"], n, z):
+                margin = noise_margin(quality, r["accuracy"], n, z, max_drop)
+                if failed or r["accuracy_drop"] - max_drop > margin:
                     keep = int(r["level"])
                     break
         if keep < len(u.choices):
@@ -141,8 +154,10 @@ def seeds(space: CompressionSpace, scan: pd.DataFrame, max_drop: float, k: int) 
     return out
 
 
-def figure_png(scan: pd.DataFrame, path: Path, title: str) -> Path:
-    """Accuracy drop of each unit (rows) at each level (columns): where compression hurts."""
+def figure_png(
+    scan: pd.DataFrame, path: Path, title: str, loss_name: str = "accuracy_drop"
+) -> Path:
+    """Quality loss of each unit (rows) at each level (columns): where compression hurts."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,7 +170,7 @@ def figure_png(scan: pd.DataFrame, path: Path, title: str) -> Path:
     ax.set_xticks(range(len(grid.columns)), [str(c) for c in grid.columns])
     ax.set_xlabel("level (0 = no-op; higher = stronger)")
     ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax, label="accuracy drop (subset)")
+    fig.colorbar(image, ax=ax, label=f"{loss_name.replace('_', ' ')} (subset)")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

@@ -25,11 +25,11 @@ LABEL_KEYS = ("labels", "label")
 
 @dataclass(frozen=True)
 class TaskData:
-    """Calibration inputs, validation inputs and targets, and the metric (higher is better).
+    """Calibration inputs, validation inputs and targets, and the metric.
 
     Inputs are named arrays, one per model input, in the order of ``forward``'s arguments;
-    the first axis is the sample axis. ``metric`` (the accuracy objective) is a built-in name
-    or a picklable callable; ``extra_metrics`` are logged beside it on every fully evaluated
+    the first axis is the sample axis. ``metric`` (the quality objective) is a built-in name
+    (:data:`METRICS`, each with its direction) or a picklable callable, higher is better; ``extra_metrics`` are logged beside it on every fully evaluated
     trial (e.g. fidelity to the uncompressed model), never optimised.
     """
 
@@ -42,6 +42,11 @@ class TaskData:
     @property
     def input_names(self) -> tuple[str, ...]:
         return tuple(self.validation)
+
+    @property
+    def direction(self) -> str:
+        """``maximize`` or ``minimize``: a built-in metric's own; a callable is higher-is-better."""
+        return METRICS[self.metric].direction if isinstance(self.metric, str) else "maximize"
 
     def metric_fn(self) -> Metric:
         return METRICS[self.metric].fn if isinstance(self.metric, str) else self.metric
@@ -238,12 +243,6 @@ def load_data(spec: CallableSpec, cache_dir: Path | None = None) -> TaskData:
     validation = _as_named(validation, "validation", spec.callable)
     targets = np.asarray(targets)
     metric = _metric(raw.get("metric", "accuracy"), "data: metric")
-    if isinstance(metric, str) and METRICS[metric].direction == "minimize":
-        raise DataError(
-            f"data: metric {metric!r} is lower-is-better; the search optimises a higher-is-"
-            "better metric (the LLM work brings lower-is-better quality objectives): log it "
-            f"with extra_metrics: {{'{metric}': '{metric}'}} and optimise another metric"
-        )
     extra: dict[str, Metric] = {}
     for name, value in dict(raw.get("extra_metrics") or {}).items():
         fn_or_name = _metric(value, f"data: extra_metrics['{name}']")
