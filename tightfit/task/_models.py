@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tightfit.config import ModelSpec
+from tightfit.config import CallableSpec, ModelSpec
 from tightfit.exceptions import ModelError
 from tightfit.task._calls import call_with_cache, resolve_callable
 
@@ -169,10 +169,12 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
 
 
 def load_model(
-    spec: ModelSpec, cache_dir: Path | None = None, input_names: Sequence[str] = ()
+    spec: ModelSpec | CallableSpec, cache_dir: Path | None = None, input_names: Sequence[str] = ()
 ) -> nn.Module:
     """The model ``spec`` names, in eval mode. ``input_names`` (the data's inputs, in order)
     are the keywords a Hugging Face model is called with."""
+    if not isinstance(spec, ModelSpec):
+        spec = ModelSpec(**spec.model_dump())
     if spec.source != "callable":
         # Every worker builds the model again and must get the same weights: timm and
         # torchvision without a checkpoint, and a Hugging Face head missing from its folder
