@@ -200,7 +200,8 @@ class Workspace:
                 self.data.input_names,
                 self.scratch / "baseline.onnx",
                 traced,
-                opset=setup.profile.opset,
+                opset=setup.profile.export_opset,
+                exporter=setup.profile.exporter,
             )
         except CandidateError as e:
             raise ModelError(

@@ -129,12 +129,17 @@ class HardwareProfile(Record):
         default_factory=dict,
         description="per-sample shapes (without batch) that override the data's, by input name",
     )
-    opset: int = Field(
-        17,
+    exporter: Literal["torchscript", "dynamo"] = Field(
+        "torchscript",
+        description="torch.onnx's exporter: torchscript (dynamo=False) or dynamo (the "
+        "supported one, through onnxscript); nodes map to modules the same way",
+    )
+    opset: int | None = Field(
+        None,
         ge=14,
-        le=20,
-        description="ONNX opset of every export (the baseline's and each candidate's); the "
-        "exporter writes up to 20",
+        le=21,
+        description="ONNX opset of every export (the baseline's and each candidate's); None: "
+        "17 with torchscript (which writes up to 20), 18 with dynamo (18 and up)",
     )
     float_precision: Literal["fp32", "fp16"] = Field(
         "fp32", description="precision of the baseline and of every layer not quantized"
@@ -186,8 +191,20 @@ class HardwareProfile(Record):
             raise ValueError(unknown_name_message("runtime", v, RUNTIMES))
         return v
 
+    @property
+    def export_opset(self) -> int:
+        """The opset every graph is exported at."""
+        return self.opset or (18 if self.exporter == "dynamo" else 17)
+
     @model_validator(mode="after")
     def _consistent(self) -> HardwareProfile:
+        if self.opset is not None and self.exporter == "torchscript" and self.opset > 20:
+            raise ValueError(
+                f"opset {self.opset}: the torchscript exporter writes opset 20 at most; set "
+                "exporter: dynamo for opset 21"
+            )
+        if self.opset is not None and self.exporter == "dynamo" and self.opset < 18:
+            raise ValueError(f"opset {self.opset}: the dynamo exporter writes opset 18 or later")
         if self.float_precision not in self.precisions:
             raise ValueError(
                 f"precisions must include float_precision '{self.float_precision}' "

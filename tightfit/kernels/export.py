@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from tightfit.exceptions import CandidateError
+from tightfit.kernels._hooks import run_watched
 from tightfit.task import is_token_input
 from tightfit.workdir import atomic_write
 
@@ -112,8 +113,14 @@ def export_onnx(
     path: Path,
     trace_warnings: list[str] | None = None,
     opset: int = OPSET,
+    exporter: str = "torchscript",
 ) -> Path:
     """Write ``model`` as ONNX with a dynamic batch axis; raise CandidateError on failure.
+
+    ``exporter``: ``torchscript`` (``torch.onnx.export(dynamo=False)``, nodes named by module
+    scope) or ``dynamo`` (the supported exporter, through onnxscript; its nodes are renamed from
+    their ``pkg.torch.onnx.name_scopes`` metadata into the same scope names, see
+    :func:`scope_names`), so the per-layer plans reach the same nodes either way.
 
     The tracer's warnings (a Python branch on a tensor's value, a tensor turned into a
     constant) are kept in ``trace_warnings`` when given: they name the line whose behaviour
@@ -121,7 +128,6 @@ def export_onnx(
     """
     input_names = list(input_names)
     model.eval()
-    buffer = io.BytesIO()
     chatter = tempfile.TemporaryFile(
         mode="w+b"
     )  # the exporter prints its IR graph on failure (C++)
@@ -135,17 +141,10 @@ def export_onnx(
             _covering_pools(model) as covering,
         ):
             warnings.simplefilter("always", torch.jit.TracerWarning)
-            torch.onnx.export(
-                model,
-                example_inputs,
-                buffer,  # type: ignore[arg-type]  # file-like objects are accepted
-                dynamo=False,
-                opset_version=opset,
-                input_names=input_names,
-                output_names=["output"],
-                dynamic_axes=dynamic_axes(example_inputs, input_names),
-                do_constant_folding=True,
-            )
+            if exporter == "dynamo":
+                onnx_bytes = _dynamo_bytes(model, example_inputs, input_names, opset)
+            else:
+                onnx_bytes = _torchscript_bytes(model, example_inputs, input_names, opset)
         if trace_warnings is not None:
             trace_warnings.extend(
                 f"{w.filename}:{w.lineno}: {str(w.message).splitlines()[0]}"
@@ -162,7 +161,127 @@ def export_onnx(
     finally:
         chatter.close()
         model.eval()  # export may flip train mode of submodules (offline-models-data.md §6.4)
-    return atomic_write(path, global_pools(inline_shared_initializers(buffer.getvalue()), covering))
+    return atomic_write(path, global_pools(inline_shared_initializers(onnx_bytes), covering))
+
+
+def _torchscript_bytes(
+    model: nn.Module, example_inputs: tuple[torch.Tensor, ...], input_names: list[str], opset: int
+) -> bytes:
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        model,
+        example_inputs,
+        buffer,  # type: ignore[arg-type]  # file-like objects are accepted
+        dynamo=False,
+        opset_version=opset,
+        input_names=input_names,
+        output_names=["output"],
+        dynamic_axes=dynamic_axes(example_inputs, input_names),
+        do_constant_folding=True,
+    )
+    return buffer.getvalue()
+
+
+def _dynamo_bytes(
+    model: nn.Module, example_inputs: tuple[torch.Tensor, ...], input_names: list[str], opset: int
+) -> bytes:
+    import importlib.util
+
+    if importlib.util.find_spec("onnxscript") is None:
+        raise CandidateError(
+            "the dynamo exporter needs the package 'onnxscript'; run 'pip install onnxscript' "
+            "or set the profile's exporter: torchscript"
+        )
+    folded = _batchnorm_inputs(model, example_inputs)
+    program = torch.onnx.export(
+        model,
+        example_inputs,
+        dynamo=True,
+        opset_version=opset,
+        input_names=input_names,
+        output_names=["output"],
+        dynamic_axes=dynamic_axes(example_inputs, input_names),
+        optimize=True,  # constant folding, and BatchNorm folded into the Conv before it
+        verbose=False,
+    )
+    assert program is not None
+    proto = program.model_proto
+    scope_names(proto, folded)
+    return proto.SerializeToString()
+
+
+NAME_SCOPES = "pkg.torch.onnx.name_scopes"
+
+
+def _batchnorm_inputs(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> dict[str, str]:
+    """BatchNorm module path -> the path of the Conv whose output it normalises, from one
+    forward pass: the dynamo exporter folds such a BatchNorm into its Conv and names the fused
+    Conv after the BatchNorm, while plans name the Conv."""
+    made: dict[int, str] = {}
+    fed: dict[str, str] = {}
+    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+    def after_conv(path: str):  # type: ignore[no-untyped-def]
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            made[id(output)] = path
+
+        return hook
+
+    def before_norm(path: str):  # type: ignore[no-untyped-def]
+        def hook(module: nn.Module, args: tuple) -> None:
+            if args and id(args[0]) in made:
+                fed[path] = made[id(args[0])]
+
+        return hook
+
+    handles = [
+        m.register_forward_hook(after_conv(p))
+        for p, m in model.named_modules()
+        if isinstance(m, convs)
+    ] + [
+        m.register_forward_pre_hook(before_norm(p))
+        for p, m in model.named_modules()
+        if isinstance(m, norms)
+    ]
+    run_watched(model, example_inputs, handles)
+    return fed
+
+
+def scope_names(model: onnx.ModelProto, folded: dict[str, str] | None = None) -> None:
+    """Rename the dynamo exporter's nodes after the modules they come from, as TorchScript
+    names them (``/layer1/layer1.0/conv1/Conv_3``), so :func:`module_of_node` reads both.
+
+    The module paths come from each node's ``pkg.torch.onnx.name_scopes`` metadata (the
+    enclosing modules' full paths, then the operator). A Conv whose scopes end in a BatchNorm
+    of ``folded`` (BatchNorm path -> Conv path) was fused from that Conv: it takes the Conv's
+    path. Nodes without metadata keep their names.
+    """
+    folded = folded or {}
+    used: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        meta = {p.key: p.value for p in node.metadata_props}
+        if NAME_SCOPES not in meta:
+            continue
+        scopes = [s for s in ast_list(meta[NAME_SCOPES])[:-1] if s]  # minus the root and the op
+        if scopes and scopes[-1] in folded and node.op_type == "Conv":
+            conv = folded[scopes[-1]]
+            scopes = scopes[:-1]
+            # under the same parent: keep the parents; else the Conv's own path alone
+            scopes = [*scopes, conv] if scopes and conv.startswith(scopes[-1] + ".") else [conv]
+        name = "/" + "/".join([*scopes, node.op_type]) if scopes else f"/{node.op_type}"
+        if name in used:
+            name = f"{name}_{i}"
+        used.add(name)
+        node.name = name
+
+
+def ast_list(text: str) -> list[str]:
+    """The metadata's list of names (written as a Python/JSON list of strings)."""
+    import ast
+
+    value = ast.literal_eval(text)
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
 
 
 def inline_shared_initializers(onnx_bytes: bytes) -> bytes:

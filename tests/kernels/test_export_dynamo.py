@@ -1,0 +1,87 @@
+"""The supported exporter (``exporter: dynamo``): its nodes map to the same modules as the
+TorchScript exporter's, BatchNorm folded into a Conv included, and every kernel runs on it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from tests import models
+from tightfit.config import CallableSpec, SpaceSpec
+from tightfit.evaluators import predict
+from tightfit.exceptions import ConfigError
+from tightfit.hardware_profiles import HardwareProfile
+from tightfit.kernels import compress, discover_units, get_kernel, list_kernels
+from tightfit.kernels.export import export_onnx, nodes_by_module
+from tightfit.spaces import Candidate
+from tightfit.task import TaskData, load_data
+
+pytest.importorskip("onnxscript")
+
+
+def _mapping(model: torch.nn.Module, data: TaskData, exporter: str, path: Path) -> dict:
+    example = data.example_inputs()
+    out = export_onnx(model, example, data.input_names, path, opset=18, exporter=exporter)
+    graph = onnx.load(out)
+    return {m: sorted(graph_ops(graph, nodes)) for m, nodes in nodes_by_module(graph).items()}
+
+
+def graph_ops(graph: onnx.ModelProto, names: list[str]) -> list[str]:
+    ops = {n.name: n.op_type for n in graph.graph.node}
+    return [ops[n] for n in names]
+
+
+@pytest.mark.parametrize("family", ["resnet", "bert"])
+def test_nodes_map_to_the_same_modules_as_torchscripts(
+    family: str, digits: TaskData, tmp_path: Path
+) -> None:
+    if family == "resnet":  # a Conv + BatchNorm stem, folded by both exporters
+        model, data = models.tiny_resnet(), digits
+    else:
+        pytest.importorskip("transformers")
+        model, data = (
+            models.tiny_bert(),
+            load_data(CallableSpec(callable="tests.models:token_id_data")),
+        )
+    scripted = _mapping(model, data, "torchscript", tmp_path / "t.onnx")
+    dynamo = _mapping(model, data, "dynamo", tmp_path / "d.onnx")
+    assert dynamo == scripted and scripted
+    with torch.no_grad():
+        expected = model(*(torch.from_numpy(v[:16]) for v in data.validation.values())).numpy()
+    got = predict(tmp_path / "d.onnx", {k: v[:16] for k, v in data.validation.items()})
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernel", list_kernels())
+def test_every_kernel_runs_on_dynamo_graphs(kernel, tiny_model, tiny_ctx, digits, tmp_path) -> None:
+    profile = tiny_ctx.profile.model_copy(update={"exporter": "dynamo"})
+    ctx = dataclasses.replace(tiny_ctx, profile=profile)
+    units = [
+        u for u in discover_units(tiny_model, ctx, SpaceSpec()) if u.knob == get_kernel(kernel).knob
+    ]
+    assert units
+    params = {u.param_name: u.choices[-1] if u.knob != "rank" else min(u.choices) for u in units}
+    out = compress(tiny_model, Candidate.from_params("m", params), ctx, tmp_path / "c")
+    graph = onnx.load(out.onnx_path)
+    assert {o.domain: o.version for o in graph.opset_import}[""] == 18
+    x = {"image": digits.validation["image"][:16]}
+    got = predict(out.onnx_path, x)
+    if get_kernel(kernel).stage == "torch":
+        with torch.no_grad():
+            expected = out.model(torch.from_numpy(x["image"])).numpy()
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+    else:  # int8 on every planned layer: the plan reached the dynamo graph's nodes
+        assert out.report["quantize"]["int8_engaged"] == 1.0
+
+
+def test_the_exporter_and_its_opset_must_agree(fast_profile: HardwareProfile) -> None:
+    raw = fast_profile.model_dump()
+    assert HardwareProfile.model_validate({**raw, "exporter": "dynamo"}).export_opset == 18
+    assert HardwareProfile.model_validate(raw).export_opset == 17
+    with pytest.raises((ValueError, ConfigError), match="dynamo exporter writes opset 18"):
+        HardwareProfile.model_validate({**raw, "exporter": "dynamo", "opset": 17})
