@@ -144,3 +144,31 @@ def test_gpu_profile_without_a_gpu_is_a_clear_error() -> None:
         pytest.skip("this machine can run the GPU profile")
     with pytest.raises(ConfigError, match="gpu-torch-cuda-fp16' cannot run here: "):
         require_runtime(profile)
+
+
+def test_the_polygraphy_calls_the_tensorrt_build_makes_exist() -> None:
+    """TensorRT cannot run here, but the Polygraphy API it is built through can be checked:
+    every loader and keyword ``build_engine`` uses (a rename in Polygraphy fails this)."""
+    import inspect
+
+    pytest.importorskip("polygraphy")
+    from polygraphy.backend.trt import (
+        CreateConfig,
+        EngineBytesFromNetwork,
+        NetworkFromOnnxBytes,
+        Profile,
+    )
+
+    assert "strongly_typed" in inspect.signature(NetworkFromOnnxBytes.__init__).parameters
+    assert "save_timing_cache" in inspect.signature(EngineBytesFromNetwork.__init__).parameters
+    common = inspect.signature(CreateConfig.__mro__[1].__init__).parameters
+    for name in (
+        "profiles",
+        "load_timing_cache",
+        "memory_pool_limits",
+        "builder_optimization_level",
+    ):
+        assert name in common, name
+    shapes = Profile()
+    shapes.add("image", min=(1, 1, 8, 8), opt=(1, 1, 8, 8), max=(1, 1, 8, 8))
+    assert shapes["image"].opt == (1, 1, 8, 8)
