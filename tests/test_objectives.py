@@ -32,6 +32,11 @@ def test_hypervolume_in_baseline_relative_coordinates() -> None:
     names = ["accuracy", "latency_ms"]
     assert obj.relative_to_baseline(0.8, 0.8, "accuracy") == 0.0  # no drop
     assert obj.relative_to_baseline(1.0, 2.0, "latency_ms") == 0.5  # half the time
+    # perplexity: its relative increase, so points a little worse than the baseline still count
+    assert obj.relative_to_baseline(22.0, 20.0, "perplexity") == pytest.approx(0.1)
+    worse = {"perplexity": 22.0, "latency_ms": 0.5}
+    assert obj.hypervolume([worse], {"perplexity": 20.0, "latency_ms": 1.0},
+                           ["perplexity", "latency_ms"]) == pytest.approx(0.9 * 0.5)  # fmt: skip
     # no drop at half the latency: the box [0, 1] x [0.5, 1]
     assert obj.hypervolume([{"accuracy": 0.8, "latency_ms": 1.0}], base, names) == pytest.approx(
         0.5

@@ -117,9 +117,15 @@ def relative_to_baseline(value: float, baseline: float, name: str) -> float:
     the reference point is 1.0 in every objective.
 
     A maximised objective counts as its drop below the baseline (0 = baseline, 1 = zero); a
-    minimised one as a fraction of the baseline's value (1 = baseline).
+    minimised cost (latency, size) as a fraction of the baseline's value (1 = baseline); a
+    minimised quality objective (perplexity) as its relative increase (0 = baseline, 1 =
+    doubled): a compressed model is rarely better than its baseline there, and a reference
+    at the baseline would leave every such point out.
     """
-    if sign(name) < 0:
+    objective = get(name)
+    if objective.kind == "quality" and objective.direction == "minimize":
+        return objective.loss(baseline, value) if objective.relative else value - baseline
+    if objective.sign < 0:
         return (baseline - value) / max(abs(baseline), 1e-12)
     return value / baseline if baseline else float("inf")
 
