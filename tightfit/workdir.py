@@ -85,7 +85,9 @@ def prepare_workdir(config: SearchConfig) -> Path:
                 f"work directory '{workdir}' belongs to search '{stored.get('name')}', not '{config.name}'; "
                 "choose another 'workdir' or remove that folder"
             )
-        if stored.get("fingerprint") != config.fingerprint():
+        if stored.get("fingerprint") != config.fingerprint() and not _same_after_upgrade(
+            stored, config
+        ):
             raise WorkdirError(
                 f"search '{config.name}' in '{workdir}' was started with a different model, data, space, "
                 "objectives, constraints, profiles, sampler or seed; resuming would mix two searches: "
@@ -104,6 +106,17 @@ def prepare_workdir(config: SearchConfig) -> Path:
             ),
         )
     return workdir
+
+
+def _same_after_upgrade(stored: dict, config: SearchConfig) -> bool:
+    """Whether the stored config, read by this version, is ``config``: a newer tightfit adds
+    fields with defaults (so the stored fingerprint, hashed with the old fields, differs), and
+    resuming a search across an upgrade must not be refused for that."""
+    try:
+        then = config_from_dict(stored["config"])
+    except Exception:  # noqa: BLE001 - unreadable now: the fingerprints decide
+        return False
+    return then.fingerprint() == config.fingerprint()
 
 
 def load_workdir_config(workdir: Path) -> SearchConfig:

@@ -48,3 +48,27 @@ def test_unusable_workdir_is_reported(tmp_path: Path) -> None:
     )
     with pytest.raises(WorkdirError, match="is not writable .*set 'workdir'"):
         prepare_workdir(config)
+
+
+def test_a_search_resumes_across_an_upgrade_that_adds_fields(tmp_path: Path) -> None:
+    """search.json written by an older tightfit: no field added since, and a fingerprint hashed
+    without them. Read by this version it is the same config, so the search resumes; a config
+    that really changed is still refused."""
+    import json
+
+    config = config_from_dict(
+        {"name": "up", "model": "digits-cnn", "data": "digits", "workdir": str(tmp_path / "w")}
+    )
+    prepare_workdir(config)
+    identity = tmp_path / "w" / "search.json"
+    stored = json.loads(identity.read_text())
+    old = stored["config"]
+    for section, field in (("model", "hf"), ("data", "transform"), ("constraints",
+                           "max_perplexity_increase"), ("ray", "ship")):  # fmt: skip
+        del old[section][field]  # fields this version added
+    stored["fingerprint"] = "0123456789abcdef"  # what the older version hashed
+    identity.write_text(json.dumps(stored))
+    assert prepare_workdir(config) == tmp_path / "w"
+    changed = config.model_copy(update={"seed": 1})
+    with pytest.raises(WorkdirError, match="different model, data, space"):
+        prepare_workdir(changed)
