@@ -85,3 +85,45 @@ def test_the_exporter_and_its_opset_must_agree(fast_profile: HardwareProfile) ->
     assert HardwareProfile.model_validate(raw).export_opset == 17
     with pytest.raises((ValueError, ConfigError), match="dynamo exporter writes opset 18"):
         HardwareProfile.model_validate({**raw, "exporter": "dynamo", "opset": 17})
+
+
+def test_the_recipe_fuses_a_dynamo_bert_through_onnxscript(fast_profile, tmp_path) -> None:
+    """ONNX Runtime's optimizer knows TorchScript's attention pattern only; a dynamo graph is
+    fused by onnxscript's ``optimize_for_ort`` into the same operators, and quantized after."""
+    pytest.importorskip("transformers")
+    import onnxruntime as ort
+
+    from tests.conftest import make_ctx
+    from tightfit.kernels.quantization import INTEGER_OPS
+    from tightfit.kernels.recipe import attention_shape, build_recipe
+
+    model = models.tiny_bert()
+    data = load_data(CallableSpec(callable="tests.models:token_id_data"))
+    profile = fast_profile.model_copy(update={"exporter": "dynamo"})
+    ctx = make_ctx(model, data, profile, tmp_path, classifier=None)
+    baseline = export_onnx(
+        model, data.example_inputs(), data.input_names, tmp_path / "d.onnx", opset=18,
+        exporter="dynamo",
+    )  # fmt: skip
+    ctx = dataclasses.replace(ctx, baseline_onnx=baseline)
+    inputs = {k: v[:16] for k, v in data.validation.items()}
+    reference = predict(baseline, inputs)
+    for variant in ("fp32", "int8-dynamic"):
+        path, info = build_recipe(
+            variant, baseline, ctx, tmp_path / variant, attention_shape(model)
+        )
+        assert info["fusions"]["Attention"] == 2, info["fusions"]
+        assert info["fusions"]["SkipLayerNormalization"] >= 3, info["fusions"]
+        out = predict(path, inputs)
+        cosine = (
+            np.sum(out * reference, 1)
+            / np.linalg.norm(out, axis=1)
+            / np.linalg.norm(reference, axis=1)
+        )
+        assert cosine.min() > (0.9999 if variant == "fp32" else 0.95), variant
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / variant / "optimized.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        ops = {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
+        assert "Attention" in ops or "QAttention" in ops, variant
+        assert bool(ops & INTEGER_OPS) == variant.startswith("int8"), variant
