@@ -355,3 +355,29 @@ def next_token_data(n: int = 24, length: int = 32, vocab: int = 128, seed: int =
         "targets": ids[:n],
         "metric": "perplexity",
     }
+
+
+class BranchesTheSame(nn.Module):
+    """A branch on a tensor's value whose two ways compute the same: TorchScript traces one
+    (faithfully), torch.export refuses the data-dependent branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(x))
+        if h.sum() > 0:
+            return self.fc2(h)
+        return self.fc2(h) * 1.0
+
+
+def branches_the_same(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return BranchesTheSame().eval()
+
+
+def vectors(n: int = 64, seed: int = 0) -> dict:
+    x = np.random.default_rng(seed).standard_normal((n, 8)).astype(np.float32)
+    return {"calibration": x[:32], "validation": x, "targets": np.zeros(n, np.int64)}

@@ -16,6 +16,7 @@ class StudyAttr:
     BASELINE_SIZE_MB = "baseline_size_mb"
     BASELINE_LATENCY_MS = "baseline_latency_ms"  # the reference every latency is scaled by
     ENVIRONMENT = "environment"  # the machine and runtime the baseline was measured on
+    EXPORT = "export"  # the exporter the graphs come from; a dynamo fallback's reason
     AA_CHECK = "aa_check"  # the baseline measured against itself
     INT8_FORMAT = "int8_format"  # int8_format auto: the format chosen
     INT8_FORMATS_MEASURED = "int8_formats_measured"  # ... and what each measured

@@ -193,21 +193,37 @@ class Workspace:
         self._scratch = scratch_dir()
         self.scratch = Path(self._scratch.name)
         traced: list[str] = []
+        profile = setup.profile
+        #: the exporter this search's graphs come from, and why when it is not the profile's
+        self.export_record: dict[str, str] = {"exporter": profile.exporter}
         try:
-            self.baseline_onnx = export_onnx(
-                self.model,
-                example,
-                self.data.input_names,
-                self.scratch / "baseline.onnx",
-                traced,
-                opset=setup.profile.export_opset,
-                exporter=setup.profile.exporter,
-            )
+            self.baseline_onnx = self._export_baseline(profile, example, traced)
         except CandidateError as e:
-            raise ModelError(
-                f"{what} cannot be exported to ONNX ({e}); make forward() traceable: tensors in and out, "
-                "no data-dependent Python control flow, no .numpy()/.item() on activations"
-            ) from None
+            if profile.exporter != "dynamo":
+                raise ModelError(
+                    f"{what} cannot be exported to ONNX ({e}); make forward() traceable: tensors "
+                    "in and out, no data-dependent Python control flow, no .numpy()/.item() on "
+                    "activations"
+                ) from None
+            # the recorded fallback: every graph of this search from TorchScript, as each
+            # worker decides the same way on the same model
+            log.warning(
+                "%s: the dynamo exporter failed (%s); this search exports with TorchScript", what, e
+            )
+            opset = profile.opset if profile.opset is None or profile.opset <= 20 else 20
+            profile = profile.model_copy(update={"exporter": "torchscript", "opset": opset})
+            self.export_record = {
+                "exporter": "torchscript",
+                "asked": "dynamo",
+                "fallback_reason": str(e).splitlines()[0][:300],
+            }
+            try:
+                self.baseline_onnx = self._export_baseline(profile, example, traced)
+            except CandidateError as again:
+                raise ModelError(
+                    f"{what} cannot be exported to ONNX by either exporter (dynamo: {e}; "
+                    f"torchscript: {again})"
+                ) from None
         self._verify_export(what, traced)
         self.float_onnx = self.baseline_onnx  # the graph units are discovered on
         if setup.profile.float_precision == "fp16":
@@ -216,13 +232,26 @@ class Workspace:
             example_inputs=example,
             input_names=self.data.input_names,
             calibration=self.data.calibration,
-            profile=setup.profile,
+            profile=profile,  # with the exporter the baseline came from
             ignore=tuple(setup.config.model.ignore),
             classifier=classifier,
             baseline_onnx=self.float_onnx,
             min_rank=setup.config.space.lowrank.min_rank,
             prune_importance=setup.config.space.prune.importance,
             recovery=setup.config.recovery,
+        )
+
+    def _export_baseline(
+        self, profile: HardwareProfile, example: tuple[torch.Tensor, ...], traced: list[str]
+    ) -> Path:
+        return export_onnx(
+            self.model,
+            example,
+            self.data.input_names,
+            self.scratch / "baseline.onnx",
+            traced,
+            opset=profile.export_opset,
+            exporter=profile.exporter,
         )
 
     def _verify_export(self, what: str, traced: list[str]) -> None:

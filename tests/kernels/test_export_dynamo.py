@@ -127,3 +127,28 @@ def test_the_recipe_fuses_a_dynamo_bert_through_onnxscript(fast_profile, tmp_pat
         ops = {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
         assert "Attention" in ops or "QAttention" in ops, variant
         assert bool(ops & INTEGER_OPS) == variant.startswith("int8"), variant
+
+
+def test_a_model_dynamo_cannot_export_falls_back_to_torchscript_on_record(
+    fast_profile: HardwareProfile, tmp_path: Path
+) -> None:
+    from tightfit.config import config_from_dict
+    from tightfit.workspace import Setup, Workspace
+
+    config = config_from_dict(
+        {"name": "f", "model": "tests.models:branches_the_same", "data": "tests.models:vectors"}
+    )
+    profile = fast_profile.model_copy(update={"exporter": "dynamo"})
+    ws = Workspace(Setup.of(config, profile, tmp_path / "w"))
+    record = ws.export_record
+    assert record["exporter"] == "torchscript" and record["asked"] == "dynamo"
+    assert "torch.export" in record["fallback_reason"] and "\x1b" not in record["fallback_reason"]
+    assert ws.ctx.profile.exporter == "torchscript"  # every candidate follows the baseline
+    units = discover_units(ws.model, ws.ctx, SpaceSpec())
+    params = {u.param_name: 8 for u in units if u.knob == "bits"}
+    out = compress(ws.model, Candidate.from_params(ws.model_id, params), ws.ctx, tmp_path / "c")
+    graph = onnx.load(out.onnx_path)
+    assert not any(p.key == "pkg.torch.onnx.name_scopes" for n in graph.graph.node
+                   for p in n.metadata_props)  # fmt: skip
+    plain = Workspace(Setup.of(config, fast_profile, tmp_path / "w2"))
+    assert plain.export_record == {"exporter": "torchscript"}  # asked for it: no fallback

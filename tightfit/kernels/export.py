@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -156,7 +157,8 @@ def export_onnx(
         logging.getLogger(__name__).debug(
             "export failed; exporter output:\n%s", chatter.read().decode(errors="replace")
         )
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # the exporters' terminal colours
+        first = text.splitlines()[0] if text else type(e).__name__
         raise CandidateError(f"ONNX export failed: {type(e).__name__}: {first}") from e
     finally:
         chatter.close()

@@ -40,6 +40,7 @@ def baseline(pool: BenchPool, ws: Workspace, reference: MeasurementReference) ->
         StudyAttr.BASELINE_SIZE_MB: size_mb(ws.baseline_onnx),
         StudyAttr.BASELINE_LATENCY_MS: latency.baseline_median_ms,
         StudyAttr.ENVIRONMENT: latency.environment,
+        StudyAttr.EXPORT: ws.export_record,
     }
 
 
