@@ -126,7 +126,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     for c in [
         "trial",
         "file",
-        "accuracy (logged → now)",
+        f"{results[0].quality if results else 'accuracy'} (logged → now)",
         "latency ms (logged → now)",
         "latency ratio logged [95% CI]",
         "ratio now [95% CI]",
