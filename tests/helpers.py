@@ -86,3 +86,22 @@ def trial_runs(workdir: Path, kind: str = "trial", name: str = "e2e") -> list[An
     return client.search_runs(
         [exp.experiment_id], filter_string=f"tags.`tightfit.kind` = '{kind}'", max_results=1000
     )
+
+
+def runtime_ops(path: Path, tmp: Path) -> set[str]:
+    """The operators ONNX Runtime runs: its optimized graph of ``path``."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
+
+
+def min_cosine(out: Any, reference: Any) -> float:
+    """The smallest cosine similarity between matching rows of two output arrays."""
+    import numpy as np
+
+    cosine = np.sum(out * reference, 1) / np.linalg.norm(out, axis=1)
+    return float((cosine / np.linalg.norm(reference, axis=1)).min())

@@ -91,9 +91,8 @@ def test_the_recipe_fuses_a_dynamo_bert_through_onnxscript(fast_profile, tmp_pat
     """ONNX Runtime's optimizer knows TorchScript's attention pattern only; a dynamo graph is
     fused by onnxscript's ``optimize_for_ort`` into the same operators, and quantized after."""
     pytest.importorskip("transformers")
-    import onnxruntime as ort
-
     from tests.conftest import make_ctx
+    from tests.helpers import min_cosine, runtime_ops
     from tightfit.kernels.quantization import INTEGER_OPS
     from tightfit.kernels.recipe import attention_shape, build_recipe
 
@@ -115,16 +114,8 @@ def test_the_recipe_fuses_a_dynamo_bert_through_onnxscript(fast_profile, tmp_pat
         assert info["fusions"]["Attention"] == 2, info["fusions"]
         assert info["fusions"]["SkipLayerNormalization"] >= 3, info["fusions"]
         out = predict(path, inputs)
-        cosine = (
-            np.sum(out * reference, 1)
-            / np.linalg.norm(out, axis=1)
-            / np.linalg.norm(reference, axis=1)
-        )
-        assert cosine.min() > (0.9999 if variant == "fp32" else 0.95), variant
-        options = ort.SessionOptions()
-        options.optimized_model_filepath = str(tmp_path / variant / "optimized.onnx")
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        ops = {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
+        assert min_cosine(out, reference) > (0.9999 if variant == "fp32" else 0.95), variant
+        ops = runtime_ops(path, tmp_path / variant)
         assert "Attention" in ops or "QAttention" in ops, variant
         assert bool(ops & INTEGER_OPS) == variant.startswith("int8"), variant
 

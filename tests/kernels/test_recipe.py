@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
-import onnx
-
 from tests import models
 from tests.conftest import make_ctx
+from tests.helpers import min_cosine, runtime_ops
 from tightfit.config import CallableSpec
 from tightfit.evaluators import predict
 from tightfit.hardware_profiles import get_profile
 from tightfit.kernels.quantization import INTEGER_OPS
 from tightfit.kernels.recipe import attention_shape, build_recipe, recipe_variants
 from tightfit.task import load_data
-
-
-def _runtime_ops(path, tmp_path) -> set[str]:
-    """The operators ONNX Runtime runs: its optimized graph of ``path``."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
 
 
 def test_variants_per_target() -> None:
@@ -45,13 +33,8 @@ def test_recipe_fuses_a_bert_encoder_and_quantizes_the_fused_graph(tmp_path, fas
         # exported with eager attention, so the optimizer fuses every layer's attention
         assert info["fusions"]["Attention"] == 2 and info["fusions"]["SkipLayerNormalization"] == 4
         out = predict(path, inputs)
-        cosine = (
-            np.sum(out * reference, 1)
-            / np.linalg.norm(out, axis=1)
-            / np.linalg.norm(reference, axis=1)
-        )
-        assert cosine.min() > (0.9999 if variant == "fp32" else 0.95), variant
-        ops = _runtime_ops(path, tmp_path / variant)
+        assert min_cosine(out, reference) > (0.9999 if variant == "fp32" else 0.95), variant
+        ops = runtime_ops(path, tmp_path / variant)
         assert "Attention" in ops or "QAttention" in ops, variant
         assert bool(ops & INTEGER_OPS) == variant.startswith("int8"), variant
 
@@ -60,6 +43,6 @@ def test_recipe_on_a_cnn_is_its_export_then_uniform_int8(tiny_ctx, tmp_path) -> 
     path, info = build_recipe("fp32", tiny_ctx.baseline_onnx, tiny_ctx, tmp_path / "fp32")
     assert info["fusions"] == {} and path == tiny_ctx.baseline_onnx  # nothing to fuse offline
     path, info = build_recipe("int8-static", tiny_ctx.baseline_onnx, tiny_ctx, tmp_path / "s")
-    ops = _runtime_ops(path, tmp_path / "s")
+    ops = runtime_ops(path, tmp_path / "s")
     assert "QLinearConv" in ops and "Conv" not in ops  # every Conv runs in integers
     assert info["per_channel"] is tiny_ctx.profile.quantization.per_channel
