@@ -75,8 +75,11 @@ QUALITY = "accuracy"  # the default quality objective
 QUALITIES = tuple(o.name for o in OBJECTIVES.values() if o.kind == "quality")
 
 
-def quality_of(names: Sequence[str]) -> Objective:
-    """The one quality objective among ``names`` (a config's objectives)."""
+def quality_of(names: Sequence[str] | None) -> Objective:
+    """The one quality objective among ``names`` (a config's objectives, or a study's
+    ``metric_names``; a study that kept none was searched on the default, accuracy)."""
+    if not names:
+        return OBJECTIVES[QUALITY]
     found = [OBJECTIVES[n] for n in names if n in OBJECTIVES and OBJECTIVES[n].kind == "quality"]
     if len(found) != 1:
         raise ValueError(

@@ -42,7 +42,7 @@ from tightfit.exceptions import CandidateError, ConfigError, ModelError
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.kernels import SurgeryContext, compress, export_onnx
 from tightfit.kernels._hooks import run_watched
-from tightfit.kernels.export import verify_export
+from tightfit.kernels.export import export_for, verify_export
 from tightfit.kernels.precision import to_float16
 from tightfit.spaces import Candidate
 from tightfit.task import TaskData, is_token_input, load_data, load_model, model_id
@@ -158,32 +158,7 @@ class Workspace:
         self.model_id = model_id(self.model)
         example = self.data.example_inputs()
         what = setup.config.model.describe()
-        quality = setup.config.quality
-        if self.data.direction != quality.direction:
-            metric = self.data.metric if isinstance(self.data.metric, str) else "a callable"
-            better = "lower" if self.data.direction == "minimize" else "higher"
-            fits = [
-                o.name for o in objectives.OBJECTIVES.values()
-                if o.kind == "quality" and o.direction == self.data.direction
-            ]  # fmt: skip
-            raise ConfigError(
-                f"objectives: the data's metric ({metric}) is {better}-is-better, but the "
-                f"quality objective '{quality.name}' is {quality.direction}d; list "
-                f"{' or '.join(repr(f) for f in fits)} in objectives instead"
-            )
-        longest, length = getattr(self.model, "max_positions", None), setup.profile.sequence_length
-        if (
-            longest
-            and length
-            and length > longest
-            and any(is_token_input(v.shape[1:], v.dtype) for v in self.data.validation.values())
-        ):
-            raise ModelError(
-                f"profile '{setup.profile.name}' measures token inputs at sequence_length "
-                f"{length}, but {what} takes at most {longest} positions "
-                "(config.max_position_embeddings); give a profile file with sequence_length "
-                f"<= {longest} (tightfit profiles show {setup.profile.name} prints one to start from)"
-            )
+        self._check_fits(setup, what)
         try:
             classifier = find_output_layer(self.model, example)
         except Exception as e:
@@ -241,18 +216,41 @@ class Workspace:
             recovery=setup.config.recovery,
         )
 
+    def _check_fits(self, setup: Setup, what: str) -> None:
+        """The task fits the search: the data's metric goes the way the quality objective
+        does, and the profile's token length is one the model takes."""
+        quality = setup.config.quality
+        if self.data.direction != quality.direction:
+            metric = self.data.metric if isinstance(self.data.metric, str) else "a callable"
+            better = "lower" if self.data.direction == "minimize" else "higher"
+            fits = [
+                o.name for o in objectives.OBJECTIVES.values()
+                if o.kind == "quality" and o.direction == self.data.direction
+            ]  # fmt: skip
+            raise ConfigError(
+                f"objectives: the data's metric ({metric}) is {better}-is-better, but the "
+                f"quality objective '{quality.name}' is {quality.direction}d; list "
+                f"{' or '.join(repr(f) for f in fits)} in objectives instead"
+            )
+        longest, length = getattr(self.model, "max_positions", None), setup.profile.sequence_length
+        if (
+            longest
+            and length
+            and length > longest
+            and any(is_token_input(v.shape[1:], v.dtype) for v in self.data.validation.values())
+        ):
+            raise ModelError(
+                f"profile '{setup.profile.name}' measures token inputs at sequence_length "
+                f"{length}, but {what} takes at most {longest} positions "
+                "(config.max_position_embeddings); give a profile file with sequence_length "
+                f"<= {longest} (tightfit profiles show {setup.profile.name} prints one to start from)"
+            )
+
     def _export_baseline(
         self, profile: HardwareProfile, example: tuple[torch.Tensor, ...], traced: list[str]
     ) -> Path:
-        return export_onnx(
-            self.model,
-            example,
-            self.data.input_names,
-            self.scratch / "baseline.onnx",
-            traced,
-            opset=profile.export_opset,
-            exporter=profile.exporter,
-        )
+        path = self.scratch / "baseline.onnx"
+        return export_for(profile, self.model, example, self.data.input_names, path, traced)
 
     def _verify_export(self, what: str, traced: list[str]) -> None:
         """The exported baseline must compute what the model computes, on validation inputs:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tightfit.keys import StudyAttr
-from tightfit.objectives import OBJECTIVES, QUALITY, quality_of
+from tightfit.objectives import OBJECTIVES, quality_of
 
 
 def _console() -> Any:
@@ -52,7 +52,7 @@ def _recipe_text(study: Any) -> str:
     from tightfit.search import recipe_metrics as metrics
 
     recipe = study.user_attrs[StudyAttr.RECIPE]
-    quality = quality_of(study.metric_names or [QUALITY]).name
+    quality = quality_of(study.metric_names).name
     parts = [
         f"{v} {r['speedup']:.2f}x ({quality} {r[quality]:.4f}"
         f"{'' if r['feasible'] else ', infeasible'})"

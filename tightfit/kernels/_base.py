@@ -44,17 +44,9 @@ class SurgeryContext:
     def export(self, model: nn.Module, path: Path) -> Path:
         """``model`` as ONNX at ``path``, exported as every graph of this search is (the
         example inputs' names and axes, the profile's exporter and opset)."""
-        from tightfit.kernels.export import export_onnx
+        from tightfit.kernels.export import export_for
 
-        profile = self.profile
-        return export_onnx(
-            model,
-            self.example_inputs,
-            self.input_names,
-            path,
-            opset=profile.export_opset,
-            exporter=profile.exporter,
-        )
+        return export_for(self.profile, model, self.example_inputs, self.input_names, path)
 
 
 class Kernel(ABC):

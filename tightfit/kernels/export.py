@@ -16,7 +16,7 @@ import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -27,6 +27,9 @@ from tightfit.exceptions import CandidateError
 from tightfit.kernels._hooks import run_watched
 from tightfit.task import is_token_input
 from tightfit.workdir import atomic_write
+
+if TYPE_CHECKING:
+    from tightfit.hardware_profiles import HardwareProfile
 
 OPSET = 17
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
@@ -164,6 +167,27 @@ def export_onnx(
         chatter.close()
         model.eval()  # export may flip train mode of submodules (offline-models-data.md §6.4)
     return atomic_write(path, global_pools(inline_shared_initializers(onnx_bytes), covering))
+
+
+def export_for(
+    profile: HardwareProfile,
+    model: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    input_names: Iterable[str],
+    path: Path,
+    trace_warnings: list[str] | None = None,
+) -> Path:
+    """:func:`export_onnx` with ``profile``'s exporter and opset: how the baseline and every
+    candidate of a search are exported."""
+    return export_onnx(
+        model,
+        example_inputs,
+        input_names,
+        path,
+        trace_warnings,
+        opset=profile.export_opset,
+        exporter=profile.exporter,
+    )
 
 
 def _torchscript_bytes(

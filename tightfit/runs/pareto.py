@@ -24,7 +24,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     from optuna.trial import TrialState
 
     names = study.metric_names or [f"value_{i}" for i in range(len(study.directions))]
-    quality = obj.quality_of(study.metric_names or [obj.QUALITY])
+    quality = obj.quality_of(study.metric_names)
     front = {t.number for t in study.best_trials}
     joint = study.user_attrs.get(StudyAttr.REMEASURED_JOINTLY, {}).get("latency_ms", {})
     rows = []

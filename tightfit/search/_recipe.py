@@ -103,7 +103,7 @@ def metrics(study: optuna.Study) -> dict[str, float]:
     recipe = study.user_attrs.get(ATTR)
     if not recipe:
         return {}
-    quality = objectives.quality_of(study.metric_names or [objectives.QUALITY]).name
+    quality = objectives.quality_of(study.metric_names).name
     out: dict[str, float] = {}
     for variant, r in recipe.items():
         key = variant.replace("-", "_")

@@ -83,7 +83,7 @@ def _as_named(value: Any, field: str, source: str) -> dict[str, np.ndarray]:
         )
     out = {}
     for name, arr in value.items():
-        arr = arr.numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
+        arr = _numpy(arr, f"data.callable '{source}': {field}['{name}']")
         if arr.dtype == np.float64:
             arr = arr.astype(np.float32)
         if arr.ndim < 1 or len(arr) == 0:
