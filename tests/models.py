@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -342,6 +344,21 @@ def to_image(pair: tuple) -> tuple:
 
 def image_iterables(n: int = 40) -> dict:
     return {"calibration": image_pairs(16, seed=1), "validation": image_pairs(n)}
+
+
+def llama_folder(folder: Path, layers: int = 2) -> Path:
+    """A tiny random Llama (GQA: 4 query heads sharing 2 key/value heads) saved as a Hugging
+    Face folder (no download)."""
+    import transformers
+
+    config = transformers.LlamaConfig(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        use_cache=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
 
 
 def next_token_data(n: int = 24, length: int = 32, vocab: int = 128, seed: int = 0) -> dict:

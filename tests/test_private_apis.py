@@ -39,3 +39,17 @@ def test_onnxruntime_4bit_quantizer_packs_symmetric_blocks() -> None:
     assert np.allclose(restored[np.abs(weight).argmax(axis=0), [0, 1]], [-1.0, 1.0])
     assert np.abs(restored - weight).max() <= step + 1e-6
     assert np.median(np.abs(restored - weight)) <= step / 2 + 1e-6
+
+
+def test_torch_dynamo_registry_is_built_once_per_opset() -> None:
+    from torch.onnx._internal.exporter._registration import ONNXRegistry
+
+    from tightfit._torch_private import torchlib_registry_cached
+
+    original = ONNXRegistry.__dict__["from_torchlib"]
+    with torchlib_registry_cached():
+        first = ONNXRegistry.from_torchlib(opset_version=18)
+        assert ONNXRegistry.from_torchlib(opset_version=18) is first
+        assert ONNXRegistry.from_torchlib(opset_version=20) is not first
+        assert first.opset_version == 18 and first.functions  # a real, filled table
+    assert ONNXRegistry.__dict__["from_torchlib"] is original  # torch's own, outside the block

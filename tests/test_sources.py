@@ -81,7 +81,7 @@ def test_a_profile_longer_than_the_model_is_refused_by_name(
         {"name": "s", "model": {"hf": str(short)}, "data": "tests.models:token_id_data"}
     )
     with pytest.raises(
-        ModelError, match=r"sequence_length 128, but model 'hf:.*short' takes at most 64"
+        ModelError, match=r"sequence_length = 128, but model 'hf:.*short' takes at most 64"
     ):
         Workspace(Setup.of(config, fast_profile, tmp_path / "w"))
 

@@ -5,7 +5,9 @@ Below kernels and evaluators: both run exported graphs (bias correction, accurac
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -34,14 +36,89 @@ def make_session(
 
 
 EVAL_BATCH = 64
+#: the KV-cache inputs of a generation graph (``past_key_values.N.key`` / ``.value``)
+PAST = "past_key_values."
+
+
+def cache_layout(source: ort.InferenceSession | Path | str) -> dict[str, tuple[int, int]]:
+    """Each KV-cache input of a graph -> its (kv heads, head dim); empty for other graphs.
+
+    ``source``: a session, or an ONNX file (its inputs are read without its weights' data)."""
+    layout = {}
+    for name, shape in _input_shapes(source).items():
+        if not name.startswith(PAST) or len(shape) != 4:
+            continue
+        heads, dim = shape[1], shape[3]
+        if not isinstance(heads, int) or not isinstance(dim, int):
+            raise ValueError(
+                f"the cache input {name} has shape {shape}: its heads and head dimension must "
+                "be numbers"
+            )
+        layout[name] = (heads, dim)
+    return layout
+
+
+def _input_shapes(source: ort.InferenceSession | Path | str) -> dict[str, list[Any]]:
+    if isinstance(source, ort.InferenceSession):
+        return {i.name: list(i.shape) for i in source.get_inputs()}
+    import onnx
+
+    graph = onnx.load(str(source), load_external_data=False).graph
+    return {
+        i.name: [d.dim_value if d.HasField("dim_value") else d.dim_param
+                 for d in i.type.tensor_type.shape.dim]
+        for i in graph.input
+    }  # fmt: skip
+
+
+def step_feed(
+    inputs: dict[str, np.ndarray],
+    cache: dict[str, np.ndarray],
+    layout: dict[str, tuple[int, int]],
+    takes: Collection[str] = (),
+) -> dict[str, np.ndarray]:
+    """The feed of one generation step: ``inputs`` (``input_ids`` ``(batch, new)``, and what
+    else the data gives), the cache so far (``cache``; each cache input of ``layout`` it lacks
+    gets length 0: a prefill), and, where the graph ``takes`` them and ``inputs`` has none,
+    the ``attention_mask`` over every position (cached and new) and the new tokens'
+    ``position_ids`` (onnxruntime-genai's graphs take the mask)."""
+    n, new = inputs["input_ids"].shape
+    feed = with_empty_cache({**inputs, **cache}, layout)
+    past = next(iter(feed[name] for name in layout), np.zeros((0, 0, 0))).shape[2]
+    if "attention_mask" in takes and "attention_mask" not in inputs:
+        feed["attention_mask"] = np.ones((n, past + new), dtype=np.int64)
+    if "position_ids" in takes and "position_ids" not in inputs:
+        feed["position_ids"] = np.broadcast_to(np.arange(past, past + new), (n, new)).copy()
+    return feed
+
+
+def with_empty_cache(
+    feed: dict[str, np.ndarray], layout: dict[str, tuple[int, int]]
+) -> dict[str, np.ndarray]:
+    """``feed`` plus an empty cache (past length 0) for each cache input of ``layout`` it lacks:
+    a generation graph run on whole sequences, as a prefill, computes the plain forward."""
+    if not layout:
+        return feed
+    n = len(next(iter(feed.values())))
+    empty = {
+        name: np.zeros((n, heads, 0, dim), dtype=np.float32)
+        for name, (heads, dim) in layout.items()
+        if name not in feed
+    }
+    return {**feed, **empty}
 
 
 def predict(onnx_path: Path, inputs: dict[str, np.ndarray], threads: int = 1) -> np.ndarray:
-    """Run the model over ``inputs`` in batches; return the stacked first output."""
+    """Run the model over ``inputs`` in batches (a generation graph with an empty cache);
+    return the stacked first output."""
     session = make_session(onnx_path, threads=threads)
+    layout = cache_layout(session)
+    takes = {i.name for i in session.get_inputs()}
     n = len(next(iter(inputs.values())))
     outs = []
     for i in range(0, n, EVAL_BATCH):
         feed = {k: v[i : i + EVAL_BATCH] for k, v in inputs.items()}
+        if layout:  # a generation graph: whole sequences as one prefill
+            feed = step_feed(feed, {}, layout, takes)
         outs.append(session.run(None, feed)[0])
     return np.concatenate(outs)

@@ -232,7 +232,12 @@ class Workspace:
                 f"quality objective '{quality.name}' is {quality.direction}d; list "
                 f"{' or '.join(repr(f) for f in fits)} in objectives instead"
             )
-        longest, length = getattr(self.model, "max_positions", None), setup.profile.sequence_length
+        profile = setup.profile
+        longest = getattr(self.model, "max_positions", None)
+        length, field = profile.sequence_length, "sequence_length"
+        if profile.generation is not None:
+            length = profile.generation.prompt_tokens + profile.generation.new_tokens
+            field = "generation.prompt_tokens + new_tokens"
         if (
             longest
             and length
@@ -240,10 +245,10 @@ class Workspace:
             and any(is_token_input(v.shape[1:], v.dtype) for v in self.data.validation.values())
         ):
             raise ModelError(
-                f"profile '{setup.profile.name}' measures token inputs at sequence_length "
-                f"{length}, but {what} takes at most {longest} positions "
-                "(config.max_position_embeddings); give a profile file with sequence_length "
-                f"<= {longest} (tightfit profiles show {setup.profile.name} prints one to start from)"
+                f"profile '{profile.name}' measures token inputs at {field} = {length}, but "
+                f"{what} takes at most {longest} positions (config.max_position_embeddings); "
+                f"give a profile file with {field} <= {longest} (tightfit profiles show "
+                f"{profile.name} prints one to start from)"
             )
 
     def _export_baseline(

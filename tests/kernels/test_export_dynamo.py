@@ -81,8 +81,9 @@ def test_every_kernel_runs_on_dynamo_graphs(kernel, tiny_model, tiny_ctx, digits
 
 def test_the_exporter_and_its_opset_must_agree(fast_profile: HardwareProfile) -> None:
     raw = fast_profile.model_dump()
-    assert HardwareProfile.model_validate({**raw, "exporter": "dynamo"}).export_opset == 18
-    assert HardwareProfile.model_validate(raw).export_opset == 17
+    assert fast_profile.exporter == "dynamo"  # the default: the supported exporter
+    assert HardwareProfile.model_validate(raw).export_opset == 18
+    assert HardwareProfile.model_validate({**raw, "exporter": "torchscript"}).export_opset == 17
     with pytest.raises((ValueError, ConfigError), match="dynamo exporter writes opset 18"):
         HardwareProfile.model_validate({**raw, "exporter": "dynamo", "opset": 17})
 
@@ -114,7 +115,8 @@ def test_the_recipe_fuses_a_dynamo_bert_through_onnxscript(fast_profile, tmp_pat
         assert info["fusions"]["Attention"] == 2, info["fusions"]
         assert info["fusions"]["SkipLayerNormalization"] >= 3, info["fusions"]
         out = predict(path, inputs)
-        assert min_cosine(out, reference) > (0.9999 if variant == "fp32" else 0.95), variant
+        # fused kernels round differently (0.99987 on ORT 1.20, 0.99999 on 1.32)
+        assert min_cosine(out, reference) > (0.9995 if variant == "fp32" else 0.95), variant
         ops = runtime_ops(path, tmp_path / variant)
         assert "Attention" in ops or "QAttention" in ops, variant
         assert bool(ops & INTEGER_OPS) == variant.startswith("int8"), variant
@@ -133,7 +135,10 @@ def test_a_model_dynamo_cannot_export_falls_back_to_torchscript_on_record(
     ws = Workspace(Setup.of(config, profile, tmp_path / "w"))
     record = ws.export_record
     assert record["exporter"] == "torchscript" and record["asked"] == "dynamo"
-    assert "torch.export" in record["fallback_reason"] and "\x1b" not in record["fallback_reason"]
+    reason = record["fallback_reason"]
+    assert "\x1b" not in reason
+    # torch.export's own summary of why, not its boilerplate ("step 1/3 ...")
+    assert "data-dependent" in reason.lower() or "guard" in reason.lower(), reason
     assert ws.ctx.profile.exporter == "torchscript"  # every candidate follows the baseline
     units = discover_units(ws.model, ws.ctx, SpaceSpec())
     params = {u.param_name: 8 for u in units if u.knob == "bits"}
@@ -141,5 +146,6 @@ def test_a_model_dynamo_cannot_export_falls_back_to_torchscript_on_record(
     graph = onnx.load(out.onnx_path)
     assert not any(p.key == "pkg.torch.onnx.name_scopes" for n in graph.graph.node
                    for p in n.metadata_props)  # fmt: skip
-    plain = Workspace(Setup.of(config, fast_profile, tmp_path / "w2"))
+    asked = fast_profile.model_copy(update={"exporter": "torchscript"})
+    plain = Workspace(Setup.of(config, asked, tmp_path / "w2"))
     assert plain.export_record == {"exporter": "torchscript"}  # asked for it: no fallback

@@ -87,5 +87,8 @@ def test_the_profiles_opset_is_every_exports(tiny_model, tiny_ctx, digits, tmp_p
     assert out.report["quantize"]["int8_engaged"] == 1.0
     x = {"image": digits.validation["image"][:16]}
     assert predict(out.onnx_path, x).shape == (16, 10)
+    raw = tiny_ctx.profile.model_dump()
+    with pytest.raises(ValueError, match="torchscript exporter writes opset 20 at most"):
+        tiny_ctx.profile.model_validate({**raw, "exporter": "torchscript", "opset": 21})
     with pytest.raises(ValueError, match="opset"):
-        tiny_ctx.profile.model_validate({**tiny_ctx.profile.model_dump(), "opset": 21})
+        tiny_ctx.profile.model_validate({**raw, "opset": 22})

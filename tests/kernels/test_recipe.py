@@ -33,7 +33,8 @@ def test_recipe_fuses_a_bert_encoder_and_quantizes_the_fused_graph(tmp_path, fas
         # exported with eager attention, so the optimizer fuses every layer's attention
         assert info["fusions"]["Attention"] == 2 and info["fusions"]["SkipLayerNormalization"] == 4
         out = predict(path, inputs)
-        assert min_cosine(out, reference) > (0.9999 if variant == "fp32" else 0.95), variant
+        # fused kernels round differently (0.99987 on ORT 1.20, 0.99999 on 1.32)
+        assert min_cosine(out, reference) > (0.9995 if variant == "fp32" else 0.95), variant
         ops = runtime_ops(path, tmp_path / variant)
         assert "Attention" in ops or "QAttention" in ops, variant
         assert bool(ops & INTEGER_OPS) == variant.startswith("int8"), variant

@@ -15,6 +15,7 @@ from tests.helpers import search_config, trial_runs
 from tightfit.config import config_from_dict
 from tightfit.exceptions import ConfigError
 from tightfit.hardware_profiles import HardwareProfile
+from tightfit.kernels.export import GENERATION_TORCH, torch_older_than
 from tightfit.runs import run_search
 from tightfit.task import perplexity
 from tightfit.workspace import Setup, Workspace
@@ -25,15 +26,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def llama_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("hf") / "llama-tiny"
-    config = transformers.LlamaConfig(
-        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        use_cache=False,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
+    return models.llama_folder(tmp_path_factory.mktemp("hf") / "llama-tiny")
 
 
 def test_the_data_metric_and_the_objective_must_agree(
@@ -49,18 +42,7 @@ def test_the_data_metric_and_the_objective_must_agree(
 def test_a_perplexity_search_minimises_it_against_a_relative_limit(
     llama_folder: Path, fast_profile_file: Path, tmp_path: Path
 ) -> None:
-    config = search_config(
-        tmp_path / "w",
-        fast_profile_file,
-        name="ppl",
-        model={"hf": str(llama_folder)},
-        data={"callable": "tests.models:next_token_data"},
-        objectives=["perplexity", "latency_ms", "size_mb"],
-        constraints={"max_perplexity_increase": 0.5},
-        space={"prune": {"ratios": [0.0, 0.25, 0.5]}, "lowrank": {"enabled": False}},
-        n_trials=5,
-        seeds={"uniform": 2, "global_magnitude": 0},
-    )
+    config = _llama_search(tmp_path, fast_profile_file, llama_folder, "ppl", [0.0, 0.25, 0.5], 5)
     outcome = run_search(config)
     profile = outcome.profile("cpu-ort-fast")
     study = profile.study
@@ -90,6 +72,25 @@ def test_a_perplexity_search_minimises_it_against_a_relative_limit(
     assert summary.data.metrics["baseline_perplexity"] == pytest.approx(expected, rel=1e-4)
 
 
+def _llama_search(
+    tmp_path: Path, profile: Path, folder: Path, name: str, ratios: list[float], n_trials: int
+):  # type: ignore[no-untyped-def]
+    """A perplexity search of the tiny Llama: +50% allowed, heads and MLP neurons pruned at
+    ``ratios``, bit-widths as the profile offers, no low rank."""
+    return search_config(
+        tmp_path / "w",
+        profile,
+        name=name,
+        model={"hf": str(folder)},
+        data={"callable": "tests.models:next_token_data"},
+        objectives=["perplexity", "latency_ms", "size_mb"],
+        constraints={"max_perplexity_increase": 0.5},
+        space={"prune": {"ratios": ratios}, "lowrank": {"enabled": False}},
+        n_trials=n_trials,
+        seeds={"uniform": 2, "global_magnitude": 0},
+    )
+
+
 def _dominance_free(front) -> bool:
     points = front[["perplexity", "latency_ms", "size_mb"]].to_numpy()
     return not any(
@@ -97,4 +98,48 @@ def _dominance_free(front) -> bool:
         for i, a in enumerate(points)
         for j, b in enumerate(points)
         if i != j
+    )
+
+
+@pytest.mark.skipif(
+    torch_older_than(GENERATION_TORCH), reason=f"generation graphs need torch >= {GENERATION_TORCH}"
+)
+def test_a_generation_profile_measures_decode_through_the_kv_cache(
+    llama_folder: Path, tmp_path: Path
+) -> None:
+    from tests.conftest import FAST_MEASUREMENT
+    from tightfit.hardware_profiles import get_profile
+    from tightfit.keys import TrialAttr
+
+    base = get_profile("cpu-ort-llm")
+    assert base.generation is not None
+    profile = base.model_copy(
+        update={
+            "name": "cpu-ort-llm-fast",
+            "generation": base.generation.model_copy(update={"prompt_tokens": 16, "new_tokens": 6}),
+            "measurement": base.measurement.model_copy(update=FAST_MEASUREMENT),
+        }
+    )
+    profile_file = tmp_path / "cpu-ort-llm-fast.yaml"
+    profile_file.write_text(profile.to_yaml())
+    config = _llama_search(tmp_path, profile_file, llama_folder, "gen", [0.0, 0.5], 4)
+    outcome = run_search(config)
+    result = outcome.profile("cpu-ort-llm-fast")
+    done = result.study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) >= 3, [t.user_attrs.get("error") for t in result.study.trials]
+    for t in done:
+        latency = t.user_attrs[TrialAttr.LATENCY]
+        phases = latency["phases_ms"]
+        assert set(phases) == {"prefill_ms", "decode_ms_per_token", "end_to_end_ms"}
+        assert set(latency["baseline_phases_ms"]) == set(phases)
+        # the objective is decode per token: the candidate's block times are those
+        assert latency["median_ms"] == pytest.approx(phases["decode_ms_per_token"], rel=1e-6)
+        assert phases["end_to_end_ms"] > phases["prefill_ms"] + 4 * phases["decode_ms_per_token"]
+    # the baseline's perplexity was scored on the KV-cache graph (empty cache): the model's own
+    data = models.next_token_data()
+    model = transformers.LlamaForCausalLM.from_pretrained(llama_folder).eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.from_numpy(data["validation"]["input_ids"])).logits
+    assert result.baseline["perplexity"] == pytest.approx(
+        perplexity(logits.numpy(), data["targets"]), rel=1e-4
     )

@@ -74,6 +74,14 @@ class LatencyResult(Record):
     window: tuple[float, float] | None = Field(
         None, description="when the measurement ran there (unix seconds, start and end)"
     )
+    phases_ms: dict[str, float] = Field(
+        default_factory=dict,
+        description="a generation profile's medians for the candidate: prefill_ms, "
+        "decode_ms_per_token, end_to_end_ms (latency_ms is one of them, per the profile)",
+    )
+    baseline_phases_ms: dict[str, float] = Field(
+        default_factory=dict, description="the same for the baseline, in the same rounds"
+    )
     environment: dict[str, str] = Field(default_factory=dict)
     samples_ms: dict[str, list[list[float]]] = Field(
         default_factory=dict, description="raw times per model per round (ms)"
@@ -94,15 +102,17 @@ def input_feed(
 ) -> dict[str, np.ndarray]:
     """Random inputs with the profile's batch size and shapes (latency needs no real data).
 
-    Token inputs (``tightfit.task.is_token_input``) take the profile's ``sequence_length``;
-    ``input_shapes`` overrides any input's per-sample shape.
+    Token inputs (``tightfit.task.is_token_input``) take the profile's ``sequence_length``
+    (a generation profile's: its ``prompt_tokens``); ``input_shapes`` overrides any input's
+    per-sample shape.
     """
     rng = np.random.default_rng(seed)
     feed = {}
+    length = profile.generation.prompt_tokens if profile.generation else profile.sequence_length
     for name, sample_shape in shapes.items():
         dtype = np.dtype(dtypes[name])
-        if profile.sequence_length and is_token_input(sample_shape, dtype):
-            sample_shape = (profile.sequence_length,)
+        if length and is_token_input(sample_shape, dtype):
+            sample_shape = (length,)
         shape = (profile.batch_size, *profile.input_shapes.get(name, sample_shape))
         if dtype.kind == "f":
             feed[name] = rng.standard_normal(shape).astype(dtype)
@@ -318,6 +328,7 @@ def _measure_once(job: _Job, baseline_ref_ms: float | None, seed: int) -> list[L
         cand = np.concatenate(samples[name])
         ratio = float(np.median(ratios[:, i]))
         own_env = dict(env)
+        phases = {key: _phases(runners[key]) for key in (name, "baseline")}
         for key, runner in (("candidate", runners[name][0]), ("baseline", runners["baseline"][0])):
             if hasattr(runner, "timing"):
                 own_env[f"timing_{key}"] = runner.timing
@@ -339,6 +350,8 @@ def _measure_once(job: _Job, baseline_ref_ms: float | None, seed: int) -> list[L
                 disturbed=disturbed,
                 iters_per_block=iters,
                 seconds=seconds,
+                phases_ms=phases[name],
+                baseline_phases_ms=phases["baseline"],
                 environment=own_env,
                 samples_ms={
                     key: [np.round(b, 5).tolist() for b in samples[src]]
@@ -347,6 +360,15 @@ def _measure_once(job: _Job, baseline_ref_ms: float | None, seed: int) -> list[L
             )
         )
     return results
+
+
+def _phases(sessions: list[Any]) -> dict[str, float]:
+    """The median of each phase a generation runner timed, over its sessions (else empty)."""
+    merged: dict[str, list[float]] = {}
+    for runner in sessions:
+        for key, values in getattr(runner, "phases", {}).items():
+            merged.setdefault(key, []).extend(values)
+    return {key: float(np.median(v)) for key, v in merged.items() if v}
 
 
 def _narrow(ratios: np.ndarray, target_ci: float, seed: int) -> bool:

@@ -185,8 +185,13 @@ def _empty_model() -> bytes:
 
 def applies(profile: HardwareProfile) -> bool:
     """Whether a compress worker can time layers as the target runs them: ONNX Runtime on CPU
-    (a GPU target's layers need its GPU, which stage one does not hold)."""
-    return profile.runtime == "onnxruntime" and profile.execution_provider == "CPUExecutionProvider"
+    (a GPU target's layers need its GPU, which stage one does not hold), for one forward pass
+    (a generation's decode steps run its layers at one token, which the table does not time)."""
+    return (
+        profile.runtime == "onnxruntime"
+        and profile.execution_provider == "CPUExecutionProvider"
+        and profile.generation is None
+    )
 
 
 def host() -> str:

@@ -13,6 +13,10 @@ from tightfit._records import Record, describe_validation_error
 from tightfit.exceptions import ConfigError
 from tightfit.hardware_profiles._runtimes import RUNTIMES
 
+#: the opset each exporter writes when a profile names none (the dynamo exporter's own
+#: translations are written for 18; the TorchScript exporter's tested default is 17)
+DEFAULT_OPSET = {"dynamo": 18, "torchscript": 17}
+
 Precision = Literal["fp32", "fp16", "int8", "int4"]
 
 
@@ -103,6 +107,27 @@ class QuantizationSettings(Record):
     )
 
 
+class GenerationWorkload(Record):
+    """Latency as a decoder language model is used: a prompt, then new tokens one at a time
+    through a KV cache.
+
+    Each timed inference is one greedy generation: the prefill (the prompt, with an empty
+    cache), then ``new_tokens - 1`` decode steps, each feeding the previous step's cache. The
+    graph is exported with the cache as inputs and outputs (``past_key_values.N.key`` /
+    ``.value`` in, ``present.N.key`` / ``.value`` out). ``latency`` names what the objective
+    is: the decode time per new token (what a reader of streamed text waits for) or the whole
+    generation; prefill, decode per token and end to end are logged either way.
+    """
+
+    prompt_tokens: int = Field(128, ge=1, description="tokens in the prompt (the prefill)")
+    new_tokens: int = Field(32, ge=2, description="tokens generated, the prefill's included")
+    latency: Literal["decode_ms_per_token", "end_to_end_ms"] = Field(
+        "decode_ms_per_token",
+        description="what latency_ms is: the mean decode step (per new token after the first) "
+        "or the whole generation (prefill and every decode step)",
+    )
+
+
 class HardwareProfile(Record):
     """A named deployment target: runtime, threads, shapes, precisions and measurement protocol.
 
@@ -129,17 +154,23 @@ class HardwareProfile(Record):
         default_factory=dict,
         description="per-sample shapes (without batch) that override the data's, by input name",
     )
-    exporter: Literal["torchscript", "dynamo"] = Field(
-        "torchscript",
-        description="torch.onnx's exporter: torchscript (dynamo=False) or dynamo (the "
-        "supported one, through onnxscript); nodes map to modules the same way",
+    generation: GenerationWorkload | None = Field(
+        None,
+        description="measure generation (a decoder LM: prefill, then decode through a KV "
+        "cache) instead of one forward pass; None: one forward pass",
+    )
+    exporter: Literal["dynamo", "torchscript"] = Field(
+        "dynamo",
+        description="torch.onnx's exporter: dynamo (the supported one, through onnxscript; "
+        "a model it cannot export falls back to torchscript, on record) or torchscript "
+        "(dynamo=False, deprecated since torch 2.9); nodes map to modules the same way",
     )
     opset: int | None = Field(
         None,
         ge=14,
         le=21,
         description="ONNX opset of every export (the baseline's and each candidate's); None: "
-        "17 with torchscript (which writes up to 20), 18 with dynamo (18 and up)",
+        "18 with dynamo (18 and up), 17 with torchscript (which writes up to 20)",
     )
     float_precision: Literal["fp32", "fp16"] = Field(
         "fp32", description="precision of the baseline and of every layer not quantized"
@@ -194,7 +225,7 @@ class HardwareProfile(Record):
     @property
     def export_opset(self) -> int:
         """The opset every graph is exported at."""
-        return self.opset or (18 if self.exporter == "dynamo" else 17)
+        return self.opset or DEFAULT_OPSET[self.exporter]
 
     @model_validator(mode="after")
     def _consistent(self) -> HardwareProfile:
@@ -202,6 +233,18 @@ class HardwareProfile(Record):
             raise ValueError(
                 f"opset {self.opset}: the torchscript exporter writes opset 20 at most; set "
                 "exporter: dynamo for opset 21"
+            )
+        if self.generation is not None and (
+            self.runtime != "onnxruntime" or self.execution_provider != "CPUExecutionProvider"
+        ):
+            raise ValueError(
+                "generation: generation latency is measured on ONNX Runtime's CPU provider "
+                "(runtime: onnxruntime, execution_provider: CPUExecutionProvider) for now"
+            )
+        if self.generation is not None and self.exporter != "dynamo":
+            raise ValueError(
+                "generation: a KV-cache graph is exported by the dynamo exporter only; set "
+                "exporter: dynamo"
             )
         if self.opset is not None and self.exporter == "dynamo" and self.opset < 18:
             raise ValueError(f"opset {self.opset}: the dynamo exporter writes opset 18 or later")

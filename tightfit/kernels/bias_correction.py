@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from tightfit._ort import make_session
+from tightfit._ort import cache_layout, make_session, with_empty_cache
 
 MAX_SAMPLES = 256
 BATCH = 32
@@ -100,11 +100,13 @@ def _mean_inputs(
         path = Path(tmp) / "probe.onnx"
         onnx.save(probe, str(path))
         session = make_session(path)
+        layout = cache_layout(session)
         n = min(MAX_SAMPLES, len(next(iter(calibration.values()))))
         sums: dict[str, np.ndarray] = {}
         counts: dict[str, int] = {}
         for i in range(0, n, BATCH):
             feed = {k: v[i : min(i + BATCH, n)] for k, v in calibration.items()}
+            feed = with_empty_cache(feed, layout)
             for name, value in zip(tensors, session.run(tensors, feed), strict=True):
                 rows = np.moveaxis(np.asarray(value, dtype=np.float64), axes[name], -1)
                 rows = rows.reshape(-1, rows.shape[-1])

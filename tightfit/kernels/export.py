@@ -1,7 +1,10 @@
 """Export to ONNX, and the map from torch module paths to the ONNX nodes they became.
 
-One exporter for everything: TorchScript-based ``torch.onnx.export(dynamo=False)``, which names
-nodes by module scope (``/features/features.3/Conv``), the handle per-layer quantization needs.
+Two exporters, one naming: the supported ``torch.onnx.export(dynamo=True)`` (the default), whose
+nodes are renamed from their module-path metadata, and the deprecated TorchScript exporter
+(``dynamo=False``, a profile's choice and the recorded fallback), which names nodes by module
+scope. Either way a node is called ``/features/features.3/Conv``: the handle per-layer
+quantization needs.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import onnx
 import torch
 from torch import nn
 
+from tightfit._ort import cache_layout, with_empty_cache
 from tightfit.exceptions import CandidateError
+from tightfit.hardware_profiles import DEFAULT_OPSET
 from tightfit.kernels._hooks import run_watched
 from tightfit.task import is_token_input
 from tightfit.workdir import atomic_write
@@ -31,7 +36,6 @@ from tightfit.workdir import atomic_write
 if TYPE_CHECKING:
     from tightfit.hardware_profiles import HardwareProfile
 
-OPSET = 17
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
 
 
@@ -116,21 +120,25 @@ def export_onnx(
     input_names: Iterable[str],
     path: Path,
     trace_warnings: list[str] | None = None,
-    opset: int = OPSET,
-    exporter: str = "torchscript",
+    opset: int | None = None,
+    exporter: str = "dynamo",
+    kv_cache: bool = False,
 ) -> Path:
     """Write ``model`` as ONNX with a dynamic batch axis; raise CandidateError on failure.
 
-    ``exporter``: ``torchscript`` (``torch.onnx.export(dynamo=False)``, nodes named by module
-    scope) or ``dynamo`` (the supported exporter, through onnxscript; its nodes are renamed from
-    their ``pkg.torch.onnx.name_scopes`` metadata into the same scope names, see
-    :func:`scope_names`), so the per-layer plans reach the same nodes either way.
+    ``exporter``: ``dynamo`` (the supported exporter, through onnxscript; its nodes are renamed
+    from their ``pkg.torch.onnx.name_scopes`` metadata into scope names, see
+    :func:`scope_names`) or ``torchscript`` (``torch.onnx.export(dynamo=False)``, nodes named
+    by module scope), so the per-layer plans reach the same nodes either way. ``opset``: None
+    is the exporter's default (:data:`DEFAULT_OPSET`). ``kv_cache``: one generation step of a
+    causal LM with its KV cache as inputs and outputs (:func:`generation_names`; dynamo only).
 
     The tracer's warnings (a Python branch on a tensor's value, a tensor turned into a
     constant) are kept in ``trace_warnings`` when given: they name the line whose behaviour
     the trace may have frozen (:func:`verify_export` checks whether it did).
     """
     input_names = list(input_names)
+    opset = opset or DEFAULT_OPSET[exporter]
     model.eval()
     chatter = tempfile.TemporaryFile(
         mode="w+b"
@@ -145,7 +153,9 @@ def export_onnx(
             _covering_pools(model) as covering,
         ):
             warnings.simplefilter("always", torch.jit.TracerWarning)
-            if exporter == "dynamo":
+            if kv_cache:
+                onnx_bytes = _generation_bytes(model, input_names, opset)
+            elif exporter == "dynamo":
                 onnx_bytes = _dynamo_bytes(model, example_inputs, input_names, opset)
             else:
                 onnx_bytes = _torchscript_bytes(model, example_inputs, input_names, opset)
@@ -160,13 +170,24 @@ def export_onnx(
         logging.getLogger(__name__).debug(
             "export failed; exporter output:\n%s", chatter.read().decode(errors="replace")
         )
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # the exporters' terminal colours
-        first = text.splitlines()[0] if text else type(e).__name__
-        raise CandidateError(f"ONNX export failed: {type(e).__name__}: {first}") from e
+        raise CandidateError(f"ONNX export failed: {type(e).__name__}: {_why(e)}") from e
     finally:
         chatter.close()
         model.eval()  # export may flip train mode of submodules (offline-models-data.md §6.4)
     return atomic_write(path, global_pools(inline_shared_initializers(onnx_bytes), covering))
+
+
+def _why(error: Exception) -> str:
+    """The line of an exporter's error that says what went wrong: the dynamo exporter's
+    "Exception summary" (its first line is boilerplate: "Failed to export the model with
+    torch.export. This is step 1/3 ..."), else the first line; without terminal colours."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "## Exception summary" in lines:
+        after = lines[lines.index("## Exception summary") + 1 :]
+        if after:
+            return after[0][:500]
+    return lines[0] if lines else type(error).__name__
 
 
 def export_for(
@@ -187,6 +208,7 @@ def export_for(
         trace_warnings,
         opset=profile.export_opset,
         exporter=profile.exporter,
+        kv_cache=profile.generation is not None,
     )
 
 
@@ -218,21 +240,114 @@ def _dynamo_bytes(
             "the dynamo exporter needs the package 'onnxscript'; run 'pip install onnxscript' "
             "or set the profile's exporter: torchscript"
         )
+    from tightfit._torch_private import torchlib_registry_cached
+
     folded = _batchnorm_inputs(model, example_inputs)
-    program = torch.onnx.export(
-        model,
-        example_inputs,
-        dynamo=True,
-        opset_version=opset,
-        input_names=input_names,
-        output_names=["output"],
-        dynamic_axes=dynamic_axes(example_inputs, input_names),
-        optimize=True,  # constant folding, and BatchNorm folded into the Conv before it
-        verbose=False,
-    )
+    with torchlib_registry_cached():
+        program = torch.onnx.export(
+            model,
+            example_inputs,
+            dynamo=True,
+            opset_version=opset,
+            input_names=input_names,
+            output_names=["output"],
+            dynamic_shapes=_dynamic_shapes(model, example_inputs, input_names),
+            optimize=True,  # constant folding, and BatchNorm folded into the Conv before it
+            verbose=False,
+        )
     assert program is not None
     proto = program.model_proto
     scope_names(proto, folded)
+    return proto.SerializeToString()
+
+
+def _dynamic_shapes(
+    model: nn.Module, example_inputs: tuple[torch.Tensor, ...], input_names: list[str]
+) -> tuple[Any, ...]:
+    """:func:`dynamic_axes` as ``torch.export`` takes them: shaped like ``forward``'s
+    parameters (a ``forward(*inputs)``, as :class:`tightfit.task.HuggingFaceModel` has, takes
+    one tuple), axes named by strings, which the exporter keeps as the ONNX dimensions' names.
+    (torch's own conversion from ``dynamic_axes`` maps one input to each named parameter and
+    fails on ``*inputs``.)"""
+    import inspect
+
+    axes = dynamic_axes(example_inputs, input_names)
+    specs = [axes[name] for name in input_names]
+    params = list(inspect.signature(model.forward).parameters.values())
+    star = next((i for i, p in enumerate(params) if p.kind == p.VAR_POSITIONAL), None)
+    if star is None:
+        return tuple(specs)
+    return (*specs[:star], tuple(specs[star:]))
+
+
+PAST = "past_key_values"
+#: the oldest torch whose torch.export exports a KV-cache step of transformers 5's Llama
+GENERATION_TORCH = "2.13"
+
+
+def torch_older_than(version: str) -> bool:
+    """Whether the installed torch is older than ``version`` (major.minor)."""
+    mine = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+    return mine < tuple(int(p) for p in version.split("."))
+
+
+def generation_names(layers: int) -> tuple[list[str], list[str]]:
+    """A KV-cache graph's inputs and outputs: ``input_ids`` and ``past_key_values.N.key`` /
+    ``.value`` per layer in, ``logits`` and ``present.N.key`` / ``.value`` out (the names
+    Hugging Face Optimum and onnxruntime-genai use)."""
+    kinds = ("key", "value")
+    past = [f"{PAST}.{i}.{kind}" for i in range(layers) for kind in kinds]
+    present = [f"present.{i}.{kind}" for i in range(layers) for kind in kinds]
+    return ["input_ids", *past], ["logits", *present]
+
+
+def _generation_bytes(model: nn.Module, input_names: Iterable[str], opset: int) -> bytes:
+    """One generation step of a causal LM (``HuggingFaceModel.generation_step``), exported by
+    the dynamo exporter with the batch, new-token and cache lengths dynamic."""
+    from torch.export import Dim
+
+    from tightfit._torch_private import torchlib_registry_cached
+    from tightfit.task import HuggingFaceModel
+
+    if not isinstance(model, HuggingFaceModel):
+        raise CandidateError(
+            f"a generation profile exports a KV-cache graph, which needs a causal language "
+            f"model given as model.hf (or a tightfit.task.HuggingFaceModel), not a "
+            f"{type(model).__name__}"
+        )
+    if list(input_names) != ["input_ids"]:
+        raise CandidateError(
+            f"a generation profile feeds input_ids alone; the data gives {list(input_names)}"
+        )
+    if torch_older_than(GENERATION_TORCH):
+        raise CandidateError(
+            f"a generation profile's KV-cache graph needs torch >= {GENERATION_TORCH} (torch "
+            f"{torch.__version__} cannot export it: torch 2.9 guards transformers' mask code on "
+            f"the new tokens' count); pip install 'torch>={GENERATION_TORCH}'"
+        )
+    shapes = model.cache_shapes()
+    # sizes 2, 3 and 4, not 0 or 1, which torch.export would take as constants
+    ids = torch.ones((2, 3), dtype=torch.long)
+    past = tuple(torch.zeros((2, heads, 4, dim)) for heads, dim in shapes for _ in range(2))
+    inputs, outputs = generation_names(len(shapes))
+    batch, new, length = Dim("batch"), Dim("new_tokens"), Dim("past_length")
+    # forward(*inputs): one argument, the tuple of all inputs
+    dynamic = (({0: batch, 1: new}, *({0: batch, 2: length} for _ in past)),)
+    with model.generation_step(), torchlib_registry_cached():
+        program = torch.onnx.export(
+            model,
+            (ids, *past),
+            dynamo=True,
+            opset_version=opset,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_shapes=dynamic,
+            optimize=True,
+            verbose=False,
+        )
+    assert program is not None
+    proto = program.model_proto
+    scope_names(proto)
     return proto.SerializeToString()
 
 
@@ -478,13 +593,14 @@ def verify_export(
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    layout = cache_layout(session)
     one_by_one = np.unique(np.linspace(0, n - 1, num=min(n, singles)).astype(int))
     for batch in (rows, *(one_by_one[i : i + 1] for i in range(len(one_by_one)))):
         feed = {k: np.ascontiguousarray(v[batch]) for k, v in inputs.items()}
         with torch.no_grad():
             expected = _first_tensor(model(*(torch.from_numpy(a) for a in feed.values())))
         want = expected.detach().float().numpy()
-        got = session.run(None, feed)[0].astype(np.float32)
+        got = session.run(None, with_empty_cache(feed, layout))[0].astype(np.float32)
         if got.shape != want.shape:
             return f"on a batch of {len(batch)} the ONNX output has shape {got.shape}, torch's {want.shape}"
         diff = np.abs(got - want)

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from torch import nn
 
-from tightfit._ort import predict
+from tightfit._ort import cache_layout, predict, with_empty_cache
 from tightfit.config import SpaceSpec
 from tightfit.exceptions import CandidateError
 from tightfit.hardware_profiles import HardwareProfile
@@ -68,10 +68,18 @@ def cpu_has_vnni() -> bool:
 class _Reader:
     """ONNX Runtime calibration data reader over named numpy arrays."""
 
-    def __init__(self, data: dict[str, np.ndarray], batch: int = CALIBRATION_BATCH) -> None:
+    def __init__(
+        self,
+        data: dict[str, np.ndarray],
+        batch: int = CALIBRATION_BATCH,
+        cache: dict[str, tuple[int, int]] | None = None,
+    ) -> None:
         n = len(next(iter(data.values())))
         self._batches = iter(
-            [{k: v[i : i + batch] for k, v in data.items()} for i in range(0, n, batch)]
+            [
+                with_empty_cache({k: v[i : i + batch] for k, v in data.items()}, cache or {})
+                for i in range(0, n, batch)
+            ]
         )
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -117,7 +125,7 @@ def _quantize_int8(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext) -
     quantize_static(
         str(src),
         str(dst),
-        _Reader(ctx.calibration),
+        _Reader(ctx.calibration, cache=cache_layout(src)),  # a generation graph: prefills
         quant_format=QuantFormat.QDQ,
         nodes_to_quantize=include,
         per_channel=settings.per_channel,
@@ -145,7 +153,9 @@ def _quantize_dynamic(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext
     )
 
 
-def _quantize_int4(src: Path, dst: Path, nodes: set[str]) -> None:
+def _quantize_int4(src: Path, dst: Path, nodes: set[str] | None) -> None:
+    """MatMulNBits (4-bit weights, blocks of 32, symmetric) on ``nodes`` (None: every MatMul
+    with constant weights)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     model = onnx.load(str(src))
@@ -155,7 +165,7 @@ def _quantize_int4(src: Path, dst: Path, nodes: set[str]) -> None:
         block_size=32,
         is_symmetric=True,
         accuracy_level=4,
-        nodes_to_include=sorted(nodes),
+        nodes_to_include=sorted(nodes) if nodes is not None else None,
     )
     quantizer.process()
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)

@@ -9,7 +9,11 @@ Every reported speedup stands beside it (design decision 12). Per profile:
   transformers); ``int8-static`` (``quant_pre_process`` with its graph optimization, then
   ``quantize_static`` in Q/DQ on every operator it takes, calibrated on the task's calibration
   data, U8S8 per channel: the recipe for CNNs);
-- GPU profiles: ``fp16`` (the whole graph in fp16, inputs and outputs fp32).
+- GPU profiles: ``fp16`` (the whole graph in fp16, inputs and outputs fp32);
+- a generation profile (a decoder LM on a CPU): ``fp32``, ``int8-dynamic`` and ``int4``
+  (``MatMulNBits`` on every MatMul with constant weights, blocks of 32, symmetric: the weights
+  onnxruntime-genai's builder writes with ``-p int4``; its own graph is measured beside this
+  in ``benchmarks/llm.py``).
 
 Each variant is built from the baseline's ONNX alone: no pruning, no rank, no per-layer choice.
 The quantization settings (activation and weight types, per channel, reduce range) are the
@@ -49,6 +53,8 @@ def recipe_variants(profile: HardwareProfile) -> tuple[str, ...]:
         return ("fp16",)
     if profile.runtime != "onnxruntime":
         return ()
+    if profile.generation is not None:  # a decoder LM: weight-only int4 is its standard recipe
+        return ("fp32", "int8-dynamic") + (("int4",) if "int4" in profile.precisions else ())
     return ("fp32", "int8-dynamic", "int8-static")
 
 
@@ -151,8 +157,9 @@ def build_recipe(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from tightfit._ort import cache_layout
     from tightfit.kernels.precision import to_float16
-    from tightfit.kernels.quantization import _Reader, _reduce_range
+    from tightfit.kernels.quantization import _quantize_int4, _Reader, _reduce_range
 
     out_dir.mkdir(parents=True, exist_ok=True)
     logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
@@ -184,7 +191,7 @@ def build_recipe(
         quantize_static(
             str(pre),
             str(dst),
-            _Reader(ctx.calibration),
+            _Reader(ctx.calibration, cache=cache_layout(pre)),
             quant_format=QuantFormat.QDQ,
             per_channel=settings.per_channel,
             reduce_range=reduce_range,
@@ -194,6 +201,11 @@ def build_recipe(
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
         return dst, info
+    if variant == "int4":
+        dst = out_dir / "int4.onnx"
+        _quantize_int4(graph, dst, None)
+        return dst, {**info, "block_size": 32, "symmetric": True}
     raise ValueError(
-        f"unknown recipe variant {variant!r}; choose from fp32, int8-dynamic, int8-static, fp16"
+        f"unknown recipe variant {variant!r}; choose from fp32, int8-dynamic, int8-static, int4, "
+        "fp16"
     )

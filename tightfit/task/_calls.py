@@ -24,6 +24,8 @@ EXAMPLES = {
     "imagenet-photos": "tightfit.examples.efficientnet:load_data",
     "minilm": "tightfit.examples.minilm:pretrained_minilm",
     "mr-polarity": "tightfit.examples.minilm:load_data",
+    "smollm2": "tightfit.examples.smollm2:pretrained_smollm2",
+    "austen": "tightfit.examples.smollm2:load_data",
 }
 
 

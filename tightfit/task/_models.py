@@ -3,11 +3,12 @@ torchvision architecture (with a local checkpoint). Nothing is downloaded."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,22 +33,94 @@ class HuggingFaceModel(nn.Module):
     the field returned (default: ``logits`` where there are logits, else the first field).
     """
 
-    def __init__(self, model: nn.Module, input_names: Sequence[str], output: str | None) -> None:
+    def __init__(
+        self, model: nn.Module, input_names: Sequence[str], output: str | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.input_names = tuple(input_names)
         self.output = output
+        self._step = False  # generation_step(): forward takes and returns the KV cache
 
     @property
     def max_positions(self) -> int | None:
         """The longest token sequence the model takes (``config.max_position_embeddings``)."""
         return getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        if self._step:
+            return self._generation_step(inputs[0], inputs[1:])
         out = self.model(**dict(zip(self.input_names, inputs, strict=True)), return_dict=True)
         if self.output is not None:
             return out[self.output]
         return out["logits"] if "logits" in out else out[0]
+
+    @contextlib.contextmanager
+    def generation_step(self) -> Iterator[None]:
+        """Within this block ``forward(input_ids, *past)`` runs one step of a causal LM with a KV
+        cache: ``past`` is each layer's key and value ``(batch, kv_heads, past_length,
+        head_dim)``, layer by layer (empty, length 0, for the prefill); it returns the logits
+        and each layer's key and value after the step (the cache to feed the next one).
+        Module paths stay those of the plain forward, so per-layer plans name the same nodes."""
+        self._step = True
+        try:
+            yield
+        finally:
+            self._step = False
+
+    def cache_shapes(self) -> list[tuple[int, int]]:
+        """(kv heads, head dim) of each layer's KV cache, read from one forward of two tokens
+        (pruned layers have fewer heads than the config says)."""
+        ids = torch.zeros((1, 2), dtype=torch.long)
+        try:
+            with torch.no_grad():
+                out = self.model(input_ids=ids, use_cache=True, return_dict=True)
+            pairs = _cache_pairs(_returned_cache(out))
+        except Exception as e:  # noqa: BLE001 - any model that is no causal LM with a cache
+            raise ModelError(
+                f"the model gives no KV cache ({type(e).__name__}: {e}); a generation profile "
+                "needs a causal language model that takes past_key_values (a transformers "
+                "*ForCausalLM)"
+            ) from None
+        return [(int(k.shape[1]), int(k.shape[3])) for k, _ in pairs]
+
+    def _generation_step(self, input_ids: torch.Tensor, past: Sequence[torch.Tensor]) -> Any:
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for i in range(len(past) // 2):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        start = past[0].shape[2] if past else 0
+        positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
+        out = self.model(
+            input_ids=input_ids,
+            **{self._cache_keyword: cache},
+            position_ids=positions.unsqueeze(0).expand(input_ids.shape[0], -1),
+            use_cache=True,
+            return_dict=True,
+        )
+        present = [t for pair in _cache_pairs(_returned_cache(out)) for t in pair]
+        return (out["logits"], *present)
+
+    @property
+    def _cache_keyword(self) -> str:
+        """``cache`` (transformers 5.25 and later) or ``past_key_values`` (earlier)."""
+        params = inspect.signature(self.model.forward).parameters
+        return "cache" if "cache" in params else "past_key_values"
+
+
+def _returned_cache(out: Any) -> Any:
+    return out["cache"] if "cache" in out else out["past_key_values"]
+
+
+def _cache_pairs(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's (key, value) from a transformers cache (5.x ``layers``, 4.x ``key_cache``)
+    or a legacy tuple of pairs."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    if hasattr(cache, "key_cache"):
+        return list(zip(cache.key_cache, cache.value_cache, strict=True))
+    return [(k, v) for k, v, *_ in cache]
 
 
 def _require(module: str, form: str) -> Any:

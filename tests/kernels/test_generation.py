@@ -1,0 +1,119 @@
+"""A generation profile's graph: one step of a causal LM with its KV cache, exported by the
+dynamo exporter, run in ONNX Runtime as a prefill and decode steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from tests import models
+from tightfit._ort import cache_layout, predict
+from tightfit.config import ModelSpec
+from tightfit.evaluators.runtimes import open_runner
+from tightfit.exceptions import CandidateError
+from tightfit.hardware_profiles import HardwareProfile, get_profile
+from tightfit.kernels.export import (
+    GENERATION_TORCH,
+    export_for,
+    generation_names,
+    nodes_by_module,
+    torch_older_than,
+    verify_export,
+)
+from tightfit.task import load_model
+
+transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.skipif(
+    torch_older_than(GENERATION_TORCH), reason=f"generation graphs need torch >= {GENERATION_TORCH}"
+)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
+    folder = models.llama_folder(tmp_path_factory.mktemp("hf") / "llama", layers=3)
+    return load_model(ModelSpec(hf=str(folder)), input_names=["input_ids"])
+
+
+@pytest.fixture(scope="module")
+def profile() -> HardwareProfile:
+    base = get_profile("cpu-ort-llm")
+    return base.model_copy(update={"generation": base.generation.model_copy(  # type: ignore[union-attr]
+        update={"prompt_tokens": 6, "new_tokens": 8})})  # fmt: skip
+
+
+def test_the_graph_takes_and_returns_the_cache_and_scores_as_the_model(
+    llama: torch.nn.Module, profile: HardwareProfile, tmp_path: Path
+) -> None:
+    ids = np.random.default_rng(0).integers(0, 128, size=(4, 12)).astype(np.int64)
+    path = export_for(
+        profile, llama, (torch.from_numpy(ids[:1]),), ["input_ids"], tmp_path / "g.onnx"
+    )
+    inputs, outputs = generation_names(3)
+    assert list(cache_layout(path)) == inputs[1:]
+    assert set(cache_layout(path).values()) == {(2, 8)}  # 2 kv heads of 8
+    assert [o.name for o in graph_of(path).graph.output] == outputs
+    # whole sequences with an empty cache: the plain forward's logits
+    assert verify_export(llama, path, {"input_ids": ids}) is None
+    with torch.no_grad():
+        expected = llama(torch.from_numpy(ids)).numpy()
+    np.testing.assert_allclose(predict(path, {"input_ids": ids}), expected, atol=1e-4)
+    # nodes are named after the modules as in a plain export: per-layer plans reach them
+    plain = export_for(
+        get_profile("cpu-ort"), llama, (torch.from_numpy(ids),), ["input_ids"], tmp_path / "p.onnx"
+    )
+    owners = {m for m, nodes in nodes_by_module(graph_of(path)).items() if m.endswith("_proj")}
+    assert owners == {m for m in nodes_by_module(graph_of(plain)) if m.endswith("_proj")}
+    assert "model.model.layers.2.self_attn.k_proj" in owners and len(owners) == 3 * 7
+
+
+def graph_of(path: Path):  # type: ignore[no-untyped-def]
+    import onnx
+
+    return onnx.load(str(path))
+
+
+def test_greedy_generation_through_the_cache_matches_transformers(
+    llama: torch.nn.Module, profile: HardwareProfile, tmp_path: Path
+) -> None:
+    prompt = np.random.default_rng(1).integers(0, 128, size=(1, 6)).astype(np.int64)
+    path = export_for(
+        profile, llama, (torch.from_numpy(prompt),), ["input_ids"], tmp_path / "g.onnx"
+    )
+    runner = open_runner(path, profile, {"input_ids": prompt})
+    prefill_ms, decode_ms, tokens = runner.generate()  # type: ignore[attr-defined]
+    with torch.no_grad():
+        reference = llama.model.generate(
+            torch.from_numpy(prompt), max_new_tokens=8, do_sample=False,
+            attention_mask=torch.ones_like(torch.from_numpy(prompt)),
+        )  # fmt: skip
+    assert tokens.tolist() == reference[:, 6:].tolist()
+    assert prefill_ms > 0 and decode_ms > 0
+    times = runner.block(3)
+    assert len(times) == 3
+    phases = runner.phases  # type: ignore[attr-defined]
+    assert list(times) == phases["decode_ms_per_token"]
+    assert all(len(v) == 3 for v in phases.values())
+    # decode per token is the decode steps' time over their count
+    for p, d, e in zip(
+        phases["prefill_ms"], phases["decode_ms_per_token"], phases["end_to_end_ms"], strict=True
+    ):
+        assert e == pytest.approx(p + 7 * d)
+
+
+def test_a_generation_profile_needs_a_causal_lm_and_the_dynamo_exporter(
+    profile: HardwareProfile, tmp_path: Path
+) -> None:
+    with pytest.raises(CandidateError, match="causal language model"):
+        export_for(
+            profile,
+            models.tiny_resnet(),
+            (torch.zeros(1, 1, 8, 8),),
+            ["image"],
+            tmp_path / "m.onnx",
+        )
+    with pytest.raises(ValidationError, match="exporter: dynamo"):
+        HardwareProfile.model_validate(profile.model_dump() | {"exporter": "torchscript"})
