@@ -125,12 +125,18 @@ def compress(
     compressed, report = apply(model, candidate, ctx)
     float_path = ctx.export(compressed, out_dir / "float.onnx")
     current = float_path
+    dropped = tuple(report.get("depth", {}).get("dropped", ()))
     for kernel in registered_kernels():
         plan = candidate.plan_for(kernel.knob)
+        # a layer of a dropped block has no node left to act on: its choice is moot
+        moot = sorted(p for p in plan if p.startswith(tuple(f"{d}." for d in dropped)))
+        plan = {p: v for p, v in plan.items() if p not in moot}
         if kernel.stage == "onnx" and plan:
             dst = out_dir / f"{kernel.name}.onnx"
             report[kernel.name] = kernel.apply_onnx(current, dst, plan, ctx)
             current = dst
+        if kernel.stage == "onnx" and moot:
+            report.setdefault(kernel.name, {})["in_dropped_blocks"] = len(moot)
     if ctx.profile.float_precision == "fp16":
         current = to_float16(current, out_dir / "fp16.onnx")
         report["float_precision"] = "fp16"
