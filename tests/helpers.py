@@ -13,11 +13,15 @@ from typing import Any
 import yaml
 
 from tightfit.config import SearchConfig, config_from_dict
+from tightfit.kernels import list_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 
 #: the digits network at width 8, trained 2 epochs: seconds to train, a real model on real data
 TINY_MODEL = {"callable": "digits-cnn", "kwargs": {"width": 8, "epochs": 2}}
+
+#: the kernels that find units on a small CNN (depth drops decoder blocks: tests/kernels/test_depth)
+CNN_KERNELS = [name for name in list_kernels() if name != "depth"]
 
 #: the session's main search distills its pruned and factorized candidates
 DISTILL = {"distill": {"enabled": True, "steps": 20}}

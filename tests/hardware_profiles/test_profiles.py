@@ -77,5 +77,7 @@ def test_gpu_profiles_are_built_in() -> None:
 
 
 def test_unknown_profile() -> None:
-    with pytest.raises(ConfigError, match="valid: cpu-ort, cpu-ort-1t, gpu-ort-cuda-fp16"):
+    with pytest.raises(
+        ConfigError, match="valid: cpu-ort, cpu-ort-1t, cpu-ort-llm, gpu-ort-cuda-fp16"
+    ):
         get_profile("gpu-magic")

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from tests import models
+from tests.helpers import CNN_KERNELS
 from tightfit.config import CallableSpec, SpaceSpec
 from tightfit.evaluators import predict
 from tightfit.exceptions import ConfigError
 from tightfit.hardware_profiles import HardwareProfile
-from tightfit.kernels import compress, discover_units, get_kernel, list_kernels
+from tightfit.kernels import compress, discover_units, get_kernel
 from tightfit.kernels.export import export_onnx, nodes_by_module
 from tightfit.spaces import Candidate
 from tightfit.task import TaskData, load_data
@@ -57,7 +58,7 @@ def test_nodes_map_to_the_same_modules_as_torchscripts(
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kernel", list_kernels())
+@pytest.mark.parametrize("kernel", CNN_KERNELS)
 def test_every_kernel_runs_on_dynamo_graphs(kernel, tiny_model, tiny_ctx, digits, tmp_path) -> None:
     profile = tiny_ctx.profile.model_copy(update={"exporter": "dynamo"})
     ctx = dataclasses.replace(tiny_ctx, profile=profile)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import CNN_KERNELS
 from tightfit.config import SpaceSpec
 from tightfit.evaluators import predict
 from tightfit.kernels import compress, discover_units, get_kernel, list_kernels
@@ -14,8 +15,8 @@ from tightfit.spaces import Candidate, CompressionSpace
 
 
 def test_registry_order_and_unknown_name() -> None:
-    assert list_kernels() == ["prune", "lowrank", "quantize"]
-    with pytest.raises(KeyError, match="valid: lowrank, prune, quantize"):
+    assert list_kernels() == ["prune", "lowrank", "depth", "quantize"]
+    with pytest.raises(KeyError, match="valid: depth, lowrank, prune, quantize"):
         get_kernel("distill")
 
 
@@ -26,7 +27,7 @@ def test_noop_candidate_gives_the_baseline_exactly(tiny_model, tiny_ctx, digits,
     assert out.report == {}
 
 
-@pytest.mark.parametrize("kernel", list_kernels())
+@pytest.mark.parametrize("kernel", CNN_KERNELS)
 def test_each_kernel_at_its_strongest_level_runs_and_exports(
     kernel, tiny_model, tiny_ctx, digits, tmp_path
 ) -> None:
