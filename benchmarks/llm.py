@@ -1,6 +1,6 @@
 """SmolLM2-135M on Austen: uniform compressions and the standard LLM recipes, in the same rounds.
 
-`python benchmarks/llm.py` (after `make examples`; `pip install onnxruntime-genai` adds the
+`python benchmarks/llm.py` (after `make examples`; `pip install -e ".[bench]"` adds the
 onnxruntime-genai build). Every model is a KV-cache graph measured on `cpu-ort-llm` (2 threads,
 a 128-token prompt, 32 new tokens, greedy), all in the same interleaved rounds against the fp32
 export (`tightfit.evaluators.measure_jointly`): prefill ms, decode ms per token and the whole
@@ -59,7 +59,7 @@ def genai_graph(checkpoint: Path, out: Path) -> Path | None:
     import onnx
 
     if importlib.util.find_spec("onnxruntime_genai") is None:
-        print("onnxruntime-genai is not installed: its build is left out")
+        print('onnxruntime-genai is not installed (pip install -e ".[bench]"): its build is left out')
         return None
     if not (out / "model.onnx").exists():
         subprocess.run(

@@ -15,7 +15,8 @@ from tests.conftest import make_ctx
 from tightfit.config import CallableSpec, ModelSpec, SpaceSpec
 from tightfit.evaluators import predict
 from tightfit.exceptions import CandidateError
-from tightfit.kernels import compress, discover_units
+from tightfit.kernels import compress, discover_units, get_kernel
+from tightfit.kernels._pipeline import _probe_fails
 from tightfit.kernels.export import GENERATION_TORCH, torch_older_than
 from tightfit.spaces import Candidate
 from tightfit.task import load_data, load_model
@@ -43,6 +44,10 @@ def test_units_are_blocks_and_off_unless_asked(folder: Path, fast_profile, tmp_p
     ]
     assert [u.path for u in drops] == [f"model.model.layers.{i}" for i in range(3)]
     assert all(u.choices == (False, True) for u in drops)
+    # discovery probes the blocks together (one export, not one per block): all but the first
+    depth = get_kernel("depth")
+    assert list(depth.strongest(drops).values()) == [False, True, True]
+    assert _probe_fails(model, depth, drops, ctx, tmp_path) is None
 
 
 def test_a_dropped_block_leaves_the_model_without_it(folder: Path, fast_profile, tmp_path) -> None:

@@ -70,6 +70,11 @@ class Kernel(ABC):
         """Parts of ``model`` this kernel recognises but will not act on, with the reason."""
         return []
 
+    def strongest(self, units: list[Unit]) -> dict[str, Any]:
+        """The plan that probes ``units`` together when the space is discovered: each at its
+        strongest level (its last choice)."""
+        return {u.path: u.choices[-1] for u in units}
+
     def apply(self, model: nn.Module, plan: dict[str, Any], ctx: SurgeryContext) -> dict[str, Any]:
         """Torch stage: change ``model`` in place; return a report of what was done."""
         raise NotImplementedError

@@ -88,11 +88,11 @@ def probe_units(
 def _probe_fails(
     model: nn.Module, kernel: Any, units: list[Unit], ctx: SurgeryContext, scratch: Path
 ) -> str | None:
-    """Why ``kernel`` at the strongest level of ``units`` (their last choice) fails; None when
-    it applies, runs and exports."""
+    """Why ``kernel`` at the strongest level of ``units`` (``kernel.strongest``) fails; None
+    when it applies, runs and exports."""
     compressed = copy.deepcopy(model).eval()
     try:
-        kernel.apply(compressed, {u.path: u.choices[-1] for u in units}, ctx)
+        kernel.apply(compressed, kernel.strongest(units), ctx)
         _check_forward(model, compressed, ctx)
         ctx.export(compressed, scratch / "probe.onnx")
     except Exception as e:  # any failure: the unit is refused with it

@@ -61,6 +61,18 @@ class Depth(Kernel):
                     units.append(Unit(block, self.knob, (False, True), {"blocks": len(stack)}))
         return units
 
+    def strongest(self, units: list[Unit]) -> dict[str, Any]:
+        """Every block dropped but, where the units are a whole stack, its first: a stack
+        without blocks is no model (probing every block alone instead costs an export each)."""
+        plan = super().strongest(units)
+        stacks: dict[str, list[Unit]] = {}
+        for u in units:
+            stacks.setdefault(u.path.rpartition(".")[0], []).append(u)
+        for mine in stacks.values():
+            if len(mine) == mine[0].info["blocks"]:
+                plan[mine[0].path] = False
+        return plan
+
     def apply(self, model: nn.Module, plan: dict[str, Any], ctx: SurgeryContext) -> dict[str, Any]:
         stacks = block_stacks(model)
         dropped: list[str] = []

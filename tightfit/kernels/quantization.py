@@ -110,6 +110,10 @@ def _chain_nodes(model: onnx.ModelProto, seeds: set[str]) -> set[str]:
     return found
 
 
+#: static calibration merges its ranges after this many batches (its memory bound)
+CALIBRATION_MERGE_EVERY = 2
+
+
 def _quantize_int8(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -133,7 +137,12 @@ def _quantize_int8(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext) -
         activation_type=getattr(QuantType, settings.activation_type),
         weight_type=getattr(QuantType, settings.weight_type),
         calibrate_method=getattr(CalibrationMethod, settings.calibrate_method),
-        extra_options={"ActivationSymmetric": settings.symmetric_activations},
+        extra_options={
+            "ActivationSymmetric": settings.symmetric_activations,
+            # ranges are merged every few batches instead of keeping every batch's outputs
+            # (a language model's logits alone: 50 MB per 256-token window)
+            "CalibMaxIntermediateOutputs": CALIBRATION_MERGE_EVERY,
+        },
     )
 
 
@@ -320,19 +329,21 @@ def engagement(
 
 def _engaging(units: list[Unit], ctx: SurgeryContext) -> list[Unit]:
     """``units`` without int8 where it would not engage: the baseline is quantized once with
-    every int8 choice at 8 bits (static Q/DQ, as Conv and Gemm always are) and followed into the
-    runtime's optimized graph (``engagement``); a layer that still runs in float there is not
-    offered int8, so no trial spends its time on a plan that measures as float."""
+    every int8 choice at 8 bits (static Q/DQ, as Conv and Gemm always are; MatMul dynamic where
+    the profile says ``int8_format: dynamic``) and followed into the runtime's optimized graph
+    (``engagement``); a layer that still runs in float there is not offered int8, so no trial
+    spends its time on a plan that measures as float."""
     int8 = [u for u in units if 8 in u.choices]
     if not int8 or ctx.baseline_onnx is None or not _checks_engagement(ctx.profile):
         return units
     nodes = {n for u in int8 for n in u.info["nodes"]}
-    static = replace(ctx, profile=ctx.profile.with_int8_format("static"))
+    if ctx.profile.quantization.int8_format != "dynamic":  # auto: static, the stricter format
+        ctx = replace(ctx, profile=ctx.profile.with_int8_format("static"))
     logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            quantized = _quantize(ctx.baseline_onnx, Path(tmp), {8: nodes, 4: set()}, static)
-            floating = set(engagement(ctx.baseline_onnx, quantized, {8: nodes}, static).float_nodes)
+            quantized = _quantize(ctx.baseline_onnx, Path(tmp), {8: nodes, 4: set()}, ctx)
+            floating = set(engagement(ctx.baseline_onnx, quantized, {8: nodes}, ctx).float_nodes)
         except Exception as e:  # the trials will say what fails, layer by layer
             log.warning(
                 "int8 engagement probe failed (%s: %s); every int8 choice kept", type(e).__name__, e
