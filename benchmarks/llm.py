@@ -59,7 +59,9 @@ def genai_graph(checkpoint: Path, out: Path) -> Path | None:
     import onnx
 
     if importlib.util.find_spec("onnxruntime_genai") is None:
-        print('onnxruntime-genai is not installed (pip install -e ".[bench]"): its build is left out')
+        print(
+            'onnxruntime-genai is not installed (pip install -e ".[bench]"): its build is left out'
+        )
         return None
     if not (out / "model.onnx").exists():
         subprocess.run(

@@ -41,9 +41,12 @@ def test_a_pick_names_the_knee_the_front_or_a_complete_trial() -> None:
     assert _pick(study, OBJECTIVES, "all") == [2, 1, 0]  # the front, fastest first
     assert _pick(study, OBJECTIVES, "knee") == [1]  # the balance of the three
     assert _pick(study, OBJECTIVES, "3") == [3]  # any complete trial, by number
+    assert _pick(study, OBJECTIVES, "3, 0,3") == [3, 0]  # several, once each, in that order
     with pytest.raises(TightfitError, match="trial 9 is not a complete trial"):
         _pick(study, OBJECTIVES, "9")
-    with pytest.raises(TightfitError, match="must be 'knee', 'all' or a trial number"):
+    with pytest.raises(TightfitError, match="trial 9 is not a complete trial"):
+        _pick(study, OBJECTIVES, "1,9")
+    with pytest.raises(TightfitError, match="must be 'knee', 'all' or trial numbers"):
         _pick(study, OBJECTIVES, "best")
 
 

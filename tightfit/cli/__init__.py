@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pick",
         default="knee",
-        help="knee | all (the front, re-measured together) | a trial number",
+        help="knee | all (the front, re-measured together) | trial numbers: 7, or 3,7 (together)",
     )
     p.add_argument("--out", required=True)
     p.add_argument("--profile", default=None, help="which profile's front (default: the first)")

@@ -334,7 +334,8 @@ def _engaging(units: list[Unit], ctx: SurgeryContext) -> list[Unit]:
     (``engagement``); a layer that still runs in float there is not offered int8, so no trial
     spends its time on a plan that measures as float."""
     int8 = [u for u in units if 8 in u.choices]
-    if not int8 or ctx.baseline_onnx is None or not _checks_engagement(ctx.profile):
+    baseline = ctx.baseline_onnx
+    if not int8 or baseline is None or not _checks_engagement(ctx.profile):
         return units
     nodes = {n for u in int8 for n in u.info["nodes"]}
     if ctx.profile.quantization.int8_format != "dynamic":  # auto: static, the stricter format
@@ -342,8 +343,8 @@ def _engaging(units: list[Unit], ctx: SurgeryContext) -> list[Unit]:
     logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            quantized = _quantize(ctx.baseline_onnx, Path(tmp), {8: nodes, 4: set()}, ctx)
-            floating = set(engagement(ctx.baseline_onnx, quantized, {8: nodes}, ctx).float_nodes)
+            quantized = _quantize(baseline, Path(tmp), {8: nodes, 4: set()}, ctx)
+            floating = set(engagement(baseline, quantized, {8: nodes}, ctx).float_nodes)
         except Exception as e:  # the trials will say what fails, layer by layer
             log.warning(
                 "int8 engagement probe failed (%s: %s); every int8 choice kept", type(e).__name__, e

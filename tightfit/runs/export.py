@@ -129,15 +129,19 @@ def _pick(study: Any, objectives: list[str], pick: str) -> list[int]:
                 "the search has no feasible Pareto point yet; run more trials or relax the constraints"
             )
         return [int(t) for t in front["trial"]]
-    if not pick.isdigit():
-        raise TightfitError(f"--pick must be 'knee', 'all' or a trial number, got '{pick}'")
-    number = int(pick)
-    complete = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    if number not in complete:
+    numbers = pick.replace(" ", "").split(",")
+    if not all(n.isdigit() for n in numbers):
         raise TightfitError(
-            f"trial {number} is not a complete trial of this search; see 'tightfit pareto'"
+            f"--pick must be 'knee', 'all' or trial numbers (7, or 3,7), got '{pick}'"
         )
-    return [number]
+    complete = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    missing = [n for n in numbers if int(n) not in complete]
+    if missing:
+        raise TightfitError(
+            f"trial {', '.join(missing)} is not a complete trial of this search; "
+            "see 'tightfit pareto'"
+        )
+    return list(dict.fromkeys(int(n) for n in numbers))
 
 
 def export(
@@ -151,7 +155,8 @@ def export(
     engine (``model.onnx``; ``model.plan`` on TensorRT) and ``manifest.json``; re-measure them
     together on the profile's hardware, and check the accuracy of the written file.
 
-    ``pick``: ``knee`` (the front's best balance), ``all`` (the whole front) or a trial number.
+    ``pick``: ``knee`` (the front's best balance), ``all`` (the whole front) or trial numbers
+    (``"7"``, ``"3,7"``: several are re-measured together, as ``all`` is).
     ``register``: also register each as an MLflow Model (an ONNX-flavour model).
 
     Example:
