@@ -110,10 +110,6 @@ def _chain_nodes(model: onnx.ModelProto, seeds: set[str]) -> set[str]:
     return found
 
 
-#: static calibration merges its ranges after this many batches (its memory bound)
-CALIBRATION_MERGE_EVERY = 2
-
-
 def _quantize_int8(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -137,12 +133,9 @@ def _quantize_int8(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext) -
         activation_type=getattr(QuantType, settings.activation_type),
         weight_type=getattr(QuantType, settings.weight_type),
         calibrate_method=getattr(CalibrationMethod, settings.calibrate_method),
-        extra_options={
-            "ActivationSymmetric": settings.symmetric_activations,
-            # ranges are merged every few batches instead of keeping every batch's outputs
-            # (a language model's logits alone: 50 MB per 256-token window)
-            "CalibMaxIntermediateOutputs": CALIBRATION_MERGE_EVERY,
-        },
+        # Not CalibMaxIntermediateOutputs (a memory bound): ONNX Runtime 1.32's MinMax
+        # calibrator drops the batches it collected at that count instead of merging them.
+        extra_options={"ActivationSymmetric": settings.symmetric_activations},
     )
 
 
