@@ -125,11 +125,11 @@ def compress(
     compressed, report = apply(model, candidate, ctx)
     float_path = ctx.export(compressed, out_dir / "float.onnx")
     current = float_path
-    dropped = tuple(report.get("depth", {}).get("dropped", ()))
+    # a layer of a dropped block has no node left to act on: its choice is moot
+    dropped = tuple(f"{d}." for d in report.get("depth", {}).get("dropped", ()))
     for kernel in registered_kernels():
         plan = candidate.plan_for(kernel.knob)
-        # a layer of a dropped block has no node left to act on: its choice is moot
-        moot = sorted(p for p in plan if p.startswith(tuple(f"{d}." for d in dropped)))
+        moot = sorted(p for p in plan if p.startswith(dropped))
         plan = {p: v for p, v in plan.items() if p not in moot}
         if kernel.stage == "onnx" and plan:
             dst = out_dir / f"{kernel.name}.onnx"

@@ -116,19 +116,13 @@ def _resolve_profile(config: SearchConfig, name: str | None) -> HardwareProfile:
 def _pick(study: Any, objectives: list[str], pick: str) -> list[int]:
     from optuna.trial import TrialState
 
-    front = front_frame(study)
-    if pick == "knee":
+    if pick in ("knee", "all"):
+        front = front_frame(study)
         if front.empty:
             raise TightfitError(
                 "the search has no feasible Pareto point yet; run more trials or relax the constraints"
             )
-        return [knee(front, objectives)]
-    if pick == "all":
-        if front.empty:
-            raise TightfitError(
-                "the search has no feasible Pareto point yet; run more trials or relax the constraints"
-            )
-        return [int(t) for t in front["trial"]]
+        return [knee(front, objectives)] if pick == "knee" else [int(t) for t in front["trial"]]
     numbers = pick.replace(" ", "").split(",")
     if not all(n.isdigit() for n in numbers):
         raise TightfitError(
