@@ -33,10 +33,21 @@ def _latency_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 @pytest.fixture(scope="session")
 def fast_profile() -> HardwareProfile:
-    """cpu-ort with a short measurement protocol (fast tests; accuracy of latency not asserted)."""
+    """cpu-ort with a short measurement protocol (fast tests; accuracy of latency not asserted)
+    and the TorchScript exporter.
+
+    The searches that use it test the search, not the exporter: a dynamo export costs 20-30
+    times a TorchScript one on these small models (README, "Exporters"), and paid per candidate
+    it tripled the suite's time. The dynamo exporter, the default, has its own tests:
+    ``tests/kernels/test_export_dynamo.py`` (every kernel on dynamo graphs), the generation and
+    perplexity searches, and the shipped examples' searches in ``tests/test_examples.py``.
+    """
     base = get_profile("cpu-ort")
     return base.model_copy(
-        update={"measurement": base.measurement.model_copy(update=FAST_MEASUREMENT)}
+        update={
+            "measurement": base.measurement.model_copy(update=FAST_MEASUREMENT),
+            "exporter": "torchscript",
+        }
     )
 
 
@@ -46,6 +57,17 @@ def fast_profile_file(
 ) -> Path:
     path = tmp_path_factory.mktemp("profiles") / "cpu-ort-fast.yaml"
     path.write_text(fast_profile.model_copy(update={"name": "cpu-ort-fast"}).to_yaml())
+    return path
+
+
+@pytest.fixture(scope="session")
+def fast_dynamo_profile_file(
+    tmp_path_factory: pytest.TempPathFactory, fast_profile: HardwareProfile
+) -> Path:
+    """The fast profile on the default exporter (dynamo): the ``loose`` search runs on it."""
+    path = tmp_path_factory.mktemp("profiles") / "cpu-ort-fast.yaml"
+    profile = fast_profile.model_copy(update={"name": "cpu-ort-fast", "exporter": "dynamo"})
+    path.write_text(profile.to_yaml())
     return path
 
 
@@ -67,7 +89,9 @@ def make_ctx(
     classifier: str | None = "fc",
 ) -> SurgeryContext:
     example = data.example_inputs()
-    baseline = export_onnx(model, example, data.input_names, tmp / "baseline.onnx")
+    baseline = export_onnx(
+        model, example, data.input_names, tmp / "baseline.onnx", exporter=profile.exporter
+    )
     return SurgeryContext(
         example_inputs=example,
         input_names=data.input_names,
@@ -109,15 +133,16 @@ def finished(tmp_path_factory, fast_profile_file):
 
 
 @pytest.fixture(scope="session")
-def loose(tmp_path_factory, fast_profile_file):
+def loose(tmp_path_factory, fast_dynamo_profile_file):
     """A search that no accuracy bound stops early: every candidate is measured, then measured
-    again with the others at the end (``latency.remeasure: measured``)."""
+    again with the others at the end (``latency.remeasure: measured``); exported by dynamo,
+    the default exporter."""
     from tightfit.runs import run_search
 
     workdir = tmp_path_factory.mktemp("loose")
     config = search_config(
         workdir,
-        fast_profile_file,
+        fast_dynamo_profile_file,
         name="loose",
         n_trials=5,
         constraints={"max_accuracy_drop": 1.0},

@@ -347,7 +347,9 @@ def conform(
     model = family.model(size)
     data = family.sample(size, n, 0)
     example = tuple(torch.from_numpy(v[:2]) for v in data.values())
-    baseline = export_onnx(model, example, family.inputs, tmp / "baseline.onnx")
+    baseline = export_onnx(
+        model, example, family.inputs, tmp / "baseline.onnx", exporter=profile.exporter
+    )
     ctx = SurgeryContext(
         example_inputs=example,
         input_names=family.inputs,

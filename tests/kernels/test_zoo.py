@@ -43,7 +43,8 @@ QUANTIZED_TOLERANCE = 0.5  # 1 - median cosine (onnx int8/4-bit vs the float tor
 def test_every_kernel_on_every_family_runs_matches_or_is_refused_up_front(
     name: str, fast_profile: HardwareProfile, tmp_path: Path
 ) -> None:
-    c = zoo.conform(zoo.FAMILIES[name], "tiny", fast_profile, tmp_path)
+    profile = fast_profile.model_copy(update={"exporter": "dynamo"})  # the default exporter
+    c = zoo.conform(zoo.FAMILIES[name], "tiny", profile, tmp_path)
     failed = {case: o.why for case, o in c.outcomes.items() if o.status == "failed"}
     assert not failed, failed  # a crash or a mid-search forward failure is a defect
     for case, o in c.outcomes.items():
@@ -66,7 +67,7 @@ def test_every_kernel_on_every_family_runs_matches_or_is_refused_up_front(
     assert layouts == ({HEADS[name]} if name in HEADS else set()), layouts
     # measured: every candidate and the baseline in the same rounds, on the real runtime
     paths = [c.outcomes[case].onnx for case in ok]
-    results = measure_jointly(paths, c.baseline_onnx, fast_profile, c.feed_one)
+    results = measure_jointly(paths, c.baseline_onnx, profile, c.feed_one)
     assert all(np.isfinite(r.median_ms) and r.median_ms > 0 for r in results)
 
 
@@ -153,7 +154,9 @@ def test_a_unit_that_fails_its_strongest_level_is_refused_when_the_space_is_disc
         input_names=family.inputs,
         calibration=data,
         profile=fast_profile,
-        baseline_onnx=export_onnx(model, example, family.inputs, tmp_path / "b.onnx"),
+        baseline_onnx=export_onnx(
+            model, example, family.inputs, tmp_path / "b.onnx", exporter=fast_profile.exporter
+        ),
     )
     units, refused = discover(model, ctx, SpaceSpec())
     (head,) = [r for r in refused if r.path == "model.lm_head"]
