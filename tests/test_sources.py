@@ -4,6 +4,7 @@ state-dict checkpoint; torch DataLoaders and iterables with a transform; metrics
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -199,13 +200,14 @@ def test_loader_mistakes_name_the_fix() -> None:
 
 @pytest.mark.slow
 def test_a_search_runs_on_a_hugging_face_folder_fed_by_a_dataloader(
-    bert_folder: Path, fast_profile_file: Path, tmp_path: Path
+    bert_folder: Path, fast_dynamo_profile_file: Path, tmp_path: Path
 ) -> None:
     """The whole pipeline on the two forms users hold: heads and FFN neurons of the folder's
-    BERT pruned, int8, exported, scored on the DataLoader's validation batches."""
+    BERT pruned, exported by the default exporter, fused (Attention, SkipLayerNormalization),
+    int8, scored on the DataLoader's validation batches."""
     config = search_config(
         tmp_path / "w",
-        fast_profile_file,
+        fast_dynamo_profile_file,
         name="hf",
         model={"hf": str(bert_folder)},
         data={"callable": "tests.models:token_loaders", "calibration_samples": 24},
@@ -227,6 +229,19 @@ def test_a_search_runs_on_a_hugging_face_folder_fed_by_a_dataloader(
         if any(v > 0 for k, v in t.params.items() if k.endswith("attention.self.prune_ratio.level"))
     ]
     assert pruned_heads, [t.params for t in complete]  # the uniform seeds prune every head group
+    # the baseline and every candidate fused; an int8 attention runs as QAttention, engaged
+    assert study.user_attrs["export"]["fusions"]["Attention"] == 2
+    int8 = 0
+    for t in complete:
+        report = t.user_attrs.get("report", {})
+        if t.user_attrs["is_baseline"]:
+            continue
+        assert report["fusions"]["Attention"] == 2, report
+        if "quantize" in report:
+            assert report["quantize"]["int8_engaged"] == 1.0
+            bits = json.loads(t.user_attrs["candidate"])["bits"]
+            int8 += any(p.endswith("attention.self") and b == 8 for p, b in bits.items())
+    assert int8  # the strongest uniform seed puts every layer, attention included, in int8
     assert not outcome.front("cpu-ort-fast").empty
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -295,6 +295,7 @@ class Outcome:
     units: int = 0
     error: float = 0.0  # float kernels: max |onnx - torch| / max |torch|; quantized: 1 - median cos
     onnx: Any = None  # the candidate's ONNX path (ok only)
+    report: dict[str, Any] = field(default_factory=dict)  # what the kernels did (ok only)
 
 
 @dataclass
@@ -305,6 +306,7 @@ class Conformance:
     refused: list[Any]  # Refusal
     outcomes: dict[str, Outcome]
     baseline_onnx: Any
+    fusions: dict[str, int]  # the baseline's fused operators (kernels.fusion)
     feed: dict[str, np.ndarray]
     ctx: Any
 
@@ -341,6 +343,7 @@ def conform(
     from tightfit.config import SpaceSpec
     from tightfit.evaluators import predict
     from tightfit.kernels import SurgeryContext, compress, discover, export_onnx
+    from tightfit.kernels.fusion import fuse_for
     from tightfit.spaces import CompressionSpace
 
     tmp = Path(tmp)
@@ -350,6 +353,7 @@ def conform(
     baseline = export_onnx(
         model, example, family.inputs, tmp / "baseline.onnx", exporter=profile.exporter
     )
+    fusions = fuse_for(profile, baseline, data).counts  # as the workspace fuses a baseline
     ctx = SurgeryContext(
         example_inputs=example,
         input_names=family.inputs,
@@ -385,7 +389,9 @@ def conform(
             with torch.no_grad():
                 want = out.model(*(torch.from_numpy(v) for v in data.values())).numpy()
             error = _compare(got, want, quantized="bits" in target)
-            outcomes[case] = Outcome("ok", units=len(plan), error=error, onnx=out.onnx_path)
+            outcomes[case] = Outcome(
+                "ok", units=len(plan), error=error, onnx=out.onnx_path, report=out.report
+            )
         except Exception as e:  # the suite reports it; the test fails on it
             outcomes[case] = Outcome("failed", f"{type(e).__name__}: {e}"[:300], len(plan))
-    return Conformance(family.name, counts, units, refused, outcomes, baseline, data, ctx)
+    return Conformance(family.name, counts, units, refused, outcomes, baseline, fusions, data, ctx)

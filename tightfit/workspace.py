@@ -43,6 +43,7 @@ from tightfit.hardware_profiles import HardwareProfile
 from tightfit.kernels import SurgeryContext, compress, export_onnx
 from tightfit.kernels._hooks import run_watched
 from tightfit.kernels.export import export_for, verify_export
+from tightfit.kernels.fusion import fuse_for
 from tightfit.kernels.precision import to_float16
 from tightfit.spaces import Candidate
 from tightfit.task import TaskData, is_token_input, load_data, load_model, model_id
@@ -170,7 +171,7 @@ class Workspace:
         traced: list[str] = []
         profile = setup.profile
         #: the exporter this search's graphs come from, and why when it is not the profile's
-        self.export_record: dict[str, str] = {"exporter": profile.exporter}
+        self.export_record: dict[str, Any] = {"exporter": profile.exporter}
         try:
             self.baseline_onnx = self._export_baseline(profile, example, traced)
         except CandidateError as e:
@@ -200,6 +201,7 @@ class Workspace:
                     f"torchscript: {again})"
                 ) from None
         self._verify_export(what, traced)
+        profile = self._fuse_baseline(profile, what)
         self.float_onnx = self.baseline_onnx  # the graph units are discovered on
         if setup.profile.float_precision == "fp16":
             self.baseline_onnx = to_float16(self.float_onnx, self.scratch / "baseline-fp16.onnx")
@@ -256,6 +258,25 @@ class Workspace:
     ) -> Path:
         path = self.scratch / "baseline.onnx"
         return export_for(profile, self.model, example, self.data.input_names, path, traced)
+
+    def _fuse_baseline(self, profile: HardwareProfile, what: str) -> HardwareProfile:
+        """The baseline fused as the profile asks (``kernels.fusion``), checked against the
+        export on validation inputs; the profile every candidate is then fused by. The fused
+        operators' counts are on record (``export_record["fusions"]``). A fused graph that does
+        not compute what the export computes is not used: the search runs unfused, with a
+        warning and on record (``fusion_refused``)."""
+        path = self.scratch / "baseline-fused.onnx"
+        shutil.copyfile(self.baseline_onnx, path)
+        inputs = {k: self.data.validation[k][:32] for k in self.data.input_names}
+        fused = fuse_for(profile, path, inputs)
+        if fused.refused:
+            log.warning("%s: the fused graph is not used (%s)", what, fused.refused)
+            self.export_record["fusion_refused"] = fused.refused
+            return profile.model_copy(update={"graph_fusion": "off"})
+        if fused.counts:
+            self.baseline_onnx = path
+            self.export_record["fusions"] = fused.counts
+        return profile
 
     def _verify_export(self, what: str, traced: list[str]) -> None:
         """The exported baseline must compute what the model computes, on validation inputs:

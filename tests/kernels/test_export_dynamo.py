@@ -120,7 +120,9 @@ def test_the_recipe_fuses_a_dynamo_bert_through_onnxscript(fast_profile, tmp_pat
         # fused kernels round differently (0.99987 on ORT 1.20, 0.99999 on 1.32)
         assert min_cosine(out, reference) > (0.9995 if variant == "fp32" else 0.95), variant
         ops = runtime_ops(path, tmp_path / variant)
-        assert "Attention" in ops or "QAttention" in ops, variant
+        # int8: the packed q/k/v weight in integers too (onnxscript's qkv_hidden_sizes, which
+        # ONNX Runtime's quantizer refuses, is dropped where the three are equal)
+        assert ("QAttention" if variant == "int8-dynamic" else "Attention") in ops, variant
         assert bool(ops & INTEGER_OPS) == variant.startswith("int8"), variant
 
 

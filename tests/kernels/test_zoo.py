@@ -51,6 +51,8 @@ def test_every_kernel_on_every_family_runs_matches_or_is_refused_up_front(
         if o.status == "ok":
             quantized = case in ("int8", "4-bit")
             assert o.error < (QUANTIZED_TOLERANCE if quantized else FLOAT_TOLERANCE), (case, o)
+            # a fused baseline: each candidate is fused too, or says why not (kernels.fusion)
+            assert not c.fusions or {"fusions", "fusion_refused"} & set(o.report), (case, o)
         elif o.status != "ok":
             assert o.why, case  # every kernel that does not apply says why
     ok = [case for case, o in c.outcomes.items() if o.status == "ok"]

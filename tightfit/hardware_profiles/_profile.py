@@ -172,6 +172,14 @@ class HardwareProfile(Record):
         description="ONNX opset of every export (the baseline's and each candidate's); None: "
         "18 with dynamo (18 and up), 17 with torchscript (which writes up to 20)",
     )
+    graph_fusion: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: on ONNX Runtime, a transformer exported by dynamo is fused "
+        "(onnxscript's ONNX Runtime fusions: Attention, SkipLayerNormalization, BiasGelu) "
+        "before precision is applied, as a deployment would run it; a graph with nothing to "
+        "fuse, a TorchScript graph and a generation graph stay as exported. off: every graph "
+        "as exported (the runtime still applies its own session optimizations)",
+    )
     float_precision: Literal["fp32", "fp16"] = Field(
         "fp32", description="precision of the baseline and of every layer not quantized"
     )

@@ -14,6 +14,7 @@ from torch import nn
 from tightfit.exceptions import CandidateError
 from tightfit.kernels._base import Refusal, SurgeryContext, Unit
 from tightfit.kernels._registry import registered_kernels
+from tightfit.kernels.fusion import fuse_for
 from tightfit.kernels.precision import to_float16
 from tightfit.kernels.recovery import distill, recalibrate_batchnorm, reconstruct
 
@@ -124,6 +125,12 @@ def compress(
     out_dir.mkdir(parents=True, exist_ok=True)
     compressed, report = apply(model, candidate, ctx)
     float_path = ctx.export(compressed, out_dir / "float.onnx")
+    # fused as the baseline was (kernels.fusion), checked on a few calibration samples
+    fused = fuse_for(ctx.profile, float_path, {k: v[:8] for k, v in ctx.calibration.items()})
+    if fused.counts:
+        report["fusions"] = fused.counts
+    if fused.refused:
+        report["fusion_refused"] = fused.refused
     current = float_path
     # a layer of a dropped block has no node left to act on: its choice is moot
     dropped = tuple(f"{d}." for d in report.get("depth", {}).get("dropped", ()))

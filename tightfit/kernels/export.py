@@ -36,7 +36,8 @@ from tightfit.workdir import atomic_write
 if TYPE_CHECKING:
     from tightfit.hardware_profiles import HardwareProfile
 
-COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
+#: the operators a layer's compute lives in (a fused Attention holds a layer's q, k and v)
+COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "Attention")
 
 
 @contextlib.contextmanager
@@ -389,20 +390,24 @@ def _batchnorm_inputs(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]
     return fed
 
 
-def scope_names(model: onnx.ModelProto, folded: dict[str, str] | None = None) -> None:
+def scope_names(
+    model: onnx.ModelProto, folded: dict[str, str] | None = None, unnamed_only: bool = False
+) -> None:
     """Rename the dynamo exporter's nodes after the modules they come from, as TorchScript
     names them (``/layer1/layer1.0/conv1/Conv_3``), so :func:`module_of_node` reads both.
 
     The module paths come from each node's ``pkg.torch.onnx.name_scopes`` metadata (the
     enclosing modules' full paths, then the operator). A Conv whose scopes end in a BatchNorm
     of ``folded`` (BatchNorm path -> Conv path) was fused from that Conv: it takes the Conv's
-    path. Nodes without metadata keep their names.
+    path. Nodes without metadata keep their names. ``unnamed_only``: rename only the nodes
+    not named so yet (the fused nodes of ``kernels.fusion``, which carry the scopes of the
+    nodes they replaced), keeping every other name.
     """
     folded = folded or {}
-    used: set[str] = set()
+    used: set[str] = {n.name for n in model.graph.node} if unnamed_only else set()
     for i, node in enumerate(model.graph.node):
         meta = {p.key: p.value for p in node.metadata_props}
-        if NAME_SCOPES not in meta:
+        if NAME_SCOPES not in meta or (unnamed_only and node.name.startswith("/")):
             continue
         scopes = [s for s in ast_list(meta[NAME_SCOPES])[:-1] if s]  # minus the root and the op
         if scopes and scopes[-1] in folded and node.op_type == "Conv":

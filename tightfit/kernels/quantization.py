@@ -32,6 +32,7 @@ from tightfit.kernels.bias_correction import MAX_SAMPLES, WeightQuant, correct_b
 from tightfit.kernels.export import (
     COMPUTE_OPS,
     has_constant_weight,
+    module_of_node,
     node_op_types,
     nodes_by_module,
 )
@@ -135,12 +136,15 @@ def _quantize_int8(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext) -
         calibrate_method=getattr(CalibrationMethod, settings.calibrate_method),
         # Not CalibMaxIntermediateOutputs (a memory bound): ONNX Runtime 1.32's MinMax
         # calibrator drops the batches it collected at that count instead of merging them.
-        extra_options={"ActivationSymmetric": settings.symmetric_activations},
+        extra_options={
+            "ActivationSymmetric": settings.symmetric_activations,
+            "DefaultTensorType": onnx.TensorProto.FLOAT,  # fused operators' outputs
+        },
     )
 
 
 def _quantize_dynamic(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext) -> None:
-    """Dynamic int8 for MatMul ``nodes``: weights offline (per output column when the
+    """Dynamic int8 for MatMul and fused Attention ``nodes``: weights offline (per output column when the
     profile says ``per_channel``), activations per run."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -148,10 +152,12 @@ def _quantize_dynamic(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext
         str(src),
         str(dst),
         nodes_to_quantize=sorted(nodes),
-        op_types_to_quantize=["MatMul"],
+        op_types_to_quantize=["MatMul", "Attention"],
         per_channel=ctx.profile.quantization.per_channel,
         reduce_range=_reduce_range(ctx),
         weight_type=QuantType.QInt8,
+        # fused operators (com.microsoft) have no ONNX shape inference: their outputs are float
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
 
 
@@ -188,9 +194,16 @@ class Quantization(Kernel):
         allowed = [b for b in space.quantize.bits if b in ctx.profile.bits_allowed]
         onnx_model = onnx.load(str(ctx.baseline_onnx), load_external_data=False)
         nodes = nodes_by_module(onnx_model)
+        attention = _fused_attention(onnx_model)
         units = []
         for path, layer in model.named_modules():
-            if path in ctx.ignore or not isinstance(layer, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            if path in ctx.ignore:
+                continue
+            if path in attention:  # q, k and v fused into one node: one unit, int8 or float
+                if 8 in allowed:
+                    units.append(Unit(path, self.knob, (32, 8), {"nodes": attention[path]}))
+                continue
+            if not isinstance(layer, (nn.Linear, nn.Conv1d, nn.Conv2d)):
                 continue
             owned = nodes.get(path, [])
             if not owned:
@@ -235,6 +248,17 @@ class Quantization(Kernel):
                 "model with conversions, not an int8 one"
             )
         return report
+
+
+def _fused_attention(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Module path -> its fused ``Attention`` nodes (``kernels.fusion``): the innermost module
+    the node's name scopes, the one whose query, key and value projections it packs."""
+    out: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        scopes = module_of_node(node.name)
+        if node.op_type == "Attention" and scopes:
+            out.setdefault(scopes[-1], []).append(node.name)
+    return out
 
 
 class Engagement(NamedTuple):
@@ -383,17 +407,19 @@ def _quantize(src: Path, out_dir: Path, by_bits: dict[int, set[str]], ctx: Surge
 
 
 def _dynamic_nodes(src: Path, int8: set[str], ctx: SurgeryContext) -> set[str]:
-    """The int8 nodes quantized dynamically: MatMul, when the profile asks for dynamic.
+    """The int8 nodes quantized dynamically: MatMul, when the profile asks for dynamic, and a
+    fused Attention always (``QAttention``, ONNX Runtime's one integer attention, is dynamic).
 
     Not Gemm: ONNX Runtime's dynamic quantizer has no integer Gemm (its registry maps MatMul to
     MatMulInteger, Conv to ConvInteger), so a "dynamic" Gemm kept its float kernel behind a
     DequantizeLinear, as ``engagement`` showed on the digits classifier. A Gemm takes static
     Q/DQ (QGemm) in either format.
     """
-    if ctx.profile.quantization.int8_format != "dynamic":
-        return set()
     ops = node_op_types(onnx.load(str(src), load_external_data=False))
-    return {n for n in int8 if ops.get(n) == "MatMul"}
+    dynamic = {"Attention"}
+    if ctx.profile.quantization.int8_format == "dynamic":
+        dynamic.add("MatMul")
+    return {n for n in int8 if ops.get(n) in dynamic}
 
 
 def _with_bias_correction(

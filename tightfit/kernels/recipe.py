@@ -31,20 +31,9 @@ from torch import nn
 
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.kernels._base import SurgeryContext
+from tightfit.kernels.fusion import fused_graph
 
 log = logging.getLogger(__name__)
-
-#: operators whose presence after the transformer optimizer says it fused something
-FUSED_OPS = (
-    "Attention",
-    "MultiHeadAttention",
-    "SkipLayerNormalization",
-    "EmbedLayerNormalization",
-    "BiasGelu",
-    "FastGelu",
-    "Gelu",
-    "LayerNormalization",
-)
 
 
 def recipe_variants(profile: HardwareProfile) -> tuple[str, ...]:
@@ -70,70 +59,6 @@ def attention_shape(model: nn.Module) -> tuple[int, int] | None:
         if isinstance(heads, int) and isinstance(width, int):
             return heads, width
     return None
-
-
-def fuse_transformer(
-    src: Path, dst: Path, attention: tuple[int, int] | None = None
-) -> dict[str, int]:
-    """ONNX Runtime's transformer optimizer (``model_type="bert"``) on ``src``, with the
-    model's ``attention`` shape (heads, width) where known. Writes ``dst`` and returns the fused
-    operators' counts when it fused any; when it fused none (a CNN, or attention it does not
-    recognise), writes nothing and returns {}.
-
-    A graph from the dynamo exporter goes through onnxscript's ``optimize_for_ort`` instead:
-    ONNX Runtime's optimizer recognises TorchScript's patterns only (on all-MiniLM-L6-v2's
-    dynamo graph it fused no Attention; onnxscript fuses all six, see
-    ``benchmarks/results/exporters.md``)."""
-    if _from_dynamo(src):
-        return _fuse_with_onnxscript(src, dst)
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
-    logging.getLogger("fusion_base").setLevel(logging.ERROR)
-    logging.getLogger("onnx_model_bert").setLevel(logging.ERROR)
-    heads, width = attention or (0, 0)
-    optimized = optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=width)
-    stats = optimized.get_fused_operator_statistics()
-    fused = {op: int(n) for op, n in stats.items() if op in FUSED_OPS and n}
-    if fused:
-        optimized.save_model_to_file(str(dst))
-    return fused
-
-
-def _from_dynamo(path: Path) -> bool:
-    """Whether the dynamo exporter wrote ``path`` (its nodes carry their module scopes)."""
-    import onnx
-
-    from tightfit.kernels.export import NAME_SCOPES
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return any(p.key == NAME_SCOPES for n in graph.node for p in n.metadata_props)
-
-
-def _fuse_with_onnxscript(src: Path, dst: Path) -> dict[str, int]:
-    import onnx_ir as ir
-    from onnxscript.rewriter.ort_fusions import optimize_for_ort
-
-    model = ir.load(str(src))
-    optimize_for_ort(model)  # in place: Attention, SkipLayerNormalization, BiasGelu, ...
-    counts: dict[str, int] = {}
-    for node in model.graph:
-        if node.op_type in FUSED_OPS:
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    if counts:
-        ir.save(model, str(dst))
-    return counts
-
-
-def fused_graph(
-    baseline: Path, out_dir: Path, attention: tuple[int, int] | None = None
-) -> tuple[Path, dict[str, int]]:
-    """The graph the recipe's CPU variants start from, and the fused operators' counts: the
-    transformer optimizer's output where it fused anything, else ``baseline`` itself."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fused_path = out_dir / "fused.onnx"
-    fusions = fuse_transformer(baseline, fused_path, attention)
-    return (fused_path if fusions else baseline), fusions
 
 
 def build_recipe(

@@ -51,6 +51,8 @@ def build(
     recipes = []
     attention = attention_shape(ws.model)
     fused: tuple[Path, dict[str, int]] | None = None
+    if ws.export_record.get("fusions"):  # the search's baseline is fused already
+        fused = (ws.float_onnx, ws.export_record["fusions"])
     for variant in recipe_variants(profile):
         check()
         try:

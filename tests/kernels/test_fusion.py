@@ -1,0 +1,101 @@
+"""Candidates on fused graphs (``kernels.fusion``): a transformer's baseline and every candidate
+are fused as a deployment on ONNX Runtime runs them, and the per-layer plan still reaches the
+fused nodes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from tests import models
+from tests.conftest import make_ctx
+from tests.helpers import min_cosine, runtime_ops
+from tightfit.config import CallableSpec, SpaceSpec
+from tightfit.evaluators import predict
+from tightfit.hardware_profiles import HardwareProfile
+from tightfit.kernels import compress, discover_units
+from tightfit.kernels.fusion import fuse_for
+from tightfit.kernels.quantization import INTEGER_OPS
+from tightfit.spaces import CompressionSpace
+from tightfit.task import load_data
+
+transformers = pytest.importorskip("transformers")
+
+ATTENTION = "bert.encoder.layer.{}.attention.self"
+
+
+def _dynamo(profile: HardwareProfile, **update: object) -> HardwareProfile:
+    return profile.model_copy(update={"exporter": "dynamo", **update})
+
+
+def _bert_ctx(profile: HardwareProfile, tmp_path: Path):  # type: ignore[no-untyped-def]
+    model = models.tiny_bert()
+    data = load_data(CallableSpec(callable="tests.models:token_id_data"))
+    ctx = make_ctx(model, data, profile, tmp_path, classifier=None)
+    fuse_for(profile, ctx.baseline_onnx, data.validation)  # as the workspace fuses a baseline
+    return model, data, ctx
+
+
+def test_fused_attention_is_one_int8_unit_of_its_module(fast_profile, tmp_path) -> None:
+    model, data, ctx = _bert_ctx(_dynamo(fast_profile), tmp_path)
+    ops = {n.op_type for n in onnx.load(str(ctx.baseline_onnx)).graph.node}
+    assert {"Attention", "SkipLayerNormalization", "BiasGelu"} <= ops
+    units = discover_units(model, ctx, SpaceSpec(lowrank={"enabled": False}))
+    bits = {u.path: u for u in units if u.knob == "bits"}
+    for layer in (0, 1):
+        attention = bits[ATTENTION.format(layer)]
+        assert attention.choices == (32, 8)  # QAttention: int8 (dynamic) or float
+        [node] = attention.info["nodes"]
+        assert node.endswith(f"{ATTENTION.format(layer)}/Attention")
+        # the projections were packed into it: no unit of their own
+        assert not {f"{ATTENTION.format(layer)}.{p}" for p in ("query", "key", "value")} & set(bits)
+    assert "bert.encoder.layer.0.intermediate.dense" in bits  # the MatMuls keep theirs
+
+
+def test_fused_candidates_run_int8_and_compute_what_the_model_does(fast_profile, tmp_path) -> None:
+    """Heads and FFN neurons pruned by half (a layer of 4 heads keeps 2, so the fused Attention
+    has another head count than the baseline's), in float and with every layer int8, and the
+    unpruned model int8: each candidate is fused, its Attention runs as QAttention where int8,
+    and every planned layer runs in integers."""
+    model, data, ctx = _bert_ctx(_dynamo(fast_profile), tmp_path)
+    units = discover_units(model, ctx, SpaceSpec(prune={"ratios": [0.0, 0.5]}))
+    space = CompressionSpace(units, "bert")
+    feed = {k: v[:16] for k, v in data.validation.items()}
+    for prune, bits in ((0.5, 32), (0.5, 8), (0.0, 8)):
+        candidate = space.uniform(prune_ratio=prune, bits=bits)
+        out = compress(model, candidate, ctx, tmp_path / f"c{prune}-{bits}")
+        assert out.report["fusions"]["Attention"] == 2, out.report
+        ops = runtime_ops(out.onnx_path, tmp_path)
+        with torch.no_grad():
+            reference = out.model(*(torch.from_numpy(v) for v in feed.values())).numpy()
+        got = predict(out.onnx_path, feed)
+        if bits == 32:
+            assert "Attention" in ops and not ops & INTEGER_OPS
+            assert np.abs(got - reference).max() <= 1e-4 * np.abs(reference).max()
+        else:
+            assert "QAttention" in ops and "Attention" not in ops, (prune, ops)
+            assert out.report["quantize"]["int8_engaged"] == 1.0
+            assert min_cosine(got, reference) > 0.95
+
+
+def test_graph_fusion_off_keeps_the_export(fast_profile, tmp_path) -> None:
+    profile = _dynamo(fast_profile, graph_fusion="off")
+    model, _, ctx = _bert_ctx(profile, tmp_path)
+    ops = {n.op_type for n in onnx.load(str(ctx.baseline_onnx)).graph.node}
+    assert "Attention" not in ops
+    units = discover_units(model, ctx, SpaceSpec(lowrank={"enabled": False}))
+    bits = {u.path for u in units if u.knob == "bits"}
+    assert f"{ATTENTION.format(0)}.query" in bits and ATTENTION.format(0) not in bits
+    candidate = CompressionSpace(units, "bert").uniform(bits=8)
+    assert "fusions" not in compress(model, candidate, ctx, tmp_path / "c").report
+
+
+def test_a_cnn_and_a_torchscript_graph_are_not_fused(fast_profile, tiny_ctx, tmp_path) -> None:
+    assert fuse_for(_dynamo(fast_profile), tiny_ctx.baseline_onnx).counts == {}  # nothing
+    _, _, ctx = _bert_ctx(fast_profile, tmp_path)  # the fast profile exports with TorchScript
+    ops = {n.op_type for n in onnx.load(str(ctx.baseline_onnx)).graph.node}
+    assert "Attention" not in ops
