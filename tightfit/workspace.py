@@ -201,6 +201,8 @@ class Workspace:
                     f"torchscript: {again})"
                 ) from None
         self._verify_export(what, traced)
+        #: the export as the exporter wrote it (the baseline, unless it is fused)
+        self.plain_onnx = self.baseline_onnx
         profile = self._fuse_baseline(profile, what)
         self.float_onnx = self.baseline_onnx  # the graph units are discovered on
         if setup.profile.float_precision == "fp16":
@@ -274,6 +276,7 @@ class Workspace:
             self.export_record["fusion_refused"] = fused.refused
             return profile.model_copy(update={"graph_fusion": "off"})
         if fused.counts:
+            self.plain_onnx = self.baseline_onnx
             self.baseline_onnx = path
             self.export_record["fusions"] = fused.counts
         return profile

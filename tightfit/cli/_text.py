@@ -54,8 +54,8 @@ def _recipe_text(study: Any) -> str:
     recipe = study.user_attrs[StudyAttr.RECIPE]
     quality = quality_of(study.metric_names).name
     parts = [
-        f"{v} {r['speedup']:.2f}x ({quality} {r[quality]:.4f}"
-        f"{'' if r['feasible'] else ', infeasible'})"
+        f"{'the plain export (unfused)' if v == 'export' else v} {r['speedup']:.2f}x "
+        f"({quality} {r[quality]:.4f}{'' if r['feasible'] else ', infeasible'})"
         for v, r in recipe.items()
     ]
     m = metrics(study)
@@ -68,6 +68,8 @@ def _recipe_text(study: Any) -> str:
         )
     elif "recipe_best_speedup" not in m:
         text += "; no variant meets the accuracy constraint"
+    if "speedup_over_export" in m:
+        text += f"; {m['speedup_over_export']:.2f}x the plain export"
     return text
 
 
