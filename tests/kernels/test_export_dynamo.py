@@ -121,7 +121,8 @@ def test_the_recipe_fuses_a_dynamo_bert_through_onnxscript(fast_profile, tmp_pat
         assert min_cosine(out, reference) > (0.9995 if variant == "fp32" else 0.95), variant
         ops = runtime_ops(path, tmp_path / variant)
         # int8: the packed q/k/v weight in integers too (onnxscript's qkv_hidden_sizes, which
-        # ONNX Runtime's quantizer refuses, is dropped where the three are equal)
+        # ONNX Runtime's quantizer refuses, is dropped where the three are equal; its mask,
+        # which QAttention cannot take as attention_bias, is passed as mask_index)
         assert ("QAttention" if variant == "int8-dynamic" else "Attention") in ops, variant
         assert bool(ops & INTEGER_OPS) == variant.startswith("int8"), variant
 

@@ -174,7 +174,7 @@ class HardwareProfile(Record):
     )
     graph_fusion: Literal["auto", "off"] = Field(
         "auto",
-        description="auto: on ONNX Runtime, a transformer exported by dynamo is fused "
+        description="auto: on ONNX Runtime's CPU provider, a transformer exported by dynamo is fused "
         "(onnxscript's ONNX Runtime fusions: Attention, SkipLayerNormalization, BiasGelu) "
         "before precision is applied, as a deployment would run it; a graph with nothing to "
         "fuse, a TorchScript graph and a generation graph stay as exported. off: every graph "

@@ -84,7 +84,12 @@ def build_recipe(
 
     from tightfit._ort import cache_layout
     from tightfit.kernels.precision import to_float16
-    from tightfit.kernels.quantization import _quantize_int4, _Reader, _reduce_range
+    from tightfit.kernels.quantization import (
+        _quantize_int4,
+        _Reader,
+        _reduce_range,
+        masked_attention,
+    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
@@ -99,9 +104,13 @@ def build_recipe(
     info.update(per_channel=settings.per_channel, reduce_range=reduce_range)
     if variant == "int8-dynamic":
         dst = out_dir / "int8-dynamic.onnx"
+        masked = masked_attention(onnx.load(str(graph), load_external_data=False))
+        if masked:
+            info["float_attention"] = len(masked)  # int8 would drop their masks
         quantize_dynamic(
             str(graph),
             str(dst),
+            nodes_to_exclude=sorted(masked),
             per_channel=settings.per_channel,
             reduce_range=reduce_range,
             weight_type=QuantType.QInt8,
