@@ -50,11 +50,12 @@ def _aa_text(aa: dict[str, Any]) -> str:
 def _recipe_text(study: Any) -> str:
     """The standard recipe beside the front (measured in the same rounds), as one line."""
     from tightfit.search import recipe_metrics as metrics
+    from tightfit.search._recipe import PLAIN
 
     recipe = study.user_attrs[StudyAttr.RECIPE]
     quality = quality_of(study.metric_names).name
     parts = [
-        f"{'the plain export (unfused)' if v == 'export' else v} {r['speedup']:.2f}x "
+        f"{'the plain export (unfused)' if v == PLAIN else v} {r['speedup']:.2f}x "
         f"({quality} {r[quality]:.4f}{'' if r['feasible'] else ', infeasible'})"
         for v, r in recipe.items()
     ]

@@ -144,8 +144,8 @@ def _quantize_int8(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext) -
 
 
 def _quantize_dynamic(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext) -> None:
-    """Dynamic int8 for MatMul and fused Attention ``nodes``: weights offline (per output column when the
-    profile says ``per_channel``), activations per run."""
+    """Dynamic int8 for MatMul and fused Attention ``nodes``: weights offline (per output
+    column when the profile says ``per_channel``), activations per run."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
@@ -263,11 +263,11 @@ class Quantization(Kernel):
 
 
 def masked_attention(model: onnx.ModelProto) -> set[str]:
-    """The fused ``Attention`` nodes that take their mask as ``attention_bias`` (input 5, as
-    onnxscript's fusion writes a BERT's padding mask). ONNX Runtime's quantizer rewrites an
-    Attention into ``QAttention``, which has no such input, and drops it: on
-    all-MiniLM-L6-v2 the int8 model then attended to padding and lost 5.7 points of probe
-    accuracy. Such an Attention stays in float (its own fused kernel); its layer's other
+    """The fused ``Attention`` nodes that still take an ``attention_bias`` (input 5): those
+    whose bias ``fusion.mask_as_index`` could not turn into a ``mask_index``. ONNX Runtime's
+    quantizer rewrites an Attention into ``QAttention``, which has no such input, and drops
+    it (on all-MiniLM-L6-v2 the int8 model attended to padding and lost 5.7 points of probe
+    accuracy). Such an Attention stays in float (its own fused kernel); its layer's other
     MatMuls still take int8."""
     return {
         n.name
