@@ -8,7 +8,10 @@ measured in the same interleaved rounds against its plain fp32 export:
   zero biases, which the exporter stores once and hands on through Identity nodes; the quantizer
   then cannot quantize those biases and leaves their Convs in float;
 - **tightfit uniform int8**: the search space's uniform int8 candidate, built by the kernels a
-  trial uses (shared initializers inlined at export);
+  trial uses (shared initializers inlined at export), U8S8 (QUInt8 activations);
+- **tightfit uniform int8, S8S8**: the same with QInt8 activations, the other variant that
+  ``activation_type: auto`` measures (left out, with the reason, where its int8 does not
+  engage on this machine's ONNX Runtime);
 - **standard recipe**: what a user gets in a minute without tightfit, as every search builds it
   beside its front (``kernels.recipe``, ``int8-static``): ``quant_pre_process`` with its default
   graph optimization, then ``quantize_static`` (Q/DQ, the profile's types, per channel) on every
@@ -28,6 +31,7 @@ import logging
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +84,12 @@ def main() -> None:
     uniform = space.uniform(bits=8)
     built = compress(model, uniform, ctx, tmp / "tightfit")
     build_s = time.perf_counter() - t0
+    s8s8_ctx = replace(ctx, profile=profile.with_int8_format("static", "QInt8"))
+    try:
+        s8s8 = compress(model, uniform, s8s8_ctx, tmp / "tightfit-s8s8")
+        s8s8_error = None
+    except Exception as e:  # int8 that does not engage is refused (CandidateError)
+        s8s8, s8s8_error = None, f"{type(e).__name__}: {str(e).splitlines()[0]}"
 
     # the exporter's raw graph, quantized as tightfit did before (shape inference only)
     raw = tmp / "raw.onnx"
@@ -105,15 +115,18 @@ def main() -> None:
         n.name for n in onnx.load(str(recipe_pre)).graph.node if n.op_type in ("Conv", "Gemm")
     }
     engaged = {
-        "int8, exporter's graph": engagement(raw, before, {8: raw_nodes}, ctx),
-        "tightfit uniform int8": None,
-        "standard recipe": engagement(recipe_pre, recipe, {8: recipe_nodes}, ctx),
+        "int8, exporter's graph": engagement(raw, before, {8: raw_nodes}, ctx).report(),
+        "tightfit uniform int8": built.report["quantize"],
+        "standard recipe": engagement(recipe_pre, recipe, {8: recipe_nodes}, ctx).report(),
     }
     paths = {
         "int8, exporter's graph": before,
         "tightfit uniform int8": built.onnx_path,
         "standard recipe": recipe,
     }
+    if s8s8 is not None:
+        engaged["tightfit uniform int8, S8S8"] = s8s8.report["quantize"]
+        paths["tightfit uniform int8, S8S8"] = s8s8.onnx_path
     feed = input_feed({"image": (3, args.size, args.size)}, {"image": "float32"}, profile, 0)
     t1 = time.perf_counter()
     results = measure_jointly(list(paths.values()), baseline, profile, feed, seed=0)
@@ -121,16 +134,10 @@ def main() -> None:
 
     rows = []
     for (name, path), r in zip(paths.items(), results, strict=True):
-        e = engaged[name]
-        share = (
-            built.report["quantize"].get("int8_engaged")
-            if e is None
-            else e.report().get("int8_engaged")
-        )
         rows.append(
             {
                 "variant": name,
-                "int8_engaged": share,
+                "int8_engaged": engaged[name].get("int8_engaged"),
                 "speedup": r.speedup,
                 "ratio": r.ratio,
                 "ratio_ci": list(r.ratio_ci),
@@ -147,6 +154,7 @@ def main() -> None:
         "build_s": round(build_s, 1),
         "measure_s": round(measure_s, 1),
         "rows": rows,
+        "s8s8_error": s8s8_error,
         "machine": fingerprint(),
     }
     out = ROOT / "benchmarks" / "results"
@@ -177,6 +185,11 @@ def _markdown(r: dict) -> str:
             f"| {row['variant']} | {share} | {row['speedup']:.2f}x | {row['ratio']:.3f} "
             f"[{lo:.3f}, {hi:.3f}] | {row['median_ms']:.2f} | {row['size_mb']:.1f} |"
         )
+    if r.get("s8s8_error"):
+        lines += [
+            "",
+            f"tightfit uniform int8, S8S8: not built on this machine ({r['s8s8_error']}).",
+        ]
     return "\n".join(lines) + "\n"
 
 

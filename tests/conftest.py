@@ -33,8 +33,8 @@ def _latency_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 @pytest.fixture(scope="session")
 def fast_profile() -> HardwareProfile:
-    """cpu-ort with a short measurement protocol (fast tests; accuracy of latency not asserted)
-    and the TorchScript exporter.
+    """cpu-ort with a short measurement protocol (fast tests; accuracy of latency not asserted),
+    the TorchScript exporter and U8S8 static int8.
 
     The searches that use it test the search, not the exporter: a dynamo export costs 20-30
     times a TorchScript one on these small models (README, "Exporters"), and paid per candidate
@@ -47,6 +47,9 @@ def fast_profile() -> HardwareProfile:
         update={
             "measurement": base.measurement.model_copy(update=FAST_MEASUREMENT),
             "exporter": "torchscript",
+            # U8S8 pinned: cpu-ort's auto measures S8S8 too, once per search
+            # (tests/search/test_int8_format.py)
+            "quantization": base.quantization.model_copy(update={"activation_type": "QUInt8"}),
         }
     )
 

@@ -20,6 +20,7 @@ class StudyAttr:
     AA_CHECK = "aa_check"  # the baseline measured against itself
     INT8_FORMAT = "int8_format"  # int8_format auto: the format chosen
     INT8_FORMATS_MEASURED = "int8_formats_measured"  # ... and what each measured
+    INT8_ACTIVATION = "int8_activation_type"  # activation_type auto: the type chosen
     FASTEST_LATENCY_MS = "fastest_latency_ms"  # the most compressed candidate (max_latency_ms)
     SENSITIVITY = "sensitivity"  # the per-unit scan's table
     SENSITIVITY_S = "sensitivity_s"

@@ -195,11 +195,16 @@ def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
 
 
 def profile_as_searched(profile: HardwareProfile, study: optuna.Study) -> HardwareProfile:
-    """``profile`` as the study's trials were built: with ``int8_format: auto``, the format the
-    search measured and chose (a study begun before auto kept static)."""
-    if profile.quantization.int8_format != "auto":
+    """``profile`` as the study's trials were built: with ``int8_format: auto`` and
+    ``activation_type: auto``, what the search measured and chose (a study begun before auto
+    kept static, QUInt8)."""
+    q = profile.quantization
+    if q.int8_format != "auto" and q.activation_type != "auto":
         return profile
-    return profile.with_int8_format(study.user_attrs.get(StudyAttr.INT8_FORMAT, "static"))
+    attrs = study.user_attrs
+    fmt = attrs.get(StudyAttr.INT8_FORMAT, "static") if q.int8_format == "auto" else q.int8_format
+    activations = attrs.get(StudyAttr.INT8_ACTIVATION, q.activations)
+    return profile.with_int8_format(fmt, activations)
 
 
 def recover_interrupted(study: optuna.Study) -> list[int]:

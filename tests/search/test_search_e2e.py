@@ -25,7 +25,8 @@ def test_search_completes_with_a_front(finished) -> None:
     done = study.get_trials(states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))
     assert len(done) == 6
     assert study.trials[0].user_attrs["is_baseline"]  # the baseline is enqueued first
-    assert study.trials[1].user_attrs["seed_kind"] == "uniform"
+    assert study.trials[1].user_attrs["seed_kind"] == "recipe"  # then the recipe, uniform int8
+    assert set(json.loads(study.trials[1].user_attrs["candidate"])["bits"].values()) == {8}
     assert not profile.front.empty and profile.front["accuracy"].notna().all()
     assert seen[-1].done == 6 and seen[-1].profile == "cpu-ort-fast"  # saw every trial
     distilled = 0
@@ -237,6 +238,27 @@ def test_a_baseline_strategy_runs_its_sweep_alone(tmp_path, fast_profile_file) -
     again = run_search(config.model_copy(update={"workdir": str(tmp_path / "again")}))
     assert [t.params for t in again.profiles[0].study.trials] == [t.params for t in study.trials]
     assert len(study.trials) > 4  # the whole sweep was planned: a rerun with more trials goes on
+
+
+def test_the_recipe_strategy_runs_the_baseline_and_uniform_int8(tmp_path, fast_profile_file):
+    """``strategy: recipe``: the baseline, then the recipe's int8; n_trials beyond them is not
+    spent on anything else."""
+    config = search_config(
+        tmp_path / "work",
+        fast_profile_file,
+        name="recipe",
+        strategy="recipe",
+        n_trials=5,
+        staged={"enabled": False},
+        sensitivity={"enabled": False},
+        latency={"recipe": False},
+    )
+    study = run_search(config).profiles[0].study
+    assert [t.user_attrs.get("seed_kind") for t in study.trials] == ["baseline", "recipe"]
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    int8 = json.loads(study.trials[1].user_attrs["candidate"])
+    assert set(int8["bits"].values()) == {8} and not int8["prune"] and not int8["rank"]
+    assert study.trials[1].user_attrs["report"]["quantize"]["int8_engaged"] == 1.0
 
 
 def test_a_failed_remeasurement_loses_only_itself(loose, monkeypatch, caplog) -> None:

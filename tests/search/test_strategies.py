@@ -180,3 +180,20 @@ def test_spread_keeps_the_ends() -> None:
     assert strategies.spread(list("abcdefg"), 3) == ["a", "d", "g"]
     assert strategies.spread(list("ab"), 5) == ["a", "b"]
     assert strategies.spread(list("ab"), 0) == []
+
+
+def test_the_recipe_is_uniform_int8_and_int4_for_a_decoder(space: CompressionSpace) -> None:
+    """The recipe's candidates: every quantizable unit at int8, nothing pruned or factorized;
+    a generation profile's recipe adds uniform int4 where the space offers it."""
+    from tightfit.spaces import Unit
+
+    [int8] = strategies.recipe(space)
+    assert not int8.prune and not int8.rank
+    bits = [u for u in space.units if u.knob == "bits"]
+    assert bits and all(int8.bits[u.path] == 8 for u in bits)
+    assert strategies.recipe(space, generation=True) == [int8]  # no int4 in this space
+    units = [Unit("a", "bits", (32, 8, 4)), Unit("b", "bits", (32, 8)), *space.units[:1]]
+    decoder = CompressionSpace(units, "m", seed=0)
+    with_int4 = strategies.recipe(decoder, generation=True)
+    assert [c.bits for c in with_int4] == [{"a": 8, "b": 8}, {"a": 4}]  # b has no int4
+    assert strategies.recipe(decoder) == with_int4[:1]

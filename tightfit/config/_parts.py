@@ -375,6 +375,11 @@ class LatencySpec(Record):
 class SeedsSpec(Record):
     """Baseline candidates enqueued before the sampler's first trial (after the baseline)."""
 
+    recipe: bool = Field(
+        True,
+        description="the standard deployment recipe's candidates (uniform int8; int4 too for a "
+        "generation profile), first after the baseline",
+    )
     uniform: int = Field(4, ge=0, description="uniform compression: one level for every unit")
     global_magnitude: int = Field(
         2, ge=0, description="global magnitude pruning, spread over global ratios"

@@ -67,10 +67,12 @@ class SearchConfig(Record):
         description="at most this many of them for the named profiles (default: concurrency)",
     )
     trial_timeout_s: float = Field(600.0, gt=0.0)
-    strategy: Literal["search", "uniform", "global_magnitude"] = Field(
+    strategy: Literal["search", "recipe", "uniform", "global_magnitude"] = Field(
         "search",
-        description="search: the sampler proposes trials; uniform / global_magnitude: that "
-        "baseline alone (its sweep in an order shuffled by the seed, at most n_trials)",
+        description="search: the sampler proposes trials; recipe / uniform / global_magnitude: "
+        "that baseline alone (its candidates in order, a sweep's shuffled by the seed, at most "
+        "n_trials); recipe: the standard deployment recipe's candidates (uniform int8, int4 "
+        "for a generation profile) after the baseline",
     )
     seeds: SeedsSpec = Field(default_factory=SeedsSpec)
     workdir: str | None = Field(None, description="default: runs/<name>/")

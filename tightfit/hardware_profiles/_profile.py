@@ -86,7 +86,14 @@ class MeasurementProtocol(Record):
 class QuantizationSettings(Record):
     """int8 settings for ONNX Runtime static Q/DQ on this target."""
 
-    activation_type: Literal["QUInt8", "QInt8"] = "QUInt8"
+    activation_type: Literal["QUInt8", "QInt8", "auto"] = Field(
+        "QUInt8",
+        description="static int8 activations: QUInt8 (U8S8 with QInt8 weights, the x86 "
+        "default), QInt8 (S8S8), or auto: a search builds uniform static int8 both ways, "
+        "measures both on this profile once per study and keeps QInt8 only if it is faster by "
+        "more than measurement.target_ci within the accuracy constraint (the study remembers "
+        "the choice; a compression outside a search treats auto as QUInt8)",
+    )
     weight_type: Literal["QInt8", "QUInt8"] = "QInt8"
     per_channel: bool = True
     # x86 without VNNI saturates in vpmaddubsw with full-range U8S8: use 7-bit weights there.
@@ -102,6 +109,12 @@ class QuantizationSettings(Record):
         "study remembers the choice; a compression outside a search treats auto as static). "
         "Conv and Gemm layers are always static (ONNX Runtime has no dynamic integer Gemm)",
     )
+
+    @property
+    def activations(self) -> str:
+        """The activation type static int8 is built with (``auto`` before a search chose)."""
+        return "QUInt8" if self.activation_type == "auto" else self.activation_type
+
     symmetric_activations: bool = Field(
         False, description="zero-point 0 for activations (TensorRT accepts only symmetric Q/DQ)"
     )
@@ -279,9 +292,15 @@ class HardwareProfile(Record):
             )
         return self
 
-    def with_int8_format(self, int8_format: str) -> HardwareProfile:
-        """This profile with ``quantization.int8_format`` set (``auto`` resolved by a search)."""
-        q = self.quantization.model_copy(update={"int8_format": int8_format})
+    def with_int8_format(
+        self, int8_format: str, activation_type: str | None = None
+    ) -> HardwareProfile:
+        """This profile with ``quantization.int8_format`` (and ``activation_type``, where
+        given) set: ``auto`` resolved by a search."""
+        update = {"int8_format": int8_format}
+        if activation_type is not None:
+            update["activation_type"] = activation_type
+        q = self.quantization.model_copy(update=update)
         return self.model_copy(update={"quantization": q})
 
     @property

@@ -131,7 +131,7 @@ def _quantize_int8(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext) -
         nodes_to_quantize=include,
         per_channel=settings.per_channel,
         reduce_range=reduce_range,
-        activation_type=getattr(QuantType, settings.activation_type),
+        activation_type=getattr(QuantType, settings.activations),
         weight_type=getattr(QuantType, settings.weight_type),
         calibrate_method=getattr(CalibrationMethod, settings.calibrate_method),
         # Not CalibMaxIntermediateOutputs (a memory bound): ONNX Runtime 1.32's MinMax

@@ -129,7 +129,7 @@ def build_recipe(
             quant_format=QuantFormat.QDQ,
             per_channel=settings.per_channel,
             reduce_range=reduce_range,
-            activation_type=getattr(QuantType, settings.activation_type),
+            activation_type=getattr(QuantType, settings.activations),
             weight_type=getattr(QuantType, settings.weight_type),
             calibrate_method=getattr(CalibrationMethod, settings.calibrate_method),
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},

@@ -45,7 +45,7 @@ def summarise(p: ProfileOutcome, outcome: SearchOutcome, tracker: Tracker) -> No
     if not feasible.empty:
         metrics["best_feasible_speedup"] = float(feasible["speedup"].max())
     for fmt, m in study.user_attrs.get(StudyAttr.INT8_FORMATS_MEASURED, {}).items():
-        if isinstance(m, dict):  # int8_format auto: what each format measured
+        if isinstance(m, dict) and "latency_ms" in m:  # int8 settings auto: each measured
             metrics[f"uniform_int8_{fmt}_latency_ms"] = m["latency_ms"]
     metrics.update(latency_reuse_metrics(study))
     metrics.update(joint_metrics(study))
@@ -70,6 +70,7 @@ def summarise(p: ProfileOutcome, outcome: SearchOutcome, tracker: Tracker) -> No
             "seed": config.seed,
             "n_units": p.n_units,
             "int8_format": p.int8_format,
+            "int8_activation_type": p.int8_activation_type,
         },
         step=p.n_complete,
     )

@@ -415,6 +415,7 @@ def _outcome(s: ProfileSearch) -> ProfileOutcome:
         n_refused=r.n_refused,
         n_units=len(r.space),
         int8_format=s.profile.quantization.int8_format,
+        int8_activation_type=s.profile.quantization.activations,
     )
 
 

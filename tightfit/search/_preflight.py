@@ -5,7 +5,8 @@ search does not run it again) or raises :class:`ConfigError` where the search ca
 - the baseline: its reference latency, quality and size;
 - BatchNorm recalibration alone must not break the accuracy constraint;
 - the A/A check: the baseline measured against itself (this machine's error right now);
-- ``int8_format: auto``: uniform int8 built static and dynamic, the faster chosen;
+- ``int8_format: auto`` / ``activation_type: auto``: uniform int8 built each way (static
+  U8S8, static S8S8, dynamic), the fastest within the quality constraint chosen;
 - ``max_latency_ms``: the most compressed candidate must be able to meet it.
 """
 
@@ -13,11 +14,13 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from tightfit.config import SearchConfig
 from tightfit.evaluators import evaluate_quality, size_mb
 from tightfit.exceptions import ConfigError
+from tightfit.hardware_profiles import HardwareProfile
 from tightfit.kernels.recovery import recalibrate_batchnorm
 from tightfit.keys import StudyAttr
 from tightfit.search._benches import BenchPool
@@ -112,57 +115,117 @@ def aa_check(pool: BenchPool, reference: MeasurementReference) -> dict[str, Any]
     return check
 
 
+#: a variant of ``int8_formats``: (int8_format, activation type)
+Int8Variant = tuple[str, str]
+
+
+def int8_variants(profile: HardwareProfile) -> dict[str, Int8Variant]:
+    """What ``int8_formats`` builds and measures for ``profile``, by name, the default first:
+    the profile's format (``static`` under ``int8_format: auto``) with its activation type
+    (QUInt8 under ``activation_type: auto``); the same with QInt8 activations (``_s8s8``)
+    where ``activation_type`` is auto; ``dynamic`` where ``int8_format`` is auto."""
+    q = profile.quantization
+    fmt = "static" if q.int8_format == "auto" else q.int8_format
+    variants: dict[str, Int8Variant] = {fmt: (fmt, q.activations)}
+    if q.activation_type == "auto":
+        variants[f"{fmt}_s8s8"] = (fmt, "QInt8")
+    if q.int8_format == "auto":
+        variants["dynamic"] = ("dynamic", q.activations)
+    return variants
+
+
+def choose_int8(
+    measured: dict[str, dict[str, Any]],
+    default: str,
+    feasible: Callable[[dict[str, Any]], bool],
+    margin: float,
+) -> str:
+    """The variant to keep: among those whose uniform int8 meets the quality constraint (all, if
+    none does), the fastest; ``default`` unless that is faster by more than ``margin`` (a share
+    of the default's latency), so noise does not flip the choice."""
+    eligible = [name for name, m in measured.items() if feasible(m)] or list(measured)
+    fastest = min(eligible, key=lambda name: measured[name]["latency_ms"])
+    if default in eligible and (
+        measured[fastest]["latency_ms"] >= (1.0 - margin) * measured[default]["latency_ms"]
+    ):
+        return default
+    return fastest
+
+
 def int8_formats(
     pool: BenchPool,
     setup: Setup,
     space: CompressionSpace,
     reuse: LatencyReuse,
     reference: MeasurementReference,
-) -> tuple[str, dict[str, Any]]:
-    """``int8_format: auto``: uniform int8 built static and dynamic, both measured; the choice
-    (dynamic only when faster by more than the protocol's ``target_ci``) and what each measured.
-    Anything that fails leaves static, the default, and says why."""
-    executor, profile = pool.executor, pool.profile
-    quality = setup.config.quality.name
+    baseline_quality: float,
+) -> tuple[Int8Variant, dict[str, Any]]:
+    """``int8_format: auto`` and ``activation_type: auto``: uniform int8 built in each variant
+    (``int8_variants``) and measured on the profile; the choice (``choose_int8``: the fastest
+    within the quality constraint, by more than the protocol's ``target_ci``) and what each
+    variant measured. A variant that fails to build or measure is left out, with its reason;
+    if the default fails, it stays, and says why."""
+    executor, profile, config = pool.executor, pool.profile, setup.config
+    quality = config.quality.name
+    variants = int8_variants(profile)
+    first = next(iter(variants))
+    default = variants[first]
     candidate = space.uniform(bits=8)
     if candidate.is_baseline:
-        log.info("int8_format auto: no layer of the space takes int8; static")
-        return "static", {}
+        log.info("int8 settings auto: no layer of the space takes int8; %s", first)
+        return default, {}
+    refs = {  # every build at once, on the workers
+        name: executor.compress(
+            setup.model_copy(update={"profile": profile.with_int8_format(*variant)}), candidate
+        )
+        for name, variant in variants.items()
+    }
     measured: dict[str, Any] = {}
-    try:
-        refs = {  # both builds at once, on two workers
-            fmt: executor.compress(
-                setup.model_copy(update={"profile": profile.with_int8_format(fmt)}), candidate
-            )
-            for fmt in ("static", "dynamic")
-        }
-        built = {fmt: executor.get(ref) for fmt, ref in refs.items()}
-        if built["static"].onnx == built["dynamic"].onnx:
-            log.info("int8_format auto: no int8 layer is a MatMul; static")
-            return "static", {}
-        for fmt, one in built.items():  # from the latency cache, as a trial would
-            key = reuse.key(one)
+    built: dict[str, Any] = {}
+    for name, ref in refs.items():
+        try:
+            one = executor.get(ref)
+        except Exception as e:
+            measured[name] = {"error": executor.error_text(e)}
+            log.warning("int8 settings auto: %s could not be built (%s)", name, measured[name])
+            continue
+        same = next((other for other, b in built.items() if b.onnx == one.onnx), None)
+        if same is None:
+            built[name] = one
+        else:  # e.g. no int8 layer is a MatMul: dynamic builds as static
+            log.info("int8 settings auto: %s builds the same graph as %s", name, same)
+    if len(built) < 2 and not measured:  # one graph: nothing to choose
+        return default, {}
+    for name, one in built.items():
+        try:
+            key = reuse.key(one)  # from the latency cache, as a trial would
             latency = reuse.cached(key)
             if latency is None:
                 latency = pool.call("measure", one.onnx, reference)
                 reuse.store(key, latency)
-            measured[fmt] = {"latency_ms": latency.latency_ms, quality: one.accuracy}
-    except Exception as e:
-        reason = executor.error_text(e)
-        log.warning(
-            "int8_format auto: could not build and measure both formats (%s); static", reason
-        )
-        return "static", {"error": reason}
-    margin = 1.0 - profile.measurement.target_ci
-    faster = measured["dynamic"]["latency_ms"] < margin * measured["static"]["latency_ms"]
-    choice = "dynamic" if faster else "static"
+            measured[name] = {"latency_ms": latency.latency_ms, quality: one.accuracy}
+        except Exception as e:
+            measured[name] = {"error": executor.error_text(e)}
+            log.warning("int8 settings auto: %s could not be measured (%s)", name, measured[name])
+    ok = {name: m for name, m in measured.items() if "error" not in m}
+    if first not in ok:
+        log.warning("int8 settings auto: the default (%s) failed; trials use it anyway", first)
+        return default, measured
+    choice = choose_int8(
+        ok,
+        first,
+        lambda m: config.loss_excess(baseline_quality, m[quality]) <= 0,
+        profile.measurement.target_ci,
+    )
     log.info(
-        "int8_format auto on %s: uniform int8 measures %s; trials use %s",
+        "int8 settings auto on %s: uniform int8 measures %s; trials use %s",
         profile.name,
-        ", ".join(f"{f} {m['latency_ms']:.3f} ms" for f, m in measured.items()),
+        ", ".join(
+            f"{n} {m['latency_ms']:.3f} ms ({quality} {m[quality]:.4f})" for n, m in ok.items()
+        ),
         choice,
     )
-    return choice, measured
+    return variants[choice], measured
 
 
 def fastest_latency(

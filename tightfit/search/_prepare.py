@@ -142,8 +142,9 @@ class _Steps:
         )
         if StudyAttr.AA_CHECK not in attrs:
             study.set_user_attr(StudyAttr.AA_CHECK, _preflight.aa_check(pool, reference))
-        if self.profile.quantization.int8_format == "auto":
-            self._int8_format(space, reuse, reference)
+        q = self.profile.quantization
+        if q.int8_format == "auto" or q.activation_type == "auto":
+            self._int8_format(space, reuse, reference, baseline[config.quality.name])
         limit = config.constraints.max_latency_ms
         if limit is not None and StudyAttr.FASTEST_LATENCY_MS not in attrs:
             fastest = _preflight.fastest_latency(pool, self.setup, space, reference, limit)
@@ -172,19 +173,31 @@ class _Steps:
         )
 
     def _int8_format(
-        self, space: CompressionSpace, reuse: LatencyReuse, reference: MeasurementReference
+        self,
+        space: CompressionSpace,
+        reuse: LatencyReuse,
+        reference: MeasurementReference,
+        baseline_quality: float,
     ) -> None:
-        """``int8_format: auto``: measured once per study (a study begun without it stays
-        static); every step after this one builds with the chosen format."""
+        """``int8_format: auto`` / ``activation_type: auto``: measured once per study (a study
+        begun without it stays on the defaults: static, QUInt8); every step after this one
+        builds with the choice."""
         study = self.study
         if StudyAttr.INT8_FORMAT not in study.user_attrs and study.trials:
-            log.info("int8_format auto: study %s began without it; static", study.study_name)
+            log.info("int8 settings auto: study %s began without it; static", study.study_name)
             study.set_user_attr(StudyAttr.INT8_FORMAT, "static")
         elif StudyAttr.INT8_FORMAT not in study.user_attrs:
-            choice, measured = _preflight.int8_formats(
-                self.pool, self.setup, space, reuse, reference
+            (fmt, activations), measured = _preflight.int8_formats(
+                self.pool, self.setup, space, reuse, reference, baseline_quality
             )
-            _set(study, {StudyAttr.INT8_FORMAT: choice, StudyAttr.INT8_FORMATS_MEASURED: measured})
+            _set(
+                study,
+                {
+                    StudyAttr.INT8_FORMAT: fmt,
+                    StudyAttr.INT8_ACTIVATION: activations,
+                    StudyAttr.INT8_FORMATS_MEASURED: measured,
+                },
+            )
         profile = profile_as_searched(self.profile, study)
         self.setup = self.setup.model_copy(update={"profile": profile})
         reuse.profile = self.pool.profile = profile

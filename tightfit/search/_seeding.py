@@ -3,7 +3,7 @@
 The scan compresses each (unit, level) alone, scores it on the validation subset, then shrinks
 the space to the levels that can still meet the accuracy constraint. The seeds are enqueued
 trials: the baseline, then a baseline strategy's whole sweep, or a few seeds of each baseline
-(uniform, sensitivity-allocated, global magnitude).
+(the standard recipe, uniform, sensitivity-allocated, global magnitude).
 """
 
 from __future__ import annotations
@@ -96,6 +96,9 @@ def plan(
     s = space
     planned = [("baseline", s.baseline())]
     strategy = config.strategy
+    recipe = strategies.recipe(s, ws.ctx.profile.generation is not None)
+    if strategy == "recipe":
+        return planned + [(strategy, c) for c in recipe]
     if strategy == "uniform":
         return planned + [(strategy, c) for c in strategies.uniform_sweep(s, config.seed)]
     if strategy == "global_magnitude":
@@ -111,6 +114,8 @@ def plan(
         s.uniform(rank_fraction=0.5),
     ]
     seeds = config.seeds
+    if seeds.recipe:  # first: the point every result is compared with
+        planned += [("recipe", c) for c in recipe]
     planned += [("uniform", c) for c in uniform[: seeds.uniform]]
     k = config.sensitivity.seeds
     if table is not None and k:

@@ -39,6 +39,7 @@ class ProfileOutcome:
     n_refused: int = 0  # parts of the model not searched (summary_dir / "refused.json")
     n_units: int = 0  # searched units, after the sensitivity scan shrank the space
     int8_format: str = "static"  # the format every int8 layer of the trials used
+    int8_activation_type: str = "QUInt8"  # ... and the activation type of static int8
 
 
 @dataclass

@@ -1,10 +1,17 @@
-"""Baseline strategies: uniform compression, global magnitude pruning (random search is the
-``random`` sampler).
+"""Baseline strategies: the standard deployment recipe, uniform compression, global magnitude
+pruning (random search is the ``random`` sampler).
 
 Each is a deterministic, seeded list of candidates. A search runs one alone (``strategy:
-uniform`` or ``strategy: global_magnitude``: its list in order, at most ``n_trials``), or
+recipe``, ``uniform`` or ``global_magnitude``: its list in order, at most ``n_trials``), or
 enqueues a few of each at the start of a sampler-driven search (``seeds:``), so the sampler
 starts from the allocations practitioners try first.
+
+- **Recipe**: what a user deploys in a minute without a search (``kernels.recipe``), as the
+  candidates of the space that are it: every unit at the profile's lowest precision of the
+  recipe (int8; int4 too for a generation profile), nothing pruned or factorized. Its fp32
+  variant is the baseline trial itself: on the fused graph where the profile fuses, and in the
+  profile's float precision (fp16 on GPU profiles). Its int8 is the study's format
+  (``int8_format: auto`` measures the recipe's static and dynamic int8 and keeps the faster).
 
 - **Uniform**: one level for every unit, swept over the product of the space's prune ratios,
   rank fractions and bit-widths. The usual first thing a user tries.
@@ -38,6 +45,18 @@ def _ordered(candidates: list[Candidate], seed: int | None) -> list[Candidate]:
     if seed is not None:
         random.Random(seed).shuffle(candidates)
     return candidates
+
+
+def recipe(space: CompressionSpace, generation: bool = False) -> list[Candidate]:
+    """The recipe's compressed variants as candidates of ``space``: uniform int8, and uniform
+    int4 for a ``generation`` profile (weight-only int4 is a decoder LM's recipe); each only
+    where the space offers it (a space without quantization has none)."""
+    out: list[Candidate] = []
+    for bits in (8, 4) if generation else (8,):
+        c = space.uniform(bits=bits)
+        if not c.is_baseline and c not in out:
+            out.append(c)
+    return out
 
 
 def uniform_sweep(space: CompressionSpace, seed: int | None = None) -> list[Candidate]:
