@@ -104,3 +104,36 @@ def test_a_cnn_and_a_torchscript_graph_are_not_fused(fast_profile, tiny_ctx, tmp
     _, _, ctx = _bert_ctx(fast_profile, tmp_path)  # the fast profile exports with TorchScript
     ops = {n.op_type for n in onnx.load(str(ctx.baseline_onnx)).graph.node}
     assert "Attention" not in ops
+
+
+def test_an_attention_bias_that_is_not_the_padding_mask_keeps_its_layer_float(
+    fast_profile, tmp_path
+) -> None:
+    """An Attention whose attention_bias is not computed from the 2-D padding mask (here: a
+    float graph input) cannot move it to mask_index, and QAttention would drop it: that layer's
+    Attention is refused int8 with the reason, and the other layer's keeps its unit."""
+    from dataclasses import replace
+
+    from tightfit.kernels.fusion import mask_as_index
+    from tightfit.kernels.quantization import MASKED_ATTENTION, Quantization, masked_attention
+
+    model, _, ctx = _bert_ctx(_dynamo(fast_profile), tmp_path)
+    proto = onnx.load(str(ctx.baseline_onnx))
+    assert not masked_attention(proto)  # the padding mask became mask_index
+    [first] = [n for n in proto.graph.node if n.name.endswith(f"{ATTENTION.format(0)}/Attention")]
+    bias = onnx.helper.make_tensor_value_info("bias", onnx.TensorProto.FLOAT, [1, 4, 8, 8])
+    proto.graph.input.append(bias)
+    inputs = list(first.input)[:5] + [""] * (5 - len(first.input))
+    inputs[3] = ""  # no mask_index: the bias is all it has
+    del first.input[:]
+    first.input.extend([*inputs, "bias"])
+    assert mask_as_index(proto) == 0  # a float input is not a padding mask
+    assert masked_attention(proto) == {first.name}
+    path = tmp_path / "biased.onnx"
+    onnx.save(proto, str(path))
+    biased = replace(ctx, baseline_onnx=path)
+    spec = SpaceSpec(lowrank={"enabled": False})
+    [refusal] = Quantization().refusals(model, biased, spec)
+    assert (refusal.path, refusal.reason) == (ATTENTION.format(0), MASKED_ATTENTION)
+    bits = {u.path for u in discover_units(model, biased, spec) if u.knob == "bits"}
+    assert ATTENTION.format(0) not in bits and ATTENTION.format(1) in bits

@@ -51,7 +51,10 @@ def fuse_transformer(
     dynamo graph it fused no Attention; onnxscript fuses all six, see
     ``benchmarks/results/exporters.md``)."""
     if from_dynamo(src):
-        return _fuse_with_onnxscript(src, dst)
+        model, counts = _fuse_with_onnxscript(src)
+        if model is not None:
+            onnx.save(model, str(dst))
+        return counts
     from onnxruntime.transformers.optimizer import optimize_model
 
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
@@ -74,7 +77,9 @@ def from_dynamo(path: Path) -> bool:
     return any(p.key == NAME_SCOPES for n in graph.node for p in n.metadata_props)
 
 
-def _fuse_with_onnxscript(src: Path, dst: Path) -> dict[str, int]:
+def _fuse_with_onnxscript(src: Path) -> tuple[onnx.ModelProto | None, dict[str, int]]:
+    """``src`` fused by onnxscript's ORT fusions, its padding mask as ``mask_index``
+    (:func:`mask_as_index`), and the fused operators' counts; None where nothing fused."""
     import onnx_ir as ir
     from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
@@ -89,12 +94,11 @@ def _fuse_with_onnxscript(src: Path, dst: Path) -> dict[str, int]:
             # equal q, k and v widths are the operator's default split; ONNX Runtime's
             # quantizer leaves an Attention that names them in float (no QAttention for it)
             del node.attributes["qkv_hidden_sizes"]
-    if counts:
-        ir.save(model, str(dst))
-        proto = onnx.load(str(dst))
-        if mask_as_index(proto):
-            onnx.save(proto, str(dst))
-    return counts
+    if not counts:
+        return None, {}
+    proto = ir.to_proto(model)
+    mask_as_index(proto)
+    return proto, counts
 
 
 def fused_graph(
@@ -169,10 +173,9 @@ def _fuse_checked(
     from tightfit.kernels.export import scope_names
 
     try:
-        counts = _fuse_with_onnxscript(path, fused)
-        if not counts:
+        model, counts = _fuse_with_onnxscript(path)
+        if model is None:
             return {}, None
-        model = onnx.load(str(fused))
         scope_names(model, unnamed_only=True)
         onnx.save(model, str(fused))
         if inputs is None:
