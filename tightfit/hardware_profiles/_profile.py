@@ -90,9 +90,10 @@ class QuantizationSettings(Record):
         "QUInt8",
         description="static int8 activations: QUInt8 (U8S8 with QInt8 weights, the x86 "
         "default), QInt8 (S8S8), or auto: a search builds uniform static int8 both ways, "
-        "measures both on this profile once per study and keeps QInt8 only if it is faster by "
-        "more than measurement.target_ci within the accuracy constraint (the study remembers "
-        "the choice; a compression outside a search treats auto as QUInt8)",
+        "measures both on this profile once per study and keeps QInt8 only if it meets the "
+        "accuracy constraint and is faster by more than measurement.target_ci (or QUInt8 "
+        "misses the constraint; the study remembers the choice; a compression outside a "
+        "search treats auto as QUInt8)",
     )
     weight_type: Literal["QInt8", "QUInt8"] = "QInt8"
     per_channel: bool = True
@@ -104,20 +105,20 @@ class QuantizationSettings(Record):
         description="int8 MatMul layers: static Q/DQ (activation ranges calibrated on the "
         "data), dynamic (activation ranges computed per inference; ONNX Runtime's "
         "MatMulInteger, often faster for transformers on CPU), or auto: a search builds uniform "
-        "int8 both ways, measures both on this profile once per study and uses dynamic if it is "
-        "faster by more than measurement.target_ci, else static (the "
-        "study remembers the choice; a compression outside a search treats auto as static). "
-        "Conv and Gemm layers are always static (ONNX Runtime has no dynamic integer Gemm)",
+        "int8 both ways, measures both on this profile once per study and uses dynamic if it "
+        "meets the accuracy constraint and is faster by more than measurement.target_ci (or "
+        "static misses the constraint), else static (the study remembers the choice; a "
+        "compression outside a search treats auto as static). Conv and Gemm layers are always "
+        "static (ONNX Runtime has no dynamic integer Gemm)",
+    )
+    symmetric_activations: bool = Field(
+        False, description="zero-point 0 for activations (TensorRT accepts only symmetric Q/DQ)"
     )
 
     @property
     def activations(self) -> str:
         """The activation type static int8 is built with (``auto`` before a search chose)."""
         return "QUInt8" if self.activation_type == "auto" else self.activation_type
-
-    symmetric_activations: bool = Field(
-        False, description="zero-point 0 for activations (TensorRT accepts only symmetric Q/DQ)"
-    )
 
 
 class GenerationWorkload(Record):

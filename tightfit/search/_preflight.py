@@ -187,7 +187,9 @@ def int8_formats(
             one = executor.get(ref)
         except Exception as e:
             measured[name] = {"error": executor.error_text(e)}
-            log.warning("int8 settings auto: %s could not be built (%s)", name, measured[name])
+            log.warning(
+                "int8 settings auto: %s could not be built (%s)", name, measured[name]["error"]
+            )
             continue
         same = next((other for other, b in built.items() if b.onnx == one.onnx), None)
         if same is None:
@@ -206,7 +208,9 @@ def int8_formats(
             measured[name] = {"latency_ms": latency.latency_ms, quality: one.accuracy}
         except Exception as e:
             measured[name] = {"error": executor.error_text(e)}
-            log.warning("int8 settings auto: %s could not be measured (%s)", name, measured[name])
+            log.warning(
+                "int8 settings auto: %s could not be measured (%s)", name, measured[name]["error"]
+            )
     ok = {name: m for name, m in measured.items() if "error" not in m}
     if first not in ok:
         log.warning("int8 settings auto: the default (%s) failed; trials use it anyway", first)

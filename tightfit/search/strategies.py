@@ -11,7 +11,8 @@ starts from the allocations practitioners try first.
   recipe (int8; int4 too for a generation profile), nothing pruned or factorized. Its fp32
   variant is the baseline trial itself: on the fused graph where the profile fuses, and in the
   profile's float precision (fp16 on GPU profiles). Its int8 is the study's format
-  (``int8_format: auto`` measures the recipe's static and dynamic int8 and keeps the faster).
+  (``int8_format: auto`` measures the recipe's static and dynamic int8 and keeps the faster
+  of those within the accuracy constraint: ``search._preflight.choose_int8``).
 
 - **Uniform**: one level for every unit, swept over the product of the space's prune ratios,
   rank fractions and bit-widths. The usual first thing a user tries.
