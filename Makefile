@@ -38,8 +38,13 @@ examples: setup  ## set-up for examples/{minilm,efficientnet-lite0,fashion-mnist
 	  { cd $(PACKAGES) && { apt-get download r-cran-janeaustenr 2>/dev/null || \
 	    { $(SUDO) apt-get update -qq && apt-get download r-cran-janeaustenr; }; }; }
 
+# pytest on two workers (pytest-xdist): the suite waits on Ray, subprocesses and servers for a
+# good part of its length, so a 2-core machine runs it in about two thirds of the time. Each
+# worker's searches start a local Ray of their own; more workers on a larger machine
+# (PYTEST_WORKERS=4) also means more Ray worker processes, each with torch loaded.
+PYTEST_WORKERS ?= 2
 test: lint browser examples  ## the test suite (what CI runs): lint, types, then pytest (examples included)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
 
 browser:  ## headless Chromium for the MLflow UI test (Debian's package; needs root or sudo)
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \

@@ -153,3 +153,70 @@ def loose(tmp_path_factory, fast_dynamo_profile_file):
         latency={"cache_dir": str(workdir / "lc"), "remeasure": "measured"},
     )
     return config, run_search(config)
+
+
+
+
+# ``make test`` runs the suite on two pytest-xdist workers. Each worker builds its own session
+# and module fixtures, so the tests that share a costly one run on one worker, as one unit of
+# work; so do the Ray-cluster tests, which share the machine's Ray address file. xdist's own
+# ``--dist loadgroup`` cannot do it under pytest 9 (it renames ``item._nodeid``, which pytest 9
+# no longer reads): the scheduler below groups by file, and collection refuses a test that
+# shares a fixture from a file the table does not name.
+SHARED_SEARCHES = {"finished", "loose"}
+XDIST_GROUPS = {
+    # the session's searches
+    "tests/search/test_search_e2e.py": "shared-search",
+    "tests/evaluators/test_cache_e2e.py": "shared-search",
+    "tests/runs/test_tracker.py": "shared-search",
+    "tests/runs/test_export_e2e.py": "shared-search",
+    "tests/runs/test_mlflow_e2e.py": "shared-search",
+    "tests/search/test_cluster.py": "ray-cluster",
+    "tests/search/test_submit.py": "ray-cluster",
+    # module-scoped fixtures: the file is the unit
+    **{
+        path: path
+        for path in (
+            "tests/kernels/test_depth.py",
+            "tests/kernels/test_generation.py",
+            "tests/kernels/test_pretrained_archs.py",
+            "tests/search/test_evaluate.py",
+            "tests/search/test_perplexity_e2e.py",
+            "tests/test_sources.py",
+        )
+    },
+}
+
+
+def _shares_a_fixture(item: pytest.Item) -> bool:
+    if set(getattr(item, "fixturenames", ())) & SHARED_SEARCHES:
+        return True
+    info = getattr(item, "_fixtureinfo", None)
+    return any(
+        defs and defs[-1].scope == "module"
+        for defs in getattr(info, "name2fixturedefs", {}).values()
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        if path not in XDIST_GROUPS and _shares_a_fixture(item):
+            raise pytest.UsageError(
+                f"{item.nodeid} shares a session search or a module-scoped fixture: add "
+                f"{path!r} to XDIST_GROUPS in tests/conftest.py, or each pytest-xdist worker "
+                "builds the fixture again"
+            )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Load scheduling whose units are XDIST_GROUPS's groups, and single tests elsewhere."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return XDIST_GROUPS.get(path, nodeid)
+
+    return GroupScheduling(config, log)

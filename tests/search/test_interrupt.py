@@ -63,7 +63,7 @@ def _start_when(
         complete, running = _progress(config, workdir)
         if complete >= n_complete and running:
             return proc, running
-        time.sleep(0.05)
+        time.sleep(0.5)  # each look reads the whole journal: not so often that it slows the search
     raise AssertionError("the search ended before it could be stopped")
 
 
