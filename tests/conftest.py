@@ -155,8 +155,6 @@ def loose(tmp_path_factory, fast_dynamo_profile_file):
     return config, run_search(config)
 
 
-
-
 # ``make test`` runs the suite on two pytest-xdist workers. Each worker builds its own session
 # and module fixtures, so the tests that share a costly one run on one worker, as one unit of
 # work; so do the Ray-cluster tests, which share the machine's Ray address file. xdist's own
