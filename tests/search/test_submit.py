@@ -6,6 +6,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow import MlflowClient
@@ -23,26 +24,34 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture()
-def job_server():
+def _head(agent_port: int | None) -> tuple[Any, str]:
+    """A one-node cluster with a dashboard; its job server's address once it answers."""
     from ray.cluster_utils import Cluster
 
     port = _free_port()
-    c = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 2, "include_dashboard": True, "dashboard_port": port},
-    )
+    args: dict[str, Any] = {"num_cpus": 2, "include_dashboard": True, "dashboard_port": port}
+    if agent_port is not None:
+        args["dashboard_agent_listen_port"] = agent_port
+    c = Cluster(initialize_head=True, head_node_args=args)
     c.wait_for_nodes()
     address = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:  # the dashboard's job server comes up after the node
         try:
             jobs.client(address).list_jobs()
-            break
+            return c, address
         except Exception:
             if time.monotonic() > deadline:
+                c.shutdown()
                 raise
             time.sleep(1)
+
+
+@pytest.fixture()
+def job_server():
+    # the job agent on a port of its own: Ray's default (52365) is taken by any other Ray on
+    # this machine (another pytest worker's search), and then no job can be submitted
+    c, address = _head(agent_port=_free_port())
     yield address
     c.shutdown()
 
@@ -122,3 +131,27 @@ def test_submit_without_an_address_says_how_to_give_one(
         jobs.JobError, match="cannot reach the Ray job server at http://127.0.0.1:9"
     ):
         jobs.client("http://127.0.0.1:9")
+
+
+def test_a_head_whose_job_agent_never_comes_up_is_named_with_the_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds the agent's default port, as another Ray on the head would: the
+    submission retries, then says what to look at (Ray's own message only says 'try again')."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "search.yaml").write_text(
+        "name: agentless\nmodel: {callable: digits-cnn}\ndata: {callable: digits}\n"
+    )
+    monkeypatch.setattr(jobs, "AGENT_WAIT_S", 5.0)
+    with socket.socket() as held:
+        try:
+            held.bind(("0.0.0.0", 52365))
+        except OSError:  # another Ray on this machine holds it already: the same conflict
+            pass
+        c, address = _head(agent_port=None)
+        try:
+            with pytest.raises(jobs.JobError, match="No available agent.*port, 52365"):
+                jobs.submit(project / "search.yaml", address)
+        finally:
+            c.shutdown()

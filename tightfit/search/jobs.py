@@ -287,9 +287,15 @@ def submit(
                 waited = True
                 time.sleep(2.0)
                 continue
-            raise JobError(
-                f"the job server refused search '{config.name}': {_first_line(e)}"
-            ) from None
+            why = _first_line(e)
+            if "No available agent" in why:
+                why += (
+                    f" (for {AGENT_WAIT_S:.0f} s: the head's job agent did not come up. Another"
+                    " Ray on the head machine may hold the agent's port, 52365 unless"
+                    " `ray start --dashboard-agent-listen-port` says otherwise; its log is"
+                    " dashboard_agent.log in the head's Ray session folder)"
+                )
+            raise JobError(f"the job server refused search '{config.name}': {why}") from None
     return Submission(submission_id, entrypoint, working_dir, remote_workdir, upload)
 
 
