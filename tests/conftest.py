@@ -186,6 +186,10 @@ XDIST_GROUPS = {
 }
 
 
+def _file(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
 def _shares_a_fixture(item: pytest.Item) -> bool:
     if set(getattr(item, "fixturenames", ())) & SHARED_SEARCHES:
         return True
@@ -198,7 +202,7 @@ def _shares_a_fixture(item: pytest.Item) -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        path = item.nodeid.split("::", 1)[0]
+        path = _file(item.nodeid)
         if path not in XDIST_GROUPS and _shares_a_fixture(item):
             raise pytest.UsageError(
                 f"{item.nodeid} shares a session search or a module-scoped fixture: add "
@@ -214,7 +218,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 
     class GroupScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::", 1)[0]
-            return XDIST_GROUPS.get(path, nodeid)
+            return XDIST_GROUPS.get(_file(nodeid), nodeid)
 
     return GroupScheduling(config, log)

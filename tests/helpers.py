@@ -5,6 +5,7 @@ Test modules import from here (and ``tests.models``, ``tests.zoo``), never from 
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,13 @@ def search_file(path: Path, workdir: Path, profile: Path | str | None = None, **
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(search_dict(workdir, profile, **extra), sort_keys=False))
     return path
+
+
+def free_port() -> int:
+    """A localhost port no one listens on now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def tightfit(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.helpers import trial_runs
+from tests.helpers import free_port, trial_runs
 
 pytestmark = pytest.mark.slow
 
@@ -65,16 +65,13 @@ def ui_server(finished):
     """`tightfit ui` on a free localhost port; yields (base URL, printed lines)."""
     import os
     import signal
-    import socket
     import subprocess
     import sys
     import time
     import urllib.request
 
     _, outcome, _ = finished
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,

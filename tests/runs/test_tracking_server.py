@@ -3,7 +3,6 @@ store, where the team's MLflow UI reads them, not to the driver's disk."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -13,18 +12,13 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.helpers import free_port
 from tightfit.runs._tracker import Tracker, local_artifacts
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture()
 def mlflow_server(tmp_path: Path):
-    port = _free_port()
+    port = free_port()
     store = tmp_path / "server-artifacts"
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(

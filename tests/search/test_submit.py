@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
+from tests.helpers import free_port
 from tests.helpers import tightfit as _cli
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.search import jobs
@@ -18,17 +19,11 @@ from tightfit.search import jobs
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _head(agent_port: int | None) -> tuple[Any, str]:
     """A one-node cluster with a dashboard; its job server's address once it answers."""
     from ray.cluster_utils import Cluster
 
-    port = _free_port()
+    port = free_port()
     args: dict[str, Any] = {"num_cpus": 2, "include_dashboard": True, "dashboard_port": port}
     if agent_port is not None:
         args["dashboard_agent_listen_port"] = agent_port
@@ -51,7 +46,7 @@ def _head(agent_port: int | None) -> tuple[Any, str]:
 def job_server():
     # the job agent on a port of its own: Ray's default (52365) is taken by any other Ray on
     # this machine (another pytest worker's search), and then no job can be submitted
-    c, address = _head(agent_port=_free_port())
+    c, address = _head(agent_port=free_port())
     yield address
     c.shutdown()
 

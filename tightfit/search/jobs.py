@@ -115,6 +115,7 @@ def client(address: str | None) -> Any:
 
 
 AGENT_WAIT_S = 180.0  # how long a submission waits for a just-started head's job agent
+NO_AGENT = "No available agent"  # what Ray's job server answers while the head has none
 
 
 def _first_line(exc: BaseException) -> str:
@@ -278,7 +279,7 @@ def submit(
             break
         except Exception as e:
             # a head node that just started has no job agent yet: Ray says to try again later
-            if "No available agent" in str(e) and time.monotonic() < deadline:
+            if NO_AGENT in str(e) and time.monotonic() < deadline:
                 if not waited:
                     log.info(
                         "the cluster's job agent is not up yet; retrying for up to %.0f s",
@@ -288,7 +289,7 @@ def submit(
                 time.sleep(2.0)
                 continue
             why = _first_line(e)
-            if "No available agent" in why:
+            if NO_AGENT in why:
                 why += (
                     f" (for {AGENT_WAIT_S:.0f} s: the head's job agent did not come up. Another"
                     " Ray on the head machine may hold the agent's port, 52365 unless"
