@@ -259,6 +259,7 @@ def _dynamo_bytes(
     assert program is not None
     proto = program.model_proto
     scope_names(proto, folded)
+    drop_initializer_shapes(proto)
     return proto.SerializeToString()
 
 
@@ -349,6 +350,7 @@ def _generation_bytes(model: nn.Module, input_names: Iterable[str], opset: int) 
     assert program is not None
     proto = program.model_proto
     scope_names(proto)
+    drop_initializer_shapes(proto)
     return proto.SerializeToString()
 
 
@@ -428,6 +430,20 @@ def ast_list(text: str) -> list[str]:
 
     value = ast.literal_eval(text)
     return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+
+
+def drop_initializer_shapes(model: onnx.ModelProto) -> None:
+    """Remove the ``value_info`` entries the dynamo exporter writes for initializers.
+
+    An initializer carries its own shape, so a second copy can only go stale: onnxruntime's
+    dynamic quantizer (1.31 and older) transposes a Gemm's weight to turn it into a MatMul,
+    then runs shape inference, which fails on the old entry ("Inferred shape and existing
+    shape differ in dimension 0"), so every model with a Linear head lost dynamic int8.
+    """
+    initializers = {t.name for t in model.graph.initializer}
+    kept = [v for v in model.graph.value_info if v.name not in initializers]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
 
 
 def inline_shared_initializers(onnx_bytes: bytes) -> bytes:

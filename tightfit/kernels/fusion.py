@@ -83,6 +83,8 @@ def _fuse_with_onnxscript(src: Path) -> tuple[onnx.ModelProto | None, dict[str, 
     import onnx_ir as ir
     from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
+    from tightfit.kernels.export import drop_initializer_shapes
+
     model = ir.load(str(src))
     optimize_for_ort(model)  # in place: Attention, SkipLayerNormalization, BiasGelu, ...
     counts: dict[str, int] = {}
@@ -98,6 +100,7 @@ def _fuse_with_onnxscript(src: Path) -> tuple[onnx.ModelProto | None, dict[str, 
         return None, {}
     proto = ir.to_proto(model)
     mask_as_index(proto)
+    drop_initializer_shapes(proto)  # onnx_ir writes one for every initializer
     return proto, counts
 
 
