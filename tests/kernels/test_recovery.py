@@ -84,7 +84,10 @@ def _save_matmul(w: np.ndarray, path: Path) -> None:
         [y],
         [numpy_helper.from_array(w, "w")],
     )
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    opsets = [onnx.helper.make_opsetid("", 17)]
+    model = onnx.helper.make_model(
+        graph, opset_imports=opsets, ir_version=onnx.helper.find_min_ir_version_for(opsets)
+    )
     onnx.save(model, str(path))
 
 

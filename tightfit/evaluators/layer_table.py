@@ -180,7 +180,13 @@ def _empty_model() -> bytes:
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "empty", [x], [y])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    opsets = [helper.make_opsetid("", 17)]
+    # the oldest IR version that opset needs, not onnx's newest: a runtime older than the onnx
+    # package refuses a newer IR version (onnxruntime 1.31 reads up to 13, onnx 1.23 writes 14)
+    model = helper.make_model(
+        graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets)
+    )
+    return model.SerializeToString()
 
 
 def applies(profile: HardwareProfile) -> bool:
