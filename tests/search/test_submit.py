@@ -19,14 +19,18 @@ from tightfit.search import jobs
 pytestmark = pytest.mark.slow
 
 
-def _head(agent_port: int | None) -> tuple[Any, str]:
-    """A one-node cluster with a dashboard; its job server's address once it answers."""
+def _head(agent_port: int) -> tuple[Any, str]:
+    """A one-node cluster with a dashboard, its job agent on ``agent_port``; its job server's
+    address once it answers."""
     from ray.cluster_utils import Cluster
 
     port = free_port()
-    args: dict[str, Any] = {"num_cpus": 2, "include_dashboard": True, "dashboard_port": port}
-    if agent_port is not None:
-        args["dashboard_agent_listen_port"] = agent_port
+    args: dict[str, Any] = {
+        "num_cpus": 2,
+        "include_dashboard": True,
+        "dashboard_port": port,
+        "dashboard_agent_listen_port": agent_port,
+    }
     c = Cluster(initialize_head=True, head_node_args=args)
     c.wait_for_nodes()
     address = f"http://127.0.0.1:{port}"
@@ -131,8 +135,10 @@ def test_submit_without_an_address_says_how_to_give_one(
 def test_a_head_whose_job_agent_never_comes_up_is_named_with_the_port(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Another process holds the agent's default port, as another Ray on the head would: the
-    submission retries, then says what to look at (Ray's own message only says 'try again')."""
+    """Another process holds the agent's port, as another Ray on the head holds the default
+    one: the submission retries, then says what to look at (Ray's own message only says 'try
+    again'). The port is one this test holds, not 52365 itself: another Ray on the machine
+    (another worker's search) may hold the default only for a while, and let the agent up."""
     project = tmp_path / "project"
     project.mkdir()
     (project / "search.yaml").write_text(
@@ -140,11 +146,9 @@ def test_a_head_whose_job_agent_never_comes_up_is_named_with_the_port(
     )
     monkeypatch.setattr(jobs, "AGENT_WAIT_S", 5.0)
     with socket.socket() as held:
-        try:
-            held.bind(("0.0.0.0", 52365))
-        except OSError:  # another Ray on this machine holds it already: the same conflict
-            pass
-        c, address = _head(agent_port=None)
+        held.bind(("0.0.0.0", 0))
+        held.listen()
+        c, address = _head(agent_port=held.getsockname()[1])
         try:
             with pytest.raises(jobs.JobError, match="No available agent.*port, 52365"):
                 jobs.submit(project / "search.yaml", address)
