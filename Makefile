@@ -7,7 +7,7 @@ VENV := .venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint browser clean examples
+.PHONY: setup run test test-oldest lint browser clean examples
 
 $(BIN)/tightfit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,15 @@ examples: setup  ## set-up for examples/{minilm,efficientnet-lite0,fashion-mnist
 PYTEST_WORKERS ?= 2
 test: lint browser examples  ## the test suite (what CI runs): lint, types, then pytest (examples included)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
+
+# The suite at the lower ends of the torch and onnxruntime ranges (constraints/oldest.txt), in
+# a venv of its own. Not part of `make test`: PyPI's torch 2.10.0 is a CUDA build (about 8 GB
+# with its libraries). The example packages are not installed there, so their tests skip.
+OLDEST := .venv-oldest
+test-oldest:  ## the test suite at the oldest supported torch and onnxruntime
+	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/pip install --quiet --disable-pip-version-check -c constraints/oldest.txt -e ".[dev]"
+	$(OLDEST)/bin/python -m pytest -n $(PYTEST_WORKERS)
 
 browser:  ## headless Chromium for the MLflow UI test (Debian's package; needs root or sudo)
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \

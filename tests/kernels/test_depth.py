@@ -17,7 +17,6 @@ from tightfit.evaluators import predict
 from tightfit.exceptions import CandidateError
 from tightfit.kernels import compress, discover_units, get_kernel
 from tightfit.kernels._pipeline import _probe_fails
-from tightfit.kernels.export import GENERATION_TORCH, torch_older_than
 from tightfit.spaces import Candidate
 from tightfit.task import load_data, load_model
 
@@ -79,7 +78,6 @@ def test_a_dropped_block_leaves_the_model_without_it(folder: Path, fast_profile,
         compress(_llama(folder), Candidate.from_params("m", every), ctx, tmp_path / "all")
 
 
-@pytest.mark.skipif(torch_older_than(GENERATION_TORCH), reason="generation graphs")
 def test_the_cache_has_one_entry_per_kept_block(folder: Path, tmp_path) -> None:
     from tightfit._ort import cache_layout
     from tightfit.evaluators.runtimes import open_runner

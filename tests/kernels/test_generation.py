@@ -17,19 +17,14 @@ from tightfit.evaluators.runtimes import open_runner
 from tightfit.exceptions import CandidateError
 from tightfit.hardware_profiles import HardwareProfile, get_profile
 from tightfit.kernels.export import (
-    GENERATION_TORCH,
     export_for,
     generation_names,
     nodes_by_module,
-    torch_older_than,
     verify_export,
 )
 from tightfit.task import load_model
 
 transformers = pytest.importorskip("transformers")
-pytestmark = pytest.mark.skipif(
-    torch_older_than(GENERATION_TORCH), reason=f"generation graphs need torch >= {GENERATION_TORCH}"
-)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from tests.helpers import search_config, trial_runs
 from tightfit.config import config_from_dict
 from tightfit.exceptions import ConfigError
 from tightfit.hardware_profiles import HardwareProfile
-from tightfit.kernels.export import GENERATION_TORCH, torch_older_than
 from tightfit.runs import run_search
 from tightfit.task import perplexity
 from tightfit.workspace import Setup, Workspace
@@ -101,9 +100,6 @@ def _dominance_free(front) -> bool:
     )
 
 
-@pytest.mark.skipif(
-    torch_older_than(GENERATION_TORCH), reason=f"generation graphs need torch >= {GENERATION_TORCH}"
-)
 def test_a_generation_profile_measures_decode_through_the_kv_cache(
     llama_folder: Path, tmp_path: Path
 ) -> None:

@@ -283,14 +283,6 @@ def _dynamic_shapes(
 
 
 PAST = "past_key_values"
-#: the oldest torch whose torch.export exports a KV-cache step of transformers 5's Llama
-GENERATION_TORCH = "2.13"
-
-
-def torch_older_than(version: str) -> bool:
-    """Whether the installed torch is older than ``version`` (major.minor)."""
-    mine = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
-    return mine < tuple(int(p) for p in version.split("."))
 
 
 def generation_names(layers: int) -> tuple[list[str], list[str]]:
@@ -320,12 +312,6 @@ def _generation_bytes(model: nn.Module, input_names: Iterable[str], opset: int) 
     if list(input_names) != ["input_ids"]:
         raise CandidateError(
             f"a generation profile feeds input_ids alone; the data gives {list(input_names)}"
-        )
-    if torch_older_than(GENERATION_TORCH):
-        raise CandidateError(
-            f"a generation profile's KV-cache graph needs torch >= {GENERATION_TORCH} (torch "
-            f"{torch.__version__} cannot export it: torch 2.9 guards transformers' mask code on "
-            f"the new tokens' count); pip install 'torch>={GENERATION_TORCH}'"
         )
     shapes = model.cache_shapes()
     # sizes 2, 3 and 4, not 0 or 1, which torch.export would take as constants

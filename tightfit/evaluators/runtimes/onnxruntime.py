@@ -21,7 +21,7 @@ class OnnxRuntime:
             return (
                 f"onnxruntime {ort.__version__} here offers {ort.get_available_providers()}, not "
                 f"{profile.execution_provider}; install onnxruntime-gpu in its place (pip uninstall "
-                "-y onnxruntime && pip install 'onnxruntime-gpu>=1.20,<1.33')"
+                "-y onnxruntime && pip install 'onnxruntime-gpu>=1.31,<1.33')"
             )
         return None
 
