@@ -83,15 +83,19 @@ def main() -> None:
     result["decode_ratio_unoptimized_over_optimized"] = ratio
     out = ROOT / "benchmarks" / "results"
     (out / "llm_export.json").write_text(json.dumps(result, indent=2))
+    write_markdown(result, out / "llm_export.md")
+
+
+def write_markdown(result: dict, path: Path) -> None:
     off, on = result["optimize=False"], result["optimize=True"]
-    machine = result["machine"]
+    m = result["machine"]
     lines = [
         "# The LLM export with and without onnxscript's optimizer (SmolLM2-135M KV-cache step)",
         "",
-        f"Machine: {machine.get('cpu', '?')}, {machine.get('platform', '?')}; "
-        f"torch {machine.get('torch', '?')}, onnxruntime {machine.get('onnxruntime', '?')}. "
-        f"`python benchmarks/llm_export.py`; decode step at cache length {CACHE}, batch 1, 2 "
-        f"threads, median of {ROUNDS} interleaved runs.",
+        f"Machine: {m['cpu']} ({m['cpu_count']} cores; {m['cpu_flags']}), "
+        f"onnxruntime {m['onnxruntime']}, torch {m['torch']}. `python benchmarks/llm_export.py`; "
+        f"decode step at cache length {result['cache']}, batch 1, 2 threads, median of {ROUNDS} "
+        "interleaved runs.",
         "",
         "| export | export time | nodes | decode step |",
         "| --- | ---: | ---: | ---: |",
@@ -100,11 +104,12 @@ def main() -> None:
         f"| optimize=False | {off['export_s']:.0f} s | {off['nodes']} "
         f"| {off['decode_step_ms']:.2f} ms |",
         "",
-        f"Decode ratio unoptimized / optimized: {ratio:.3f}; largest logit difference "
+        f"Decode ratio unoptimized / optimized: "
+        f"{result['decode_ratio_unoptimized_over_optimized']:.3f}; largest logit difference "
         f"{result['max_logit_difference']:.2g}.",
         "",
     ]
-    (out / "llm_export.md").write_text("\n".join(lines))
+    path.write_text("\n".join(lines))
     print("\n".join(lines))
 
 
