@@ -112,3 +112,47 @@ def test_a_generation_profile_needs_a_causal_lm_and_the_dynamo_exporter(
         )
     with pytest.raises(ValidationError, match="exporter: dynamo"):
         HardwareProfile.model_validate(profile.model_dump() | {"exporter": "torchscript"})
+
+
+def test_a_tied_head_is_offered_4_bits_and_runs_them(
+    profile: HardwareProfile, tmp_path: Path
+) -> None:
+    """SmolLM2's head is its embedding matrix: the exporter leaves it a Transpose of the
+    embedding (too large to fold, and shared with the Gather), which no quantizer takes. A
+    vocabulary of 512 x 32 is past the exporter's folding limit, as SmolLM2's is."""
+    import onnx
+
+    from tightfit.config import SpaceSpec
+    from tightfit.kernels import SurgeryContext
+    from tightfit.kernels.quantization import Quantization
+    from tightfit.kernels.recipe import build_recipe
+
+    folder = models.llama_folder(tmp_path / "hf", vocab=512, tied=True)
+    llama = load_model(ModelSpec(hf=str(folder)), input_names=["input_ids"])
+    ids = np.random.default_rng(0).integers(0, 512, size=(8, 12)).astype(np.int64)
+    path = export_for(
+        profile, llama, (torch.from_numpy(ids[:1]),), ["input_ids"], tmp_path / "g.onnx"
+    )
+    head = next(n for n in graph_of(path).graph.node if n.name.endswith("lm_head/MatMul"))
+    producers = {o: n.op_type for n in graph_of(path).graph.node for o in n.output}
+    assert producers.get(head.input[1]) == "Transpose"  # the case: not a constant weight
+    ctx = SurgeryContext(
+        example_inputs=(torch.from_numpy(ids[:1]),), input_names=("input_ids",),
+        calibration={"input_ids": ids}, profile=profile, baseline_onnx=path,
+    )  # fmt: skip
+    kernel = Quantization()
+    units = {u.path: u for u in kernel.units(llama, ctx, SpaceSpec(quantize={"bits": [32, 4]}))}
+    assert units["model.lm_head"].choices == (32, 4)
+    report = kernel.apply_onnx(path, tmp_path / "q.onnx", {"model.lm_head": 4}, ctx)
+    assert report["int4_nodes"] == 1 and report["int4_engaged"] == 1.0
+    ops = {n.name: n.op_type for n in graph_of(tmp_path / "q.onnx").graph.node}
+    assert ops[head.name + "_Q4"] == "MatMulNBits"
+    logits = predict(tmp_path / "q.onnx", {"input_ids": ids})
+    with torch.no_grad():
+        expected = llama(torch.from_numpy(ids)).numpy()
+    assert np.abs(logits - expected).max() < 0.1 * np.abs(expected).max()  # 4-bit, not float
+    assert np.abs(logits - expected).max() > 0
+    # the standard recipe's int4 takes the head too (onnxruntime-genai's builder does)
+    recipe, _ = build_recipe("int4", path, ctx, tmp_path / "recipe")
+    recipe_ops = {n.name: n.op_type for n in onnx.load(str(recipe)).graph.node}
+    assert recipe_ops.get(head.name + "_Q4") == "MatMulNBits"

@@ -54,6 +54,13 @@ def test_int4_matmulnbits_for_matmul_layers(tmp_path, fast_profile) -> None:
         ref = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(predict(out.onnx_path, {"tokens": x}), ref, atol=0.15)
     assert isinstance(data, TaskData)
+    # 4 bits for one layer is 4 bits for that layer only: ONNX Runtime's quantizer takes every
+    # MatMul unless told which not to
+    matmuls = _ops(ctx.baseline_onnx).count("MatMul")
+    assert matmuls >= 2
+    one = compress(model, Candidate(base_model="m", bits={"up": 4}), ctx, tmp_path / "one")
+    assert _ops(one.onnx_path).count("MatMulNBits") == 1
+    assert _ops(one.onnx_path).count("MatMul") == matmuls - 1
 
 
 def _uniform_int8(model, ctx, tmp_path):

@@ -18,7 +18,7 @@ from tightfit.evaluators import predict
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.kernels import compress
 from tightfit.kernels.bias_correction import WeightQuant, int4_error, int8_error
-from tightfit.kernels.quantization import _quantize_dynamic, _quantize_int4, _quantize_int8
+from tightfit.kernels.quantization import _quantize_dynamic, _quantize_int8, _quantize_nbits
 from tightfit.kernels.recovery import distill, reconstruct
 from tightfit.spaces import Candidate
 from tightfit.task import TaskData, load_data
@@ -96,7 +96,7 @@ def test_int4_error_is_matmulnbits_own(tmp_path) -> None:
     k, n = 80, 16  # K not a multiple of the block: the padding path too
     w = rng.standard_normal((k, n)).astype(np.float32)
     _save_matmul(w, tmp_path / "f.onnx")
-    _quantize_int4(tmp_path / "f.onnx", tmp_path / "q.onnx", {"mm"})
+    _quantize_nbits(tmp_path / "f.onnx", tmp_path / "q.onnx", {"mm"})
     # one-hot rows read the stored weights back (exact under the int8 activation blocks)
     stored = predict(tmp_path / "q.onnx", {"x": np.eye(k, dtype=np.float32)})
     np.testing.assert_allclose(w + int4_error(w), stored, atol=1e-5)

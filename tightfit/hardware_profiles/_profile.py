@@ -100,11 +100,14 @@ class QuantizationSettings(Record):
     # x86 without VNNI saturates in vpmaddubsw with full-range U8S8: use 7-bit weights there.
     reduce_range: bool | Literal["auto"] = "auto"
     calibrate_method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"
-    int8_format: Literal["static", "dynamic", "auto"] = Field(
+    int8_format: Literal["static", "dynamic", "weight-only", "auto"] = Field(
         "static",
         description="int8 MatMul layers: static Q/DQ (activation ranges calibrated on the "
         "data), dynamic (activation ranges computed per inference; ONNX Runtime's "
-        "MatMulInteger, often faster for transformers on CPU), or auto: a search builds uniform "
+        "MatMulInteger, often faster for transformers on CPU), weight-only (8-bit weights in "
+        "blocks of 32 along the input, MatMulNBits as 4-bit layers are; activations stay "
+        "float, or int8 per block of 32 inside the kernel: the int8 of decoder LMs, whose "
+        "activation outliers per-tensor ranges clip), or auto: a search builds uniform "
         "int8 both ways, measures both on this profile once per study and uses dynamic if it "
         "meets the accuracy constraint and is faster by more than measurement.target_ci (or "
         "static misses the constraint), else static (the study remembers the choice; a "

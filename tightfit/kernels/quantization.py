@@ -31,6 +31,7 @@ from tightfit.kernels._registry import register_kernel
 from tightfit.kernels.bias_correction import MAX_SAMPLES, WeightQuant, correct_bias
 from tightfit.kernels.export import (
     COMPUTE_OPS,
+    fold_weight_transposes,
     has_constant_weight,
     module_of_node,
     node_op_types,
@@ -161,21 +162,36 @@ def _quantize_dynamic(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext
     )
 
 
-def _quantize_int4(src: Path, dst: Path, nodes: set[str] | None) -> None:
-    """MatMulNBits (4-bit weights, blocks of 32, symmetric) on ``nodes`` (None: every MatMul
-    with constant weights)."""
+def _quantize_nbits(src: Path, dst: Path, nodes: set[str] | None, bits: int = 4) -> None:
+    """MatMulNBits (``bits``-bit weights, blocks of 32, symmetric) on ``nodes`` (None: every
+    MatMul with constant weights), and on no other node.
+
+    ``nodes_to_include`` alone does not restrict the quantizer: it quantizes a node that is
+    listed *or* whose type is one it quantizes (MatMul), so every MatMul went 4-bit whenever
+    one layer did. The MatMuls not in ``nodes`` are excluded by name, and the result is
+    counted.
+    """
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     model = onnx.load(str(src))
+    before = sum(n.op_type == "MatMulNBits" for n in model.graph.node)
+    wanted = set() if nodes is None else nodes
+    others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in wanted]
     quantizer = MatMulNBitsQuantizer(
         model,
-        bits=4,
+        bits=bits,
         block_size=32,
         is_symmetric=True,
         accuracy_level=4,
         nodes_to_include=sorted(nodes) if nodes is not None else None,
+        nodes_to_exclude=others if nodes is not None else [],
     )
     quantizer.process()
+    made = sum(n.op_type == "MatMulNBits" for n in quantizer.model.model.graph.node) - before
+    if nodes is not None and made > len(nodes):
+        raise RuntimeError(
+            f"the {bits}-bit quantizer made {made} MatMulNBits for {len(nodes)} planned nodes"
+        )
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
 
 
@@ -242,6 +258,8 @@ class Quantization(Kernel):
         logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
         report: dict[str, Any] = {"int8_nodes": len(by_bits[8]), "int4_nodes": len(by_bits[4])}
         with tempfile.TemporaryDirectory() as tmp:
+            planned = by_bits[8] | by_bits[4]
+            src = fold_weight_transposes(src, Path(tmp) / "constant-weights.onnx", planned)
             try:
                 final = _with_bias_correction(src, Path(tmp), by_bits, ctx, report)
             except CandidateError:
@@ -387,11 +405,12 @@ def _engaging(units: list[Unit], ctx: SurgeryContext) -> list[Unit]:
     if not int8 or baseline is None or not _checks_engagement(ctx.profile):
         return units
     nodes = {n for u in int8 for n in u.info["nodes"]}
-    if ctx.profile.quantization.int8_format != "dynamic":  # auto: static, the stricter format
+    if ctx.profile.quantization.int8_format == "auto":  # static, the stricter format
         ctx = replace(ctx, profile=ctx.profile.with_int8_format("static"))
     logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         try:
+            baseline = fold_weight_transposes(baseline, Path(tmp) / "constant-weights.onnx", nodes)
             quantized = _quantize(baseline, Path(tmp), {8: nodes, 4: set()}, ctx)
             floating = set(engagement(baseline, quantized, {8: nodes}, ctx).float_nodes)
         except Exception as e:  # the trials will say what fails, layer by layer
@@ -422,7 +441,8 @@ def _quantize(src: Path, out_dir: Path, by_bits: dict[int, set[str]], ctx: Surge
     out_dir.mkdir(parents=True, exist_ok=True)
     current = src
     dynamic = _dynamic_nodes(src, by_bits[8], ctx)
-    static = by_bits[8] - dynamic
+    weight_only = _weight_only_nodes(src, by_bits[8], ctx)
+    static = by_bits[8] - dynamic - weight_only
     if static:
         out = out_dir / "int8.onnx"
         _quantize_int8(current, out, static, ctx)
@@ -431,11 +451,29 @@ def _quantize(src: Path, out_dir: Path, by_bits: dict[int, set[str]], ctx: Surge
         out = out_dir / "int8-dynamic.onnx"
         _quantize_dynamic(current, out, dynamic, ctx)
         current = out
+    if weight_only:
+        out = out_dir / "int8-weights.onnx"
+        _quantize_nbits(current, out, weight_only, bits=8)
+        current = out
     if by_bits[4]:
         out = out_dir / "int4.onnx"
-        _quantize_int4(current, out, by_bits[4])
+        _quantize_nbits(current, out, by_bits[4])
         current = out
     return current
+
+
+def _weight_only_nodes(src: Path, int8: set[str], ctx: SurgeryContext) -> set[str]:
+    """The int8 nodes given 8-bit MatMulNBits under ``int8_format: weight-only``: the MatMuls
+    with a constant weight (a Gemm or Conv takes static Q/DQ, a fused Attention QAttention)."""
+    if ctx.profile.quantization.int8_format != "weight-only":
+        return set()
+    model = onnx.load(str(src), load_external_data=False)
+    constants = {t.name for t in model.graph.initializer}
+    return {
+        n.name
+        for n in model.graph.node
+        if n.name in int8 and n.op_type == "MatMul" and n.input[1] in constants
+    }
 
 
 def _dynamic_nodes(src: Path, int8: set[str], ctx: SurgeryContext) -> set[str]:
@@ -467,7 +505,10 @@ def _with_bias_correction(
     mode = ctx.recovery.bias_correction
     settings = ctx.profile.quantization
     targets8 = by_bits[8] if mode is True or not settings.per_channel else set()
-    targets8 = targets8 - _dynamic_nodes(src, by_bits[8], ctx)  # not emulated: left alone
+    # not emulated: left alone
+    targets8 = (
+        targets8 - _dynamic_nodes(src, by_bits[8], ctx) - _weight_only_nodes(src, by_bits[8], ctx)
+    )
     fixed_src = tmp / "bias-corrected.onnx"
     n = 0
     if mode is not False and (targets8 or by_bits[4]):

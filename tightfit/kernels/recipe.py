@@ -31,6 +31,7 @@ from torch import nn
 
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.kernels._base import SurgeryContext
+from tightfit.kernels.export import fold_weight_transposes
 from tightfit.kernels.fusion import fused_graph
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def build_recipe(
     from tightfit._ort import cache_layout
     from tightfit.kernels.precision import to_float16
     from tightfit.kernels.quantization import (
-        _quantize_int4,
+        _quantize_nbits,
         _Reader,
         _reduce_range,
         masked_attention,
@@ -99,6 +100,8 @@ def build_recipe(
     info: dict[str, Any] = {"fusions": fusions}
     if variant == "fp32":
         return graph, info
+    # a tied head's weight is the embedding transposed: a constant of its own, so it quantizes
+    graph = fold_weight_transposes(graph, out_dir / "constant-weights.onnx")
     settings = ctx.profile.quantization
     reduce_range = _reduce_range(ctx)
     info.update(per_channel=settings.per_channel, reduce_range=reduce_range)
@@ -137,7 +140,7 @@ def build_recipe(
         return dst, info
     if variant == "int4":
         dst = out_dir / "int4.onnx"
-        _quantize_int4(graph, dst, None)
+        _quantize_nbits(graph, dst, None)
         return dst, {**info, "block_size": 32, "symmetric": True}
     raise ValueError(
         f"unknown recipe variant {variant!r}; choose from fp32, int8-dynamic, int8-static, int4, "
