@@ -18,9 +18,13 @@ Models:
   the builder), run by the same loop as the others (its head dimension made static, its
   attention mask fed); its own generator (`og.Generator`, which shares one cache buffer across
   steps) is timed against the fp32 export in rounds of its own;
-- `uniform prune P + int4`: tightfit's kernels with the same choice on every block (heads
-  and MLP neurons pruned by P, every layer 4-bit), no recovery: what a per-layer search starts
-  from (issue 27: "uniform baselines beside the front").
+- tightfit's kernels with one choice for every block (issue 27: "uniform baselines beside the
+  front"), no recovery: `uniform int8` (8-bit weight-only MatMulNBits, the profile's int8),
+  `uniform int4`, `uniform prune P + int8 / int4` (heads, in whole key/value groups, and MLP
+  neurons pruned by P, the nearest ratio a unit offers at or below P), every MatMul including
+  the tied head;
+- `int4 MLP, int8 rest`: one non-uniform plan picked by hand (not searched): 4-bit MLPs, 8-bit
+  attention projections and head.
 
 Writes benchmarks/results/llm.{json,md} with the machine fingerprint.
 """
@@ -136,9 +140,24 @@ def og_rounds(folder: Path, baseline: Path, profile: Any, feed: dict, rounds: in
     }
 
 
+def uniform(units: list, ratio: float, bits: int, mlp_bits: int) -> dict[str, Any]:
+    """One choice for every unit: prune ratio ``ratio`` (the largest a unit offers at or below
+    it), ``bits`` for every layer but the MLPs' (``mlp_bits``)."""
+    params: dict[str, Any] = {}
+    for u in units:
+        if u.knob == "prune_ratio" and ratio > 0:
+            params[u.param_name] = max(c for c in u.choices if c <= ratio)
+        elif u.knob == "bits":
+            want = mlp_bits if ".mlp." in u.path else bits
+            if want not in u.choices:
+                raise SystemExit(f"{u.path} offers {u.choices}, not {want} bits")
+            params[u.param_name] = want
+    return params
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--prunes", type=float, nargs="*", default=[0.125, 0.25])
+    parser.add_argument("--prunes", type=float, nargs="*", default=[0.25])
     parser.add_argument("--og-rounds", type=int, default=10)
     args = parser.parse_args()
 
@@ -177,15 +196,21 @@ def main() -> None:
             models["onnxruntime-genai int4"] = genai
             built["onnxruntime-genai int4"] = {"build_s": time.perf_counter() - t0}
         units = discover_units(ws.model, ws.ctx, config.space)
+        plans = {"uniform int8": (0.0, 8, 8), "uniform int4": (0.0, 4, 4)}
         for ratio in args.prunes:
-            params = {u.param_name: (ratio if u.knob == "prune" else 4) for u in units
-                      if u.knob in ("prune", "bits")}  # fmt: skip
-            candidate = Candidate.from_params(ws.model_id, params)
+            plans[f"uniform prune {ratio:g} + int8"] = (ratio, 8, 8)
+            plans[f"uniform prune {ratio:g} + int4"] = (ratio, 4, 4)
+        plans["int4 MLP, int8 rest (hand-picked)"] = (0.0, 8, 4)
+        for name, (ratio, bits, mlp_bits) in plans.items():
+            candidate = Candidate.from_params(ws.model_id, uniform(units, ratio, bits, mlp_bits))
             t0 = time.perf_counter()
-            out = compress(ws.model, candidate, ws.ctx, tmp / f"prune{ratio}")
-            name = f"uniform prune {ratio:g} + int4"
+            out = compress(ws.model, candidate, ws.ctx, tmp / name.replace(" ", "_"))
             models[name] = out.onnx_path
-            built[name] = {"build_s": time.perf_counter() - t0, "units": len(params)}
+            built[name] = {
+                "build_s": time.perf_counter() - t0,
+                "plan": candidate.summary(),
+                **{k: v for k, v in out.report.get("quantize", {}).items() if "engaged" in k},
+            }
 
         rows: dict[str, dict[str, Any]] = {}
         validation = ws.data.validation

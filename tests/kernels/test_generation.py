@@ -152,6 +152,18 @@ def test_a_tied_head_is_offered_4_bits_and_runs_them(
         expected = llama(torch.from_numpy(ids)).numpy()
     assert np.abs(logits - expected).max() < 0.1 * np.abs(expected).max()  # 4-bit, not float
     assert np.abs(logits - expected).max() > 0
+    # the profile's int8 is weight-only: 8-bit MatMulNBits, on the head and on a projection
+    up = "model.model.layers.0.mlp.up_proj"
+    report = kernel.apply_onnx(path, tmp_path / "q8.onnx", {"model.lm_head": 8, up: 8}, ctx)
+    assert report["int8_nodes"] == 2 and report["int8_engaged"] == 1.0
+    nbits = [n for n in graph_of(tmp_path / "q8.onnx").graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 2
+    assert all(
+        onnx.helper.get_attribute_value(a) == 8
+        for n in nbits
+        for a in n.attribute
+        if a.name == "bits"
+    )
     # the standard recipe's int4 takes the head too (onnxruntime-genai's builder does)
     recipe, _ = build_recipe("int4", path, ctx, tmp_path / "recipe")
     recipe_ops = {n.name: n.op_type for n in onnx.load(str(recipe)).graph.node}

@@ -108,8 +108,18 @@ def fused_graph(
     baseline: Path, out_dir: Path, attention: tuple[int, int] | None = None
 ) -> tuple[Path, dict[str, int]]:
     """The graph the recipe's CPU variants start from, and the fused operators' counts: the
-    transformer optimizer's output where it fused anything, else ``baseline`` itself."""
+    transformer optimizer's output where it fused anything, else ``baseline`` itself.
+
+    A tied head's weight (the embedding, transposed) is made a constant of its own first
+    (``fold_weight_transposes``): the optimizer turns MatMul-of-Transpose into FusedMatMul,
+    which no quantizer takes, so the recipe's int4 and int8 would leave the head in float
+    (onnxruntime-genai's builder quantizes it). The float variant then holds the head twice,
+    as ONNX Runtime's own constant folding would in memory.
+    """
+    from tightfit.kernels.export import fold_weight_transposes
+
     out_dir.mkdir(parents=True, exist_ok=True)
+    baseline = fold_weight_transposes(baseline, out_dir / "constant-weights.onnx")
     fused_path = out_dir / "fused.onnx"
     fusions = fuse_transformer(baseline, fused_path, attention)
     return (fused_path if fusions else baseline), fusions

@@ -31,7 +31,6 @@ from torch import nn
 
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.kernels._base import SurgeryContext
-from tightfit.kernels.export import fold_weight_transposes
 from tightfit.kernels.fusion import fused_graph
 
 log = logging.getLogger(__name__)
@@ -100,8 +99,6 @@ def build_recipe(
     info: dict[str, Any] = {"fusions": fusions}
     if variant == "fp32":
         return graph, info
-    # a tied head's weight is the embedding transposed: a constant of its own, so it quantizes
-    graph = fold_weight_transposes(graph, out_dir / "constant-weights.onnx")
     settings = ctx.profile.quantization
     reduce_range = _reduce_range(ctx)
     info.update(per_channel=settings.per_channel, reduce_range=reduce_range)
