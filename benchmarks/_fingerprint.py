@@ -16,3 +16,12 @@ def fingerprint() -> dict[str, str]:
         "platform": platform.platform(),
         **library_versions(),
     }
+
+
+def machine_line(fp: dict[str, str]) -> str:
+    """The fingerprint as one line of a result's markdown: the CPU, its cores and flags (AVX2
+    and AMX machines differ there), and the runtime versions."""
+    return (
+        f"{fp.get('cpu', '?')} ({fp.get('cpu_count', '?')} cores; {fp.get('cpu_flags', '?')}), "
+        f"torch {fp.get('torch', '?')}, onnxruntime {fp.get('onnxruntime', '?')}"
+    )

@@ -45,7 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._fingerprint import fingerprint  # noqa: E402
+from benchmarks._fingerprint import fingerprint, machine_line  # noqa: E402
 
 PROMPTS = (
     "It is a truth universally acknowledged, that",
@@ -273,8 +273,7 @@ def write_markdown(result: dict, path: Path) -> None:
     lines = [
         "# SmolLM2-135M on Austen: uniform compressions and the standard LLM recipes",
         "",
-        f"`python benchmarks/llm.py`. Machine: {fp.get('cpu', '?')} ({fp.get('cpu_count', '?')} "
-        f"CPUs), torch {fp.get('torch', '?')}, onnxruntime {fp.get('onnxruntime', '?')}. "
+        f"`python benchmarks/llm.py`. Machine: {machine_line(fp)}. "
         f"Profile `cpu-ort-llm`: {result['profile']['generation']}. All models measured in the "
         f"same interleaved rounds against fp32 ({result['measure_s']:.0f} s). Perplexity: 16 "
         "windows of 256 tokens of *Persuasion* (held out), lower is better.",

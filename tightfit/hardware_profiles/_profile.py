@@ -117,6 +117,12 @@ class QuantizationSettings(Record):
     symmetric_activations: bool = Field(
         False, description="zero-point 0 for activations (TensorRT accepts only symmetric Q/DQ)"
     )
+    int4_block_size: Literal[16, 32, 64, 128] = Field(
+        32,
+        description="weights per 4-bit (and weight-only 8-bit) MatMulNBits scale, along the "
+        "input: smaller blocks keep more accuracy and decode slower (measured on SmolLM2 in "
+        "benchmarks/results/llm_int4_formats.md)",
+    )
 
     @property
     def activations(self) -> str:

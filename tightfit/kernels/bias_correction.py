@@ -40,6 +40,7 @@ class WeightQuant:
     weight_type: str  # "QInt8" or "QUInt8"
     per_channel: bool
     reduce_range: bool
+    int4_block: int = INT4_BLOCK  # MatMulNBits' block size (profile.quantization.int4_block_size)
 
 
 def int8_error(weight: np.ndarray, axis: int | None, q: WeightQuant) -> np.ndarray:
@@ -156,7 +157,7 @@ def correct_bias(
             err = (
                 int8_error(w, 1 if quant.per_channel else None, quant)
                 if bits == 8
-                else int4_error(w)
+                else int4_error(w, quant.int4_block)
             )
             jobs.append((node, err.T, 1, 1.0))
     if not jobs:

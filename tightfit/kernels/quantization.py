@@ -162,8 +162,15 @@ def _quantize_dynamic(src: Path, dst: Path, nodes: set[str], ctx: SurgeryContext
     )
 
 
-def _quantize_nbits(src: Path, dst: Path, nodes: set[str] | None, bits: int = 4) -> None:
-    """MatMulNBits (``bits``-bit weights, blocks of 32, symmetric) on ``nodes`` (None: every
+def _quantize_nbits(
+    src: Path,
+    dst: Path,
+    nodes: set[str] | None,
+    bits: int = 4,
+    block_size: int = 32,
+    symmetric: bool = True,
+) -> None:
+    """MatMulNBits (``bits``-bit weights, blocks of ``block_size``) on ``nodes`` (None: every
     MatMul with constant weights), and on no other node.
 
     ``nodes_to_include`` alone does not restrict the quantizer: it quantizes a node that is
@@ -180,8 +187,8 @@ def _quantize_nbits(src: Path, dst: Path, nodes: set[str] | None, bits: int = 4)
     quantizer = MatMulNBitsQuantizer(
         model,
         bits=bits,
-        block_size=32,
-        is_symmetric=True,
+        block_size=block_size,
+        is_symmetric=symmetric,
         accuracy_level=4,
         nodes_to_include=sorted(nodes) if nodes is not None else None,
         nodes_to_exclude=others if nodes is not None else [],
@@ -453,11 +460,11 @@ def _quantize(src: Path, out_dir: Path, by_bits: dict[int, set[str]], ctx: Surge
         current = out
     if weight_only:
         out = out_dir / "int8-weights.onnx"
-        _quantize_nbits(current, out, weight_only, bits=8)
+        _quantize_nbits(current, out, weight_only, 8, ctx.profile.quantization.int4_block_size)
         current = out
     if by_bits[4]:
         out = out_dir / "int4.onnx"
-        _quantize_nbits(current, out, by_bits[4])
+        _quantize_nbits(current, out, by_bits[4], 4, ctx.profile.quantization.int4_block_size)
         current = out
     return current
 
@@ -512,7 +519,9 @@ def _with_bias_correction(
     fixed_src = tmp / "bias-corrected.onnx"
     n = 0
     if mode is not False and (targets8 or by_bits[4]):
-        weights = WeightQuant(settings.weight_type, settings.per_channel, _reduce_range(ctx))
+        weights = WeightQuant(
+            settings.weight_type, settings.per_channel, _reduce_range(ctx), settings.int4_block_size
+        )
         n = correct_bias(src, fixed_src, targets8, by_bits[4], ctx.calibration, weights)
     if n == 0:
         return _quantize(src, tmp / "plain", by_bits, ctx)

@@ -137,8 +137,8 @@ def build_recipe(
         return dst, info
     if variant == "int4":
         dst = out_dir / "int4.onnx"
-        _quantize_nbits(graph, dst, None)
-        return dst, {**info, "block_size": 32, "symmetric": True}
+        _quantize_nbits(graph, dst, None, 4, settings.int4_block_size)
+        return dst, {**info, "block_size": settings.int4_block_size, "symmetric": True}
     raise ValueError(
         f"unknown recipe variant {variant!r}; choose from fp32, int8-dynamic, int8-static, int4, "
         "fp16"
