@@ -159,6 +159,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prunes", type=float, nargs="*", default=[0.25])
     parser.add_argument("--og-rounds", type=int, default=10)
+    parser.add_argument(
+        "--importance",
+        choices=["magnitude", "activation"],
+        help="how pruning ranks heads and neurons (default: the example's)",
+    )
+    parser.add_argument("--tag", default="", help="results as llm_<tag>.{json,md}")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -177,6 +183,10 @@ def main() -> None:
 
     profile = get_profile("cpu-ort-llm")
     config = load_config(ROOT / "examples" / "smollm2.yaml")
+    if args.importance:
+        prune = config.space.prune.model_copy(update={"importance": args.importance})
+        space = config.space.model_copy(update={"prune": prune})
+        config = config.model_copy(update={"space": space})
     tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir())
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -261,10 +271,12 @@ def main() -> None:
         "measure_s": measure_s,
         "rows": rows,
         "onnxruntime_genai_generator": og,
+        "prune_importance": config.space.prune.importance,
     }
     out = ROOT / "benchmarks" / "results"
-    (out / "llm.json").write_text(json.dumps(result, indent=1))
-    write_markdown(result, out / "llm.md")
+    name = f"llm_{args.tag}" if args.tag else "llm"
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    write_markdown(result, out / f"{name}.md")
 
 
 def write_markdown(result: dict, path: Path) -> None:
@@ -276,7 +288,8 @@ def write_markdown(result: dict, path: Path) -> None:
         f"`python benchmarks/llm.py`. Machine: {machine_line(fp)}. "
         f"Profile `cpu-ort-llm`: {result['profile']['generation']}. All models measured in the "
         f"same interleaved rounds against fp32 ({result['measure_s']:.0f} s). Perplexity: 16 "
-        "windows of 256 tokens of *Persuasion* (held out), lower is better.",
+        "windows of 256 tokens of *Persuasion* (held out), lower is better. Pruned rows: "
+        f"{result.get('prune_importance', 'magnitude')} importance (the example's), no recovery.",
         "",
         "| model | perplexity | vs fp32 | decode ms/token | decode speedup [95% CI] | "
         "prefill ms | end to end ms | size MB |",
