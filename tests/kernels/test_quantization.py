@@ -61,6 +61,21 @@ def test_int4_matmulnbits_for_matmul_layers(tmp_path, fast_profile) -> None:
     one = compress(model, Candidate(base_model="m", bits={"up": 4}), ctx, tmp_path / "one")
     assert _ops(one.onnx_path).count("MatMulNBits") == 1
     assert _ops(one.onnx_path).count("MatMul") == matmuls - 1
+    # the profile's block size; int8 weight-only is MatMulNBits too, at 8 bits
+    q = fast_profile.quantization.model_copy(
+        update={"int4_block_size": 16, "int8_format": "weight-only"}
+    )
+    ctx16 = replace(ctx, profile=fast_profile.model_copy(update={"quantization": q}))
+    out = compress(
+        model, Candidate(base_model="m", bits={"up": 4, "down": 8}), ctx16, tmp_path / "b"
+    )
+    nbits = [n for n in onnx.load(str(out.onnx_path)).graph.node if n.op_type == "MatMulNBits"]
+    attrs = sorted(
+        (a["bits"], a["block_size"])
+        for a in ({x.name: onnx.helper.get_attribute_value(x) for x in n.attribute} for n in nbits)
+    )
+    assert attrs == [(4, 16), (8, 16)]
+    assert out.report["quantize"]["int8_engaged"] == 1.0
 
 
 def _uniform_int8(model, ctx, tmp_path):
