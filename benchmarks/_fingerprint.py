@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import platform
+from collections.abc import Callable
+from pathlib import Path
 
 
 def fingerprint() -> dict[str, str]:
@@ -25,3 +28,11 @@ def machine_line(fp: dict[str, str]) -> str:
         f"{fp.get('cpu', '?')} ({fp.get('cpu_count', '?')} cores; {fp.get('cpu_flags', '?')}), "
         f"torch {fp.get('torch', '?')}, onnxruntime {fp.get('onnxruntime', '?')}"
     )
+
+
+def write_result(name: str, result: dict, markdown: Callable[[dict, Path], None]) -> None:
+    """``result`` as ``benchmarks/results/<name>.json``, and its markdown beside it, written
+    from that JSON by ``markdown`` (so a table can be regenerated without rerunning)."""
+    out = Path(__file__).resolve().parent / "results"
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    markdown(result, out / f"{name}.md")

@@ -45,7 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._fingerprint import fingerprint, machine_line  # noqa: E402
+from benchmarks._fingerprint import fingerprint, machine_line, write_result  # noqa: E402
 
 PROMPTS = (
     "It is a truth universally acknowledged, that",
@@ -273,10 +273,7 @@ def main() -> None:
         "onnxruntime_genai_generator": og,
         "prune_importance": config.space.prune.importance,
     }
-    out = ROOT / "benchmarks" / "results"
-    name = f"llm_{args.tag}" if args.tag else "llm"
-    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
-    write_markdown(result, out / f"{name}.md")
+    write_result(f"llm_{args.tag}" if args.tag else "llm", result, write_markdown)
 
 
 def write_markdown(result: dict, path: Path) -> None:

@@ -11,7 +11,6 @@ fingerprint.
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._fingerprint import fingerprint  # noqa: E402
+from benchmarks._fingerprint import fingerprint, machine_line, write_result  # noqa: E402
 
 ROUNDS = 30
 CACHE = 128
@@ -81,9 +80,7 @@ def main() -> None:
         result[f"optimize={o}"]["decode_step_ms"] = 1e3 * float(np.median(times[o]))
     ratio = float(np.median(times[False]) / np.median(times[True]))
     result["decode_ratio_unoptimized_over_optimized"] = ratio
-    out = ROOT / "benchmarks" / "results"
-    (out / "llm_export.json").write_text(json.dumps(result, indent=2))
-    write_markdown(result, out / "llm_export.md")
+    write_result("llm_export", result, write_markdown)
 
 
 def write_markdown(result: dict, path: Path) -> None:
@@ -92,8 +89,7 @@ def write_markdown(result: dict, path: Path) -> None:
     lines = [
         "# The LLM export with and without onnxscript's optimizer (SmolLM2-135M KV-cache step)",
         "",
-        f"Machine: {m['cpu']} ({m['cpu_count']} cores; {m['cpu_flags']}), "
-        f"onnxruntime {m['onnxruntime']}, torch {m['torch']}. `python benchmarks/llm_export.py`; "
+        f"Machine: {machine_line(m)}. `python benchmarks/llm_export.py`; "
         f"decode step at cache length {result['cache']}, batch 1, 2 threads, median of {ROUNDS} "
         "interleaved runs.",
         "",

@@ -12,7 +12,6 @@ Writes benchmarks/results/llm_int4_formats.{json,md} with the machine fingerprin
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._fingerprint import fingerprint, machine_line  # noqa: E402
+from benchmarks._fingerprint import fingerprint, machine_line, write_result  # noqa: E402
 
 #: (bits, block size, symmetric)
 FORMATS = {
@@ -78,9 +77,7 @@ def main() -> None:
                 phases_ms=result.phases_ms, ratio=result.ratio, ratio_ci=list(result.ratio_ci)
             )
     result = {"fingerprint": fingerprint(), "rows": rows}
-    out = ROOT / "benchmarks" / "results"
-    (out / "llm_int4_formats.json").write_text(json.dumps(result, indent=1))
-    write_markdown(result, out / "llm_int4_formats.md")
+    write_result("llm_int4_formats", result, write_markdown)
 
 
 def write_markdown(result: dict, path: Path) -> None:
