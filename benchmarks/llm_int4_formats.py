@@ -94,7 +94,7 @@ def write_markdown(result: dict, path: Path) -> None:
         "| format | perplexity | vs fp32 | decode ms/token | decode speedup | size MB |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for name, r in rows.items():
+    for name, r in sorted(rows.items(), key=lambda item: item[0] != "fp32"):  # fp32 first
         lines.append(
             f"| {name} | {r['perplexity']:.2f} | {r['perplexity'] / base['perplexity'] - 1:+.1%} "
             f"| {r['phases_ms']['decode_ms_per_token']:.2f} | {1 / r['ratio']:.2f}x "
