@@ -447,9 +447,7 @@ def _quantize(src: Path, out_dir: Path, by_bits: dict[int, set[str]], ctx: Surge
     so), then 4-bit MatMulNBits for ``by_bits[4]``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     current = src
-    dynamic = _dynamic_nodes(src, by_bits[8], ctx)
-    weight_only = _weight_only_nodes(src, by_bits[8], ctx)
-    static = by_bits[8] - dynamic - weight_only
+    static, dynamic, weight_only = _int8_formats(src, by_bits[8], ctx)
     if static:
         out = out_dir / "int8.onnx"
         _quantize_int8(current, out, static, ctx)
@@ -469,34 +467,36 @@ def _quantize(src: Path, out_dir: Path, by_bits: dict[int, set[str]], ctx: Surge
     return current
 
 
-def _weight_only_nodes(src: Path, int8: set[str], ctx: SurgeryContext) -> set[str]:
-    """The int8 nodes given 8-bit MatMulNBits under ``int8_format: weight-only``: the MatMuls
-    with a constant weight (a Gemm or Conv takes static Q/DQ, a fused Attention QAttention)."""
-    if ctx.profile.quantization.int8_format != "weight-only":
-        return set()
-    model = onnx.load(str(src), load_external_data=False)
-    constants = {t.name for t in model.graph.initializer}
-    return {
-        n.name
-        for n in model.graph.node
-        if n.name in int8 and n.op_type == "MatMul" and n.input[1] in constants
-    }
+def _int8_formats(
+    src: Path, int8: set[str], ctx: SurgeryContext
+) -> tuple[set[str], set[str], set[str]]:
+    """The int8 nodes of ``src`` split by how they are quantized: (static, dynamic,
+    weight-only), the graph read once.
 
-
-def _dynamic_nodes(src: Path, int8: set[str], ctx: SurgeryContext) -> set[str]:
-    """The int8 nodes quantized dynamically: MatMul, when the profile asks for dynamic, and a
-    fused Attention always (``QAttention``, ONNX Runtime's one integer attention, is dynamic).
-
-    Not Gemm: ONNX Runtime's dynamic quantizer has no integer Gemm (its registry maps MatMul to
+    Dynamic: MatMul, when the profile asks for dynamic, and a fused Attention always
+    (``QAttention``, ONNX Runtime's one integer attention, is dynamic). Not Gemm: ONNX
+    Runtime's dynamic quantizer has no integer Gemm (its registry maps MatMul to
     MatMulInteger, Conv to ConvInteger), so a "dynamic" Gemm kept its float kernel behind a
     DequantizeLinear, as ``engagement`` showed on the digits classifier. A Gemm takes static
     Q/DQ (QGemm) in either format.
+
+    Weight-only (``int8_format: weight-only``): 8-bit MatMulNBits on the MatMuls with a
+    constant weight. Everything else is static Q/DQ.
     """
-    ops = node_op_types(onnx.load(str(src), load_external_data=False))
-    dynamic = {"Attention"}
-    if ctx.profile.quantization.int8_format == "dynamic":
-        dynamic.add("MatMul")
-    return {n for n in int8 if ops.get(n) in dynamic}
+    model = onnx.load(str(src), load_external_data=False)
+    ops = node_op_types(model)
+    fmt = ctx.profile.quantization.int8_format
+    dynamic_ops = {"Attention", "MatMul"} if fmt == "dynamic" else {"Attention"}
+    dynamic = {n for n in int8 if ops.get(n) in dynamic_ops}
+    weight_only: set[str] = set()
+    if fmt == "weight-only":
+        constants = {t.name for t in model.graph.initializer}
+        weight_only = {
+            n.name
+            for n in model.graph.node
+            if n.name in int8 and n.op_type == "MatMul" and n.input[1] in constants
+        }
+    return int8 - dynamic - weight_only, dynamic, weight_only
 
 
 def _with_bias_correction(
@@ -512,10 +512,7 @@ def _with_bias_correction(
     mode = ctx.recovery.bias_correction
     settings = ctx.profile.quantization
     targets8 = by_bits[8] if mode is True or not settings.per_channel else set()
-    # not emulated: left alone
-    targets8 = (
-        targets8 - _dynamic_nodes(src, by_bits[8], ctx) - _weight_only_nodes(src, by_bits[8], ctx)
-    )
+    targets8 = targets8 & _int8_formats(src, by_bits[8], ctx)[0]  # static only: emulated
     fixed_src = tmp / "bias-corrected.onnx"
     n = 0
     if mode is not False and (targets8 or by_bits[4]):
