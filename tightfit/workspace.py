@@ -43,7 +43,7 @@ from tightfit.hardware_profiles import HardwareProfile
 from tightfit.kernels import SurgeryContext, compress, export_onnx
 from tightfit.kernels._hooks import run_watched
 from tightfit.kernels.export import export_for, verify_export
-from tightfit.kernels.fusion import fuse_for
+from tightfit.kernels.fusion import fuse_for, pack_siblings, packs
 from tightfit.kernels.precision import to_float16
 from tightfit.spaces import Candidate
 from tightfit.task import TaskData, is_token_input, load_data, load_model, model_id
@@ -205,8 +205,13 @@ class Workspace:
         self.plain_onnx = self.baseline_onnx
         profile = self._fuse_baseline(profile, what)
         self.float_onnx = self.baseline_onnx  # the graph units are discovered on
+        if packs(profile):  # measured as every candidate is, its sibling MatMuls packed
+            self.baseline_onnx = self.scratch / "baseline-packed.onnx"
+            self.export_record["packed_matmuls"] = pack_siblings(
+                self.float_onnx, self.baseline_onnx
+            )
         if setup.profile.float_precision == "fp16":
-            self.baseline_onnx = to_float16(self.float_onnx, self.scratch / "baseline-fp16.onnx")
+            self.baseline_onnx = to_float16(self.baseline_onnx, self.scratch / "baseline-fp16.onnx")
         self.ctx = SurgeryContext(
             example_inputs=example,
             input_names=self.data.input_names,

@@ -168,3 +168,68 @@ def test_a_tied_head_is_offered_4_bits_and_runs_them(
     recipe, _ = build_recipe("int4", path, ctx, tmp_path / "recipe")
     recipe_ops = {n.name: n.op_type for n in onnx.load(str(recipe)).graph.node}
     assert recipe_ops.get(head.name + "_Q4") == "MatMulNBits"
+
+
+def test_the_decoder_graph_is_fused_and_its_sibling_projections_packed(
+    llama: torch.nn.Module, profile: HardwareProfile, tmp_path: Path
+) -> None:
+    """The generation profile fuses the RMS norms and rotary embeddings (not attention), keeps
+    every projection's node for the per-layer plan, and after precision packs the projections
+    that read one input into one product: q and k of one precision together, v of another
+    apart, the float gate and up together. Packing changes no output."""
+
+    from tightfit.kernels import SurgeryContext
+    from tightfit.kernels.fusion import DECODER_OPS, fuse_for, pack_siblings, packs
+    from tightfit.kernels.quantization import Quantization
+
+    assert packs(profile)
+    ids = np.random.default_rng(2).integers(0, 128, size=(4, 12)).astype(np.int64)
+    path = export_for(
+        profile, llama, (torch.from_numpy(ids[:1]),), ["input_ids"], tmp_path / "g.onnx"
+    )
+    owners = set(nodes_by_module(graph_of(path)))
+    fused = fuse_for(profile, path, {"input_ids": ids})
+    assert fused.refused is None
+    assert set(fused.counts) == set(DECODER_OPS), fused.counts
+    assert fused.counts["SkipSimplifiedLayerNormalization"] >= 3
+    assert fused.counts["RotaryEmbedding"] == 2 * 3  # q and k of each block
+    ops = {n.op_type for n in graph_of(path).graph.node}
+    assert not ops & {"MultiHeadAttention", "GroupQueryAttention", "Attention"}
+    assert {m for m in nodes_by_module(graph_of(path)) if m.endswith("_proj")} == {
+        m for m in owners if m.endswith("_proj")
+    }
+    with torch.no_grad():
+        expected = llama(torch.from_numpy(ids)).numpy()
+    np.testing.assert_allclose(predict(path, {"input_ids": ids}), expected, atol=1e-4)
+
+    attn = "model.model.layers.0.self_attn"
+    plan = {f"{attn}.q_proj": 4, f"{attn}.k_proj": 4, f"{attn}.v_proj": 8}
+    ctx = SurgeryContext(
+        example_inputs=(torch.from_numpy(ids[:1]),), input_names=("input_ids",),
+        calibration={"input_ids": ids}, profile=profile, baseline_onnx=path,
+    )  # fmt: skip
+    Quantization().apply_onnx(path, tmp_path / "q.onnx", plan, ctx)
+    made = pack_siblings(tmp_path / "q.onnx", tmp_path / "packed.onnx")
+    before = graph_of(tmp_path / "q.onnx").graph.node
+    after = graph_of(tmp_path / "packed.onnx").graph.node
+    # block 0: q+k (4-bit) and gate+up (float); blocks 1, 2: q+k+v and gate+up (float)
+    assert made == 2 + 2 * 2
+    packed = {n.name: n for n in after if n.name.endswith("_packed")}
+    nbits = [n for n in packed.values() if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 1 and dict((a.name, a.i) for a in nbits[0].attribute)["N"] == 32 + 16
+    assert sum(n.op_type == "MatMulNBits" for n in after) == 2  # the packed q+k, and v alone
+    assert sum(n.op_type == "MatMulNBits" for n in before) == 3
+    assert (
+        len([n for n in after if n.op_type == "Split"])
+        - len([n for n in before if n.op_type == "Split"])
+        == made
+    )
+    np.testing.assert_array_equal(
+        predict(tmp_path / "packed.onnx", {"input_ids": ids}),
+        predict(tmp_path / "q.onnx", {"input_ids": ids}),
+    )
+    # decoding through the cache gives the same tokens, packed or not
+    prompt = ids[:1, :6]
+    tokens = [open_runner(p, profile, {"input_ids": prompt}).generate()[2].tolist()  # type: ignore[attr-defined]
+              for p in (tmp_path / "q.onnx", tmp_path / "packed.onnx")]  # fmt: skip
+    assert tokens[0] == tokens[1]

@@ -131,6 +131,12 @@ def test_a_generation_profile_measures_decode_through_the_kv_cache(
         # the objective is decode per token: the candidate's block times are those
         assert latency["median_ms"] == pytest.approx(phases["decode_ms_per_token"], rel=1e-6)
         assert phases["end_to_end_ms"] > phases["prefill_ms"] + 4 * phases["decode_ms_per_token"]
+        if not t.user_attrs["is_baseline"]:  # measured as the baseline is: fused and packed
+            report = t.user_attrs["report"]
+            assert report["packed_matmuls"] > 0 and report["fusions"]["RotaryEmbedding"] > 0
+    export = result.study.user_attrs["export"]
+    assert export["packed_matmuls"] == 2 * 2  # q+k+v and gate+up of each of 2 blocks
+    assert export["fusions"]["SkipSimplifiedLayerNormalization"] > 0
     # the baseline's perplexity was scored on the KV-cache graph (empty cache): the model's own
     data = models.next_token_data()
     model = transformers.LlamaForCausalLM.from_pretrained(llama_folder).eval()

@@ -14,7 +14,7 @@ from torch import nn
 from tightfit.exceptions import CandidateError
 from tightfit.kernels._base import Refusal, SurgeryContext, Unit
 from tightfit.kernels._registry import registered_kernels
-from tightfit.kernels.fusion import fuse_for
+from tightfit.kernels.fusion import fuse_for, pack_siblings, packs
 from tightfit.kernels.precision import to_float16
 from tightfit.kernels.recovery import distill, recalibrate_batchnorm, reconstruct
 
@@ -144,6 +144,10 @@ def compress(
             current = dst
         if kernel.stage == "onnx" and moot:
             report.setdefault(kernel.name, {})["in_dropped_blocks"] = len(moot)
+    if packs(ctx.profile):  # after precision, so each projection kept its own
+        packed = out_dir / "packed.onnx"
+        report["packed_matmuls"] = pack_siblings(current, packed)
+        current = packed
     if ctx.profile.float_precision == "fp16":
         current = to_float16(current, out_dir / "fp16.onnx")
         report["float_precision"] = "fp16"

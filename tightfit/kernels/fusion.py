@@ -17,6 +17,7 @@ Linear layers become one quantization unit there, with the packed weight.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,15 +128,174 @@ def fused_graph(
 
 def fuses(profile: HardwareProfile) -> bool:
     """Whether ``profile`` fuses its graphs: ``graph_fusion: auto`` on ONNX Runtime's CPU
-    provider, one forward pass (a generation graph's cache inputs are left as the exporter
-    wrote them). Not yet on ONNX Runtime's CUDA provider: fp16 on fused graphs has not run on
-    a GPU here, and a baseline that fails there would stop the search."""
+    provider (a generation graph by :func:`fuse_decoder`'s narrower set). Not yet on ONNX
+    Runtime's CUDA provider: fp16 on fused graphs has not run on a GPU here, and a baseline
+    that fails there would stop the search."""
     return (
         profile.graph_fusion == "auto"
         and profile.runtime == "onnxruntime"
         and profile.execution_provider == "CPUExecutionProvider"
-        and profile.generation is None
     )
+
+
+def packs(profile: HardwareProfile) -> bool:
+    """Whether ``profile``'s measured graphs have sibling MatMuls packed (:func:`pack_siblings`):
+    a fusing profile's generation graphs, where decoding one token is three small products per
+    attention and two per MLP."""
+    return fuses(profile) and profile.generation is not None
+
+
+#: the operators :func:`fuse_decoder` writes
+DECODER_OPS = (
+    "SimplifiedLayerNormalization",
+    "SkipSimplifiedLayerNormalization",
+    "RotaryEmbedding",
+)
+
+
+def fuse_decoder(src: Path) -> tuple[onnx.ModelProto | None, dict[str, int]]:
+    """A KV-cache decoder graph with its RMS norms (with the residual Add before them) and its
+    rotary embeddings fused by onnxscript's rewriter; None where nothing fused.
+
+    Not onnxscript's whole ``optimize_for_ort``: on SmolLM2's KV-cache graph it also rewrites
+    attention into ``MultiHeadAttention`` beside the cache's Concat and Expand, and that made
+    decoding slower (fp32 43.9 against 37.9 ms/token, int4 24.9 against 18.8, 2-core Xeon;
+    ``benchmarks/results/llm_fusion.md``). The norm and rotary fusions took the graph from
+    1903 to 1117 nodes. The MatMuls are left as they were, names included, so a per-layer
+    plan still finds them."""
+    import onnx_ir as ir
+    import onnx_ir.passes.common as common_passes
+    from onnxscript.optimizer import optimize
+    from onnxscript.rewriter.ort_fusions.rms_normalization import fuse_rms_normalization
+    from onnxscript.rewriter.ort_fusions.rotary_embedding import fuse_rotary_embedding
+    from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_rms_normalization
+
+    from tightfit.kernels.export import drop_initializer_shapes
+
+    model = ir.load(str(src))
+    common_passes.ShapeInferencePass()(model)
+    optimize(model)
+    fuse_rms_normalization(model)
+    fuse_skip_rms_normalization(model)
+    fuse_rotary_embedding(model)
+    common_passes.CommonSubexpressionEliminationPass()(model)
+    common_passes.RemoveUnusedNodesPass()(model)
+    counts: dict[str, int] = {}
+    for node in model.graph:
+        if node.op_type in DECODER_OPS:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    if not counts:
+        return None, {}
+    proto = ir.to_proto(model)
+    drop_initializer_shapes(proto)
+    return proto, counts
+
+
+#: MatMulNBits attributes that siblings must share to be packed into one node
+_NBITS_SHARED = ("K", "bits", "block_size", "accuracy_level")
+
+
+def pack_siblings(src: Path, dst: Path) -> int:
+    """Write ``src`` to ``dst`` with each set of MatMuls that read the same input with constant
+    weights (a decoder block's q, k and v projections; its gate and up) packed into one MatMul
+    and a Split, as onnxruntime-genai's builder packs them; returns how many packed nodes were
+    made.
+
+    Packed after precision is applied, so a per-layer plan acts on each projection alone:
+    float MatMuls pack with float ones, ``MatMulNBits`` with those of the same bits, block
+    size and accuracy level (and zero points for all or none). On SmolLM2 with every
+    projection 4-bit, packing took decoding from 18.6 to 16.7 ms/token
+    (``benchmarks/results/llm_fusion.md``): two threads share one larger product better than
+    three small ones. The outputs are the same tensors, unchanged.
+    """
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    groups: dict[tuple, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        key = _pack_key(node, inits)
+        if key is not None:
+            groups.setdefault(key, []).append(node)
+    replace: dict[str, list[onnx.NodeProto]] = {}
+    drop: set[int] = set()
+    for nodes in groups.values():
+        if len(nodes) < 2:
+            continue
+        name = f"{nodes[0].name}_packed"
+        arrays = [[numpy_helper.to_array(inits[n.input[i]]) for n in nodes] for i in (1, 2, 3)
+                  if len(nodes[0].input) > i and nodes[0].input[i]]  # fmt: skip
+        if nodes[0].op_type == "MatMul":
+            [weights] = arrays
+            packed = [np.concatenate(weights, axis=1)]
+            widths = [w.shape[1] for w in weights]
+            attrs: dict = {}
+        else:  # MatMulNBits: weights [N, blocks, blob], scales and zero points N first
+            packed = [np.concatenate(a, axis=0) for a in arrays]
+            widths = [_attr(n, "N") for n in nodes]
+            attrs = {a.name: helper.get_attribute_value(a) for a in nodes[0].attribute}
+            attrs["N"] = sum(widths)
+        inputs = [nodes[0].input[0]]
+        for i, array in enumerate(packed):
+            tensor = numpy_helper.from_array(array, f"{name}_{i + 1}")
+            graph.initializer.append(tensor)
+            inputs.append(tensor.name)
+        sizes = numpy_helper.from_array(np.array(widths, dtype=np.int64), f"{name}_sizes")
+        graph.initializer.append(sizes)
+        domain = nodes[0].domain
+        product = helper.make_node(nodes[0].op_type, inputs, [f"{name}_out"], name=name,
+                                   domain=domain, **attrs)  # fmt: skip
+        split = helper.make_node("Split", [product.output[0], sizes.name],
+                                 [n.output[0] for n in nodes], name=f"{name}_split", axis=-1)  # fmt: skip
+        replace[nodes[0].name] = [product, split]
+        drop.update(id(n) for n in nodes)
+    if not replace:
+        onnx.save(model, str(dst))
+        return 0
+    kept: list[onnx.NodeProto] = []
+    for node in graph.node:
+        kept.extend(replace.get(node.name, []) if id(node) in drop else [node])
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {t for n in graph.node for t in n.input}
+    initializers = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    onnx.save(model, str(dst))
+    return len(replace)
+
+
+def _attr(node: onnx.NodeProto, name: str) -> int:
+    return next(int(a.i) for a in node.attribute if a.name == name)
+
+
+def _pack_key(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> tuple | None:
+    """What ``node`` must share with a sibling to be packed with it; None where it cannot be
+    packed (no constant 2-D weight, a bias or group index on a MatMulNBits, zero points not
+    laid out one row per output)."""
+    if node.op_type == "MatMul" and node.domain in ("", "ai.onnx"):
+        weight = inits.get(node.input[1])
+        if weight is None or len(weight.dims) != 2:
+            return None
+        return ("MatMul", node.input[0], weight.data_type, weight.dims[0])
+    if node.op_type != "MatMulNBits" or node.domain != "com.microsoft":
+        return None
+    inputs = list(node.input)
+    if len(inputs) > 4 and any(inputs[4:]):  # g_idx, bias
+        return None
+    if not all(t in inits for t in inputs[1:] if t):
+        return None
+    n = _attr(node, "N")
+    zero_points = inits.get(inputs[3]) if len(inputs) > 3 and inputs[3] else None
+    if zero_points is not None and (len(zero_points.dims) != 2 or zero_points.dims[0] != n):
+        return None
+    scales = inits[inputs[2]]
+    if scales.dims[0] % n:  # [N * blocks] or [N, blocks]: N first either way
+        return None
+    shared = tuple(_attr(node, a) if any(x.name == a for x in node.attribute) else None
+                   for a in _NBITS_SHARED)  # fmt: skip
+    return ("MatMulNBits", inputs[0], shared, zero_points is not None, scales.data_type)
 
 
 @dataclass(frozen=True)
@@ -170,7 +330,8 @@ def fuse_for(
     if not fuses(profile) or not from_dynamo(path):
         return Fused()
     fused = path.with_name(path.stem + "-fused.onnx")
-    counts, refused = _fuse_checked(path, fused, inputs)
+    fuse = fuse_decoder if profile.generation is not None else _fuse_with_onnxscript
+    counts, refused = _fuse_checked(path, fused, inputs, fuse)
     if refused or not counts:
         fused.unlink(missing_ok=True)
         return Fused(refused=refused)
@@ -179,14 +340,17 @@ def fuse_for(
 
 
 def _fuse_checked(
-    path: Path, fused: Path, inputs: dict[str, np.ndarray] | None
+    path: Path,
+    fused: Path,
+    inputs: dict[str, np.ndarray] | None,
+    fuse: Callable[[Path], tuple[onnx.ModelProto | None, dict[str, int]]],
 ) -> tuple[dict[str, int], str | None]:
     """Fuse ``path`` into ``fused``, its fused nodes named by scope, checked on ``inputs``."""
     from tightfit._ort import predict
     from tightfit.kernels.export import scope_names
 
     try:
-        model, counts = _fuse_with_onnxscript(path)
+        model, counts = fuse(path)
         if model is None:
             return {}, None
         scope_names(model, unnamed_only=True)

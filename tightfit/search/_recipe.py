@@ -55,8 +55,12 @@ def build(
     recipes = []
     attention = attention_shape(ws.model)
     fused: tuple[Path, dict[str, int]] | None = None
+    # a decoder's recipe starts from the export: tightfit's decoder fusion (norms, rotary,
+    # packed projections) is not the one-minute recipe, onnxscript's optimize_for_ort is
+    source = Path(ws.plain_onnx) if profile.generation is not None else ws.float_onnx
     if ws.export_record.get("fusions"):  # the search's baseline is fused already
-        fused = (ws.float_onnx, ws.export_record["fusions"])
+        if profile.generation is None:
+            fused = (ws.float_onnx, ws.export_record["fusions"])
         # the export unfused, measured in the same rounds: what fusion and compression gain
         plain = Path(ws.plain_onnx)
         recipes.append(Recipe(PLAIN, plain.read_bytes(), evaluate_quality(plain, ws.data)[0]))
@@ -64,9 +68,9 @@ def build(
         check()
         try:
             if fused is None and variant != "fp16":  # one optimizer run for the CPU variants
-                fused = fused_graph(ws.float_onnx, ws.scratch / "recipe", attention)
+                fused = fused_graph(source, ws.scratch / "recipe", attention)
             path, info = build_recipe(
-                variant, ws.float_onnx, ws.ctx, ws.scratch / "recipe" / variant, attention, fused
+                variant, source, ws.ctx, ws.scratch / "recipe" / variant, attention, fused
             )
             accuracy, _ = evaluate_quality(path, ws.data)
         except Exception as e:  # the search's results stand without it
