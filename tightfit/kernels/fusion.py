@@ -159,7 +159,7 @@ def fuse_decoder(src: Path) -> tuple[onnx.ModelProto | None, dict[str, int]]:
 
     Not onnxscript's whole ``optimize_for_ort``: on SmolLM2's KV-cache graph it also rewrites
     attention into ``MultiHeadAttention`` beside the cache's Concat and Expand, and that made
-    decoding slower (fp32 43.9 against 37.9 ms/token, int4 24.9 against 18.8, 2-core Xeon;
+    decoding slower (fp32 42.1 against 36.9 ms/token, int4 23.8 against 18.8, 2-core Xeon;
     ``benchmarks/results/llm_fusion.md``). The norm and rotary fusions took the graph from
     1903 to 1117 nodes. The MatMuls are left as they were, names included, so a per-layer
     plan still finds them."""
@@ -204,9 +204,9 @@ def pack_siblings(src: Path, dst: Path) -> int:
     Packed after precision is applied, so a per-layer plan acts on each projection alone:
     float MatMuls pack with float ones, ``MatMulNBits`` with those of the same bits, block
     size and accuracy level (and zero points for all or none). On SmolLM2 with every
-    projection 4-bit, packing took decoding from 18.6 to 16.7 ms/token
-    (``benchmarks/results/llm_fusion.md``): two threads share one larger product better than
-    three small ones. The outputs are the same tensors, unchanged.
+    projection 4-bit, packing took decoding from 18.8 to 16.5 ms/token, 15.6 with the norms
+    and rotary fused (``benchmarks/results/llm_fusion.md``): two threads share one larger
+    product better than three small ones. The outputs are the same tensors, unchanged.
     """
     from onnx import helper, numpy_helper
 
