@@ -199,8 +199,10 @@ class HardwareProfile(Record):
         "auto",
         description="auto: on ONNX Runtime's CPU provider, a transformer exported by dynamo is fused "
         "(onnxscript's ONNX Runtime fusions: Attention, SkipLayerNormalization, BiasGelu) "
-        "before precision is applied, as a deployment would run it; a graph with nothing to "
-        "fuse, a TorchScript graph and a generation graph stay as exported. off: every graph "
+        "before precision is applied, as a deployment would run it; a generation graph gets its "
+        "RMS norms and rotary embeddings fused and, after precision, its sibling projections "
+        "packed into one product; a graph with nothing to fuse and a TorchScript graph stay "
+        "as exported. off: every graph "
         "as exported (the runtime still applies its own session optimizations)",
     )
     float_precision: Literal["fp32", "fp16"] = Field(
