@@ -5,7 +5,15 @@ symmetric or not").
 KV-cache export, the tied head included (``fold_weight_transposes``), is made 4-bit with one
 format per row; 8-bit weight-only (blocks of 32) is the reference row. Perplexity: the
 example's 16 windows of 256 tokens of *Persuasion*; decode ms per token on `cpu-ort-llm`, all
-rows in the same interleaved rounds against the fp32 export (`measure_jointly`).
+rows in the same interleaved rounds against the fp32 export (`measure_jointly`). The graphs are
+the plain export's (``graph_fusion: off``), so the rows compare formats and nothing else.
+
+Three more 4-bit grids from ONNX Runtime's own quantizers, asymmetric in blocks of 32:
+``k-quant`` (llama.cpp's searched scale and minimum, integer zero point), ``HQQ`` (half-quadratic
+optimised scale and a float zero point) and ``min-max, float zero point`` (HQQ's quantizer
+without its optimisation and with its zero point left unrounded: Q4_1's own grid, on which
+SmolLM2's projections lie exactly, since the model was de-quantized from Q4_1). The two float
+zero-point rows get ``accuracy_level=4`` set as the others have it.
 
 Writes benchmarks/results/llm_int4_formats.{json,md} with the machine fingerprint.
 """
@@ -47,7 +55,8 @@ def main() -> None:
     from tightfit.workspace import Setup, Workspace
 
     logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
-    profile = get_profile("cpu-ort-llm")
+    # the plain export: fusion off, so the workspace leaves the graph as exported
+    profile = get_profile("cpu-ort-llm").model_copy(update={"graph_fusion": "off"})
     config = load_config(ROOT / "examples" / "smollm2.yaml")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -61,6 +70,13 @@ def main() -> None:
             _quantize_nbits(folded, path, None, bits, block, symmetric)
             models[name] = path
             rows[name] = {"bits": bits, "block_size": block, "symmetric": symmetric,
+                          "build_s": time.perf_counter() - t0}  # fmt: skip
+        for name, algorithm in ORT_ALGORITHMS.items():
+            path = tmp / f"{len(models)}.onnx"
+            t0 = time.perf_counter()
+            _ort_algorithm(folded, path, algorithm)
+            models[name] = path
+            rows[name] = {"bits": 4, "block_size": 32, "symmetric": False, "algorithm": algorithm,
                           "build_s": time.perf_counter() - t0}  # fmt: skip
         for name, path in {"fp32": ws.baseline_onnx, **models}.items():
             logits = predict(path, ws.data.validation, threads=profile.intra_op_threads)
@@ -78,6 +94,50 @@ def main() -> None:
             )
     result = {"fingerprint": fingerprint(), "rows": rows}
     write_result("llm_int4_formats", result, write_markdown)
+
+
+#: ONNX Runtime's other 4-bit quantizers, asymmetric in blocks of 32 (see the module's docstring)
+ORT_ALGORITHMS = {
+    "int4 b32 k-quant": "k_quant",
+    "int4 b32 HQQ, float zero point": "hqq",
+    "int4 b32 min-max, float zero point (Q4_1's grid)": "minmax",
+}
+
+
+def _ort_algorithm(src: Path, dst: Path, algorithm: str) -> None:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        HQQWeightOnlyQuantConfig,
+        HQQWeightOnlyQuantizer,
+        KQuantWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    class MinMax(HQQWeightOnlyQuantizer):  # HQQ's grid before its optimisation, zero unrounded
+        def quantize_internal(self, tensor, bits=4, channel_wise=True, group_size=64,  # type: ignore[no-untyped-def]
+                              optimize=True, round_zero=True, axis=1):  # fmt: skip
+            return super().quantize_internal(
+                tensor, bits, channel_wise, group_size, optimize=False, round_zero=False, axis=axis
+            )
+
+    if algorithm == "k_quant":
+        config: Any = KQuantWeightOnlyQuantConfig()
+    else:
+        config = HQQWeightOnlyQuantConfig(block_size=32, bits=4)
+    quantizer = MatMulNBitsQuantizer(
+        onnx.load(str(src)), block_size=32, is_symmetric=False, accuracy_level=4,
+        algo_config=config,
+    )  # fmt: skip
+    if algorithm == "minmax":
+        quantizer.node_quantizer = MinMax(config)
+    quantizer.process()
+    model = quantizer.model.model
+    for node in model.graph.node:  # HQQ's quantizer writes no accuracy level
+        if node.op_type == "MatMulNBits" and not any(
+            a.name == "accuracy_level" for a in node.attribute
+        ):
+            node.attribute.append(onnx.helper.make_attribute("accuracy_level", 4))
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
 
 
 def write_markdown(result: dict, path: Path) -> None:
