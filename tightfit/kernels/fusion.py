@@ -218,7 +218,8 @@ def pack_siblings(src: Path, dst: Path) -> int:
         key = _pack_key(node, inits)
         if key is not None:
             groups.setdefault(key, []).append(node)
-    replace: dict[str, list[onnx.NodeProto]] = {}
+    # by identity: names need not be unique (or set) in an ONNX graph
+    replace: dict[int, list[onnx.NodeProto]] = {}
     drop: set[int] = set()
     for nodes in groups.values():
         if len(nodes) < 2:
@@ -248,14 +249,14 @@ def pack_siblings(src: Path, dst: Path) -> int:
                                    domain=domain, **attrs)  # fmt: skip
         split = helper.make_node("Split", [product.output[0], sizes.name],
                                  [n.output[0] for n in nodes], name=f"{name}_split", axis=-1)  # fmt: skip
-        replace[nodes[0].name] = [product, split]
+        replace[id(nodes[0])] = [product, split]
         drop.update(id(n) for n in nodes)
     if not replace:
         onnx.save(model, str(dst))
         return 0
     kept: list[onnx.NodeProto] = []
     for node in graph.node:
-        kept.extend(replace.get(node.name, []) if id(node) in drop else [node])
+        kept.extend(replace.get(id(node), []) if id(node) in drop else [node])
     del graph.node[:]
     graph.node.extend(kept)
     used = {t for n in graph.node for t in n.input}
