@@ -9,7 +9,11 @@ combination, in fp32 and with every MatMul 4-bit (MatMulNBits, blocks of 32, sym
 - `norms + rotary`: ``kernels.fusion.fuse_decoder``, what ``cpu-ort-llm`` applies;
 - `packed`: ``kernels.fusion.pack_siblings`` (q, k, v and gate, up as one product each),
   applied after precision;
-- `norms + rotary, packed`: both, tightfit's graph on ``cpu-ort-llm``.
+- `norms + rotary, packed`: both, tightfit's graph on ``cpu-ort-llm`` before attention was
+  exported as one operator;
+- `GroupQueryAttention + norms + rotary`: each layer's attention exported as ONNX Runtime's
+  GroupQueryAttention (``kernels.export.attention_for``, the cache's concatenation inside it),
+  then ``fuse_decoder``; packed, tightfit's graph on ``cpu-ort-llm``.
 
 Decode ms per token on `cpu-ort-llm`, all graphs in the same interleaved rounds against the
 plain export (`measure_jointly`). Every graph's logits are checked against the export's on one
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -42,7 +47,7 @@ def main() -> None:
     from tightfit.config import load_config
     from tightfit.evaluators import input_feed, measure_jointly
     from tightfit.hardware_profiles import get_profile
-    from tightfit.kernels.export import fold_weight_transposes
+    from tightfit.kernels.export import export_for, fold_weight_transposes
     from tightfit.kernels.fusion import _fuse_with_onnxscript, fuse_decoder, pack_siblings
     from tightfit.kernels.quantization import _quantize_nbits
     from tightfit.workspace import Setup, Workspace
@@ -66,6 +71,13 @@ def main() -> None:
         assert decoder is not None
         onnx.save(decoder, str(tmp / "decoder.onnx"))
         graphs["norms + rotary"] = tmp / "decoder.onnx"
+        example = (torch.from_numpy(ws.data.validation["input_ids"][:1]),)
+        gqa = export_for(profile, ws.model, example, ["input_ids"], tmp / "gqa-export.onnx")
+        gqa = fold_weight_transposes(gqa, tmp / "gqa-folded.onnx")
+        gqa_decoder, gqa_counts = fuse_decoder(gqa)
+        assert gqa_decoder is not None and gqa_counts.get("GroupQueryAttention")
+        onnx.save(gqa_decoder, str(tmp / "gqa.onnx"))
+        graphs[GQA] = tmp / "gqa.onnx"
         rows: dict[str, dict[str, Any]] = {}
         models: dict[str, Path] = {}
         for name, path in graphs.items():
@@ -99,8 +111,11 @@ def main() -> None:
             rows[name].update(
                 phases_ms=result.phases_ms, ratio=result.ratio, ratio_ci=list(result.ratio_ci)
             )
-    result = {"fingerprint": fingerprint(), "decoder_fusions": counts, "rows": rows}
+    result = {"fingerprint": fingerprint(), "decoder_fusions": gqa_counts, "rows": rows}
     write_result("llm_fusion", result, write_markdown)
+
+
+GQA = "GroupQueryAttention + norms + rotary"
 
 
 def write_markdown(result: dict, path: Path) -> None:
@@ -127,7 +142,7 @@ def write_markdown(result: dict, path: Path) -> None:
 
 def _order(label: str) -> tuple[int, int, bool]:
     """export, optimize_for_ort, norms + rotary; fp32 before int4; unpacked before packed."""
-    graphs = ("export", "onnxscript optimize_for_ort", "norms + rotary")
+    graphs = ("export", "onnxscript optimize_for_ort", "norms + rotary", GQA)
     graph = next(i for i, g in enumerate(graphs) if label.startswith(g + ","))
     return graph, int("int4" in label), label.endswith("packed")
 

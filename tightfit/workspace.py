@@ -42,7 +42,7 @@ from tightfit.exceptions import CandidateError, ConfigError, ModelError
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.kernels import SurgeryContext, compress, export_onnx
 from tightfit.kernels._hooks import run_watched
-from tightfit.kernels.export import export_for, verify_export
+from tightfit.kernels.export import attention_for, decoder_attention, export_for, verify_export
 from tightfit.kernels.fusion import fuse_for, pack_siblings, packs
 from tightfit.kernels.precision import to_float16
 from tightfit.spaces import Candidate
@@ -201,8 +201,10 @@ class Workspace:
                     f"torchscript: {again})"
                 ) from None
         self._verify_export(what, traced)
-        #: the export as the exporter wrote it (the baseline, unless it is fused)
+        #: the export as the exporter writes it (the baseline, unless it is fused)
         self.plain_onnx = self.baseline_onnx
+        if profile.generation is not None:
+            self._plain_attention(profile, example)
         profile = self._fuse_baseline(profile, what)
         self.float_onnx = self.baseline_onnx  # the graph units are discovered on
         if packs(profile):  # measured as every candidate is, its sibling MatMuls packed
@@ -266,6 +268,22 @@ class Workspace:
         path = self.scratch / "baseline.onnx"
         return export_for(profile, self.model, example, self.data.input_names, path, traced)
 
+    def _plain_attention(self, profile: HardwareProfile, example: tuple[torch.Tensor, ...]) -> None:
+        """A decoder's attention as the profile exports it is on record
+        (``export_record["attention"]``: ``GroupQueryAttention``, ``exported`` or why the
+        operator did not fit). Where it is the operator, the export as the exporter writes it
+        is made too: the standard recipe starts from it and benchmarks measure against it."""
+        attention = decoder_attention(self.model, attention_for(profile))
+        self.export_record["attention"] = attention
+        if attention.startswith("exported:"):
+            log.info(
+                "the decoder's attention stays as exported (%s)", attention[len("exported: ") :]
+            )
+        if attention == attention_for(profile) and attention != "exported":
+            plain = profile.model_copy(update={"graph_fusion": "off"})
+            path = self.scratch / "plain.onnx"
+            self.plain_onnx = export_for(plain, self.model, example, self.data.input_names, path)
+
     def _fuse_baseline(self, profile: HardwareProfile, what: str) -> HardwareProfile:
         """The baseline fused as the profile asks (``kernels.fusion``), checked against the
         export on validation inputs; the profile every candidate is then fused by. The fused
@@ -281,7 +299,6 @@ class Workspace:
             self.export_record["fusion_refused"] = fused.refused
             return profile.model_copy(update={"graph_fusion": "off"})
         if fused.counts:
-            self.plain_onnx = self.baseline_onnx
             self.baseline_onnx = path
             self.export_record["fusions"] = fused.counts
         return profile

@@ -65,6 +65,75 @@ def test_the_graph_takes_and_returns_the_cache_and_scores_as_the_model(
     assert "model.model.layers.2.self_attn.k_proj" in owners and len(owners) == 3 * 7
 
 
+def test_attention_is_one_group_query_attention_per_layer_and_decodes_as_the_export(
+    llama: torch.nn.Module, profile: HardwareProfile, tmp_path: Path
+) -> None:
+    """The fusing generation profile writes each layer's attention as ONNX Runtime's
+    GroupQueryAttention, with the cache's concatenation inside it: a batch of two prompts,
+    prefilled and then decoded token by token through the returned cache, gives the plain
+    export's logits and cache at every step, at every cache length."""
+    from tightfit.kernels.export import attention_for, decoder_attention
+
+    plain_profile = profile.model_copy(update={"graph_fusion": "off"})
+    assert attention_for(profile) == "GroupQueryAttention"
+    assert attention_for(plain_profile) == "exported"
+    assert decoder_attention(llama, "GroupQueryAttention") == "GroupQueryAttention"
+    ids = np.random.default_rng(3).integers(0, 128, size=(2, 9)).astype(np.int64)
+    example = (torch.from_numpy(ids[:1]),)
+    gqa = export_for(profile, llama, example, ["input_ids"], tmp_path / "gqa.onnx")
+    plain = export_for(plain_profile, llama, example, ["input_ids"], tmp_path / "plain.onnx")
+    ops = [n.op_type for n in graph_of(gqa).graph.node]
+    assert ops.count("GroupQueryAttention") == 3
+    assert "GroupQueryAttention" not in [n.op_type for n in graph_of(plain).graph.node]
+    # the operator's output count and the cache's, and no Expand of the cache (repeat_kv)
+    assert ops.count("Expand") < [n.op_type for n in graph_of(plain).graph.node].count("Expand")
+
+    import onnxruntime as ort
+
+    sessions = [
+        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (gqa, plain)
+    ]
+    inputs, _ = generation_names(3)
+    caches = [{n: np.zeros((2, 2, 0, 8), np.float32) for n in inputs[1:]} for _ in sessions]
+    # prefill, decode steps, then two tokens at once for the first row (the operator takes
+    # several new tokens after a cache at batch 1 only)
+    for rows, start, stop in ((2, 0, 5), (2, 5, 6), (2, 6, 7), (1, 7, 9)):
+        outs = [
+            s.run(
+                None, {"input_ids": ids[:rows, start:stop], **{k: v[:rows] for k, v in c.items()}}
+            )
+            for s, c in zip(sessions, caches, strict=True)
+        ]
+        for got, want in zip(outs[0], outs[1], strict=True):
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, atol=1e-5)
+        caches = [dict(zip(inputs[1:], out[1:], strict=True)) for out in outs]
+    assert caches[0][inputs[1]].shape == (1, 2, 9, 8)
+
+
+def test_attention_that_does_not_fit_the_operator_stays_as_exported_and_says_why(
+    tmp_path: Path,
+) -> None:
+    """A sliding window has no place in GroupQueryAttention: such a model's graph keeps its
+    attention as exported, and the reason is what the workspace records."""
+    import transformers
+
+    from tightfit.kernels.export import decoder_attention
+
+    config = transformers.MistralConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, sliding_window=16,
+    )  # fmt: skip
+    transformers.MistralForCausalLM(config).save_pretrained(tmp_path / "m")
+    model = load_model(ModelSpec(hf=str(tmp_path / "m")), input_names=["input_ids"])
+    why = decoder_attention(model, "GroupQueryAttention")
+    assert why.startswith("exported: ") and "sliding_window" in why
+    base = get_profile("cpu-ort-llm")
+    path = export_for(base, model, (torch.ones((1, 4), dtype=torch.long),), ["input_ids"],
+                      tmp_path / "g.onnx")  # fmt: skip
+    assert "GroupQueryAttention" not in {n.op_type for n in graph_of(path).graph.node}
+
+
 def graph_of(path: Path):  # type: ignore[no-untyped-def]
     import onnx
 
@@ -173,8 +242,9 @@ def test_a_tied_head_is_offered_4_bits_and_runs_them(
 def test_the_decoder_graph_is_fused_and_its_sibling_projections_packed(
     llama: torch.nn.Module, profile: HardwareProfile, tmp_path: Path
 ) -> None:
-    """The generation profile fuses the RMS norms and rotary embeddings (not attention), keeps
-    every projection's node for the per-layer plan, and after precision packs the projections
+    """The generation profile fuses the RMS norms and rotary embeddings (attention is ONNX
+    Runtime's GroupQueryAttention from the export), keeps every projection's node for the
+    per-layer plan, and after precision packs the projections
     that read one input into one product: q and k of one precision together, v of another
     apart, the float gate and up together. Packing changes no output."""
 
@@ -194,7 +264,8 @@ def test_the_decoder_graph_is_fused_and_its_sibling_projections_packed(
     assert fused.counts["SkipSimplifiedLayerNormalization"] >= 3
     assert fused.counts["RotaryEmbedding"] == 2 * 3  # q and k of each block
     ops = {n.op_type for n in graph_of(path).graph.node}
-    assert not ops & {"MultiHeadAttention", "GroupQueryAttention", "Attention"}
+    assert fused.counts["GroupQueryAttention"] == 3  # one per block, written at export
+    assert not ops & {"MultiHeadAttention", "Attention"}
     assert {m for m in nodes_by_module(graph_of(path)) if m.endswith("_proj")} == {
         m for m in owners if m.endswith("_proj")
     }

@@ -134,9 +134,12 @@ def test_a_generation_profile_measures_decode_through_the_kv_cache(
         if not t.user_attrs["is_baseline"]:  # measured as the baseline is: fused and packed
             report = t.user_attrs["report"]
             assert report["packed_matmuls"] > 0 and report["fusions"]["RotaryEmbedding"] > 0
+            assert report["fusions"]["GroupQueryAttention"] > 0  # written at export
     export = result.study.user_attrs["export"]
     assert export["packed_matmuls"] == 2 * 2  # q+k+v and gate+up of each of 2 blocks
     assert export["fusions"]["SkipSimplifiedLayerNormalization"] > 0
+    assert export["attention"] == "GroupQueryAttention"
+    assert export["fusions"]["GroupQueryAttention"] == 2
     # the baseline's perplexity was scored on the KV-cache graph (empty cache): the model's own
     data = models.next_token_data()
     model = transformers.LlamaForCausalLM.from_pretrained(llama_folder).eval()

@@ -30,7 +30,7 @@ from tightfit._ort import cache_layout, with_empty_cache
 from tightfit.exceptions import CandidateError
 from tightfit.hardware_profiles import DEFAULT_OPSET
 from tightfit.kernels._hooks import run_watched
-from tightfit.task import is_token_input
+from tightfit.task import _attention, is_token_input
 from tightfit.workdir import atomic_write
 
 if TYPE_CHECKING:
@@ -124,6 +124,7 @@ def export_onnx(
     opset: int | None = None,
     exporter: str = "dynamo",
     kv_cache: bool = False,
+    attention: str = "exported",
 ) -> Path:
     """Write ``model`` as ONNX with a dynamic batch axis; raise CandidateError on failure.
 
@@ -133,6 +134,10 @@ def export_onnx(
     by module scope), so the per-layer plans reach the same nodes either way. ``opset``: None
     is the exporter's default (:data:`DEFAULT_OPSET`). ``kv_cache``: one generation step of a
     causal LM with its KV cache as inputs and outputs (:func:`generation_names`; dynamo only).
+    ``attention``: with ``kv_cache``, ``GroupQueryAttention`` writes each layer's attention as
+    ONNX Runtime's operator of that name where the model's attention fits it
+    (``tightfit.task._attention``; :func:`decoder_attention` says what a model gets), else
+    ``exported``, as the exporter writes it.
 
     The tracer's warnings (a Python branch on a tensor's value, a tensor turned into a
     constant) are kept in ``trace_warnings`` when given: they name the line whose behaviour
@@ -155,7 +160,7 @@ def export_onnx(
         ):
             warnings.simplefilter("always", torch.jit.TracerWarning)
             if kv_cache:
-                onnx_bytes = _generation_bytes(model, input_names, opset)
+                onnx_bytes = _generation_bytes(model, input_names, opset, attention)
             elif exporter == "dynamo":
                 onnx_bytes = _dynamo_bytes(model, example_inputs, input_names, opset)
             else:
@@ -210,7 +215,29 @@ def export_for(
         opset=profile.export_opset,
         exporter=profile.exporter,
         kv_cache=profile.generation is not None,
+        attention=attention_for(profile),
     )
+
+
+def attention_for(profile: HardwareProfile) -> str:
+    """How ``profile`` exports a decoder's attention: as one ``GroupQueryAttention`` per layer
+    where it fuses its generation graphs (``kernels.fusion.packs``, ONNX Runtime's CPU
+    provider), else as exported."""
+    from tightfit.kernels.fusion import packs
+
+    return _attention.OP if packs(profile) else "exported"
+
+
+def decoder_attention(model: nn.Module, attention: str) -> str:
+    """What a generation graph of ``model`` exported with ``attention`` holds: ``exported``,
+    ``GroupQueryAttention``, or ``exported: <why the operator does not fit>``."""
+    if attention == "exported":
+        return attention
+    if attention != _attention.OP:
+        raise ValueError(f"attention: '{attention}' is not 'exported' or '{_attention.OP}'")
+    inner = getattr(model, "model", model)
+    why = _attention.unsupported(inner)
+    return attention if why is None else f"exported: {why}"
 
 
 def _torchscript_bytes(
@@ -295,9 +322,12 @@ def generation_names(layers: int) -> tuple[list[str], list[str]]:
     return ["input_ids", *past], ["logits", *present]
 
 
-def _generation_bytes(model: nn.Module, input_names: Iterable[str], opset: int) -> bytes:
+def _generation_bytes(
+    model: nn.Module, input_names: Iterable[str], opset: int, attention: str
+) -> bytes:
     """One generation step of a causal LM (``HuggingFaceModel.generation_step``), exported by
-    the dynamo exporter with the batch, new-token and cache lengths dynamic."""
+    the dynamo exporter with the batch, new-token and cache lengths dynamic, its attention as
+    :func:`decoder_attention` says."""
     from torch.export import Dim
 
     from tightfit._torch_private import torchlib_registry_cached
@@ -321,7 +351,12 @@ def _generation_bytes(model: nn.Module, input_names: Iterable[str], opset: int) 
     batch, new, length = Dim("batch"), Dim("new_tokens"), Dim("past_length")
     # forward(*inputs): one argument, the tuple of all inputs
     dynamic = (({0: batch, 1: new}, *({0: batch, 2: length} for _ in past)),)
-    with model.generation_step(), torchlib_registry_cached():
+    operator = decoder_attention(model, attention) == _attention.OP
+    with (
+        _attention.group_query_attention(model.model) if operator else contextlib.nullcontext(),
+        model.generation_step(),
+        torchlib_registry_cached(),
+    ):
         program = torch.onnx.export(
             model,
             (ids, *past),

@@ -145,8 +145,10 @@ def packs(profile: HardwareProfile) -> bool:
     return fuses(profile) and profile.generation is not None
 
 
-#: the operators :func:`fuse_decoder` writes
+#: the operators of tightfit's decoder graph: :func:`fuse_decoder` writes the norms and rotary
+#: embeddings; GroupQueryAttention is written at export (``kernels.export.attention_for``)
 DECODER_OPS = (
+    "GroupQueryAttention",
     "SimplifiedLayerNormalization",
     "SkipSimplifiedLayerNormalization",
     "RotaryEmbedding",

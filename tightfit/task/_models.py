@@ -17,6 +17,7 @@ from torch import nn
 
 from tightfit.config import CallableSpec, ModelSpec
 from tightfit.exceptions import ModelError
+from tightfit.task import _attention
 from tightfit.task._calls import call_with_cache, resolve_callable
 
 __all__ = ["HuggingFaceModel", "load_model", "model_id"]
@@ -92,14 +93,20 @@ class HuggingFaceModel(nn.Module):
             cache.update(past[2 * i], past[2 * i + 1], i)
         start = past[0].shape[2] if past else 0
         positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
-        out = self.model(
-            input_ids=input_ids,
-            **{self._cache_keyword: cache},
-            position_ids=positions.unsqueeze(0).expand(input_ids.shape[0], -1),
-            use_cache=True,
-            return_dict=True,
-        )
-        present = [t for pair in _cache_pairs(_returned_cache(out)) for t in pair]
+        inputs = {
+            "input_ids": input_ids,
+            self._cache_keyword: cache,
+            "position_ids": positions.unsqueeze(0).expand(input_ids.shape[0], -1),
+            "use_cache": True,
+            "return_dict": True,
+        }
+        if _attention.active(self.model):  # the attention operator appends to the cache
+            with _attention.step_cache(cache, past) as step:
+                out = self.model(**inputs)
+            present = [t for i in range(len(past) // 2) for t in step.present[i]]
+        else:
+            out = self.model(**inputs)
+            present = [t for pair in _cache_pairs(_returned_cache(out)) for t in pair]
         return (out["logits"], *present)
 
     @property
