@@ -19,6 +19,13 @@ def _ops(path) -> list[str]:
     return [n.op_type for n in onnx.load(str(path)).graph.node]
 
 
+def _run(path, feed: dict) -> list[np.ndarray]:
+    """Every output of the graph at ``path``."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
+
+
 def test_int8_only_where_asked(tiny_model, tiny_ctx, digits, tmp_path) -> None:
     one = compress(
         tiny_model, Candidate(base_model="m", bits={"conv2": 8}), tiny_ctx, tmp_path / "one"
@@ -144,3 +151,70 @@ def test_int8_is_not_offered_where_it_would_not_engage(tiny_ctx, tmp_path, caplo
     refused = set(everywhere) - {p for p, c in offered.items() if 8 in c}
     assert refused and refused < set(everywhere)
     assert "int8 not offered" in caplog.text and all(p in caplog.text for p in refused)
+
+
+def test_the_minmax_grid_keeps_each_blocks_range_and_runs_on_the_fast_kernel(
+    tmp_path, fast_profile
+) -> None:
+    """``int4_grid: minmax`` stores each block as its minimum plus steps (llama.cpp's Q4_1):
+    weights already on such a grid come back exactly, where the symmetric grid rounds them.
+    ONNX Runtime takes the float zero points this needs only on a slow path: after packing,
+    every one is unfolded into the fast symmetric kernel plus a block-sum product, which
+    computes the same products (siblings share one block sum)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tightfit.kernels.bias_correction import int4_error
+    from tightfit.kernels.fusion import pack_siblings, unfold_float_zero_points
+    from tightfit.kernels.quantization import _quantize_nbits
+
+    rng = np.random.default_rng(0)
+    k = 80  # not a multiple of the block: the last block is short
+
+    def on_grid(n: int) -> np.ndarray:
+        """Blocks of 32 (the last cut to 16) as ``low + step * code``, codes 0 to 15."""
+        codes = rng.integers(0, 16, (3, 32, n))
+        codes[:, 0], codes[:, 1] = 0, 15  # each block spans its range
+        w = rng.normal(size=(3, 1, n)) + rng.uniform(0.01, 0.1, (3, 1, n)) * codes
+        return w.reshape(96, n)[:k].astype(np.float32)
+
+    weights = {"wq": on_grid(24), "wk": on_grid(8)}
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", w], [f"y{w}"], name=w) for w in weights],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", k])],
+        [helper.make_tensor_value_info(f"y{w}", TensorProto.FLOAT, None) for w in weights],
+        [numpy_helper.from_array(a, w) for w, a in weights.items()],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              str(tmp_path / "f.onnx"))  # fmt: skip
+    for w in weights.values():
+        assert np.abs(int4_error(w, grid="minmax")).max() < 1e-5
+        assert np.abs(int4_error(w)).max() > 1e-3  # the symmetric grid does not hold it
+    _quantize_nbits(tmp_path / "f.onnx", tmp_path / "q.onnx", None, grid="minmax")
+    eye = {"x": np.eye(k, dtype=np.float32)[None]}  # one-hot rows read the weights back
+    for path in ("q", "packed", "unfolded"):
+        if path == "packed":
+            assert pack_siblings(tmp_path / "q.onnx", tmp_path / "packed.onnx") == 1
+        if path == "unfolded":
+            assert (
+                unfold_float_zero_points(tmp_path / "packed.onnx", tmp_path / "unfolded.onnx") == 1
+            )
+        got = onnx.load(str(tmp_path / f"{path}.onnx")).graph
+        floats = [n for n in got.node if n.op_type == "MatMulNBits" and len(n.input) > 3]
+        assert bool(floats) == (path != "unfolded")  # no float zero point is left
+        stored = _run(tmp_path / f"{path}.onnx", eye)
+        for out, (name, w) in zip(stored, weights.items(), strict=True):
+            np.testing.assert_allclose(out[0], w, atol=1e-5, err_msg=f"{path}: {name}")
+    x = {"x": rng.normal(size=(2, 3, k)).astype(np.float32)}
+    for got, want in zip(_run(tmp_path / "unfolded.onnx", x), (x["x"] @ w for w in weights.values()),
+                         strict=True):  # fmt: skip
+        assert np.abs(got - want).max() < 0.02 * np.abs(want).max()  # int8 activation blocks
+    # the kernel: a profile on the min-max grid is unfolded after compression
+    model = models.token_mlp()
+    data = load_data(CallableSpec(callable="tests.models:token_data"))
+    q = fast_profile.quantization.model_copy(update={"int4_grid": "minmax"})
+    ctx = make_ctx(model, data, fast_profile.model_copy(update={"quantization": q}), tmp_path,
+                   classifier="head")  # fmt: skip
+    out = compress(model, Candidate(base_model="m", bits={"up": 4}), ctx, tmp_path / "c")
+    assert out.report["unfolded_zero_points"] == 1
+    assert _ops(out.onnx_path).count("MatMulNBits") == 1

@@ -117,6 +117,14 @@ class QuantizationSettings(Record):
     symmetric_activations: bool = Field(
         False, description="zero-point 0 for activations (TensorRT accepts only symmetric Q/DQ)"
     )
+    int4_grid: Literal["symmetric", "minmax"] = Field(
+        "symmetric",
+        description="4-bit MatMulNBits weights: symmetric (round to nearest on a grid centred "
+        "on zero, ONNX Runtime's quantizer and onnxruntime-genai's) or minmax (each block's "
+        "own minimum and step, as llama.cpp's Q4_1 stores them; run as ONNX Runtime's fast "
+        "symmetric kernel plus a small float product per layer, kernels.fusion."
+        "unfold_float_zero_points)",
+    )
     int4_block_size: Literal[16, 32, 64, 128] = Field(
         32,
         description="weights per 4-bit (and weight-only 8-bit) MatMulNBits scale, along the "

@@ -14,7 +14,7 @@ from torch import nn
 from tightfit.exceptions import CandidateError
 from tightfit.kernels._base import Refusal, SurgeryContext, Unit
 from tightfit.kernels._registry import registered_kernels
-from tightfit.kernels.fusion import fuse_for, pack_siblings, packs
+from tightfit.kernels.fusion import fuse_for, pack_siblings, packs, unfold_float_zero_points
 from tightfit.kernels.precision import to_float16
 from tightfit.kernels.recovery import distill, recalibrate_batchnorm, reconstruct
 
@@ -148,6 +148,11 @@ def compress(
         packed = out_dir / "packed.onnx"
         report["packed_matmuls"] = pack_siblings(current, packed)
         current = packed
+    if ctx.profile.quantization.int4_grid == "minmax" and ctx.profile.runtime == "onnxruntime":
+        unfolded = out_dir / "unfolded.onnx"  # ONNX Runtime's fast kernel takes no float zeros
+        if n := unfold_float_zero_points(current, unfolded):
+            report["unfolded_zero_points"] = n
+            current = unfolded
     if ctx.profile.float_precision == "fp16":
         current = to_float16(current, out_dir / "fp16.onnx")
         report["float_precision"] = "fp16"

@@ -41,6 +41,7 @@ class WeightQuant:
     per_channel: bool
     reduce_range: bool
     int4_block: int = INT4_BLOCK  # MatMulNBits' block size (profile.quantization.int4_block_size)
+    int4_grid: str = "symmetric"  # profile.quantization.int4_grid
 
 
 def int8_error(weight: np.ndarray, axis: int | None, q: WeightQuant) -> np.ndarray:
@@ -68,11 +69,39 @@ def int8_error(weight: np.ndarray, axis: int | None, q: WeightQuant) -> np.ndarr
     return np.moveaxis(deq, 0, axis) - weight
 
 
-def int4_error(weight: np.ndarray, block_size: int = INT4_BLOCK) -> np.ndarray:
-    """The error of MatMulNBits' symmetric 4-bit blocks on a ``[K, N]`` MatMul weight."""
+def minmax_blocks(
+    weight: np.ndarray, bits: int, block_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A ``[K, N]`` weight on each block's own range (``block_size`` along K): the codes
+    ``[N, blocks, block_size]`` (0 to ``2^bits - 1``), each block's step and minimum ``[N,
+    blocks]``; a weight is ``min + step * code``. Llama.cpp's Q4_1 grid, HQQ's before its
+    optimization. A last block shorter than ``block_size`` is padded with its own first value,
+    which widens no range."""
+    k, n = weight.shape
+    blocks = -(-k // block_size)
+    padded = np.empty((blocks * block_size, n), np.float32)
+    padded[:k] = weight
+    padded[k:] = weight[(blocks - 1) * block_size]
+    w = padded.T.reshape(n, blocks, block_size)
+    low, high = w.min(axis=-1), w.max(axis=-1)
+    step = (high - low) / ((1 << bits) - 1)
+    step[step == 0] = 1.0
+    codes = np.clip(np.rint((w - low[..., None]) / step[..., None]), 0, (1 << bits) - 1)
+    return codes.astype(np.uint8), step.astype(np.float32), low.astype(np.float32)
+
+
+def int4_error(
+    weight: np.ndarray, block_size: int = INT4_BLOCK, grid: str = "symmetric"
+) -> np.ndarray:
+    """The error of MatMulNBits' 4-bit blocks on a ``[K, N]`` MatMul weight: symmetric (ONNX
+    Runtime's quantizer) or on the ``minmax`` grid (:func:`minmax_blocks`)."""
     from tightfit._ort_private import quantize_matmul_4bits
 
     k, n = weight.shape
+    if grid == "minmax":
+        codes, step, low = minmax_blocks(weight, 4, block_size)
+        deq = low[..., None] + step[..., None] * codes
+        return deq.reshape(n, -1)[:, :k].T - weight
     blocks = (k + block_size - 1) // block_size
     padded = np.zeros((blocks * block_size, n), dtype=np.float32)
     padded[:k] = weight
@@ -157,7 +186,7 @@ def correct_bias(
             err = (
                 int8_error(w, 1 if quant.per_channel else None, quant)
                 if bits == 8
-                else int4_error(w, quant.int4_block)
+                else int4_error(w, quant.int4_block, quant.int4_grid)
             )
             jobs.append((node, err.T, 1, 1.0))
     if not jobs:

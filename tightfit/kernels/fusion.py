@@ -298,7 +298,83 @@ def _pack_key(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> tuple
         return None
     shared = tuple(_attr(node, a) if any(x.name == a for x in node.attribute) else None
                    for a in _NBITS_SHARED)  # fmt: skip
-    return ("MatMulNBits", inputs[0], shared, zero_points is not None, scales.data_type)
+    zero_type = zero_points.data_type if zero_points is not None else None
+    return ("MatMulNBits", inputs[0], shared, zero_type, scales.data_type)
+
+
+def unfold_float_zero_points(src: Path, dst: Path) -> int:
+    """Write ``src`` to ``dst`` with each MatMulNBits whose zero points are floats computed as
+    ONNX Runtime's fast kernel plus a small float product; returns how many were rewritten.
+
+    ONNX Runtime's CPU kernel takes integer zero points only: with float ones (the min-max grid
+    of ``kernels.quantization``, HQQ's) it ran SmolLM2 at 0.21x the fp32 export where the
+    symmetric grid ran at 1.97x (``benchmarks/results/llm_int4_formats.md``). A block's weights
+    are ``s * (q - z)``, which is ``s * (q - 2^(bits-1))`` (the default zero point, the fast
+    path) plus ``s * (2^(bits-1) - z)``, one number per block and output column, ``M``.
+    So ``x @ W = MatMulNBits(x) + (x @ E) @ M``, where ``x @ E`` sums ``x`` over each block
+    (``E``: ones on a block's rows) and is shared by the products that read ``x``: two
+    products of size ``K x blocks`` and ``blocks x N`` beside the ``K x N`` one. The same
+    numbers, in another order.
+    """
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    sums: dict[tuple[str, int, int], str] = {}  # (input, K, block) -> its block sums
+    rewritten: dict[int, list[onnx.NodeProto]] = {}
+    nodes = list(graph.node)  # held: the identities below are of these objects
+    for node in nodes:
+        if node.op_type != "MatMulNBits" or node.domain != "com.microsoft":
+            continue
+        inputs = list(node.input)
+        zero = inits.get(inputs[3]) if len(inputs) > 3 and inputs[3] else None
+        if zero is None or zero.data_type != onnx.TensorProto.FLOAT or inputs[2] not in inits:
+            continue
+        if len(inputs) > 4 and inputs[4]:  # g_idx reorders the blocks
+            continue
+        k, n, bits, block = (_attr(node, a) for a in ("K", "N", "bits", "block_size"))
+        blocks = -(-k // block)
+        scales = numpy_helper.to_array(inits[inputs[2]]).reshape(n, blocks)
+        zeros = numpy_helper.to_array(zero).reshape(n, blocks)
+        offsets = (scales * ((1 << (bits - 1)) - zeros)).T.astype(np.float32)  # [blocks, N]
+        name = node.name or node.output[0]
+        added: list[onnx.NodeProto] = []
+        key = (inputs[0], k, block)
+        if key not in sums:
+            ones = np.zeros((k, blocks), np.float32)
+            ones[np.arange(k), np.arange(k) // block] = 1.0
+            tensor = numpy_helper.from_array(ones, f"{name}_block_ones")
+            graph.initializer.append(tensor)
+            sums[key] = f"{name}_block_sums"
+            added.append(helper.make_node("MatMul", [inputs[0], tensor.name], [sums[key]],
+                                          name=f"{name}_block_sums"))  # fmt: skip
+        tensor = numpy_helper.from_array(offsets, f"{name}_block_offsets")
+        graph.initializer.append(tensor)
+        fast = helper.make_node(
+            "MatMulNBits", [*inputs[:3], *(["", "", inputs[5]] if len(inputs) > 5 else [])],
+            [f"{name}_fast"], name=f"{name}_fast", domain="com.microsoft",
+            **{a.name: helper.get_attribute_value(a) for a in node.attribute},
+        )  # fmt: skip
+        offset = helper.make_node("MatMul", [sums[key], tensor.name], [f"{name}_offsets"],
+                                  name=f"{name}_offsets")  # fmt: skip
+        total = helper.make_node("Add", [fast.output[0], offset.output[0]], list(node.output),
+                                 name=f"{name}_add")  # fmt: skip
+        rewritten[id(node)] = [*added, fast, offset, total]
+    if not rewritten:
+        onnx.save(model, str(dst))
+        return 0
+    kept: list[onnx.NodeProto] = []
+    for node in nodes:
+        kept.extend(rewritten.get(id(node), [node]))
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {t for node in graph.node for t in node.input}
+    initializers = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    onnx.save(model, str(dst))
+    return len(rewritten)
 
 
 @dataclass(frozen=True)

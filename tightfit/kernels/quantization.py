@@ -28,7 +28,7 @@ from tightfit.exceptions import CandidateError
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.kernels._base import Kernel, Refusal, SurgeryContext, Unit
 from tightfit.kernels._registry import register_kernel
-from tightfit.kernels.bias_correction import MAX_SAMPLES, WeightQuant, correct_bias
+from tightfit.kernels.bias_correction import MAX_SAMPLES, WeightQuant, correct_bias, minmax_blocks
 from tightfit.kernels.export import (
     COMPUTE_OPS,
     fold_weight_transposes,
@@ -169,9 +169,12 @@ def _quantize_nbits(
     bits: int = 4,
     block_size: int = 32,
     symmetric: bool = True,
+    grid: str = "symmetric",
 ) -> None:
     """MatMulNBits (``bits``-bit weights, blocks of ``block_size``) on ``nodes`` (None: every
-    MatMul with constant weights), and on no other node.
+    MatMul with constant weights), and on no other node; on ``grid`` ``minmax``, each block's
+    own range (:func:`_quantize_minmax`), else ONNX Runtime's quantizer (round to nearest,
+    ``symmetric`` or with integer zero points).
 
     ``nodes_to_include`` alone does not restrict the quantizer: it quantizes a node that is
     listed *or* whose type is one it quantizes (MatMul), so every MatMul went 4-bit whenever
@@ -181,6 +184,10 @@ def _quantize_nbits(
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     model = onnx.load(str(src))
+    if grid == "minmax":
+        _quantize_minmax(model, nodes, bits, block_size)
+        onnx.save(model, str(dst))
+        return
     before = sum(n.op_type == "MatMulNBits" for n in model.graph.node)
     wanted = set() if nodes is None else nodes
     others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in wanted]
@@ -200,6 +207,55 @@ def _quantize_nbits(
             f"the {bits}-bit quantizer made {made} MatMulNBits for {len(nodes)} planned nodes"
         )
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+
+
+def _quantize_minmax(
+    model: onnx.ModelProto, nodes: set[str] | None, bits: int, block_size: int
+) -> int:
+    """Replace ``nodes`` (None: every MatMul with a constant 2-D float weight) by MatMulNBits
+    on each block's own range: the block's minimum and step as floats, ``w = step * (q -
+    zero)`` with a float zero point (``-min / step``), as llama.cpp's Q4_1 grid and HQQ's
+    (unoptimized) store them; returns how many. Symmetric round-to-nearest spends one of 16
+    levels on a sign it does not need and centres every block on zero; the min-max grid fits
+    the block. ONNX Runtime runs float zero points on a slow path, which
+    ``kernels.fusion.unfold_float_zero_points`` removes."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    made = 0
+    for i, node in enumerate(graph.node):
+        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
+            continue
+        if (nodes is not None and node.name not in nodes) or node.input[1] not in inits:
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        if weight.ndim != 2 or weight.dtype != np.float32:
+            continue
+        k, n = weight.shape
+        # named after the weight, as ONNX Runtime's quantizer names them (``engagement``
+        # follows a weight by its name); a weight two MatMuls share is quantized once
+        names = [f"{node.input[1]}_Q{bits}", f"{node.input[1]}_scales", f"{node.input[1]}_zeros"]
+        if names[0] not in inits:
+            q, step, low = minmax_blocks(weight, bits, block_size)
+            if bits == 4:
+                q = q[..., 0::2] | (q[..., 1::2] << 4)
+            zeros = (-low / step).astype(np.float32)
+            for array, name in zip((q, step, zeros), names, strict=True):
+                inits[name] = numpy_helper.from_array(array, name)
+                graph.initializer.append(inits[name])
+        replacement = helper.make_node(
+            "MatMulNBits", [node.input[0], *names], list(node.output),
+            name=node.name, domain="com.microsoft", K=k, N=n, bits=bits,
+            block_size=block_size, accuracy_level=4,
+        )  # fmt: skip
+        graph.node[i].CopyFrom(replacement)
+        made += 1
+    used = {t for node in graph.node for t in node.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return made
 
 
 @register_kernel
@@ -462,7 +518,9 @@ def _quantize(src: Path, out_dir: Path, by_bits: dict[int, set[str]], ctx: Surge
         current = out
     if by_bits[4]:
         out = out_dir / "int4.onnx"
-        _quantize_nbits(current, out, by_bits[4], 4, ctx.profile.quantization.int4_block_size)
+        settings = ctx.profile.quantization
+        _quantize_nbits(current, out, by_bits[4], 4, settings.int4_block_size,
+                        grid=settings.int4_grid)  # fmt: skip
         current = out
     return current
 
@@ -517,8 +575,9 @@ def _with_bias_correction(
     n = 0
     if mode is not False and (targets8 or by_bits[4]):
         weights = WeightQuant(
-            settings.weight_type, settings.per_channel, _reduce_range(ctx), settings.int4_block_size
-        )
+            settings.weight_type, settings.per_channel, _reduce_range(ctx),
+            settings.int4_block_size, settings.int4_grid,
+        )  # fmt: skip
         n = correct_bias(src, fixed_src, targets8, by_bits[4], ctx.calibration, weights)
     if n == 0:
         return _quantize(src, tmp / "plain", by_bits, ctx)
