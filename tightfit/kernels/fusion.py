@@ -216,7 +216,8 @@ def pack_siblings(src: Path, dst: Path) -> int:
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     groups: dict[tuple, list[onnx.NodeProto]] = {}
-    for node in graph.node:
+    nodes_held = list(graph.node)  # held: the identities below are of these objects
+    for node in nodes_held:
         key = _pack_key(node, inits)
         if key is not None:
             groups.setdefault(key, []).append(node)
@@ -253,20 +254,30 @@ def pack_siblings(src: Path, dst: Path) -> int:
                                  [n.output[0] for n in nodes], name=f"{name}_split", axis=-1)  # fmt: skip
         replace[id(nodes[0])] = [product, split]
         drop.update(id(n) for n in nodes)
-    if not replace:
-        onnx.save(model, str(dst))
-        return 0
+    _replace_nodes(model, nodes_held, {i: replace.get(i, []) for i in drop})
+    onnx.save(model, str(dst))
+    return len(replace)
+
+
+def _replace_nodes(
+    model: onnx.ModelProto, nodes: list[onnx.NodeProto], replacements: dict[int, list]
+) -> None:
+    """Rebuild ``model``'s nodes from ``nodes`` (the graph's, in order, held by the caller:
+    ``replacements`` is keyed by their identities, as names need not be unique or set), each
+    replaced by its list in ``replacements`` (empty: removed); drop the initializers no node
+    reads any more."""
+    if not replacements:
+        return
     kept: list[onnx.NodeProto] = []
-    for node in graph.node:
-        kept.extend(replace.get(id(node), []) if id(node) in drop else [node])
+    for node in nodes:
+        kept.extend(replacements.get(id(node), [node]))
+    graph = model.graph
     del graph.node[:]
     graph.node.extend(kept)
     used = {t for n in graph.node for t in n.input}
     initializers = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(initializers)
-    onnx.save(model, str(dst))
-    return len(replace)
 
 
 def _attr(node: onnx.NodeProto, name: str) -> int:
@@ -361,18 +372,7 @@ def unfold_float_zero_points(src: Path, dst: Path) -> int:
         total = helper.make_node("Add", [fast.output[0], offset.output[0]], list(node.output),
                                  name=f"{name}_add")  # fmt: skip
         rewritten[id(node)] = [*added, fast, offset, total]
-    if not rewritten:
-        onnx.save(model, str(dst))
-        return 0
-    kept: list[onnx.NodeProto] = []
-    for node in nodes:
-        kept.extend(rewritten.get(id(node), [node]))
-    del graph.node[:]
-    graph.node.extend(kept)
-    used = {t for node in graph.node for t in node.input}
-    initializers = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
+    _replace_nodes(model, nodes, rewritten)
     onnx.save(model, str(dst))
     return len(rewritten)
 
