@@ -10,9 +10,9 @@ as one prefill). Greedy continuations of fixed prompts are written for every mod
 
 Models:
 - `fp32`: the plain export, the reference every ratio is to;
-- `fp32, tightfit's graph`: tightfit's baseline on `cpu-ort-llm`, the export with its RMS norms
-  and rotary embeddings fused and its sibling projections packed (`kernels.fusion`), as every
-  tightfit row below is;
+- `fp32, tightfit's graph`: tightfit's baseline on `cpu-ort-llm`, exported with each layer's
+  attention as ONNX Runtime's GroupQueryAttention, its RMS norms and rotary embeddings fused
+  and its sibling projections packed (`kernels.fusion`), as every tightfit row below is;
 - `recipe int8-dynamic`, `recipe int4`: the standard recipe of a generation profile
   (`tightfit.kernels.recipe`: dynamic int8 per channel; MatMulNBits 4-bit, blocks of 32,
   symmetric, on every MatMul);
@@ -26,8 +26,12 @@ Models:
   `uniform int4`, `uniform prune P + int8 / int4` (heads, in whole key/value groups, and MLP
   neurons pruned by P, the nearest ratio a unit offers at or below P), every MatMul including
   the tied head;
-- `int4 MLP, int8 rest`: one non-uniform plan picked by hand (not searched): 4-bit MLPs, 8-bit
-  attention projections and head.
+- `uniform int4, min-max grid`: every MatMul 4-bit on each block's own minimum and step
+  (`quantization.int4_grid: minmax`, llama.cpp's Q4_1 grid, which SmolLM2's weights were
+  de-quantized from), run as the symmetric kernel plus a block-sum product;
+- `int4 MLP, int8 rest`, `int4 min-max grid, int8 head`: non-uniform plans picked by hand (not
+  searched): 4-bit MLPs with 8-bit attention projections and head; every projection 4-bit on
+  the min-max grid with the 8-bit head.
 
 Writes benchmarks/results/llm.{json,md} with the machine fingerprint.
 """
@@ -40,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -143,15 +148,20 @@ def og_rounds(folder: Path, baseline: Path, profile: Any, feed: dict, rounds: in
     }
 
 
-def uniform(units: list, ratio: float, bits: int, mlp_bits: int) -> dict[str, Any]:
+def uniform(
+    units: list, ratio: float, bits: int, mlp_bits: int, head_bits: int | None = None
+) -> dict[str, Any]:
     """One choice for every unit: prune ratio ``ratio`` (the largest a unit offers at or below
-    it), ``bits`` for every layer but the MLPs' (``mlp_bits``)."""
+    it), ``bits`` for every layer but the MLPs' (``mlp_bits``) and the head's (``head_bits``,
+    default ``bits``)."""
     params: dict[str, Any] = {}
     for u in units:
         if u.knob == "prune_ratio" and ratio > 0:
             params[u.param_name] = max(c for c in u.choices if c <= ratio)
         elif u.knob == "bits":
             want = mlp_bits if ".mlp." in u.path else bits
+            if head_bits is not None and u.path.endswith("lm_head"):
+                want = head_bits
             if want not in u.choices:
                 raise SystemExit(f"{u.path} offers {u.choices}, not {want} bits")
             params[u.param_name] = want
@@ -213,20 +223,34 @@ def main() -> None:
             models["onnxruntime-genai int4"] = genai
             built["onnxruntime-genai int4"] = {"build_s": time.perf_counter() - t0}
         units = discover_units(ws.model, ws.ctx, config.space)
-        plans = {"uniform int8": (0.0, 8, 8), "uniform int4": (0.0, 4, 4)}
+        # name: (prune ratio, bits, MLP bits, 4-bit grid, head bits)
+        plans: dict[str, tuple[float, int, int, str, int | None]] = {
+            "uniform int8": (0.0, 8, 8, "symmetric", None),
+            "uniform int4": (0.0, 4, 4, "symmetric", None),
+            "uniform int4, min-max grid": (0.0, 4, 4, "minmax", None),
+        }
         for ratio in args.prunes:
-            plans[f"uniform prune {ratio:g} + int8"] = (ratio, 8, 8)
-            plans[f"uniform prune {ratio:g} + int4"] = (ratio, 4, 4)
-        plans["int4 MLP, int8 rest (hand-picked)"] = (0.0, 8, 4)
-        for name, (ratio, bits, mlp_bits) in plans.items():
-            candidate = Candidate.from_params(ws.model_id, uniform(units, ratio, bits, mlp_bits))
+            plans[f"uniform prune {ratio:g} + int8"] = (ratio, 8, 8, "symmetric", None)
+            plans[f"uniform prune {ratio:g} + int4"] = (ratio, 4, 4, "symmetric", None)
+        plans["int4 MLP, int8 rest (hand-picked)"] = (0.0, 8, 4, "symmetric", None)
+        plans["int4 min-max grid, int8 head (hand-picked)"] = (0.0, 4, 4, "minmax", 8)
+        for name, (ratio, bits, mlp_bits, grid, head_bits) in plans.items():
+            params = uniform(units, ratio, bits, mlp_bits, head_bits)
+            candidate = Candidate.from_params(ws.model_id, params)
+            ctx = ws.ctx
+            if grid != profile.quantization.int4_grid:
+                settings = profile.quantization.model_copy(update={"int4_grid": grid})
+                ctx = replace(
+                    ctx, profile=ctx.profile.model_copy(update={"quantization": settings})
+                )
             t0 = time.perf_counter()
-            out = compress(ws.model, candidate, ws.ctx, tmp / name.replace(" ", "_"))
+            out = compress(ws.model, candidate, ctx, tmp / name.replace(" ", "_"))
             models[name] = out.onnx_path
             built[name] = {
                 "build_s": time.perf_counter() - t0,
                 "plan": candidate.summary(),
                 "packed_matmuls": out.report.get("packed_matmuls", 0),
+                "int4_grid": grid,
                 **{k: v for k, v in out.report.get("quantize", {}).items() if "engaged" in k},
             }
 
