@@ -346,13 +346,16 @@ def image_iterables(n: int = 40) -> dict:
     return {"calibration": image_pairs(16, seed=1), "validation": image_pairs(n)}
 
 
-def llama_folder(folder: Path, layers: int = 2, vocab: int = 128, tied: bool = False) -> Path:
-    """A tiny random Llama (GQA: 4 query heads sharing 2 key/value heads) saved as a Hugging
-    Face folder (no download); ``tied``: the head is the embedding matrix, as SmolLM2's is."""
+def llama_folder(
+    folder: Path, layers: int = 2, vocab: int = 128, tied: bool = False, hidden: int = 32
+) -> Path:
+    """A tiny random Llama (GQA: 4 query heads sharing 2 key/value heads, each ``hidden / 4``
+    wide) saved as a Hugging Face folder (no download); ``tied``: the head is the embedding
+    matrix, as SmolLM2's is."""
     import transformers
 
     config = transformers.LlamaConfig(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
         use_cache=False, tie_word_embeddings=tied,
     )  # fmt: skip

@@ -66,13 +66,17 @@ def test_the_graph_takes_and_returns_the_cache_and_scores_as_the_model(
 
 
 def test_attention_is_one_group_query_attention_per_layer_and_decodes_as_the_export(
-    llama: torch.nn.Module, profile: HardwareProfile, tmp_path: Path
+    profile: HardwareProfile, tmp_path: Path
 ) -> None:
     """The fusing generation profile writes each layer's attention as ONNX Runtime's
-    GroupQueryAttention, with the cache's concatenation inside it: a batch of two prompts,
-    prefilled and then decoded token by token through the returned cache, gives the plain
-    export's logits and cache at every step, at every cache length."""
+    GroupQueryAttention, with the cache's concatenation and the rotary embedding inside it
+    (heads of 16): a batch of two prompts, prefilled and then decoded token by token through
+    the returned cache, gives the plain export's logits and cache at every step, at every
+    cache length."""
     from tightfit.kernels.export import attention_for, decoder_attention
+
+    folder = models.llama_folder(tmp_path / "llama16", layers=3, hidden=64)
+    llama = load_model(ModelSpec(hf=str(folder)), input_names=["input_ids"])
 
     plain_profile = profile.model_copy(update={"graph_fusion": "off"})
     assert attention_for(profile) == "GroupQueryAttention"
@@ -84,17 +88,33 @@ def test_attention_is_one_group_query_attention_per_layer_and_decodes_as_the_exp
     plain = export_for(plain_profile, llama, example, ["input_ids"], tmp_path / "plain.onnx")
     ops = [n.op_type for n in graph_of(gqa).graph.node]
     assert ops.count("GroupQueryAttention") == 3
+    assert "Transpose" not in ops and "Cos" not in ops  # rotated inside the operator
+    for node in graph_of(gqa).graph.node:
+        if node.op_type == "GroupQueryAttention":
+            attrs = {a.name: a.i for a in node.attribute if a.type == a.INT}
+            assert attrs["do_rotary"] == 1 and attrs["rotary_interleaved"] == 0
     assert "GroupQueryAttention" not in [n.op_type for n in graph_of(plain).graph.node]
     # the operator's output count and the cache's, and no Expand of the cache (repeat_kv)
     assert ops.count("Expand") < [n.op_type for n in graph_of(plain).graph.node].count("Expand")
 
     import onnxruntime as ort
 
-    sessions = [
-        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (gqa, plain)
-    ]
+    from tightfit.kernels.fusion import pack_siblings
+
+    # packed, the operator reads the q/k/v product whole (no Split, no Reshapes), as the
+    # builder feeds it
+    assert pack_siblings(gqa, tmp_path / "packed.onnx") == 2 * 3  # qkv and gate+up per block
+    packed = graph_of(tmp_path / "packed.onnx").graph
+    assert all(
+        n.input[1] == n.input[2] == "" and "packed" in n.input[0]
+        for n in packed.node
+        if n.op_type == "GroupQueryAttention"
+    )
+    assert [n.op_type for n in packed.node].count("Split") == 3  # gate+up only
+    paths = (tmp_path / "packed.onnx", gqa, plain)
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in paths]
     inputs, _ = generation_names(3)
-    caches = [{n: np.zeros((2, 2, 0, 8), np.float32) for n in inputs[1:]} for _ in sessions]
+    caches = [{n: np.zeros((2, 2, 0, 16), np.float32) for n in inputs[1:]} for _ in sessions]
     # prefill, decode steps, then two tokens at once for the first row (the operator takes
     # several new tokens after a cache at batch 1 only)
     for rows, start, stop in ((2, 0, 5), (2, 5, 6), (2, 6, 7), (1, 7, 9)):
@@ -104,11 +124,23 @@ def test_attention_is_one_group_query_attention_per_layer_and_decodes_as_the_exp
             )
             for s, c in zip(sessions, caches, strict=True)
         ]
-        for got, want in zip(outs[0], outs[1], strict=True):
-            assert got.shape == want.shape
-            np.testing.assert_allclose(got, want, atol=1e-5)
+        for got in outs[:2]:
+            for a, b in zip(got, outs[-1], strict=True):
+                assert a.shape == b.shape
+                np.testing.assert_allclose(a, b, atol=1e-5)
         caches = [dict(zip(inputs[1:], out[1:], strict=True)) for out in outs]
-    assert caches[0][inputs[1]].shape == (1, 2, 9, 8)
+    assert caches[0][inputs[1]].shape == (1, 2, 9, 16)
+    # run eagerly under the same attention (the operator's torch reference, rotating the query
+    # and key itself), a step after a cache gives the plain forward's logits too
+    from tightfit.task import _attention
+
+    full = torch.from_numpy(ids[:1])
+    with torch.no_grad():
+        want = llama(full).numpy()
+        with _attention.group_query_attention(llama.model), llama.generation_step():
+            _, *cache = llama(full[:, :6], *[torch.zeros((1, 2, 0, 16)) for _ in inputs[1:]])
+            logits, *_ = llama(full[:, 6:], *cache)
+    np.testing.assert_allclose(logits.numpy(), want[:, 6:], atol=1e-5)
 
 
 def test_attention_that_does_not_fit_the_operator_stays_as_exported_and_says_why(
@@ -262,9 +294,10 @@ def test_the_decoder_graph_is_fused_and_its_sibling_projections_packed(
     assert fused.refused is None
     assert set(fused.counts) == set(DECODER_OPS), fused.counts
     assert fused.counts["SkipSimplifiedLayerNormalization"] >= 3
+    # heads of 8: the operator does not rotate them (multiples of 16), the graph does, fused
     assert fused.counts["RotaryEmbedding"] == 2 * 3  # q and k of each block
-    ops = {n.op_type for n in graph_of(path).graph.node}
     assert fused.counts["GroupQueryAttention"] == 3  # one per block, written at export
+    ops = {n.op_type for n in graph_of(path).graph.node}
     assert not ops & {"MultiHeadAttention", "Attention"}
     assert {m for m in nodes_by_module(graph_of(path)) if m.endswith("_proj")} == {
         m for m in owners if m.endswith("_proj")

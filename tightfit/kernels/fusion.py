@@ -255,8 +255,79 @@ def pack_siblings(src: Path, dst: Path) -> int:
         replace[id(nodes[0])] = [product, split]
         drop.update(id(n) for n in nodes)
     _replace_nodes(model, nodes_held, {i: replace.get(i, []) for i in drop})
+    _feed_packed_attention(model)
     onnx.save(model, str(dst))
     return len(replace)
+
+
+def _feed_packed_attention(model: onnx.ModelProto) -> int:
+    """Give each ``GroupQueryAttention`` whose query, key and value are the three parts of one
+    packed product (a Split into ``heads``, ``kv heads`` and ``kv heads`` times the head size,
+    each part reshaped to heads and back) the packed product itself, as its ``query`` with no
+    ``key`` or ``value``, as onnxruntime-genai's builder feeds it; returns how many. The
+    reshapes to heads and back keep each part as it was (the operator takes the part's own
+    shape, ``(batch, tokens, heads x head size)``), so the Split and the six Reshapes go."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {out: n for n in graph.node for out in n.output}
+    readers: dict[str, int] = {}
+    for n in graph.node:
+        for t in n.input:
+            readers[t] = readers.get(t, 0) + 1
+
+    def through_reshapes(name: str) -> str | None:
+        """The tensor two single-use Reshapes above ``name``, or None."""
+        for _ in range(2):
+            node = producer.get(name)
+            if node is None or node.op_type != "Reshape" or readers.get(node.output[0]) != 1:
+                return None
+            name = node.input[0]
+        return name
+
+    fed = 0
+    for node in graph.node:
+        if node.op_type != "GroupQueryAttention" or len(node.input) < 3 or not node.input[2]:
+            continue
+        parts = [through_reshapes(t) for t in node.input[:3]]
+        split = producer.get(parts[0]) if parts[0] else None
+        if split is None or split.op_type != "Split" or list(split.output) != parts:
+            continue
+        if len(split.input) < 2 or split.input[1] not in inits:
+            continue
+        attrs = {a.name: a.i for a in node.attribute if a.type == a.INT}
+        axis = next((a.i for a in split.attribute if a.name == "axis"), 0)
+        sizes = numpy_helper.to_array(inits[split.input[1]]).tolist()
+        heads, kv_heads = attrs.get("num_heads", 0), attrs.get("kv_num_heads", 0)
+        if axis != -1 or len(sizes) != 3 or not heads or not kv_heads or sizes[1] != sizes[2]:
+            continue
+        if sizes[0] * kv_heads != sizes[1] * heads or sizes[0] % heads:
+            continue
+        node.input[0] = split.input[0]
+        node.input[1] = ""
+        node.input[2] = ""
+        fed += 1
+    if fed:
+        _remove_unread(model)
+    return fed
+
+
+def _remove_unread(model: onnx.ModelProto) -> None:
+    """Drop the nodes (and then the initializers) whose outputs nothing reads, repeatedly."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {t for n in graph.node for t in n.input} | outputs
+        kept = [n for n in graph.node if any(o in read for o in n.output)]
+        if len(kept) == len(graph.node):
+            break
+        del graph.node[:]
+        graph.node.extend(kept)
+    read = {t for n in graph.node for t in n.input}
+    initializers = [i for i in graph.initializer if i.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
 
 
 def _replace_nodes(

@@ -14,7 +14,13 @@ that: a registered attention function (``transformers.AttentionInterface``) that
 eagerly, computes what it computes. The cache's concatenation moves into the operator: a
 generation step (``HuggingFaceModel.generation_step``) hands each layer's new key and value to
 attention unconcatenated (:func:`step_cache`) and returns the operator's present key and value.
-Rotary embeddings stay outside (the graph's own, fused separately).
+
+Where the model's rotary embedding is the plain half-rotation of the whole head with a fixed
+table (Llama's ``default``, ``linear`` and ``llama3`` rope types), it moves into the operator
+too (``do_rotary``, with the cos and sin tables of every position as constants), as the builder
+writes it: the model's own ``apply_rotary_pos_emb`` is bypassed while exporting, and the
+operator rotates the new query and key at their positions in the cache. That removes the
+Transposes around the rotation and the ``RotaryEmbedding`` nodes of every layer.
 """
 
 from __future__ import annotations
@@ -43,6 +49,21 @@ class _Step:
 
 
 _STEP: contextvars.ContextVar[_Step | None] = contextvars.ContextVar("tightfit_gqa", default=None)
+
+
+@dataclass(frozen=True)
+class _Rotary:
+    """A rotary embedding the operator applies: cos and sin per position, half a head wide."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+
+_ROTARY: contextvars.ContextVar[_Rotary | None] = contextvars.ContextVar(
+    "tightfit_gqa_rotary", default=None
+)
+#: rope types whose table depends on the position alone (not on the sequence's length)
+_FIXED_ROPE = ("default", "linear", "llama3")
 
 
 def unsupported(model: nn.Module) -> str | None:
@@ -81,13 +102,76 @@ def group_query_attention(model: nn.Module) -> Iterator[None]:
         if (c := getattr(m, "config", None)) is not None and hasattr(c, "_attn_implementation")
     }
     saved = {key: c._attn_implementation for key, c in configs.items()}
+    rotary, modules = _rotary_of(model)
+    originals = {m: m.apply_rotary_pos_emb for m in modules}
+    token = _ROTARY.set(rotary)
     try:
         for c in configs.values():
             c._attn_implementation = NAME
+        for m in modules:  # the operator rotates: the model's rotation is skipped
+            m.apply_rotary_pos_emb = _not_rotated
         yield
     finally:
         for key, c in configs.items():
             c._attn_implementation = saved[key]
+        for m, function in originals.items():
+            m.apply_rotary_pos_emb = function
+        _ROTARY.reset(token)
+
+
+def _rotary_of(model: nn.Module) -> tuple[_Rotary | None, list[Any]]:
+    """The rotary tables the operator takes for ``model`` and the Python modules whose
+    ``apply_rotary_pos_emb`` its attention calls; (None, []) where the rotation stays the
+    model's: no ``rotary_emb`` with a fixed table, a rotation narrower than the head or not by
+    halves, a head size that is no multiple of 16 (the operator's), no known maximum
+    position."""
+    import sys
+
+    attentions = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "head_dim")]
+    embeddings = [
+        m
+        for name, m in model.named_modules()
+        if name.endswith("rotary_emb") and hasattr(m, "inv_freq")
+    ]
+    config = getattr(model, "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    if not attentions or len(embeddings) != 1 or not isinstance(positions, int):
+        return None, []
+    if getattr(embeddings[0], "rope_type", "default") not in _FIXED_ROPE:
+        return None, []
+    modules = {sys.modules[type(m).__module__] for m in attentions}
+    if not all(hasattr(m, "apply_rotary_pos_emb") for m in modules):
+        return None, []
+    dim = int(attentions[0].head_dim)  # type: ignore[arg-type]
+    if dim % 16:  # ONNX Runtime's operator rotates heads of a multiple of 16 only
+        return None, []
+    try:
+        with torch.no_grad():
+            cos, sin = embeddings[0](torch.zeros(1), torch.arange(positions)[None])
+    except Exception:  # noqa: BLE001 - a rotary embedding of another signature
+        return None, []
+    cos, sin = cos[0].float(), sin[0].float()
+    half = dim // 2
+    if cos.shape != (positions, dim) or not all(
+        torch.equal(t[:, :half], t[:, half:]) for t in (cos, sin)
+    ):
+        return None, []
+    return _Rotary(cos[:, :half].contiguous(), sin[:, :half].contiguous()), list(modules)
+
+
+def _not_rotated(query: torch.Tensor, key: torch.Tensor, *args: Any, **kwargs: Any) -> tuple:
+    return query, key
+
+
+def _rotated(x: torch.Tensor, rotary: _Rotary, start: int) -> torch.Tensor:
+    """``x`` (batch, heads, new, head dim) rotated at positions ``start`` on, as the model's
+    ``apply_rotary_pos_emb`` rotates it (halves)."""
+    new = x.shape[2]
+    cos = torch.cat([rotary.cos[start : start + new]] * 2, dim=-1).to(x.dtype)
+    sin = torch.cat([rotary.sin[start : start + new]] * 2, dim=-1).to(x.dtype)
+    half = x.shape[-1] // 2
+    turned = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + turned * sin
 
 
 def active(model: nn.Module) -> bool:
@@ -140,8 +224,14 @@ def _attention(
     batch, heads, new, dim = query.shape
     kv_heads = key.shape[1]
     scale = float(scaling if scaling is not None else dim**-0.5)
+    rotary = _ROTARY.get()
     if torch.onnx.is_in_onnx_export():
         total = past_key.shape[2] + new
+        attrs: dict[str, Any] = {"num_heads": heads, "kv_num_heads": kv_heads, "scale": scale}
+        tables: tuple[torch.Tensor, ...] = ()
+        if rotary is not None:  # the query and key come unrotated: the operator rotates
+            attrs.update(do_rotary=1, rotary_interleaved=0)
+            tables = (rotary.cos, rotary.sin)
         out, present_key, present_value = torch.onnx.ops.symbolic_multi_out(
             f"com.microsoft::{OP}",
             (
@@ -153,8 +243,9 @@ def _attention(
                 # seqlens_k: each row's total length less one (no padding inside a batch)
                 torch.full((batch,), total - 1, dtype=torch.int32),
                 torch.full((), total, dtype=torch.int32),  # total_sequence_length
+                *tables,
             ),
-            {"num_heads": heads, "kv_num_heads": kv_heads, "scale": scale},
+            attrs,
             dtypes=(query.dtype, key.dtype, value.dtype),
             shapes=(
                 (batch, new, heads * dim),
@@ -165,6 +256,9 @@ def _attention(
         )
         out = out.view(batch, new, heads, dim)
     else:
+        if rotary is not None:
+            start = past_key.shape[2]
+            query, key = _rotated(query, rotary, start), _rotated(key, rotary, start)
         out, present_key, present_value = _reference(query, key, value, past_key, past_value, scale)
     step.present[layer] = (present_key, present_value)
     return out, None
