@@ -11,9 +11,10 @@ combination, in fp32 and with every MatMul 4-bit (MatMulNBits, blocks of 32, sym
   applied after precision;
 - `norms + rotary, packed`: both, tightfit's graph on ``cpu-ort-llm`` before attention was
   exported as one operator;
-- `GroupQueryAttention + norms + rotary`: each layer's attention exported as ONNX Runtime's
-  GroupQueryAttention (``kernels.export.attention_for``, the cache's concatenation inside it),
-  then ``fuse_decoder``; packed, tightfit's graph on ``cpu-ort-llm``.
+- `GroupQueryAttention (rotary inside) + norms`: each layer's attention exported as ONNX
+  Runtime's GroupQueryAttention (``kernels.export.attention_for``: the cache's append and the
+  rotary embedding inside it), then ``fuse_decoder``; packed (the operator then reads the
+  packed q/k/v product whole), tightfit's graph on ``cpu-ort-llm``.
 
 Decode ms per token on `cpu-ort-llm`, all graphs in the same interleaved rounds against the
 plain export (`measure_jointly`). Every graph's logits are checked against the export's on one
@@ -115,7 +116,7 @@ def main() -> None:
     write_result("llm_fusion", result, write_markdown)
 
 
-GQA = "GroupQueryAttention + norms + rotary"
+GQA = "GroupQueryAttention (rotary inside) + norms"
 
 
 def write_markdown(result: dict, path: Path) -> None:

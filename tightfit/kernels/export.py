@@ -221,11 +221,28 @@ def export_for(
 
 def attention_for(profile: HardwareProfile) -> str:
     """How ``profile`` exports a decoder's attention: as one ``GroupQueryAttention`` per layer
-    where it fuses its generation graphs (``kernels.fusion.packs``, ONNX Runtime's CPU
-    provider), else as exported."""
-    from tightfit.kernels.fusion import packs
-
+    where it fuses its generation graphs (:func:`packs`, ONNX Runtime's CPU provider), else
+    as exported."""
     return _attention.OP if packs(profile) else "exported"
+
+
+def fuses(profile: HardwareProfile) -> bool:
+    """Whether ``profile`` fuses its graphs: ``graph_fusion: auto`` on ONNX Runtime's CPU
+    provider (a generation graph by ``kernels.fusion.fuse_decoder``'s narrower set). Not yet on ONNX
+    Runtime's CUDA provider: fp16 on fused graphs has not run on a GPU here, and a baseline
+    that fails there would stop the search."""
+    return (
+        profile.graph_fusion == "auto"
+        and profile.runtime == "onnxruntime"
+        and profile.execution_provider == "CPUExecutionProvider"
+    )
+
+
+def packs(profile: HardwareProfile) -> bool:
+    """Whether ``profile``'s measured graphs have sibling MatMuls packed (``kernels.fusion.pack_siblings``):
+    a fusing profile's generation graphs, where decoding one token is three small products per
+    attention and two per MLP."""
+    return fuses(profile) and profile.generation is not None
 
 
 def decoder_attention(model: nn.Module, attention: str) -> str:

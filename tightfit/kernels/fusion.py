@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 
 from tightfit.hardware_profiles import HardwareProfile
+from tightfit.kernels.export import fuses, packs  # noqa: F401 - re-exported
 
 #: operators whose presence after the transformer optimizer says it fused something
 FUSED_OPS = (
@@ -124,25 +125,6 @@ def fused_graph(
     fused_path = out_dir / "fused.onnx"
     fusions = fuse_transformer(baseline, fused_path, attention)
     return (fused_path if fusions else baseline), fusions
-
-
-def fuses(profile: HardwareProfile) -> bool:
-    """Whether ``profile`` fuses its graphs: ``graph_fusion: auto`` on ONNX Runtime's CPU
-    provider (a generation graph by :func:`fuse_decoder`'s narrower set). Not yet on ONNX
-    Runtime's CUDA provider: fp16 on fused graphs has not run on a GPU here, and a baseline
-    that fails there would stop the search."""
-    return (
-        profile.graph_fusion == "auto"
-        and profile.runtime == "onnxruntime"
-        and profile.execution_provider == "CPUExecutionProvider"
-    )
-
-
-def packs(profile: HardwareProfile) -> bool:
-    """Whether ``profile``'s measured graphs have sibling MatMuls packed (:func:`pack_siblings`):
-    a fusing profile's generation graphs, where decoding one token is three small products per
-    attention and two per MLP."""
-    return fuses(profile) and profile.generation is not None
 
 
 #: the operators of tightfit's decoder graph: :func:`fuse_decoder` writes the norms and rotary
