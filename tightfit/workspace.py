@@ -47,6 +47,7 @@ from tightfit.kernels.fusion import fuse_for, pack_siblings, packs
 from tightfit.kernels.precision import to_float16
 from tightfit.spaces import Candidate
 from tightfit.task import TaskData, is_token_input, load_data, load_model, model_id
+from tightfit.task._attention import OP as GROUP_QUERY_ATTENTION
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +280,7 @@ class Workspace:
             log.info(
                 "the decoder's attention stays as exported (%s)", attention[len("exported: ") :]
             )
-        if attention == attention_for(profile) and attention != "exported":
+        if attention == GROUP_QUERY_ATTENTION:
             plain = profile.model_copy(update={"graph_fusion": "off"})
             path = self.scratch / "plain.onnx"
             self.plain_onnx = export_for(plain, self.model, example, self.data.input_names, path)

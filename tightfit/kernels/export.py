@@ -484,6 +484,14 @@ def drop_initializer_shapes(model: onnx.ModelProto) -> None:
     model.graph.value_info.extend(kept)
 
 
+def drop_unread_initializers(graph: onnx.GraphProto) -> None:
+    """Remove the initializers no node of ``graph`` reads (after a rewrite replaced nodes)."""
+    read = {t for n in graph.node for t in n.input}
+    kept = [i for i in graph.initializer if i.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
 def inline_shared_initializers(onnx_bytes: bytes) -> bytes:
     """Replace every ``Identity`` of an initializer by a copy of that initializer.
 

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from tightfit.hardware_profiles import HardwareProfile
-from tightfit.kernels.export import fuses, packs  # noqa: F401 - re-exported
+from tightfit.kernels.export import drop_unread_initializers, fuses, packs  # noqa: F401
 
 #: operators whose presence after the transformer optimizer says it fused something
 FUSED_OPS = (
@@ -306,10 +306,7 @@ def _remove_unread(model: onnx.ModelProto) -> None:
             break
         del graph.node[:]
         graph.node.extend(kept)
-    read = {t for n in graph.node for t in n.input}
-    initializers = [i for i in graph.initializer if i.name in read]
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
+    drop_unread_initializers(graph)
 
 
 def _replace_nodes(
@@ -327,10 +324,7 @@ def _replace_nodes(
     graph = model.graph
     del graph.node[:]
     graph.node.extend(kept)
-    used = {t for n in graph.node for t in n.input}
-    initializers = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
+    drop_unread_initializers(graph)
 
 
 def _attr(node: onnx.NodeProto, name: str) -> int:

@@ -31,6 +31,7 @@ from tightfit.kernels._registry import register_kernel
 from tightfit.kernels.bias_correction import MAX_SAMPLES, WeightQuant, correct_bias, minmax_blocks
 from tightfit.kernels.export import (
     COMPUTE_OPS,
+    drop_unread_initializers,
     fold_weight_transposes,
     has_constant_weight,
     module_of_node,
@@ -251,10 +252,7 @@ def _quantize_minmax(
         )  # fmt: skip
         graph.node[i].CopyFrom(replacement)
         made += 1
-    used = {t for node in graph.node for t in node.input}
-    kept = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    drop_unread_initializers(graph)
     return made
 
 
