@@ -163,7 +163,7 @@ def test_the_minmax_grid_keeps_each_blocks_range_and_runs_on_the_fast_kernel(
     computes the same products (siblings share one block sum)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from tightfit.kernels.bias_correction import int4_error
+    from tightfit.kernels.bias_correction import int4_error, minmax_blocks
     from tightfit.kernels.fusion import pack_siblings, unfold_float_zero_points
     from tightfit.kernels.quantization import _quantize_nbits
 
@@ -192,21 +192,31 @@ def test_the_minmax_grid_keeps_each_blocks_range_and_runs_on_the_fast_kernel(
         assert np.abs(int4_error(w)).max() > 1e-3  # the symmetric grid does not hold it
     _quantize_nbits(tmp_path / "f.onnx", tmp_path / "q.onnx", None, grid="minmax")
     eye = {"x": np.eye(k, dtype=np.float32)[None]}  # one-hot rows read the weights back
-    for path in ("q", "packed", "unfolded"):
+    for path in ("q", "packed", "unfolded", "unfolded8"):
         if path == "packed":
             assert pack_siblings(tmp_path / "q.onnx", tmp_path / "packed.onnx") == 1
-        if path == "unfolded":
-            assert (
-                unfold_float_zero_points(tmp_path / "packed.onnx", tmp_path / "unfolded.onnx") == 1
-            )
+        if path.startswith("unfolded"):
+            bits = 8 if path == "unfolded8" else 32
+            dst = tmp_path / f"{path}.onnx"
+            assert unfold_float_zero_points(tmp_path / "packed.onnx", dst, offset_bits=bits) == 1
         got = onnx.load(str(tmp_path / f"{path}.onnx")).graph
         floats = [n for n in got.node if n.op_type == "MatMulNBits" and len(n.input) > 3]
-        assert bool(floats) == (path != "unfolded")  # no float zero point is left
+        assert bool(floats) == (not path.startswith("unfolded"))  # no float zero point is left
         stored = _run(tmp_path / f"{path}.onnx", eye)
         for out, (name, w) in zip(stored, weights.items(), strict=True):
-            np.testing.assert_allclose(out[0], w, atol=1e-5, err_msg=f"{path}: {name}")
+            if path != "unfolded8":
+                np.testing.assert_allclose(out[0], w, atol=1e-5, err_msg=f"{path}: {name}")
+                continue
+            # 8-bit offsets (``8 * step + min`` per block and column, one 8-bit block of 16
+            # per column here): each rounded by at most half its column's 8-bit step
+            _, step, low = minmax_blocks(w, 4, 32)
+            offsets = 8 * step + low  # [N, blocks]
+            bound = np.abs(offsets).max(axis=1) / 254 + 1e-5
+            err = np.abs(out[0] - w)
+            assert (err <= bound[None, :]).all(), f"{name}: {err.max()} > {bound.max()}"
+            assert err.max() > 1e-6  # they are rounded: this checks the 8-bit path ran
     x = {"x": rng.normal(size=(2, 3, k)).astype(np.float32)}
-    for got, want in zip(_run(tmp_path / "unfolded.onnx", x), (x["x"] @ w for w in weights.values()),
+    for got, want in zip(_run(tmp_path / "unfolded8.onnx", x), (x["x"] @ w for w in weights.values()),
                          strict=True):  # fmt: skip
         assert np.abs(got - want).max() < 0.02 * np.abs(want).max()  # int8 activation blocks
     # the kernel: a profile on the min-max grid is unfolded after compression
@@ -217,4 +227,7 @@ def test_the_minmax_grid_keeps_each_blocks_range_and_runs_on_the_fast_kernel(
                    classifier="head")  # fmt: skip
     out = compress(model, Candidate(base_model="m", bits={"up": 4}), ctx, tmp_path / "c")
     assert out.report["unfolded_zero_points"] == 1
-    assert _ops(out.onnx_path).count("MatMulNBits") == 1
+    nbits = [n for n in onnx.load(str(out.onnx_path)).graph.node if n.op_type == "MatMulNBits"]
+    bits = sorted(next(a.i for a in n.attribute if a.name == "bits") for n in nbits)
+    assert bits == [4, 8]  # the weight; its 8-bit offsets
+    assert all(len(n.input) <= 3 for n in nbits)  # no zero point: the fast kernel

@@ -122,7 +122,7 @@ class QuantizationSettings(Record):
         description="4-bit MatMulNBits weights: symmetric (round to nearest on a grid centred "
         "on zero, ONNX Runtime's quantizer and onnxruntime-genai's) or minmax (each block's "
         "own minimum and step, as llama.cpp's Q4_1 stores them; run as ONNX Runtime's fast "
-        "symmetric kernel plus a small float product per layer, kernels.fusion."
+        "symmetric kernel plus a small 8-bit block-offset product per layer, kernels.fusion."
         "unfold_float_zero_points)",
     )
     int4_block_size: Literal[16, 32, 64, 128] = Field(

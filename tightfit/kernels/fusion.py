@@ -360,9 +360,9 @@ def _pack_key(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> tuple
     return ("MatMulNBits", inputs[0], shared, zero_type, scales.data_type)
 
 
-def unfold_float_zero_points(src: Path, dst: Path) -> int:
+def unfold_float_zero_points(src: Path, dst: Path, offset_bits: int = 8) -> int:
     """Write ``src`` to ``dst`` with each MatMulNBits whose zero points are floats computed as
-    ONNX Runtime's fast kernel plus a small float product; returns how many were rewritten.
+    ONNX Runtime's fast kernel plus a small correction product; returns how many were rewritten.
 
     ONNX Runtime's CPU kernel takes integer zero points only: with float ones (the min-max grid
     of ``kernels.quantization``, HQQ's) it ran SmolLM2 at 0.21x the fp32 export where the
@@ -370,15 +370,20 @@ def unfold_float_zero_points(src: Path, dst: Path) -> int:
     are ``s * (q - z)``, which is ``s * (q - 2^(bits-1))`` (the default zero point, the fast
     path) plus ``s * (2^(bits-1) - z)``, one number per block and output column, ``M``.
     So ``x @ W = MatMulNBits(x) + (x @ E) @ M``, where ``x @ E`` sums ``x`` over each block
-    (``E``: ones on a block's rows) and is shared by the products that read ``x``: two
-    products of size ``K x blocks`` and ``blocks x N`` beside the ``K x N`` one. The same
-    numbers, in another order.
+    (``E``: ones on a block's rows, one constant per shape) and is shared by the products that
+    read ``x``: two products of size ``K x blocks`` and ``blocks x N`` beside the ``K x N`` one.
+
+    Decoding reads every weight once per token, so these constants' bytes are its cost: ``M``
+    in float is a quarter of a 4-bit weight's bytes again. ``offset_bits`` 8 stores ``M`` as
+    8-bit blocks of 16 (a MatMulNBits of its own, symmetric, rounding each offset by at most
+    1/254 of its block's largest); 32 keeps it exact.
     """
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(src))
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
+    ones: dict[tuple[int, int], str] = {}  # (K, block) -> E
     sums: dict[tuple[str, int, int], str] = {}  # (input, K, block) -> its block sums
     rewritten: dict[int, list[onnx.NodeProto]] = {}
     nodes = list(graph.node)  # held: the identities below are of these objects
@@ -398,30 +403,62 @@ def unfold_float_zero_points(src: Path, dst: Path) -> int:
         offsets = (scales * ((1 << (bits - 1)) - zeros)).T.astype(np.float32)  # [blocks, N]
         name = node.name or node.output[0]
         added: list[onnx.NodeProto] = []
+        if (k, block) not in ones:
+            e = np.zeros((k, blocks), np.float32)
+            e[np.arange(k), np.arange(k) // block] = 1.0
+            ones[(k, block)] = f"block_ones_{k}_{block}"
+            graph.initializer.append(numpy_helper.from_array(e, ones[(k, block)]))
         key = (inputs[0], k, block)
         if key not in sums:
-            ones = np.zeros((k, blocks), np.float32)
-            ones[np.arange(k), np.arange(k) // block] = 1.0
-            tensor = numpy_helper.from_array(ones, f"{name}_block_ones")
-            graph.initializer.append(tensor)
             sums[key] = f"{name}_block_sums"
-            added.append(helper.make_node("MatMul", [inputs[0], tensor.name], [sums[key]],
+            added.append(helper.make_node("MatMul", [inputs[0], ones[(k, block)]], [sums[key]],
                                           name=f"{name}_block_sums"))  # fmt: skip
-        tensor = numpy_helper.from_array(offsets, f"{name}_block_offsets")
-        graph.initializer.append(tensor)
         fast = helper.make_node(
             "MatMulNBits", [*inputs[:3], *(["", "", inputs[5]] if len(inputs) > 5 else [])],
             [f"{name}_fast"], name=f"{name}_fast", domain="com.microsoft",
             **{a.name: helper.get_attribute_value(a) for a in node.attribute},
         )  # fmt: skip
-        offset = helper.make_node("MatMul", [sums[key], tensor.name], [f"{name}_offsets"],
-                                  name=f"{name}_offsets")  # fmt: skip
+        if offset_bits == 8:
+            codes, steps = _symmetric_int8_blocks(offsets, OFFSET_BLOCK)
+            names = [f"{name}_block_offsets_Q8", f"{name}_block_offsets_scales"]
+            for array, tensor_name in zip((codes, steps), names, strict=True):
+                graph.initializer.append(numpy_helper.from_array(array, tensor_name))
+            offset = helper.make_node(
+                "MatMulNBits", [sums[key], *names], [f"{name}_offsets"], name=f"{name}_offsets",
+                domain="com.microsoft", K=blocks, N=n, bits=8, block_size=OFFSET_BLOCK,
+                accuracy_level=next(
+                    (int(a.i) for a in node.attribute if a.name == "accuracy_level"), 0
+                ),
+            )  # fmt: skip
+        else:
+            tensor = numpy_helper.from_array(offsets, f"{name}_block_offsets")
+            graph.initializer.append(tensor)
+            offset = helper.make_node("MatMul", [sums[key], tensor.name], [f"{name}_offsets"],
+                                      name=f"{name}_offsets")  # fmt: skip
         total = helper.make_node("Add", [fast.output[0], offset.output[0]], list(node.output),
                                  name=f"{name}_add")  # fmt: skip
         rewritten[id(node)] = [*added, fast, offset, total]
     _replace_nodes(model, nodes, rewritten)
     onnx.save(model, str(dst))
     return len(rewritten)
+
+
+#: the block of the 8-bit offsets (MatMulNBits' smallest): their K is a product's block count
+OFFSET_BLOCK = 16
+
+
+def _symmetric_int8_blocks(weight: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """A ``[K, N]`` weight as MatMulNBits' 8-bit symmetric blocks along K: the codes ``[N,
+    blocks, block]`` (zero point 128, the default) and each block's step ``[N, blocks]``."""
+    k, n = weight.shape
+    blocks = -(-k // block)
+    padded = np.zeros((blocks * block, n), np.float32)
+    padded[:k] = weight
+    w = padded.T.reshape(n, blocks, block)
+    step = np.abs(w).max(axis=-1) / 127.0
+    step[step == 0] = 1.0
+    codes = np.clip(np.rint(w / step[..., None]), -128, 127) + 128
+    return codes.astype(np.uint8), step.astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -211,8 +211,10 @@ def _attention(
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention interface: ``query`` (batch, heads, new, head dim), ``key`` and
     ``value`` (batch, kv heads, new, head dim), this step's new tokens only; returns the
-    attention output (batch, new, heads, head dim) and records the layer's present key and
-    value (past and new) on the step."""
+    attention output (batch, new, heads, head dim), or while exporting the operator's (batch,
+    new, heads * head dim), which the model's own reshape to (batch, new, -1) takes as well
+    (one Reshape per layer, not two), and records the layer's present key and value (past and
+    new) on the step."""
     step = _STEP.get()
     if step is None:
         raise RuntimeError(
@@ -254,7 +256,6 @@ def _attention(
             ),
             version=1,
         )
-        out = out.view(batch, new, heads, dim)
     else:
         if rotary is not None:
             start = past_key.shape[2]
