@@ -254,6 +254,9 @@ def test_a_tied_head_is_offered_4_bits_and_runs_them(
         expected = llama(torch.from_numpy(ids)).numpy()
     assert np.abs(logits - expected).max() < 0.1 * np.abs(expected).max()  # 4-bit, not float
     assert np.abs(logits - expected).max() > 0
+    # the embedding reads the head's 4-bit table (one copy, as the source model has one)
+    assert report["tied_embedding_shared"] == 1
+    _assert_embedding_reads_the_head(tmp_path / "q.onnx", head.name + "_Q4", vocab=512, hidden=32)
     # the profile's int8 is weight-only: 8-bit MatMulNBits, on the head and on a projection
     up = "model.model.layers.0.mlp.up_proj"
     report = kernel.apply_onnx(path, tmp_path / "q8.onnx", {"model.lm_head": 8, up: 8}, ctx)
@@ -266,10 +269,66 @@ def test_a_tied_head_is_offered_4_bits_and_runs_them(
         for a in n.attribute
         if a.name == "bits"
     )
+    _assert_embedding_reads_the_head(tmp_path / "q8.onnx", head.name + "_Q8", vocab=512, hidden=32)
+    # a float head leaves the embedding's float table alone
+    report = kernel.apply_onnx(path, tmp_path / "q_up.onnx", {up: 4}, ctx)
+    assert "tied_embedding_shared" not in report
+    assert "GatherBlockQuantized" not in _op_types(tmp_path / "q_up.onnx")
     # the standard recipe's int4 takes the head too (onnxruntime-genai's builder does)
     recipe, _ = build_recipe("int4", path, ctx, tmp_path / "recipe")
     recipe_ops = {n.name: n.op_type for n in onnx.load(str(recipe)).graph.node}
     assert recipe_ops.get(head.name + "_Q4") == "MatMulNBits"
+
+
+def _op_types(path: Path) -> list[str]:
+    import onnx
+
+    return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+def _assert_embedding_reads_the_head(path: Path, head: str, vocab: int, hidden: int) -> None:
+    """The graph at ``path`` has no float ``vocab x hidden`` table left; its embedding
+    (GatherBlockQuantized) gives, for every token, the head's weights as the head's
+    MatMulNBits computes with them (read back by one-hot inputs), and they are rounded."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    assert not [i for i in graph.initializer if list(i.dims) == [vocab, hidden]]
+    nodes = {n.op_type: n for n in graph.node if n.op_type in ("GatherBlockQuantized",)}
+    gather = nodes["GatherBlockQuantized"]
+    matmul = next(n for n in graph.node if n.op_type == "MatMulNBits" and n.name == head)
+    reshape = next(n for n in graph.node if gather.input[0] in n.output)
+    assert reshape.input[0] == matmul.input[1]  # the head's own packed table: one copy
+    float_table = next(i for i in onnx.load(str(path.parent / "g.onnx")).graph.initializer
+                       if list(i.dims) == [vocab, hidden])  # fmt: skip
+    probe = helper.make_graph(
+        [reshape, gather, helper.make_node("MatMulNBits", ["eye", *matmul.input[1:]], ["w"],
+                                           domain="com.microsoft", **{
+                                               a.name: helper.get_attribute_value(a)
+                                               for a in matmul.attribute})],
+        "probe",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [vocab]),
+         helper.make_tensor_value_info("eye", TensorProto.FLOAT, [hidden, hidden])],
+        [helper.make_tensor_value_info(gather.output[0], TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, None)],
+        [i for i in graph.initializer
+         if i.name in {*reshape.input, *gather.input, *matmul.input}],
+    )  # fmt: skip
+    probe.node[1].input[1] = "ids"
+    probe_model = helper.make_model(probe, opset_imports=list(model.opset_import))
+    session = ort.InferenceSession(
+        probe_model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    rows, weights = session.run(
+        None, {"ids": np.arange(vocab), "eye": np.eye(hidden, dtype=np.float32)}
+    )
+    np.testing.assert_allclose(rows, weights.T, atol=1e-6)  # the head's numbers, row by row
+    table = onnx.numpy_helper.to_array(float_table)
+    error = np.abs(rows - table).max()
+    assert 0 < error < 0.2 * np.abs(table).max()  # quantized, not garbage
 
 
 def test_the_decoder_graph_is_fused_and_its_sibling_projections_packed(

@@ -484,6 +484,24 @@ def drop_initializer_shapes(model: onnx.ModelProto) -> None:
     model.graph.value_info.extend(kept)
 
 
+def replace_nodes(
+    model: onnx.ModelProto, nodes: list[onnx.NodeProto], replacements: dict[int, list]
+) -> None:
+    """Rebuild ``model``'s nodes from ``nodes`` (the graph's, in order, held by the caller:
+    ``replacements`` is keyed by their identities, as names need not be unique or set), each
+    replaced by its list in ``replacements`` (empty: removed); drop the initializers no node
+    reads any more."""
+    if not replacements:
+        return
+    kept: list[onnx.NodeProto] = []
+    for node in nodes:
+        kept.extend(replacements.get(id(node), [node]))
+    graph = model.graph
+    del graph.node[:]
+    graph.node.extend(kept)
+    drop_unread_initializers(graph)
+
+
 def drop_unread_initializers(graph: onnx.GraphProto) -> None:
     """Remove the initializers no node of ``graph`` reads (after a rewrite replaced nodes)."""
     read = {t for n in graph.node for t in n.input}

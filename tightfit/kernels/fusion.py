@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from tightfit.hardware_profiles import HardwareProfile
-from tightfit.kernels.export import drop_unread_initializers, fuses, packs  # noqa: F401
+from tightfit.kernels.export import drop_unread_initializers, fuses, packs, replace_nodes  # noqa: F401
 
 #: operators whose presence after the transformer optimizer says it fused something
 FUSED_OPS = (
@@ -236,7 +236,7 @@ def pack_siblings(src: Path, dst: Path) -> int:
                                  [n.output[0] for n in nodes], name=f"{name}_split", axis=-1)  # fmt: skip
         replace[id(nodes[0])] = [product, split]
         drop.update(id(n) for n in nodes)
-    _replace_nodes(model, nodes_held, {i: replace.get(i, []) for i in drop})
+    replace_nodes(model, nodes_held, {i: replace.get(i, []) for i in drop})
     _feed_packed_attention(model)
     onnx.save(model, str(dst))
     return len(replace)
@@ -306,24 +306,6 @@ def _remove_unread(model: onnx.ModelProto) -> None:
             break
         del graph.node[:]
         graph.node.extend(kept)
-    drop_unread_initializers(graph)
-
-
-def _replace_nodes(
-    model: onnx.ModelProto, nodes: list[onnx.NodeProto], replacements: dict[int, list]
-) -> None:
-    """Rebuild ``model``'s nodes from ``nodes`` (the graph's, in order, held by the caller:
-    ``replacements`` is keyed by their identities, as names need not be unique or set), each
-    replaced by its list in ``replacements`` (empty: removed); drop the initializers no node
-    reads any more."""
-    if not replacements:
-        return
-    kept: list[onnx.NodeProto] = []
-    for node in nodes:
-        kept.extend(replacements.get(id(node), [node]))
-    graph = model.graph
-    del graph.node[:]
-    graph.node.extend(kept)
     drop_unread_initializers(graph)
 
 
@@ -438,7 +420,7 @@ def unfold_float_zero_points(src: Path, dst: Path, offset_bits: int = 8) -> int:
         total = helper.make_node("Add", [fast.output[0], offset.output[0]], list(node.output),
                                  name=f"{name}_add")  # fmt: skip
         rewritten[id(node)] = [*added, fast, offset, total]
-    _replace_nodes(model, nodes, rewritten)
+    replace_nodes(model, nodes, rewritten)
     onnx.save(model, str(dst))
     return len(rewritten)
 

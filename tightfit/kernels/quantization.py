@@ -37,6 +37,7 @@ from tightfit.kernels.export import (
     module_of_node,
     node_op_types,
     nodes_by_module,
+    replace_nodes,
 )
 
 CALIBRATION_BATCH = 32
@@ -327,6 +328,9 @@ class Quantization(Kernel):
                 raise
             except Exception as e:
                 raise CandidateError(f"quantization failed: {type(e).__name__}: {e}") from e
+            if shared := share_tied_embeddings(final, Path(tmp) / "tied.onnx"):
+                final = Path(tmp) / "tied.onnx"
+                report["tied_embedding_shared"] = shared
             engaged = engagement(src, final, by_bits, ctx)
             shutil.copyfile(final, dst)
         report.update(engaged.report())
@@ -339,6 +343,78 @@ class Quantization(Kernel):
                 "model with conversions, not an int8 one"
             )
         return report
+
+
+def share_tied_embeddings(src: Path, dst: Path) -> int:
+    """Write ``src`` to ``dst`` with each embedding whose tied head went 4- or 8-bit read from
+    the head's quantized table (``GatherBlockQuantized``), as onnxruntime-genai's builder
+    writes it; returns how many (0: nothing written).
+
+    A tied head is the embedding transposed: ``fold_weight_transposes`` gives it a constant of
+    its own (``<table>_transposed``) for the quantizer, and the float table stays for the
+    Gather. ``MatMulNBits`` stores the head as ``[vocabulary, blocks, block bytes]``, each
+    vocabulary row quantized in blocks along the hidden size: the embedding table's layout.
+    So the Gather reads that table (reshaped to ``[vocabulary, hidden bytes]``) with the
+    head's scales, and the float table goes: one copy of the model's largest tensor, at the
+    head's bits, as in the source model (SmolLM2: 113 MB of float table). The embedding then
+    takes the head's rounding, which is the plan's choice for that tensor. Only symmetric
+    heads (no zero points) whose hidden size is a whole number of blocks share: a head on the
+    min-max grid has float zero points, which ``GatherBlockQuantized`` does not take."""
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    heads = {
+        n.input[1]: n
+        for n in graph.node
+        if n.op_type == "MatMulNBits" and n.domain == "com.microsoft" and len(n.input) <= 3
+    }
+    replaced: dict[int, list[onnx.NodeProto]] = {}
+    nodes = list(graph.node)  # held: keyed by identity below
+    for node in nodes:
+        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx"):
+            continue
+        table = inits.get(node.input[0])
+        if table is None or table.data_type != onnx.TensorProto.FLOAT or len(table.dims) != 2:
+            continue
+        if any(a.name == "axis" and a.i != 0 for a in node.attribute):
+            continue
+        vocabulary, hidden = table.dims
+        head = next(
+            (
+                n
+                for b, n in heads.items()
+                if b == f"{table.name}_transposed_Q{_int_attr(n, 'bits')}"
+            ),
+            None,
+        )
+        if head is None:
+            continue
+        bits, block = _int_attr(head, "bits"), _int_attr(head, "block_size")
+        if (_int_attr(head, "K"), _int_attr(head, "N")) != (hidden, vocabulary) or hidden % block:
+            continue
+        shape = numpy_helper.from_array(
+            np.array([vocabulary, hidden * bits // 8], np.int64), f"{table.name}_quantized_shape"
+        )
+        graph.initializer.append(shape)
+        rows = f"{table.name}_quantized_rows"
+        reshape = helper.make_node("Reshape", [head.input[1], shape.name], [rows],
+                                   name=f"{node.name}_quantized_rows")  # fmt: skip
+        gather = helper.make_node(
+            "GatherBlockQuantized", [rows, node.input[1], head.input[2]], list(node.output),
+            name=node.name, domain="com.microsoft", bits=bits, block_size=block,
+            gather_axis=0, quantize_axis=1,
+        )  # fmt: skip
+        replaced[id(node)] = [reshape, gather]
+    if replaced:
+        replace_nodes(model, nodes, replaced)
+        onnx.save(model, str(dst))
+    return len(replaced)
+
+
+def _int_attr(node: onnx.NodeProto, name: str) -> int:
+    return next(int(a.i) for a in node.attribute if a.name == name)
 
 
 def masked_attention(model: onnx.ModelProto) -> set[str]:
