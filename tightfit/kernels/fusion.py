@@ -248,7 +248,8 @@ def _feed_packed_attention(model: onnx.ModelProto) -> int:
     each part reshaped to heads and back) the packed product itself, as its ``query`` with no
     ``key`` or ``value``, as onnxruntime-genai's builder feeds it; returns how many. The
     reshapes to heads and back keep each part as it was (the operator takes the part's own
-    shape, ``(batch, tokens, heads x head size)``), so the Split and the six Reshapes go."""
+    shape, ``(batch, tokens, heads x head size)``), so the Split and the six Reshapes go; so
+    does the model's reshape of the operator's output (:func:`_skip_output_reshapes`)."""
     from onnx import numpy_helper
 
     graph = model.graph
@@ -291,8 +292,53 @@ def _feed_packed_attention(model: onnx.ModelProto) -> int:
         node.input[2] = ""
         fed += 1
     if fed:
+        _skip_output_reshapes(model)
         _remove_unread(model)
     return fed
+
+
+def _skip_output_reshapes(model: onnx.ModelProto) -> None:
+    """Let the readers of each attention's output reshape read the attention's output itself.
+
+    The operator writes ``(batch, tokens, heads x head size)``, and the model reshapes its
+    attention output to ``(*input_shape, -1)`` with ``input_shape`` the hidden states' batch
+    and tokens (transformers' attention modules): the same shape. Only a Reshape to three
+    dimensions, the last -1 (a Concat of three, the last the constant -1), is skipped."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    producer = {out: n for n in graph.node for out in n.output}
+    outputs = {o.name for o in graph.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for t in n.input:
+            readers.setdefault(t, []).append(n)
+    inits = {i.name: i for i in graph.initializer}
+
+    def constant(name: str) -> list[int] | None:
+        if name in inits:
+            return numpy_helper.to_array(inits[name]).tolist()
+        node = producer.get(name)
+        if node is not None and node.op_type == "Constant":
+            return numpy_helper.to_array(node.attribute[0].t).tolist()
+        return None
+
+    for node in list(graph.node):
+        if node.op_type != "GroupQueryAttention":
+            continue
+        after = readers.get(node.output[0], [])
+        if len(after) != 1 or after[0].op_type != "Reshape" or after[0].output[0] in outputs:
+            continue
+        reshape = after[0]
+        shape = producer.get(reshape.input[1])
+        if shape is None or shape.op_type != "Concat" or len(shape.input) != 3:
+            continue
+        if constant(shape.input[2]) not in ([-1], -1):
+            continue
+        for reader in readers.get(reshape.output[0], []):
+            for i, t in enumerate(reader.input):
+                if t == reshape.output[0]:
+                    reader.input[i] = node.output[0]
 
 
 def _remove_unread(model: onnx.ModelProto) -> None:
