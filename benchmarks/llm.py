@@ -29,10 +29,11 @@ Models:
 - `uniform int4, min-max grid`: every MatMul 4-bit on each block's own minimum and step
   (`quantization.int4_grid: minmax`, llama.cpp's Q4_1 grid, which SmolLM2's weights were
   de-quantized from), run as the symmetric kernel plus a block-sum product;
-- `int4 MLP, int8 rest`, `int4, int8 head`, `int4 min-max grid, int8 head`: non-uniform plans
-  picked by hand (not searched): 4-bit MLPs with 8-bit attention projections and head; every
-  projection 4-bit with the 8-bit head, on the symmetric grid and on the min-max grid (the
-  GGUF's own grids: Q4_1 blocks for the projections, Q8_0 for the tied embedding).
+- `int4 MLP, int8 rest`, `int4 attention, int8 MLPs and head`, `int4, int8 head`, `int4 min-max
+  grid, int8 head`: non-uniform plans picked by hand (not searched): 4-bit MLPs with 8-bit
+  attention projections and head; the reverse; every projection 4-bit with the 8-bit head,
+  on the symmetric grid and on the min-max grid (the GGUF's own grids: Q4_1 blocks for the
+  projections, Q8_0 for the tied embedding).
 
 Writes benchmarks/results/llm.{json,md} with the machine fingerprint.
 """
@@ -235,6 +236,7 @@ def main() -> None:
             plans[f"uniform prune {ratio:g} + int4"] = (ratio, 4, 4, "symmetric", None)
         plans["int4 MLP, int8 rest (hand-picked)"] = (0.0, 8, 4, "symmetric", None)
         plans["int4, int8 head (hand-picked)"] = (0.0, 4, 4, "symmetric", 8)
+        plans["int4 attention, int8 MLPs and head (hand-picked)"] = (0.0, 4, 8, "symmetric", 8)
         plans["int4 min-max grid, int8 head (hand-picked)"] = (0.0, 4, 4, "minmax", 8)
         for name, (ratio, bits, mlp_bits, grid, head_bits) in plans.items():
             params = uniform(units, ratio, bits, mlp_bits, head_bits)
