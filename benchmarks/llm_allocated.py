@@ -20,6 +20,7 @@ import re
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,8 @@ def plan(units: list, four_bit_blocks: set[int] | None) -> dict[str, Any]:
 
 
 def main() -> None:
+    import onnx
+
     from tightfit._ort import predict
     from tightfit.config import load_config
     from tightfit.evaluators import input_feed, measure_jointly
@@ -91,7 +94,13 @@ def main() -> None:
             t0 = time.perf_counter()
             out = compress(ws.model, candidate, ws.ctx, tmp / f"m{len(models)}")
             models[name] = out.onnx_path
-            rows[name] = {"build_s": time.perf_counter() - t0, "four_bit_blocks": chosen.get(name)}
+            graph = onnx.load(str(out.onnx_path), load_external_data=False).graph
+            rows[name] = {
+                "build_s": time.perf_counter() - t0,
+                "four_bit_blocks": chosen.get(name),
+                "nodes": len(graph.node),
+                "ops": dict(Counter(n.op_type for n in graph.node)),
+            }
         for name, path in models.items():
             logits = predict(path, ws.data.validation, threads=profile.intra_op_threads)
             rows[name]["perplexity"] = perplexity(logits, ws.data.targets)
@@ -121,8 +130,8 @@ def write_markdown(result: dict, path: Path) -> None:
         "`llm_sensitivity.json`.",
         "",
         "| plan | 4-bit blocks | perplexity | vs fp32 | decode ms/token | decode speedup "
-        "[95% CI] | size MB |",
-        "| --- | --- | ---: | ---: | ---: | --- | ---: |",
+        "[95% CI] | size MB | nodes |",
+        "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     for name, r in rows.items():
         ci = r["ratio_ci"]
@@ -131,7 +140,7 @@ def write_markdown(result: dict, path: Path) -> None:
             f"| {name} | {', '.join(map(str, blocks)) if blocks else ''} "
             f"| {r['perplexity']:.2f} | {r['perplexity'] / base - 1:+.1%} "
             f"| {r['phases_ms']['decode_ms_per_token']:.2f} | {1 / r['ratio']:.2f}x "
-            f"[{1 / ci[1]:.2f}, {1 / ci[0]:.2f}] | {r['size_mb']:.0f} |"
+            f"[{1 / ci[1]:.2f}, {1 / ci[0]:.2f}] | {r['size_mb']:.0f} | {r.get('nodes', '')} |"
         )
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
