@@ -484,6 +484,14 @@ def drop_initializer_shapes(model: onnx.ModelProto) -> None:
     model.graph.value_info.extend(kept)
 
 
+def int_attribute(node: onnx.NodeProto, name: str, default: int | None = None) -> int:
+    """``node``'s integer attribute ``name``; ``default`` where it has none (None: it must)."""
+    value = next((int(a.i) for a in node.attribute if a.name == name), default)
+    if value is None:
+        raise KeyError(f"{node.op_type} node '{node.name}' has no attribute '{name}'")
+    return value
+
+
 def replace_nodes(
     model: onnx.ModelProto, nodes: list[onnx.NodeProto], replacements: dict[int, list]
 ) -> None:

@@ -25,7 +25,13 @@ import numpy as np
 import onnx
 
 from tightfit.hardware_profiles import HardwareProfile
-from tightfit.kernels.export import drop_unread_initializers, fuses, packs, replace_nodes  # noqa: F401
+from tightfit.kernels.export import (  # noqa: F401
+    drop_unread_initializers,
+    fuses,
+    int_attribute,
+    packs,
+    replace_nodes,
+)
 
 #: operators whose presence after the transformer optimizer says it fused something
 FUSED_OPS = (
@@ -219,7 +225,7 @@ def pack_siblings(src: Path, dst: Path) -> int:
             attrs: dict = {}
         else:  # MatMulNBits: weights [N, blocks, blob], scales and zero points N first
             packed = [np.concatenate(a, axis=0) for a in arrays]
-            widths = [_attr(n, "N") for n in nodes]
+            widths = [int_attribute(n, "N") for n in nodes]
             attrs = {a.name: helper.get_attribute_value(a) for a in nodes[0].attribute}
             attrs["N"] = sum(widths)
         inputs = [nodes[0].input[0]]
@@ -355,10 +361,6 @@ def _remove_unread(model: onnx.ModelProto) -> None:
     drop_unread_initializers(graph)
 
 
-def _attr(node: onnx.NodeProto, name: str) -> int:
-    return next(int(a.i) for a in node.attribute if a.name == name)
-
-
 def _pack_key(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> tuple | None:
     """What ``node`` must share with a sibling to be packed with it; None where it cannot be
     packed (no constant 2-D weight, a bias or group index on a MatMulNBits, zero points not
@@ -375,14 +377,14 @@ def _pack_key(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> tuple
         return None
     if not all(t in inits for t in inputs[1:] if t):
         return None
-    n = _attr(node, "N")
+    n = int_attribute(node, "N")
     zero_points = inits.get(inputs[3]) if len(inputs) > 3 and inputs[3] else None
     if zero_points is not None and (len(zero_points.dims) != 2 or zero_points.dims[0] != n):
         return None
     scales = inits[inputs[2]]
     if scales.dims[0] % n:  # [N * blocks] or [N, blocks]: N first either way
         return None
-    shared = tuple(_attr(node, a) if any(x.name == a for x in node.attribute) else None
+    shared = tuple(int_attribute(node, a) if any(x.name == a for x in node.attribute) else None
                    for a in _NBITS_SHARED)  # fmt: skip
     zero_type = zero_points.data_type if zero_points is not None else None
     return ("MatMulNBits", inputs[0], shared, zero_type, scales.data_type)
@@ -424,7 +426,7 @@ def unfold_float_zero_points(src: Path, dst: Path, offset_bits: int = 8) -> int:
             continue
         if len(inputs) > 4 and inputs[4]:  # g_idx reorders the blocks
             continue
-        k, n, bits, block = (_attr(node, a) for a in ("K", "N", "bits", "block_size"))
+        k, n, bits, block = (int_attribute(node, a) for a in ("K", "N", "bits", "block_size"))
         blocks = -(-k // block)
         scales = numpy_helper.to_array(inits[inputs[2]]).reshape(n, blocks)
         zeros = numpy_helper.to_array(zero).reshape(n, blocks)
@@ -454,9 +456,7 @@ def unfold_float_zero_points(src: Path, dst: Path, offset_bits: int = 8) -> int:
             offset = helper.make_node(
                 "MatMulNBits", [sums[key], *names], [f"{name}_offsets"], name=f"{name}_offsets",
                 domain="com.microsoft", K=blocks, N=n, bits=8, block_size=OFFSET_BLOCK,
-                accuracy_level=next(
-                    (int(a.i) for a in node.attribute if a.name == "accuracy_level"), 0
-                ),
+                accuracy_level=int_attribute(node, "accuracy_level", 0),
             )  # fmt: skip
         else:
             tensor = numpy_helper.from_array(offsets, f"{name}_block_offsets")

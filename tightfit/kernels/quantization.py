@@ -34,6 +34,7 @@ from tightfit.kernels.export import (
     drop_unread_initializers,
     fold_weight_transposes,
     has_constant_weight,
+    int_attribute,
     module_of_node,
     node_op_types,
     nodes_by_module,
@@ -381,18 +382,15 @@ def share_tied_embeddings(src: Path, dst: Path) -> int:
         if any(a.name == "axis" and a.i != 0 for a in node.attribute):
             continue
         vocabulary, hidden = table.dims
-        head = next(
-            (
-                n
-                for b, n in heads.items()
-                if b == f"{table.name}_transposed_Q{_int_attr(n, 'bits')}"
-            ),
-            None,
-        )
+        # the quantizer names a weight's blocks <weight>_Q<bits>; fold_weight_transposes
+        # names the head's weight <table>_transposed
+        head = next((heads[b] for b in (f"{table.name}_transposed_Q{bits}" for bits in (4, 8))
+                     if b in heads), None)  # fmt: skip
         if head is None:
             continue
-        bits, block = _int_attr(head, "bits"), _int_attr(head, "block_size")
-        if (_int_attr(head, "K"), _int_attr(head, "N")) != (hidden, vocabulary) or hidden % block:
+        bits, block = int_attribute(head, "bits"), int_attribute(head, "block_size")
+        size = (int_attribute(head, "K"), int_attribute(head, "N"))
+        if size != (hidden, vocabulary) or hidden % block:
             continue
         shape = numpy_helper.from_array(
             np.array([vocabulary, hidden * bits // 8], np.int64), f"{table.name}_quantized_shape"
@@ -411,10 +409,6 @@ def share_tied_embeddings(src: Path, dst: Path) -> int:
         replace_nodes(model, nodes, replaced)
         onnx.save(model, str(dst))
     return len(replaced)
-
-
-def _int_attr(node: onnx.NodeProto, name: str) -> int:
-    return next(int(a.i) for a in node.attribute if a.name == name)
 
 
 def masked_attention(model: onnx.ModelProto) -> set[str]:
