@@ -57,6 +57,8 @@ class FakeExecutor:
     stuck: set[int] = field(default_factory=set)  # compressions (by order) that never finish
     measure_stuck: set[int] = field(default_factory=set)  # measurements that never finish
     dying: set[Any] = field(default_factory=set)  # benches whose node dies on their next call
+    # benches whose readiness probe raises (an exception) or answers what is missing (a text)
+    probes: dict[Any, Any] = field(default_factory=dict)
     tick: int = 0
     jobs: list[Job] = field(default_factory=list)
     killed: list[Any] = field(default_factory=list)
@@ -83,7 +85,10 @@ class FakeExecutor:
         return f"bench{next(self.benches)}"
 
     def bench_ready(self, bench: Any, profile: HardwareProfile) -> Job:
-        return self._submit(Job("probe", 0, result=None, bench=bench))
+        answer = self.probes.get(bench)
+        if isinstance(answer, BaseException):
+            return self._submit(Job("probe", 0, error=answer, bench=bench))
+        return self._submit(Job("probe", 0, result=answer, bench=bench))
 
     def measure(self, bench: Any, profile: HardwareProfile, onnx: bytes, ref: Any) -> Job:
         n = sum(j.kind == "measure" for j in self.jobs)
@@ -368,3 +373,32 @@ def test_a_measurement_fails_once_its_node_died_too_often() -> None:
     [trial] = search.study.get_trials(deepcopy=False)
     assert trial.state == TrialState.FAIL
     assert f"died {MAX_MEASURE_ATTEMPTS} times" in trial.user_attrs["error"]
+
+
+def test_a_bench_that_died_before_answering_is_replaced() -> None:
+    # seen on a loaded 2-core machine: the actor's worker died before its probe answered
+    executor = FakeExecutor(slots_=2, probes={"bench0": NodeDied("bench0")})
+    search, _ = make_search(executor, profile=dedicated_profile(), n_trials=4, concurrency=2)
+    run(search, executor)
+    assert states(search) == [TrialState.COMPLETE] * 4
+    assert executor.killed[:1] == ["bench0"]
+    assert {j.bench for j in executor.jobs if j.kind == "measure"} == {"bench1", "bench2"}
+
+
+def test_benches_that_keep_dying_before_answering_stop_the_search() -> None:
+    from tightfit.exceptions import ConfigError
+    from tightfit.search._benches import MAX_START_FAILURES
+
+    executor = FakeExecutor(probes={f"bench{i}": NodeDied("gone") for i in range(10)})
+    with pytest.raises(ConfigError, match=rf"{MAX_START_FAILURES + 1} measurement actors in a row"):
+        make_search(executor)
+    assert len(executor.killed) == MAX_START_FAILURES + 1
+
+
+def test_a_bench_without_its_runtime_stops_the_search_at_once() -> None:
+    from tightfit.exceptions import ConfigError
+
+    executor = FakeExecutor(probes={"bench0": "no CUDAExecutionProvider"})
+    with pytest.raises(ConfigError, match="'cpu-ort' cannot measure: no CUDAExecutionProvider"):
+        make_search(executor)
+    assert executor.killed == ["bench0"]  # not replaced: the profile is at fault

@@ -3,6 +3,11 @@
 On one machine (a profile with no Ray resource or label) that is one bench; on a cluster, as
 many as there are devices (slots), at most the profile's concurrency. A bench whose node died,
 or that stopped answering, is killed and replaced; Ray places the new one once a device is free.
+
+A bench whose process or node died before it answered its readiness probe is replaced too, up
+to ``MAX_START_FAILURES`` times in a row (a worker lost to memory pressure or a node restarting
+is not the profile's fault). A bench that answers that its runtime is missing is the profile's
+fault: that stops the search before its first trial.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from tightfit.search._executor import Bench, Executor, Ref
 log = logging.getLogger(__name__)
 
 BENCH_START_S = 300.0  # the first bench must be up by then
+MAX_START_FAILURES = 3  # benches that died before answering, in a row, before giving up
 
 
 class BenchPool:
@@ -27,6 +33,7 @@ class BenchPool:
         self.benches: list[Bench] = []  # every bench alive
         self.idle: list[Bench] = []  # those ready and not measuring
         self.starting: dict[Ref, Bench] = {}  # readiness probe -> bench, until it answers
+        self.start_failures = 0  # benches in a row whose process died before they answered
 
     def start(self, concurrency: int, start_s: float = BENCH_START_S) -> None:
         """Start the profile's benches and wait until the first answers."""
@@ -50,13 +57,31 @@ class BenchPool:
         self.starting[self.executor.bench_ready(bench, self.profile)] = bench
 
     def started(self, ref: Ref, strict: bool = False) -> None:
-        """A new bench answered its readiness probe: put it to work, or drop it."""
+        """A new bench answered its readiness probe: put it to work, or drop it.
+
+        ``strict`` (while the search starts): a bench that cannot measure stops the search.
+        """
         bench = self.starting.pop(ref)
         try:
             missing = self.executor.get(ref)
         except Exception as e:
             missing = self.executor.error_text(e)
+            if self.executor.is_system_failure(e):
+                self.start_failures += 1
+                if self.start_failures <= MAX_START_FAILURES:
+                    log.warning(
+                        "a measurement actor of %s died before it answered (%s); starting another",
+                        self.profile.name,
+                        missing,
+                    )
+                    self.replace(bench)
+                    return
+                missing = (
+                    f"{self.start_failures} measurement actors in a row died before they "
+                    f"answered (the last: {missing}); see the Ray worker logs (`ray logs`)"
+                )
         if not missing:
+            self.start_failures = 0
             self.idle.append(bench)
             return
         self.drop(bench)
