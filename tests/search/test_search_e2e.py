@@ -266,7 +266,7 @@ def test_a_failed_remeasurement_loses_only_itself(loose, monkeypatch, caplog) ->
     rebuild fails. The search still ends with its trials, and the old record stands."""
     import logging
 
-    from tightfit.workspace import Workspace
+    from tightfit.search import _ray
 
     config, outcome = loose
     before = load_study(config, "cpu-ort-fast", outcome.workdir).user_attrs["remeasured_jointly"]
@@ -274,7 +274,8 @@ def test_a_failed_remeasurement_loses_only_itself(loose, monkeypatch, caplog) ->
     def broken(*args, **kwargs):
         raise RuntimeError("cannot rebuild")
 
-    monkeypatch.setattr(Workspace, "rebuild", broken)  # in the driver; workers do not rebuild
+    # the rebuilds run as Ray tasks: the executor sends the patched function to the workers
+    monkeypatch.setattr(_ray, "_rebuild_on_node", broken)
     more = config.model_copy(update={"n_trials": 6})
     with caplog.at_level(logging.WARNING, logger="tightfit.search._driver"):
         again = run_search(more)

@@ -26,6 +26,10 @@ class Executor(Protocol):
     def compress(self, setup: Setup, candidate: Candidate, subset_only: bool = False) -> Ref:
         """Stage 1 somewhere (``workspace.compress_and_score``); its result is a StageOne."""
 
+    def rebuild(self, setup: Setup, candidate: Candidate) -> Ref:
+        """``candidate`` compressed and exported again somewhere (``Workspace.rebuild``); its
+        result is the ONNX bytes."""
+
     def new_bench(self, profile: HardwareProfile) -> Bench:
         """Start a measurement actor for ``profile``; it holds one device slot while it lives."""
 

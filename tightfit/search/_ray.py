@@ -228,6 +228,12 @@ def _compress_on_node(setup: Any, candidate: Any, subset_only: bool = False) -> 
     return one.model_copy(update={"node_id": node, "started_at": start})
 
 
+def _rebuild_on_node(setup: Any, candidate: Any) -> bytes:
+    from tightfit.workspace import workspace
+
+    return workspace(setup).rebuild(candidate)[0]
+
+
 def compress_function() -> Any:
     """Stage 1 as a Ray task: one CPU, anywhere; system failures (a node died) retried
     elsewhere by Ray, never user errors."""
@@ -289,10 +295,16 @@ class RayExecutor:
     (one CPU, anywhere), measurements in ``LatencyBench`` actors."""
 
     def __init__(self) -> None:
+        import ray
+
         self._compress = compress_function()
+        self._rebuild = ray.remote(num_cpus=1, max_retries=2)(_rebuild_on_node)
 
     def compress(self, setup: Any, candidate: Any, subset_only: bool = False) -> Any:
         return self._compress.remote(setup, candidate, subset_only)
+
+    def rebuild(self, setup: Any, candidate: Any) -> Any:
+        return self._rebuild.remote(setup, candidate)
 
     def new_bench(self, profile: HardwareProfile) -> Any:
         return latency_bench(profile)

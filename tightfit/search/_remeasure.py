@@ -20,6 +20,7 @@ from tightfit.config import SearchConfig
 from tightfit.keys import StudyAttr, TrialAttr
 from tightfit.search import _recipe
 from tightfit.search._benches import BenchPool
+from tightfit.search._executor import Executor
 from tightfit.search._signals import DeferredInterrupt
 from tightfit.spaces import Candidate
 from tightfit.workspace import MeasurementReference, Workspace
@@ -58,6 +59,34 @@ def chosen(study: optuna.Study, config: SearchConfig) -> list[int]:
     return sorted(numbers[: spec.remeasure_max])
 
 
+def _rebuilt(
+    numbers: list[int],
+    trials: dict[int, optuna.trial.FrozenTrial],
+    ws: Workspace,
+    executor: Executor,
+    stop: DeferredInterrupt,
+) -> list[bytes]:
+    """The ONNX bytes of ``numbers``' candidates, rebuilt as Ray tasks side by side (one CPU
+    each, as the search's compressions ran): on SmolLM2 or a distilled CNN a rebuild takes a
+    minute, so one after another in the driver was most of the re-measurement's time."""
+    stop.waiting_for = "nothing more: the candidates' rebuilds are cancelled"
+    refs = [
+        executor.rebuild(ws.setup, Candidate.from_json(trials[n].user_attrs[TrialAttr.CANDIDATE]))
+        for n in numbers
+    ]
+    try:
+        pending = list(refs)
+        while pending:
+            stop.check()
+            for ref in executor.wait(pending, timeout=POLL_S):
+                pending.remove(ref)
+        return [executor.get(ref) for ref in refs]
+    except BaseException:
+        for ref in refs:
+            executor.cancel(ref)
+        raise
+
+
 def remeasure_jointly(
     study: optuna.Study,
     config: SearchConfig,
@@ -92,12 +121,7 @@ def remeasure_jointly(
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     log.info("%s: re-measuring %d candidates together", profile.name, len(numbers))
     try:
-        onnx = []
-        for number in numbers:
-            stop.check()
-            candidate = Candidate.from_json(trials[number].user_attrs[TrialAttr.CANDIDATE])
-            onnx.append(ws.rebuild(candidate)[0])
-        onnx += [r.onnx for r in recipes]
+        onnx = _rebuilt(numbers, trials, ws, executor, stop) + [r.onnx for r in recipes]
         ref = executor.measure_many(pool.idle[0], profile, onnx, reference)
         stop.waiting_for = (
             f"nothing more: the end-of-search re-measurement of {len(numbers)} candidates "
