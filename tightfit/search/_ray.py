@@ -234,12 +234,12 @@ def _rebuild_on_node(setup: Any, candidate: Any) -> bytes:
     return workspace(setup).rebuild(candidate)[0]
 
 
-def compress_function() -> Any:
-    """Stage 1 as a Ray task: one CPU, anywhere; system failures (a node died) retried
-    elsewhere by Ray, never user errors."""
+def cpu_task(function: Any) -> Any:
+    """``function`` as a Ray task: one CPU, anywhere; system failures (a node died) retried
+    elsewhere by Ray, never user errors. Stage 1 and the end-of-search rebuilds."""
     import ray
 
-    return ray.remote(num_cpus=1, max_retries=2)(_compress_on_node)
+    return ray.remote(num_cpus=1, max_retries=2)(function)
 
 
 def latency_bench(profile: HardwareProfile) -> Any:
@@ -295,10 +295,8 @@ class RayExecutor:
     (one CPU, anywhere), measurements in ``LatencyBench`` actors."""
 
     def __init__(self) -> None:
-        import ray
-
-        self._compress = compress_function()
-        self._rebuild = ray.remote(num_cpus=1, max_retries=2)(_rebuild_on_node)
+        self._compress = cpu_task(_compress_on_node)
+        self._rebuild = cpu_task(_rebuild_on_node)
 
     def compress(self, setup: Any, candidate: Any, subset_only: bool = False) -> Any:
         return self._compress.remote(setup, candidate, subset_only)
