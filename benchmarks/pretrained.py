@@ -23,7 +23,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._fingerprint import fingerprint  # noqa: E402
+from benchmarks._fingerprint import fingerprint, machine_line  # noqa: E402
 from tightfit.config import (  # noqa: E402
     LowRankSpace,
     PruneSpace,
@@ -102,6 +102,7 @@ def run_model(name: str, n_trials: int, root: Path, with_uniform: bool = True) -
     )
     study = profile.study
     return {
+        "machine": fingerprint(),
         "export": study.user_attrs.get("export", {}),
         "recipe": study.user_attrs.get("recipe", {}),
         "recipe_metrics": recipe_metrics(study),
@@ -128,7 +129,10 @@ def merged(new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows of this run, plus the rows of earlier runs for models this run did not redo (one
     model per invocation is how a 2-core machine gets through all three)."""
     path = RESULTS / "pretrained.json"
-    old = json.loads(path.read_text())["models"] if path.exists() else []
+    saved = json.loads(path.read_text()) if path.exists() else {"models": []}
+    old = saved["models"]
+    for r in old:  # rows from before rows named their machine: the file's
+        r.setdefault("machine", saved.get("machine", {}))
     done = {r["model"] for r in new}
     rows = [r for r in old if r["model"] not in done] + new
     return sorted(rows, key=lambda r: list(MODELS).index(r["model"]))
@@ -144,9 +148,10 @@ def write(results: list[dict[str, Any]]) -> None:
     lines = [
         "# Searches on real pretrained models (cpu-ort: ONNX Runtime CPU, 2 threads, batch 1)",
         "",
-        f"Machine: {machine['cpu']} ({machine['cpu_count']} cores; {machine['cpu_flags']}), "
-        f"onnxruntime {machine['onnxruntime']}, torch {machine['torch']}. "
-        "Command: `python benchmarks/pretrained.py`.",
+        "Command: `python benchmarks/pretrained.py --models <model>`, one model per run; each "
+        "row's numbers come from one run on one machine:",
+        "",
+        *[f"- {r['model']}: {machine_line(r['machine'])}" for r in results],
         "",
         "| model | quality constraint | trials | baseline accuracy | baseline latency | best speedup (target) | size reduction | accuracy | uniform int8 | knobs of the best |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",

@@ -5,6 +5,7 @@ fill a KV cache of one entry per kept block."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,12 +13,14 @@ import torch
 
 from tests import models
 from tests.conftest import make_ctx
+from tests.helpers import search_config
 from tightfit.config import CallableSpec, ModelSpec, SpaceSpec
 from tightfit.evaluators import predict
 from tightfit.exceptions import CandidateError
 from tightfit.kernels import compress, discover_units, get_kernel
 from tightfit.kernels._pipeline import _probe_fails
-from tightfit.spaces import Candidate
+from tightfit.search import _seeding
+from tightfit.spaces import Candidate, CompressionSpace
 from tightfit.task import load_data, load_model
 
 transformers = pytest.importorskip("transformers")
@@ -103,3 +106,22 @@ def test_the_cache_has_one_entry_per_kept_block(folder: Path, tmp_path) -> None:
             attention_mask=torch.ones_like(torch.from_numpy(prompt)),
         )  # fmt: skip
     assert tokens.tolist() == reference[:, 6:].tolist()
+
+
+def test_seeds_drop_evenly_spaced_blocks_with_int8(folder: Path, fast_profile, tmp_path) -> None:
+    model = _llama(folder)
+    data = load_data(CallableSpec(callable="tests.models:next_token_data"))
+    ctx = make_ctx(model, data, fast_profile, tmp_path, classifier=None)
+    space = CompressionSpace(discover_units(model, ctx, SpaceSpec.model_validate(DEPTH)), "m")
+    config = search_config(tmp_path / "w", seeds={"global_magnitude": 0})
+    ws = SimpleNamespace(ctx=ctx)  # what plan reads of a workspace without global magnitude
+    planned = [c for kind, c in _seeding.plan(config, space, ws, None) if kind == "depth"]  # type: ignore[arg-type]
+    # 3 blocks: a sixth rounds to none (no seed), a third is the middle block
+    assert len(planned) == 1
+    values = space.values_of(planned[0])
+    assert [p for p, v in values.items() if p.endswith(".drop") and v] == [
+        "model.model.layers.1.drop"
+    ]
+    assert {v for p, v in values.items() if p.endswith(".bits")} == {8}
+    off = search_config(tmp_path / "w", seeds={"global_magnitude": 0, "depth": 0})
+    assert not [k for k, _ in _seeding.plan(off, space, ws, None) if k == "depth"]  # type: ignore[arg-type]

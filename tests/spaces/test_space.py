@@ -5,7 +5,8 @@ import pytest
 
 from tightfit.config import SpaceSpec
 from tightfit.kernels import discover_units
-from tightfit.spaces import Candidate, CompressionSpace
+from tightfit.spaces import Candidate, CompressionSpace, Unit
+from tightfit.spaces._space import spread_blocks
 
 
 def test_units_of_a_residual_net(tiny_model, tiny_ctx, default_space: SpaceSpec) -> None:
@@ -57,3 +58,32 @@ def test_disabled_kernels_offer_nothing(tiny_model, tiny_ctx) -> None:
     spec = SpaceSpec.model_validate({"prune": {"enabled": False}, "lowrank": {"enabled": False}})
     units = discover_units(tiny_model, tiny_ctx, spec)
     assert units and all(u.knob == "bits" for u in units)
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "expected"),
+    [(6, 1, [3]), (6, 2, [1, 4]), (6, 3, [1, 3, 5]), (30, 5, [3, 9, 15, 21, 27]), (6, 0, [])],
+)
+def test_dropped_blocks_are_evenly_spaced(n: int, k: int, expected: list[int]) -> None:
+    assert spread_blocks(n, k) == expected
+
+
+def test_a_stack_keeps_one_block() -> None:
+    assert spread_blocks(4, 4) == [0, 2, 3]  # k clipped to 3
+    assert len(spread_blocks(2, 2)) == 1
+
+
+def test_uniform_drops_a_share_of_each_stack() -> None:
+    units = [Unit(f"enc.layer.{i}", "drop", (False, True), {"blocks": 6}) for i in range(6)]
+    units += [Unit(f"dec.{i}", "drop", (False, True), {"blocks": 3}) for i in range(3)]
+    units += [Unit(f"enc.layer.{i}.fc", "bits", (32, 8)) for i in range(6)]
+    space = CompressionSpace(units, "m")
+    c = space.uniform(bits=8, drop_fraction=1 / 3)
+    values = space.values_of(c)
+    dropped = sorted(p.removesuffix(".drop") for p, v in values.items() if v is True)
+    assert dropped == ["dec.1", "enc.layer.1", "enc.layer.4"]
+    assert all(values[f"enc.layer.{i}.fc.bits"] == 8 for i in range(6))
+    assert space.uniform(bits=8).to_params() == space.uniform(bits=8, drop_fraction=0).to_params()
+    # a block the space does not offer (e.g. ignored by the config) is never dropped
+    partial = CompressionSpace([u for u in units if u.path != "enc.layer.4"], "m")
+    assert "enc.layer.4.drop" not in partial.uniform(drop_fraction=1 / 3).to_params()

@@ -384,6 +384,12 @@ class SeedsSpec(Record):
     global_magnitude: int = Field(
         2, ge=0, description="global magnitude pruning, spread over global ratios"
     )
+    depth: int = Field(
+        2,
+        ge=0,
+        description="where the space drops blocks (the depth kernel): evenly spaced blocks "
+        "dropped, a sixth then a third of each stack, with int8 where the space has it",
+    )
 
 
 class DistillSpec(Record):

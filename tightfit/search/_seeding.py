@@ -3,7 +3,8 @@
 The scan compresses each (unit, level) alone, scores it on the validation subset, then shrinks
 the space to the levels that can still meet the accuracy constraint. The seeds are enqueued
 trials: the baseline, then a baseline strategy's whole sweep, or a few seeds of each baseline
-(the standard recipe, uniform, sensitivity-allocated, global magnitude).
+(the standard recipe, uniform, evenly spaced blocks dropped, sensitivity-allocated,
+global magnitude).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from tightfit.workdir import atomic_write
 from tightfit.workspace import Setup, Workspace
 
 log = logging.getLogger(__name__)
+
+# the depth seeds' share of each stack dropped: 6 blocks lose 1 then 2, 30 lose 5 then 10
+DEPTH_FRACTIONS = (1 / 6, 1 / 3)
 
 
 def scan(
@@ -117,6 +121,9 @@ def plan(
     if seeds.recipe:  # first: the point every result is compared with
         planned += [("recipe", c) for c in recipe]
     planned += [("uniform", c) for c in uniform[: seeds.uniform]]
+    if seeds.depth and any(u.knob == "drop" for u in s.units):
+        shallower = [s.uniform(bits=8, drop_fraction=f) for f in DEPTH_FRACTIONS]
+        planned += [("depth", c) for c in shallower[: seeds.depth] if not c.is_baseline]
     k = config.sensitivity.seeds
     if table is not None and k:
         limit = config.constraints.limit(config.quality)

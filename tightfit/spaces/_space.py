@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -57,11 +58,21 @@ class CompressionSpace:
         return Candidate(base_model=self.base_model, seed=self.seed)
 
     def uniform(
-        self, prune_ratio: float = 0.0, rank_fraction: float = 1.0, bits: int = 32
+        self,
+        prune_ratio: float = 0.0,
+        rank_fraction: float = 1.0,
+        bits: int = 32,
+        drop_fraction: float = 0.0,
     ) -> Candidate:
-        """The same level on every unit (the nearest level a unit offers, never beyond it)."""
+        """The same level on every unit (the nearest level a unit offers, never beyond it).
+
+        ``drop_fraction`` of each stack of blocks (the depth kernel's units) is dropped, the
+        blocks evenly spaced through the stack (:func:`spread_blocks`).
+        """
         target = {"prune_ratio": prune_ratio, "rank": rank_fraction, "bits": bits}
         params: dict[str, Any] = {}
+        for path in self.dropped_blocks(drop_fraction):
+            params[f"{path}.drop"] = True
         for u in self.units:
             if u.knob not in target:  # another kernel's knob: left at its no-op level
                 continue
@@ -73,6 +84,20 @@ class CompressionSpace:
             else:
                 params[u.param_name] = want if want in u.choices else 32
         return Candidate.from_params(self.base_model, params, seed=self.seed)
+
+    def dropped_blocks(self, fraction: float) -> list[str]:
+        """The blocks that dropping ``fraction`` of each stack drops, evenly spaced
+        (:func:`spread_blocks`); only blocks the space offers to drop."""
+        droppable = {u.path for u in self.units if u.knob == "drop" and True in u.choices}
+        stacks: dict[str, int] = {}
+        for u in self.units:
+            if u.path in droppable:
+                stacks[u.path.rpartition(".")[0]] = int(u.info.get("blocks", 0))
+        out = []
+        for stack, n in stacks.items():
+            k = round(fraction * n)
+            out += [p for i in spread_blocks(n, k) if (p := f"{stack}.{i}") in droppable]
+        return out
 
     def params_of(self, candidate: Candidate) -> dict[str, int]:
         """Every unit's level for ``candidate`` (no-op levels included), for enqueue_trial.
@@ -103,3 +128,11 @@ class CompressionSpace:
             }
             for u in self.units
         ]
+
+
+def spread_blocks(n: int, k: int) -> list[int]:
+    """``k`` of ``n`` block indices, evenly spaced: the middle block of each of ``k`` equal
+    runs, the later one on a tie (6 blocks: 1 dropped is 3; 2 are 1 and 4; 3 are 1, 3 and 5).
+    A stack keeps at least one block."""
+    k = max(0, min(k, n - 1))
+    return sorted({math.floor((j + 0.5) * n / k) for j in range(k)})
