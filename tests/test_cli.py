@@ -41,7 +41,9 @@ def test_wrong_type(tmp_path: Path) -> None:
 def test_unknown_sampler_and_kernel(tmp_path: Path) -> None:
     body = "name: t\nmodel: {callable: digits-cnn}\ndata: {callable: digits}\n"
     result = tightfit("search", config(tmp_path, body + "sampler: {name: cmaes}\n"))
-    assert_user_error(result, "sampler.name input should be 'tpe', 'nsga2', 'random' or 'qmc'")
+    assert_user_error(
+        result, "sampler.name input should be 'tpe', 'nsga2', 'random', 'qmc' or 'mutate'"
+    )
     result = tightfit("search", config(tmp_path, body + "space: {distill: {}}\n"))
     assert_user_error(
         result, "space.distill is not a known field (valid: prune, lowrank, quantize, kernels)"

@@ -20,6 +20,7 @@ from tightfit.config import SamplerSpec, SearchConfig
 from tightfit.exceptions import WorkdirError
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.keys import StudyAttr, TrialAttr
+from tightfit.samplers import LevelSwitchSampler
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ def make_sampler(spec: SamplerSpec, seed: int) -> optuna.samplers.BaseSampler:
                 warn_independent_sampling=False,
                 warn_asynchronous_seeding=False,
             )
+    if spec.name == "mutate":
+        return LevelSwitchSampler(seed=seed, max_switches=spec.max_switches)
     return optuna.samplers.RandomSampler(seed=seed)
 
 

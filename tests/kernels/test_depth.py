@@ -20,6 +20,7 @@ from tightfit.exceptions import CandidateError
 from tightfit.kernels import compress, discover_units, get_kernel
 from tightfit.kernels._pipeline import _probe_fails
 from tightfit.search import _seeding
+from tightfit.search._driver import _knobs_text
 from tightfit.spaces import Candidate, CompressionSpace
 from tightfit.task import load_data, load_model
 
@@ -123,5 +124,7 @@ def test_seeds_drop_evenly_spaced_blocks_with_int8(folder: Path, fast_profile, t
         "model.model.layers.1.drop"
     ]
     assert {v for p, v in values.items() if p.endswith(".bits")} == {8}
+    assert planned[0].summary()["n_dropped_blocks"] == 1  # MLflow's summary.* params
+    assert _knobs_text(planned[0]).startswith("drop 1 block, int8 ")
     off = search_config(tmp_path / "w", seeds={"global_magnitude": 0, "depth": 0})
     assert not [k for k, _ in _seeding.plan(off, space, ws, None) if k == "depth"]  # type: ignore[arg-type]

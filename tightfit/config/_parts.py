@@ -310,14 +310,20 @@ class SamplerSpec(Record):
     - ``random``: uniform random levels; the honest neutral baseline.
     - ``qmc``: scrambled quasi-Monte Carlo (Sobol or Halton) points over the unit levels: spreads
       a small budget more evenly than random.
+    - ``mutate``: EvoPress-style level switching: a child of a trial on the feasible front with
+      1 to ``max_switches`` unit levels moved one step (``tightfit.samplers``); for spaces too
+      large for random points to meet the quality constraint.
     """
 
-    name: Literal["tpe", "nsga2", "random", "qmc"] = "tpe"
+    name: Literal["tpe", "nsga2", "random", "qmc", "mutate"] = "tpe"
     n_startup_trials: int = Field(10, ge=0, description="TPE: random trials before the model")
     n_ei_candidates: int = Field(24, ge=1, description="TPE: candidates scored per proposal")
     population_size: int = Field(20, ge=2, description="NSGA-II population")
     crossover_prob: float = Field(0.9, ge=0.0, le=1.0, description="NSGA-II")
     qmc_type: Literal["sobol", "halton"] = Field("sobol", description="QMC sequence")
+    max_switches: int = Field(
+        3, ge=1, description="mutate: the most unit levels a child moves from its parent's"
+    )
 
 
 class LatencySpec(Record):

@@ -431,6 +431,9 @@ def _best_feasible_speedup(study: optuna.Study) -> float | None:
 def _knobs_text(c: Candidate) -> str:
     s = c.summary()
     parts = []
+    if s["n_dropped_blocks"]:
+        n = s["n_dropped_blocks"]
+        parts.append(f"drop {n} block{'s' * (n != 1)}")
     if s["n_pruned_groups"]:
         parts.append(f"prune {s['n_pruned_groups']} groups (mean {s['mean_prune_ratio']:.2f})")
     if s["n_factorized"]:

@@ -100,4 +100,5 @@ class Candidate(Record):
             "n_factorized": len(self.rank),
             "n_int8": sum(1 for b in self.bits.values() if b == 8),
             "n_int4": sum(1 for b in self.bits.values() if b == 4),
+            "n_dropped_blocks": sum(1 for d in self.other.get("drop", {}).values() if d),
         }
