@@ -77,10 +77,15 @@ def uniform_int8(config: SearchConfig, workdir: Path, baseline: dict, dynamic: b
     }
 
 
-def run_model(name: str, n_trials: int, root: Path, with_uniform: bool = True) -> dict[str, Any]:
+def run_model(
+    name: str, n_trials: int, root: Path, with_uniform: bool = True, sampler: str | None = None
+) -> dict[str, Any]:
     file, quality, target = MODELS[name]
-    workdir = root / name
-    config = load_config(ROOT / "examples" / file, {"n_trials": n_trials, "workdir": str(workdir)})
+    workdir = root / (f"{name}-{sampler}" if sampler else name)
+    overrides: dict[str, Any] = {"n_trials": n_trials, "workdir": str(workdir)}
+    if sampler:
+        overrides["sampler"] = {"name": sampler}
+    config = load_config(ROOT / "examples" / file, overrides)
     t0 = time.perf_counter()
     outcome = run_search(config)
     search_s = time.perf_counter() - t0
@@ -107,6 +112,7 @@ def run_model(name: str, n_trials: int, root: Path, with_uniform: bool = True) -
         "recipe": study.user_attrs.get("recipe", {}),
         "recipe_metrics": recipe_metrics(study),
         "model": name,
+        "sampler": config.sampler.name,
         "config": file,
         "quality_constraint": quality,
         "target_speedup": target,
@@ -125,6 +131,15 @@ def run_model(name: str, n_trials: int, root: Path, with_uniform: bool = True) -
     }
 
 
+def _row(r: dict[str, Any]) -> tuple[str, str]:
+    """A row's identity: the model and the sampler (rows from before samplers: tpe)."""
+    return r["model"], r.get("sampler", "tpe")
+
+
+def _label(r: dict[str, Any]) -> str:
+    return r["model"] if _row(r)[1] == "tpe" else f"{r['model']} (sampler {_row(r)[1]})"
+
+
 def merged(new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows of this run, plus the rows of earlier runs for models this run did not redo (one
     model per invocation is how a 2-core machine gets through all three)."""
@@ -133,8 +148,8 @@ def merged(new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     old = saved["models"]
     for r in old:  # rows from before rows named their machine: the file's
         r.setdefault("machine", saved.get("machine", {}))
-    done = {r["model"] for r in new}
-    rows = [r for r in old if r["model"] not in done] + new
+    done = {_row(r) for r in new}
+    rows = [r for r in old if _row(r) not in done] + new
     return sorted(rows, key=lambda r: list(MODELS).index(r["model"]))
 
 
@@ -151,7 +166,7 @@ def write(results: list[dict[str, Any]]) -> None:
         "Command: `python benchmarks/pretrained.py --models <model>`, one model per run; each "
         "row's numbers come from one run on one machine:",
         "",
-        *[f"- {r['model']}: {machine_line(r['machine'])}" for r in results],
+        *[f"- {_label(r)}: {machine_line(r['machine'])}" for r in results],
         "",
         "| model | quality constraint | trials | baseline accuracy | baseline latency | best speedup (target) | size reduction | accuracy | uniform int8 | knobs of the best |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
@@ -174,7 +189,7 @@ def write(results: list[dict[str, Any]]) -> None:
                 str(best["knobs"]),
             ]
         lines.append(
-            f"| {r['model']} | {r['quality_constraint']} | {r['n_trials']} ({r['n_failed']} failed) | "
+            f"| {_label(r)} | {r['quality_constraint']} | {r['n_trials']} ({r['n_failed']} failed) | "
             f"{b['accuracy']:.4f} | {b['latency_ms']:.2f} ms | {cells[0]} | {cells[1]} | {cells[2]} | "
             f"{uniform} | {cells[3]} |"
         )
@@ -205,7 +220,7 @@ def write(results: list[dict[str, Any]]) -> None:
             return f"{metrics[key]:.2f}x" if key in metrics else "—"
 
         lines.append(
-            f"| {r['model']} | {r.get('export', {}).get('fusions', {})} | "
+            f"| {_label(r)} | {r.get('export', {}).get('fusions', {})} | "
             f"{plain_cell} | {variants} | "
             f"{cell('recipe_best_speedup')} | {cell('best_feasible_speedup_joint')} | "
             f"**{cell('speedup_over_recipe')}** | "
@@ -215,7 +230,7 @@ def write(results: list[dict[str, Any]]) -> None:
     for r in results:
         for k, v in r["baseline_metrics"].items():
             got = r["best_metrics"].get(k) if not (r["best"] or {}).get("baseline") else None
-            lines.append(f"- {r['model']} {k}: {v:.4f} → {got:.4f}" if got is not None else "")
+            lines.append(f"- {_label(r)} {k}: {v:.4f} → {got:.4f}" if got is not None else "")
     (RESULTS / "pretrained.md").write_text("\n".join(line for line in lines) + "\n")
     print("\n".join(lines))
 
@@ -230,10 +245,15 @@ def main() -> None:
         action="store_true",
         help="skip the separate uniform int8 evaluations (the recipe's int8 rows cover them)",
     )
+    parser.add_argument(
+        "--sampler", default=None, help="the example's sampler.name replaced (a row of its own)"
+    )
     args = parser.parse_args()
     results = []
     for name in args.models.split(","):
-        results.append(run_model(name, args.n_trials, Path(args.workdir), not args.no_uniform))
+        results.append(
+            run_model(name, args.n_trials, Path(args.workdir), not args.no_uniform, args.sampler)
+        )
         write(results)
 
 
