@@ -23,12 +23,17 @@ def space(tiny_model, tiny_ctx, default_space: SpaceSpec) -> CompressionSpace:
     return CompressionSpace(discover_units(tiny_model, tiny_ctx, default_space), "m", seed=0)
 
 
-def _run(space: CompressionSpace, name: str, seed: int, n: int, objective) -> optuna.Study:
+def _run(
+    space: CompressionSpace, name: str, seed: int, n: int, objective, baseline: bool = False
+) -> optuna.Study:
+    """``n`` sampled trials; with ``baseline``, after the baseline enqueued (as a search runs)."""
     spec = SamplerSpec(name=name, n_startup_trials=5, population_size=8)
     study = optuna.create_study(
         directions=["maximize", "minimize"], sampler=make_sampler(spec, seed)
     )
-    for _ in range(n):
+    if baseline:
+        study.enqueue_trial(space.params_of(space.baseline()))
+    for _ in range(n + baseline):
         trial = study.ask()
         candidate = space.suggest(trial)
         accuracy, latency, violation = objective(space, trial.params, candidate)
@@ -116,26 +121,10 @@ def _within_budget(share: float):
     return objective
 
 
-def _seeded(space: CompressionSpace, name: str, seed: int, n: int, objective) -> optuna.Study:
-    """As the search runs: the baseline enqueued first, then ``n`` sampled trials."""
-    study = optuna.create_study(
-        directions=["maximize", "minimize"],
-        sampler=make_sampler(SamplerSpec(name=name, n_startup_trials=5), seed),
-    )
-    study.enqueue_trial(space.params_of(space.baseline()))
-    for _ in range(n + 1):
-        trial = study.ask()
-        candidate = space.suggest(trial)
-        accuracy, latency, violation = objective(space, trial.params, candidate)
-        trial.set_constraint("accuracy_drop", violation)
-        study.tell(trial, [accuracy, latency])
-    return study
-
-
 def test_mutate_children_are_feasible_parents_with_a_few_levels_switched(
     space: CompressionSpace,
 ) -> None:
-    study = _seeded(space, "mutate", 0, 30, _within_budget(0.3))
+    study = _run(space, "mutate", 0, 30, _within_budget(0.3), baseline=True)
     for t in study.trials[1:]:
         earlier = [p for p in study.trials[: t.number] if p.constraints["accuracy_drop"] <= 0]
         moves = [
@@ -156,7 +145,7 @@ def test_mutate_beats_random_under_a_tight_constraint(space: CompressionSpace) -
     objective = _within_budget(0.2)
 
     def outcome(name: str) -> tuple[float, float]:
-        studies = [_seeded(space, name, seed, 40, objective) for seed in range(3)]
+        studies = [_run(space, name, seed, 40, objective, True) for seed in range(3)]
         share = sum(
             sum(t.constraints["accuracy_drop"] <= 0 for t in s.trials[1:]) / 40 for s in studies
         )
