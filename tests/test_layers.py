@@ -24,7 +24,7 @@ LAYERS = [
      "_machine"],
     ["hardware_profiles"],
     ["config"],
-    ["task", "workdir", "studies", "_ort", "examples"],
+    ["task", "workdir", "samplers", "studies", "_ort", "examples"],
     ["spaces"],
     ["kernels"],
     ["evaluators"],
