@@ -22,34 +22,15 @@ their own parent and switches, so two in flight rarely coincide.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, IntDistribution
 from optuna.search_space import IntersectionSearchSpace
-from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 MAX_DRAWS = 32
-
-
-def feasible(trial: FrozenTrial) -> bool:
-    """Whether every constraint the trial recorded is met (no constraint: met)."""
-    return all(v <= 0 for v in trial.constraints.values())
-
-
-def nondominated(trials: Sequence[FrozenTrial], directions: Sequence[StudyDirection]) -> list:
-    """The trials no other of ``trials`` dominates (all objectives as good, one better)."""
-    sign = np.array([1.0 if d == StudyDirection.MINIMIZE else -1.0 for d in directions])
-    values = np.array([t.values for t in trials], dtype=float) * sign
-    keep = []
-    for i, v in enumerate(values):
-        dominated = np.any(np.all(values <= v, axis=1) & np.any(values < v, axis=1))
-        if not dominated:
-            keep.append(trials[i])
-    return keep
 
 
 class LevelSwitchSampler(optuna.samplers.BaseSampler):
@@ -58,7 +39,6 @@ class LevelSwitchSampler(optuna.samplers.BaseSampler):
     def __init__(self, seed: int | None = None, max_switches: int = 3) -> None:
         if max_switches < 1:
             raise ValueError(f"max_switches must be >= 1, not {max_switches}")
-        self._seed = seed
         self._rng = np.random.default_rng(seed)
         self._random = optuna.samplers.RandomSampler(seed=seed)
         self._space = IntersectionSearchSpace()
@@ -77,16 +57,12 @@ class LevelSwitchSampler(optuna.samplers.BaseSampler):
             if isinstance(d, IntDistribution) and d.step == 1
         }
 
-    def parents(self, study: optuna.Study) -> list[FrozenTrial]:
-        """The feasible front of the complete trials (see the module's docstring)."""
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        ok = [t for t in done if t.values is not None and feasible(t)]
-        return nondominated(ok, study.directions) if ok else []
-
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        parents = [p for p in self.parents(study) if set(search_space) <= set(p.params)]
+        # Optuna's front: the complete trials that meet every constraint, none dominated; each
+        # holds every param of the intersection space
+        parents = study.best_trials
         if not search_space or not parents:
             return {}
         asked = {

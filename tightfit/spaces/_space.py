@@ -88,11 +88,8 @@ class CompressionSpace:
     def dropped_blocks(self, fraction: float) -> list[str]:
         """The blocks that dropping ``fraction`` of each stack drops, evenly spaced
         (:func:`spread_blocks`); only blocks the space offers to drop."""
-        droppable = {u.path for u in self.units if u.knob == "drop" and True in u.choices}
-        stacks: dict[str, int] = {}
-        for u in self.units:
-            if u.path in droppable:
-                stacks[u.path.rpartition(".")[0]] = int(u.info.get("blocks", 0))
+        droppable = {u.path: u for u in self.units if u.knob == "drop"}
+        stacks = {p.rpartition(".")[0]: int(u.info.get("blocks", 0)) for p, u in droppable.items()}
         out = []
         for stack, n in stacks.items():
             k = round(fraction * n)
