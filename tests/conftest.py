@@ -129,6 +129,7 @@ def finished(tmp_path_factory, fast_profile_file):
         fast_profile_file,
         latency={"cache_dir": str(workdir / "lc"), "layer_table": True},  # opt-in predictor
         recovery=DISTILL,
+        sensitivity={"enabled": True},
     )
     seen = []
     outcome = run_search(config, progress=seen.append)
@@ -149,7 +150,6 @@ def loose(tmp_path_factory, fast_dynamo_profile_file):
         name="loose",
         n_trials=5,
         constraints={"max_accuracy_drop": 1.0},
-        sensitivity={"enabled": False},
         latency={"cache_dir": str(workdir / "lc"), "remeasure": "measured"},
     )
     return config, run_search(config)

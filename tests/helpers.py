@@ -31,7 +31,8 @@ DISTILL = {"distill": {"enabled": True, "steps": 20}}
 def search_dict(workdir: Path, profile: Path | str | None = None, **extra: Any) -> dict[str, Any]:
     """The small search of the end-to-end tests: the tiny digits network, three prune ratios
     and one rank, two uniform seeds, on ``profile`` (a fast CPU profile file, usually),
-    working in ``workdir``; ``extra`` overrides any field."""
+    working in ``workdir``; ``extra`` overrides any field. No sensitivity scan: it is the
+    session's main search's (``finished`` in conftest) and costs a search export per level."""
     raw: dict[str, Any] = {
         "name": "e2e",
         "model": TINY_MODEL,
@@ -39,6 +40,7 @@ def search_dict(workdir: Path, profile: Path | str | None = None, **extra: Any) 
         "space": {"prune": {"ratios": [0.0, 0.25, 0.5]}, "lowrank": {"rank_fractions": [0.5]}},
         "n_trials": 6,
         "seeds": {"uniform": 2, "global_magnitude": 0},
+        "sensitivity": {"enabled": False},
         "concurrency": 2,
         "seed": 0,
         "workdir": str(workdir),

@@ -39,7 +39,6 @@ def _config(tmp_path: Path, profile: Path, recovery: dict):
         n_trials=3,
         concurrency=1,
         seeds={"uniform": 1, "global_magnitude": 0},
-        sensitivity={"enabled": False},
     )
 
 

@@ -47,7 +47,6 @@ def _config(tmp: Path, name: str, profiles: list[Path], address: str, **extra: o
         # every trial is measured
         latency={"cache": False, "prescreen": False},
         staged={"enabled": False},
-        sensitivity={"enabled": False},
         **extra,
     )
 

@@ -29,7 +29,6 @@ def test_auto_measures_every_int8_variant_on_matmul_layers(tmp_path, fast_profil
         n_trials=3,
         seeds={"uniform": 1, "global_magnitude": 0},
         constraints={"max_accuracy_drop": 1.0},
-        sensitivity={"enabled": False},
         latency={"cache_dir": str(tmp_path / "lc")},
     )
     [outcome] = run_search(config).profiles

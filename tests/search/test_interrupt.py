@@ -42,7 +42,6 @@ def _search_file(tmp_path: Path, name: str, profile: Path, n_trials: int) -> Pat
         profile,
         name=name,
         n_trials=n_trials,
-        sensitivity={"enabled": False},
         # every trial completes, however well the tiny network trained on this CPU: no
         # accuracy bound stops one, and none is pre-screened
         constraints={"max_accuracy_drop": 1.0},

@@ -250,7 +250,6 @@ def test_the_recipe_strategy_runs_the_baseline_and_uniform_int8(tmp_path, fast_p
         strategy="recipe",
         n_trials=5,
         staged={"enabled": False},
-        sensitivity={"enabled": False},
         latency={"recipe": False},
     )
     study = run_search(config).profiles[0].study
