@@ -353,13 +353,14 @@ def conform(
     baseline = export_onnx(
         model, example, family.inputs, tmp / "baseline.onnx", exporter=profile.exporter
     )
-    fusions = fuse_for(profile, baseline, data).counts  # as the workspace fuses a baseline
+    fusions = fuse_for(profile, baseline, data).counts  # in place, as the workspace fuses it
     ctx = SurgeryContext(
         example_inputs=example,
         input_names=family.inputs,
         calibration=data,
         profile=profile,
         baseline_onnx=baseline,
+        baseline_fusions=fusions,  # int8 and 4-bit cases start from the fused baseline
     )
     space_spec = SpaceSpec(prune={"ratios": [0.0, 0.25, 0.5]}, quantize={"bits": [32, 8, 4]})
     units, refused = discover(model, ctx, space_spec)

@@ -37,9 +37,10 @@ class TrialAttr:
     SUMMARY = "summary"  # the candidate's knobs in words
     SEED_KIND = "seed_kind"  # enqueued as a seed: which ("baseline", "uniform", ...)
     RETRY_OF = "retry_of"  # enqueued again after an interruption: the trial it repeats
+    REPEAT_OF = "repeat_of"  # the same candidate as this earlier trial: its result, not rebuilt
     INTERRUPTED = "interrupted"  # failed by an interruption (enqueued again), not by itself
     ERROR = "error"
-    STAGE = "stage"  # complete, subset, accuracy or prescreened
+    STAGE = "stage"  # complete, subset, accuracy, prescreened or repeat
     SPEEDUP = "speedup"
     # the quality loss is kept under its objective's loss_name: accuracy_drop (absolute) or
     # perplexity_increase (relative); see tightfit.objectives
@@ -62,7 +63,8 @@ class Tag:
     PROFILE = "tightfit.profile"
     TRIAL = "tightfit.trial"
     KIND = "tightfit.kind"  # trial or summary
-    STATUS = "tightfit.status"  # running, complete, failed, stopped, prescreened, interrupted
+    # running, complete, failed, stopped, prescreened, repeat, interrupted
+    STATUS = "tightfit.status"
     ERROR = "tightfit.error"
     PARETO = "tightfit.pareto"
     FEASIBLE = "tightfit.feasible"
@@ -72,6 +74,7 @@ class Tag:
     NODE_ID = "tightfit.node_id"  # where it was measured
     COMPRESS_NODE_ID = "tightfit.compress_node_id"
     MEASURED_UNDER_LOAD = "tightfit.measured_under_load"
+    REPEAT_OF = "tightfit.repeat_of"  # the trial whose candidate this one repeats
     RECONCILED = "tightfit.reconciled"  # written from the study after the driver had stopped
     ENVIRONMENT_PREFIX = "env."
     CONFIG = "tightfit.config"  # on a Ray Job (tightfit submit): the config file it runs

@@ -225,11 +225,16 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
 
 
 def counted_trials(study: optuna.Study) -> tuple[int, int]:
-    """(finished trials that count toward n_trials, of which failed); interrupted ones don't count.
+    """(finished trials that count toward n_trials, of which failed); interrupted ones don't count,
+    nor do repeats (an earlier trial's candidate, its result told again).
 
     Pre-screened trials (PRUNED: predicted dominated, not measured) count: they were evaluated.
     """
     states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
     done = study.get_trials(deepcopy=False, states=states)
-    counted = [t for t in done if not t.user_attrs.get(TrialAttr.INTERRUPTED)]
+    counted = [
+        t
+        for t in done
+        if not t.user_attrs.get(TrialAttr.INTERRUPTED) and TrialAttr.REPEAT_OF not in t.user_attrs
+    ]
     return len(counted), sum(1 for t in counted if t.state == TrialState.FAIL)

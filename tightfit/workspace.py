@@ -226,6 +226,7 @@ class Workspace:
             min_rank=setup.config.space.lowrank.min_rank,
             prune_importance=setup.config.space.prune.importance,
             recovery=setup.config.recovery,
+            baseline_fusions=dict(self.export_record.get("fusions", {})),
         )
 
     def _check_fits(self, setup: Setup, what: str) -> None:

@@ -137,3 +137,33 @@ def test_an_attention_bias_that_is_not_the_padding_mask_keeps_its_layer_float(
     assert (refusal.path, refusal.reason) == (ATTENTION.format(0), MASKED_ATTENTION)
     bits = {u.path for u in discover_units(model, biased, spec) if u.knob == "bits"}
     assert ATTENTION.format(0) not in bits and ATTENTION.format(1) in bits
+
+
+def test_a_candidate_without_torch_changes_starts_from_the_fused_baseline(
+    fast_profile, tmp_path, monkeypatch
+) -> None:
+    """int8 alone changes nothing in torch: where the context knows the baseline is the fused
+    float graph (the workspace's), compress starts from it rather than exporting and fusing the
+    same model again, and writes the graph the export would have."""
+    import dataclasses
+
+    from tightfit.kernels._base import SurgeryContext
+
+    model, data, ctx = _bert_ctx(_dynamo(fast_profile), tmp_path)
+    units = discover_units(model, ctx, SpaceSpec(lowrank={"enabled": False}))
+    int8 = CompressionSpace(units, "bert").uniform(bits=8)
+    exported = compress(model, int8, ctx, tmp_path / "exported")  # baseline_fusions unknown
+    known = dataclasses.replace(ctx, baseline_fusions=exported.report["fusions"])
+
+    def no_export(*args: object) -> None:
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(SurgeryContext, "export", no_export)
+    reused = compress(model, int8, known, tmp_path / "reused")
+    assert reused.report == exported.report  # fusions and int8_engaged included
+    feed = {k: v[:16] for k, v in data.validation.items()}
+    np.testing.assert_array_equal(
+        predict(reused.onnx_path, feed), predict(exported.onnx_path, feed)
+    )
+    with pytest.raises(AssertionError, match="exported again"):  # a torch change still exports
+        compress(model, CompressionSpace(units, "bert").uniform(prune_ratio=0.5), known, tmp_path)

@@ -402,3 +402,25 @@ def test_a_bench_without_its_runtime_stops_the_search_at_once() -> None:
     with pytest.raises(ConfigError, match="'cpu-ort' cannot measure: no CUDAExecutionProvider"):
         make_search(executor)
     assert executor.killed == ["bench0"]  # not replaced: the profile is at fault
+
+
+def test_a_candidate_evaluated_before_is_told_its_result_and_not_counted() -> None:
+    """81 candidates, 120 trials: the random sampler must repeat. Each repeat is told the first
+    evaluation's constraints without being compressed again, and does not count, until one
+    run's repeats outnumber n_trials (a sampler that only repeats still ends: a random draw
+    finds all 81 in about 400 on average)."""
+    executor = FakeExecutor()
+    search, recorder = make_search(executor, n_trials=120, concurrency=1)
+    run(search, executor)
+    trials = search.study.get_trials(deepcopy=False)
+    repeats = [t for t in trials if TrialAttr.REPEAT_OF in t.user_attrs]
+    firsts = [t for t in trials if TrialAttr.REPEAT_OF not in t.user_attrs]
+    by_candidate = {t.user_attrs[TrialAttr.CANDIDATE]: t for t in firsts}
+    assert len(by_candidate) == len(firsts) <= 81  # each candidate evaluated once
+    assert sum(j.kind == "compress" for j in executor.jobs) == len(firsts)
+    for t in repeats:
+        first = by_candidate[t.user_attrs[TrialAttr.CANDIDATE]]
+        assert t.user_attrs[TrialAttr.REPEAT_OF] == first.number < t.number
+        assert t.state == TrialState.PRUNED and t.constraints == first.constraints
+    assert len(repeats) == 120 + (120 - len(firsts))  # counted from the 121st repeat on
+    assert list(recorder.finished.values()).count("repeat") == len(repeats)

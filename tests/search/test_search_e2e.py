@@ -150,6 +150,8 @@ def test_sensitivity_scan_shrinks_the_space_and_seeds(finished) -> None:
 
 
 def test_rerun_resumes_to_more_trials(finished, tmp_path) -> None:
+    """A rerun with more trials goes on; a trial whose candidate an earlier one evaluated is
+    told that trial's result (not built, not measured) and does not count."""
     import shutil
 
     config, outcome, _ = finished
@@ -158,13 +160,28 @@ def test_rerun_resumes_to_more_trials(finished, tmp_path) -> None:
     shutil.copytree(outcome.workdir, workdir)
     more = config.model_copy(update={"n_trials": 8, "workdir": str(workdir)})
     before = outcome.profiles[0].study.user_attrs["int8_formats_measured"]
+    done = load_study(more, "cpu-ort-fast", workdir)
+    first = next(
+        t for t in done.get_trials(states=(TrialState.COMPLETE,)) if not t.user_attrs["is_baseline"]
+    )
+    done.enqueue_trial(first.params)  # what a sampler proposing it again amounts to
     again = run_search(more)
     study = load_study(more, "cpu-ort-fast", workdir)
     assert study.user_attrs["int8_formats_measured"] == before  # chosen once, not re-measured
-    assert (
-        len(study.get_trials(states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))) == 8
+    finished_trials = study.get_trials(
+        states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
     )
-    assert len(trial_runs(workdir)) == 8  # no duplicated runs
+    [repeat] = [t for t in finished_trials if "repeat_of" in t.user_attrs]
+    assert repeat.user_attrs["repeat_of"] == first.number
+    assert repeat.state == TrialState.PRUNED and repeat.constraints == first.constraints
+    assert repeat.user_attrs["stage"] == "repeat" and "report" not in repeat.user_attrs
+    assert len(finished_trials) == 8 + 1  # the repeat did not count toward n_trials
+    runs = {int(r.data.tags["tightfit.trial"]): r for r in trial_runs(workdir)}
+    assert len(runs) == 9  # no duplicated runs
+    assert runs[repeat.number].data.tags["tightfit.status"] == "repeat"
+    latency = dict(zip(more.objectives, first.values, strict=True))["latency_ms"]
+    assert runs[repeat.number].data.metrics["latency_ms"] == pytest.approx(latency)
+    assert repeat.number not in set(again.profiles[0].front["trial"])
     assert len(again.profiles[0].front) >= 1
     assert len(load_study(config, "cpu-ort-fast", outcome.workdir).trials) == 6  # untouched
 

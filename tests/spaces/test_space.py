@@ -82,8 +82,31 @@ def test_uniform_drops_a_share_of_each_stack() -> None:
     values = space.values_of(c)
     dropped = sorted(p.removesuffix(".drop") for p, v in values.items() if v is True)
     assert dropped == ["dec.1", "enc.layer.1", "enc.layer.4"]
-    assert all(values[f"enc.layer.{i}.fc.bits"] == 8 for i in range(6))
+    assert [values[f"enc.layer.{i}.fc.bits"] for i in range(6)] == [8, 32, 8, 8, 32, 8]
     assert space.uniform(bits=8).to_params() == space.uniform(bits=8, drop_fraction=0).to_params()
     # a block the space does not offer (e.g. ignored by the config) is never dropped
     partial = CompressionSpace([u for u in units if u.path != "enc.layer.4"], "m")
     assert "enc.layer.4.drop" not in partial.uniform(drop_fraction=1 / 3).to_params()
+
+
+def test_choices_inside_a_dropped_block_are_moot() -> None:
+    """Levels that differ only inside a dropped block are one model, so one candidate (one
+    result: the driver tells a repeat from the first trial's)."""
+    units = [Unit(f"layer.{i}", "drop", (False, True), {"blocks": 3}) for i in range(3)]
+    units += [Unit(f"layer.{i}.fc", "bits", (32, 8)) for i in range(3)]
+    units += [Unit(f"layer.{i}.mlp", "prune_ratio", (0.0, 0.5)) for i in range(3)]
+    units += [Unit("layer.10.fc", "rank", (1.0, 0.5))]  # not inside layer.1: a name prefix
+    space = CompressionSpace(units, "m")
+    drop_1 = {"layer.1.drop.level": 1, "layer.10.fc.rank.level": 1, "layer.0.fc.bits.level": 1}
+    inside = {"layer.1.fc.bits.level": 1, "layer.1.mlp.prune_ratio.level": 1}
+    a, b = space.candidate(drop_1), space.candidate({**drop_1, **inside})
+    assert a == b and a.to_json() == b.to_json()
+    assert b.to_params() == {
+        "layer.0.fc.bits": 8,
+        "layer.1.drop": True,
+        "layer.10.fc.rank": 0.5,
+    }
+    assert b.summary()["n_int8"] == 1 and b.summary()["n_dropped_blocks"] == 1
+    kept = space.candidate(inside)  # the block kept: its choices are the model
+    assert kept.to_params() == {"layer.1.fc.bits": 8, "layer.1.mlp.prune_ratio": 0.5}
+    assert Candidate(base_model="m", other={"drop": {"layer.1": False}}).is_baseline

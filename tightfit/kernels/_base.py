@@ -34,6 +34,10 @@ class SurgeryContext:
     min_rank: int = 8
     prune_importance: str = "magnitude"  # how pruning ranks channels: config.PruneSpace.importance
     recovery: RecoverySpec = field(default_factory=RecoverySpec)
+    #: the fusions of ``baseline_onnx`` where it is the float graph a candidate that changes
+    #: nothing in torch would export and fuse to (the workspace's): such a candidate (int8 or
+    #: 4-bit only) starts from it instead of exporting again. None: not known to be, export.
+    baseline_fusions: dict[str, int] | None = None
 
     def calibration_tensors(self, limit: int = 128) -> tuple[torch.Tensor, ...]:
         """Up to ``limit`` calibration samples as torch tensors, in input order."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,26 +125,27 @@ def compress(
     """Apply every kernel of ``candidate`` and write ``out_dir/model.onnx``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     compressed, report = apply(model, candidate, ctx)
-    float_path = ctx.export(compressed, out_dir / "float.onnx")
-    # fused as the baseline was (kernels.fusion), checked on a few calibration samples
-    fused = fuse_for(ctx.profile, float_path, {k: v[:8] for k, v in ctx.calibration.items()})
-    if fused.counts:
-        report["fusions"] = fused.counts
-    if fused.refused:
-        report["fusion_refused"] = fused.refused
+    float_path = out_dir / "float.onnx"
+    if not report and ctx.baseline_onnx is not None and ctx.baseline_fusions is not None:
+        # nothing changed in torch: the export would be the baseline's, fused as it is
+        shutil.copyfile(ctx.baseline_onnx, float_path)
+        if ctx.baseline_fusions:
+            report["fusions"] = dict(ctx.baseline_fusions)
+    else:
+        ctx.export(compressed, float_path)
+        # fused as the baseline was (kernels.fusion), checked on a few calibration samples
+        fused = fuse_for(ctx.profile, float_path, {k: v[:8] for k, v in ctx.calibration.items()})
+        if fused.counts:
+            report["fusions"] = fused.counts
+        if fused.refused:
+            report["fusion_refused"] = fused.refused
     current = float_path
-    # a layer of a dropped block has no node left to act on: its choice is moot
-    dropped = tuple(f"{d}." for d in report.get("depth", {}).get("dropped", ()))
-    for kernel in registered_kernels():
+    for kernel in registered_kernels():  # (a Candidate has no choice inside a dropped block)
         plan = candidate.plan_for(kernel.knob)
-        moot = sorted(p for p in plan if p.startswith(dropped))
-        plan = {p: v for p, v in plan.items() if p not in moot}
         if kernel.stage == "onnx" and plan:
             dst = out_dir / f"{kernel.name}.onnx"
             report[kernel.name] = kernel.apply_onnx(current, dst, plan, ctx)
             current = dst
-        if kernel.stage == "onnx" and moot:
-            report.setdefault(kernel.name, {})["in_dropped_blocks"] = len(moot)
     if packs(ctx.profile):  # after precision, so each projection kept its own
         packed = out_dir / "packed.onnx"
         report["packed_matmuls"] = pack_siblings(current, packed)

@@ -20,6 +20,7 @@ from tightfit.config import SpaceSpec
 from tightfit.exceptions import CandidateError
 from tightfit.kernels._base import Kernel, SurgeryContext, Unit
 from tightfit.kernels._registry import register_kernel
+from tightfit.spaces import DROP
 
 
 def _attention_of(block: nn.Module) -> nn.Module | None:
@@ -46,7 +47,7 @@ class Depth(Kernel):
     """Drop whole decoder blocks."""
 
     name = "depth"
-    knob = "drop"
+    knob = DROP
     stage = "torch"
     order = 25  # after pruning (10) and low rank (20), before the ONNX stage
 

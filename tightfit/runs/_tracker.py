@@ -268,7 +268,7 @@ class Tracker:
         )
         for name, content in (artifacts or {}).items():
             self.client.log_dict(run_id, content, name)
-        finished = status in ("complete", "prescreened", "stopped")
+        finished = status in ("complete", "prescreened", "stopped", "repeat")
         self.client.set_terminated(run_id, "FINISHED" if finished else "FAILED")
 
     def record_trial(self, run_id: str, told: Told) -> None:
@@ -401,9 +401,9 @@ class Tracker:
                     if key in t.user_attrs:
                         metrics[key] = t.user_attrs[key]
                 self.finish_trial(run_id, metrics, "complete", tags=tags)
-            elif t.state == TrialState.PRUNED:  # not measured: pre-screened, or stopped early
+            elif t.state == TrialState.PRUNED:  # not measured: pre-screened, stopped, a repeat
                 stage = t.user_attrs.get(TrialAttr.STAGE, "prescreened")
-                status = "prescreened" if stage == "prescreened" else "stopped"
+                status = stage if stage in ("prescreened", "repeat") else "stopped"
                 self.finish_trial(run_id, {}, status, tags={**tags, Tag.STAGE: stage})
             elif t.user_attrs.get(TrialAttr.INTERRUPTED):
                 self.mark_interrupted(profile, t.number, "driver stopped; trial enqueued again")

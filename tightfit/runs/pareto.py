@@ -31,7 +31,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
     for t in study.get_trials(deepcopy=False, states=states):
         state = t.state.name.lower()
-        if t.state == TrialState.PRUNED:  # not measured: "prescreened", "subset" or "accuracy"
+        if t.state == TrialState.PRUNED:  # not measured: prescreened, subset, accuracy, repeat
             state = t.user_attrs.get(TrialAttr.STAGE, "prescreened")
         row: dict = {"trial": t.number, "state": state}
         if t.values is not None:

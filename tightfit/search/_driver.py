@@ -138,6 +138,8 @@ class ProfileSearch:
         if config.strategy != "search":  # a baseline alone: its sweep, at most n_trials
             self.n_trials = min(self.n_trials, int(self.study.user_attrs[StudyAttr.N_PLANNED]))
         self.best_speedup = _best_feasible_speedup(self.study)
+        self.evaluated = _evaluated(self.study)  # candidate JSON -> the trial that evaluated it
+        self.n_repeats = 0  # this run's repeats: beyond n_trials of them, they count
         self._report()
 
     # ---- the loop's view ----------------------------------------------------------------
@@ -162,7 +164,8 @@ class ProfileSearch:
         trial = self.study.ask()
         space = self.ready.space
         candidate = space.suggest(trial)
-        trial.set_user_attr(TrialAttr.CANDIDATE, candidate.to_json())
+        key = candidate.to_json()
+        trial.set_user_attr(TrialAttr.CANDIDATE, key)
         trial.set_user_attr(TrialAttr.IS_BASELINE, candidate.is_baseline)
         trial.set_user_attr(TrialAttr.SUMMARY, _knobs_text(candidate))
         params = {
@@ -171,6 +174,12 @@ class ProfileSearch:
         }
         run_id = self.recorder.start_trial(self.profile.name, trial.number, params)
         p = _Pending(trial, candidate, run_id)
+        earlier = self.evaluated.get(key)
+        if earlier is not None:
+            first = self.study.get_trials(deepcopy=False)[earlier]
+            self._finish(p, _tell.repeated(self.config, first))
+            log.info("trial %d repeats trial %d's candidate: its result", trial.number, earlier)
+            return
         self.compressing[self.executor.compress(self.ready.setup, candidate)] = p
 
     def start_measurements(self, limit: int | None = None) -> None:
@@ -353,11 +362,16 @@ class ProfileSearch:
         p.owed_write = lambda: self.recorder.record_trial(p.run_id, told)
         p.owed_write()
         p.owed_write = None
-        self.n_done += 1
+        if told.status == "repeat":  # free: not counted, unless the sampler only repeats
+            self.n_repeats += 1
+            self.n_done += self.n_repeats > self.n_trials
+        else:
+            self.n_done += 1
         if told.status == "failed":
             self.n_failed += 1
-        else:
+        elif told.status != "repeat":
             self.succeeded = True
+            self.evaluated.setdefault(p.candidate.to_json(), p.trial.number)
         best = self.study.best_trials  # the front: computed once per told trial
         if told.status == "complete":
             self.recorder.set_pareto(self.profile.name, {b.number for b in best})
@@ -417,6 +431,18 @@ def _outcome(s: ProfileSearch) -> ProfileOutcome:
         int8_format=s.profile.quantization.int8_format,
         int8_activation_type=s.profile.quantization.activations,
     )
+
+
+def _evaluated(study: optuna.Study) -> dict[str, int]:
+    """Each candidate (its JSON) evaluated in ``study``, by the first trial that did: complete,
+    or stopped or pre-screened for its quality or latency (a failure may not recur)."""
+    out: dict[str, int] = {}
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    for t in study.get_trials(deepcopy=False, states=states):
+        key = t.user_attrs.get(TrialAttr.CANDIDATE)
+        if key is not None and TrialAttr.REPEAT_OF not in t.user_attrs:
+            out.setdefault(key, t.number)
+    return out
 
 
 def _best_feasible_speedup(study: optuna.Study) -> float | None:

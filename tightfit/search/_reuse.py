@@ -163,6 +163,8 @@ def latency_reuse_metrics(study: optuna.Study) -> dict[str, float]:
         "n_stopped_accuracy": float(
             sum(1 for t in pruned if t.user_attrs.get(TrialAttr.STAGE) == "accuracy")
         ),
+        # an earlier trial's candidate again: neither built nor measured (not in n_trials)
+        "n_repeats": float(sum(1 for t in pruned if t.user_attrs.get(TrialAttr.STAGE) == "repeat")),
         "latency_measure_s_mean": mean_s,
         "latency_s_saved": (len(pruned) + n_hits) * mean_s,
         "n_predicted": float(len(predicted)),

@@ -22,7 +22,7 @@ from tightfit.config import SearchConfig
 from tightfit.keys import StudyAttr, TrialAttr
 from tightfit.search import sensitivity, strategies
 from tightfit.search._executor import Executor
-from tightfit.spaces import Candidate, CompressionSpace
+from tightfit.spaces import DROP, Candidate, CompressionSpace
 from tightfit.workdir import atomic_write
 from tightfit.workspace import Setup, Workspace
 
@@ -121,7 +121,7 @@ def plan(
     if seeds.recipe:  # first: the point every result is compared with
         planned += [("recipe", c) for c in recipe]
     planned += [("uniform", c) for c in uniform[: seeds.uniform]]
-    if seeds.depth and any(u.knob == "drop" for u in s.units):
+    if seeds.depth and any(u.knob == DROP for u in s.units):
         shallower = [s.uniform(bits=8, drop_fraction=f) for f in DEPTH_FRACTIONS]
         planned += [("depth", c) for c in shallower[: seeds.depth] if not c.is_baseline]
     k = config.sensitivity.seeds

@@ -27,6 +27,7 @@ STATES = {
     "failed": TrialState.FAIL,
     "stopped": TrialState.PRUNED,  # staged evaluation: quality already rules it out
     "prescreened": TrialState.PRUNED,  # predicted dominated: not worth a measurement
+    "repeat": TrialState.PRUNED,  # an earlier trial's candidate: not built or measured again
 }
 
 
@@ -53,6 +54,33 @@ def tell(study: optuna.Study, trial: optuna.Trial, told: Told) -> None:
     for key, value in told.attrs.items():
         trial.set_user_attr(key, value)
     study.tell(trial, told.values, state=told.state)
+
+
+def repeated(config: SearchConfig, earlier: optuna.trial.FrozenTrial) -> Told:
+    """A trial whose candidate ``earlier`` already evaluated (a sampler proposed it again, or
+    levels that differ only inside a dropped block): not rebuilt, not measured.
+
+    Told PRUNED with ``earlier``'s constraints, not COMPLETE with its values: a second copy of a
+    point would sit on the front beside it (and be re-measured and exported twice), and TPE
+    ranks a feasible pruned trial below the complete ones, which moves it away from a point it
+    already has. Its run shows ``earlier``'s objectives.
+    """
+    loss = config.quality.loss_name
+    attrs: dict[str, Any] = {TrialAttr.STAGE: "repeat", TrialAttr.REPEAT_OF: earlier.number}
+    metrics: dict[str, float] = {}
+    if earlier.values is not None:
+        metrics.update(zip(config.objectives, earlier.values, strict=True))
+    for key in (loss, TrialAttr.SPEEDUP):
+        if key in earlier.user_attrs:
+            attrs[key] = metrics[key] = earlier.user_attrs[key]
+    return Told(
+        "repeat",
+        constraints=dict(earlier.constraints),
+        attrs=attrs,
+        metrics=metrics,
+        feasible=False,  # not a point of its own: earlier's run carries its feasibility
+        tags={Tag.STAGE: "repeat", Tag.REPEAT_OF: str(earlier.number)},
+    )
 
 
 def _excess(config: SearchConfig, baseline: dict[str, float], one: StageOne) -> float:

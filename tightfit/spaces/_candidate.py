@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import Field, model_serializer
@@ -9,6 +10,7 @@ from pydantic import Field, model_serializer
 from tightfit._records import Record
 
 KNOBS = ("prune_ratio", "rank", "bits")
+DROP = "drop"  # the depth kernel's knob: a block (a module path) removed whole
 
 
 class Candidate(Record):
@@ -17,7 +19,8 @@ class Candidate(Record):
     ``prune`` maps a coupled group (named by its root module path) to the fraction of channels
     removed; ``rank`` maps a Linear/Conv path to its rank as a fraction of the layer's break-even
     rank (1.0 or absent: not factorized); ``bits`` maps a layer path to 8 or 4 (absent: fp32).
-    Entries that do nothing are dropped, so equal models have equal candidates.
+    Entries that do nothing are dropped, so equal models have equal candidates: no-op levels,
+    and every choice for a unit inside a block the depth kernel drops (knob ``drop``).
 
     ``other`` holds the knobs of kernels registered beyond these three, by knob: ``{knob:
     {unit path: value}}``, with the units at their first (no-op) level left out by the space.
@@ -31,11 +34,24 @@ class Candidate(Record):
     seed: int = 0
 
     def model_post_init(self, __context: Any) -> None:
-        # Normalise without mutating a frozen record's identity: no-op entries are dropped.
-        object.__setattr__(self, "prune", {k: v for k, v in sorted(self.prune.items()) if v > 0})
-        object.__setattr__(self, "rank", {k: v for k, v in sorted(self.rank.items()) if v < 1.0})
-        object.__setattr__(self, "bits", {k: v for k, v in sorted(self.bits.items()) if v < 32})
-        other = {knob: dict(sorted(p.items())) for knob, p in sorted(self.other.items()) if p}
+        # Normalise without mutating a frozen record's identity: no-op entries are dropped, and
+        # so are the moot ones, inside a dropped block.
+        dropped = tuple(f"{p}." for p, v in self.other.get(DROP, {}).items() if v)
+
+        def kept(path: str) -> bool:
+            return not path.startswith(dropped)
+
+        def live(plan: dict[str, Any], keep: Callable[[Any], bool]) -> dict[str, Any]:
+            return {k: v for k, v in sorted(plan.items()) if keep(v) and kept(k)}
+
+        object.__setattr__(self, "prune", live(self.prune, lambda v: v > 0))
+        object.__setattr__(self, "rank", live(self.rank, lambda v: v < 1.0))
+        object.__setattr__(self, "bits", live(self.bits, lambda v: v < 32))
+        other = {
+            knob: plan
+            for knob, p in sorted(self.other.items())
+            if (plan := live(p, bool) if knob == DROP else live(p, lambda v: True))
+        }
         object.__setattr__(self, "other", other)
 
     @model_serializer(mode="wrap")
@@ -100,5 +116,5 @@ class Candidate(Record):
             "n_factorized": len(self.rank),
             "n_int8": sum(1 for b in self.bits.values() if b == 8),
             "n_int4": sum(1 for b in self.bits.values() if b == 4),
-            "n_dropped_blocks": sum(1 for d in self.other.get("drop", {}).values() if d),
+            "n_dropped_blocks": len(self.other.get(DROP, {})),
         }

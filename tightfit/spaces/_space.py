@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from tightfit.spaces._candidate import Candidate
+from tightfit.spaces._candidate import DROP, Candidate
 from tightfit.spaces._unit import Unit
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class CompressionSpace:
         target = {"prune_ratio": prune_ratio, "rank": rank_fraction, "bits": bits}
         params: dict[str, Any] = {}
         for path in self.dropped_blocks(drop_fraction):
-            params[f"{path}.drop"] = True
+            params[f"{path}.{DROP}"] = True
         for u in self.units:
             if u.knob not in target:  # another kernel's knob: left at its no-op level
                 continue
@@ -88,7 +88,7 @@ class CompressionSpace:
     def dropped_blocks(self, fraction: float) -> list[str]:
         """The blocks that dropping ``fraction`` of each stack drops, evenly spaced
         (:func:`spread_blocks`); only blocks the space offers to drop."""
-        droppable = {u.path: u for u in self.units if u.knob == "drop"}
+        droppable = {u.path: u for u in self.units if u.knob == DROP}
         stacks = {p.rpartition(".")[0]: int(u.info.get("blocks", 0)) for p, u in droppable.items()}
         out = []
         for stack, n in stacks.items():
