@@ -123,7 +123,9 @@ def test_seeds_drop_evenly_spaced_blocks_with_int8(folder: Path, fast_profile, t
     assert [p for p, v in values.items() if p.endswith(".drop") and v] == [
         "model.model.layers.1.drop"
     ]
-    assert {v for p, v in values.items() if p.endswith(".bits")} == {8}
+    bits = {p: v for p, v in values.items() if p.endswith(".bits")}
+    assert {v for p, v in bits.items() if ".layers.1." not in p} == {8}  # every kept layer
+    assert {v for p, v in bits.items() if ".layers.1." in p} == {32}  # moot: left out
     assert planned[0].summary()["n_dropped_blocks"] == 1  # MLflow's summary.* params
     assert _knobs_text(planned[0]).startswith("drop 1 block, int8 ")
     off = search_config(tmp_path / "w", seeds={"global_magnitude": 0, "depth": 0})

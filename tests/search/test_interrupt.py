@@ -109,7 +109,7 @@ def test_sigint_then_rerun_finishes_every_trial(tmp_path: Path, fast_profile_fil
     counted = [
         t
         for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))
-        if not t.user_attrs.get(TrialAttr.INTERRUPTED)
+        if not t.user_attrs.get(TrialAttr.INTERRUPTED) and TrialAttr.REPEAT_OF not in t.user_attrs
     ]
     assert len(counted) == 9
     trial_runs = client.search_runs(
@@ -119,7 +119,10 @@ def test_sigint_then_rerun_finishes_every_trial(tmp_path: Path, fast_profile_fil
     assert len(numbers) == len(set(numbers))  # one run per trial, none duplicated
     assert set(numbers) >= {t.number for t in counted}
     summary = workdir / "summary" / "cpu-ort-fast"
-    assert len(pd.read_csv(summary / "trials.csv")) == len(counted) + len(interrupted)
+    repeats = [t for t in study.trials if TrialAttr.REPEAT_OF in t.user_attrs]  # not counted
+    assert len(pd.read_csv(summary / "trials.csv")) == len(counted) + len(interrupted) + len(
+        repeats
+    )
     assert not pd.read_csv(summary / "front.csv").empty
     json.loads((summary / "space.json").read_text())
     assert not list(summary.glob(".*"))  # no half-written temporaries
@@ -176,7 +179,7 @@ def test_sigkill_then_rerun_reconciles_mlflow(tmp_path: Path, fast_profile_file:
     counted = [
         t
         for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))
-        if not t.user_attrs.get(TrialAttr.INTERRUPTED)
+        if not t.user_attrs.get(TrialAttr.INTERRUPTED) and TrialAttr.REPEAT_OF not in t.user_attrs
     ]
     assert len(counted) == 10
     for number in left_running:  # failed as interrupted and run again under a new number
@@ -196,7 +199,7 @@ def test_sigkill_then_rerun_reconciles_mlflow(tmp_path: Path, fast_profile_file:
         expected = (
             "complete"
             if t.state == TrialState.COMPLETE
-            else ("prescreened" if stage == "prescreened" else "stopped")
+            else (stage if stage in ("prescreened", "repeat") else "stopped")
             if t.state == TrialState.PRUNED
             else "interrupted"
             if t.user_attrs.get(TrialAttr.INTERRUPTED)
