@@ -148,6 +148,31 @@ def scratch_dir() -> tempfile.TemporaryDirectory:
     return made
 
 
+def _check_module_paths(model: nn.Module, config: SearchConfig, what: str) -> None:
+    """Every path of ``model.ignore`` and ``space.prune.ignore`` names a module of ``model``: a
+    misspelt one would silently leave the layer in the search."""
+    import difflib
+
+    paths = [p for p, _ in model.named_modules() if p]
+    known = set(paths)
+    for field_name, listed in (
+        ("model.ignore", config.model.ignore),
+        ("space.prune.ignore", config.space.prune.ignore),
+    ):
+        for i, path in enumerate(listed):
+            if path not in known:
+                close = difflib.get_close_matches(path, paths, n=3)
+                hint = (
+                    f"did you mean {', '.join(repr(c) for c in close)}?"
+                    if close
+                    else (f"module paths look like {', '.join(repr(p) for p in paths[:3])}")
+                )
+                raise ConfigError(
+                    f"{field_name}[{i}]: {path!r} is not a module of {what}; {hint} "
+                    "(the names of model.named_modules())"
+                )
+
+
 class Workspace:
     """Per-process state for one (config, profile): model, data, context, baseline ONNX."""
 
@@ -161,6 +186,7 @@ class Workspace:
         example = self.data.example_inputs()
         what = setup.config.model.describe()
         self._check_fits(setup, what)
+        _check_module_paths(self.model, setup.config, what)
         try:
             classifier = find_output_layer(self.model, example)
         except Exception as e:
@@ -225,6 +251,7 @@ class Workspace:
             baseline_onnx=self.float_onnx,
             min_rank=setup.config.space.lowrank.min_rank,
             prune_importance=setup.config.space.prune.importance,
+            prune_ignore=tuple(setup.config.space.prune.ignore),
             recovery=setup.config.recovery,
             baseline_fusions=dict(self.export_record.get("fusions", {})),
         )

@@ -218,6 +218,12 @@ class PruneSpace(Record):
         "layers it feeds: their weight column's squared norm times the channel's mean square "
         "on calibration data; one forward pass per candidate)",
     )
+    ignore: list[str] = Field(
+        default_factory=list,
+        description="module paths pruning leaves alone and whose channels it keeps (e.g. the "
+        "layers that write a residual stream), while quantization and low rank still reach "
+        "them; model.ignore leaves a module out of every kernel",
+    )
 
     @field_validator("ratios")
     @classmethod

@@ -33,6 +33,7 @@ class SurgeryContext:
     baseline_onnx: Path | None = None
     min_rank: int = 8
     prune_importance: str = "magnitude"  # how pruning ranks channels: config.PruneSpace.importance
+    prune_ignore: tuple[str, ...] = ()  # modules pruning alone leaves alone: PruneSpace.ignore
     recovery: RecoverySpec = field(default_factory=RecoverySpec)
     #: the fusions of ``baseline_onnx`` where it is the float graph a candidate that changes
     #: nothing in torch would export and fuse to (the workspace's): such a candidate (int8 or

@@ -108,12 +108,12 @@ class StructuredPruning(Kernel):
         layers of every attention module (pruned by head, or, where its heads are refused, not
         at all: its reshapes fix the width)."""
         classifier = (ctx.classifier,) if ctx.classifier else ()
-        return ctx.ignore + classifier + attention.members
+        return ctx.ignore + ctx.prune_ignore + classifier + attention.members
 
     @staticmethod
     def _prunable(found: list[_heads.Attention], ctx: SurgeryContext) -> list[_heads.Attention]:
-        """The attention modules whose heads may be pruned (not in ``ctx.ignore``)."""
-        return [a for a in found if a.path not in ctx.ignore]
+        """The attention modules whose heads may be pruned (in neither ignore list)."""
+        return [a for a in found if a.path not in ctx.ignore + ctx.prune_ignore]
 
     def units(self, model: nn.Module, ctx: SurgeryContext, space: SpaceSpec) -> list[Unit]:
         if not space.prune.enabled:
@@ -166,7 +166,7 @@ class StructuredPruning(Kernel):
         return [
             Refusal(path, self.knob, f"heads not pruned: {reason}")
             for path, reason in _heads.refused_attention(model).items()
-            if path not in ctx.ignore
+            if path not in ctx.ignore + ctx.prune_ignore
         ]
 
     def apply(self, model: nn.Module, plan: dict[str, Any], ctx: SurgeryContext) -> dict[str, Any]:
