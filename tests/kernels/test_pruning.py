@@ -1,15 +1,20 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
-from tightfit.config import RecoverySpec
+from tests.conftest import make_ctx
+from tightfit.config import LowRankSpace, RecoverySpec, SpaceSpec, config_from_dict
 from tightfit.evaluators import predict
+from tightfit.exceptions import ConfigError
+from tightfit.kernels import SurgeryContext, compress, discover_units
 from tightfit.kernels import _torch_pruning as adapter
-from tightfit.kernels import compress
 from tightfit.spaces import Candidate
+from tightfit.workspace import Setup, Workspace
 
 
 def test_one_ratio_prunes_the_whole_coupled_group(tiny_model, tiny_ctx) -> None:
@@ -167,3 +172,58 @@ def test_input_energy_is_computed_once_per_model_state_and_inputs() -> None:
     changed = cached_input_energy(model, x)
     assert changed is not first and not torch.equal(changed["2"], first["2"])
     assert cached_input_energy(model, (x[0] + 1,)) is not changed
+
+
+def test_prune_ignore_keeps_a_residual_stream_whole_but_quantizable(
+    tiny_model, digits, fast_profile, tmp_path
+) -> None:
+    """space.prune.ignore leaves a coupled group to the other kernels (EfficientNet's residual
+    stream: unpruned, int8); model.ignore leaves it to none."""
+    base = make_ctx(tiny_model, digits, fast_profile, tmp_path)
+    space = SpaceSpec(lowrank=LowRankSpace(enabled=False))
+    stream = ("conv2", "shortcut")  # the block's output channels: conv2 + shortcut -> fc
+
+    def paths(ctx: SurgeryContext) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {"prune_ratio": set(), "bits": set()}
+        for u in discover_units(tiny_model, ctx, space):
+            out[u.knob].add(u.path)
+        return out
+
+    everything = paths(base)
+    assert set(stream) & everything["prune_ratio"]  # the stream's group is prunable by default
+    assert "conv1" in everything["prune_ratio"]
+    pruning_only = paths(dataclasses.replace(base, prune_ignore=stream))
+    assert not set(stream) & pruning_only["prune_ratio"]
+    assert "conv1" in pruning_only["prune_ratio"]
+    assert set(stream) <= pruning_only["bits"] == everything["bits"]
+    nowhere = paths(dataclasses.replace(base, ignore=stream))
+    assert not set(stream) & (nowhere["prune_ratio"] | nowhere["bits"])
+
+    # the candidate that prunes all it may and quantizes the stream: the stream keeps its width
+    ctx = dataclasses.replace(base, prune_ignore=stream)
+    candidate = Candidate(
+        base_model="m",
+        prune={p: 0.5 for p in pruning_only["prune_ratio"]},
+        bits={p: 8 for p in stream},
+    )
+    built = compress(tiny_model, candidate, ctx, tmp_path / "c")
+    assert built.model.conv1.out_channels == 16
+    assert built.model.conv2.out_channels == built.model.shortcut.out_channels == 32
+    assert built.report["quantize"]["int8_nodes"] == 2
+
+
+def test_a_misspelt_ignored_module_is_refused_by_field(fast_profile, tmp_path) -> None:
+    config = config_from_dict(
+        {
+            "name": "s",
+            "model": {"callable": "tests.models:tiny_resnet", "ignore": ["fc"]},
+            "data": "digits",
+            "space": {"prune": {"ignore": ["conv2", "short_cut"]}},
+        }
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"space.prune.ignore\[1\]: 'short_cut' is not a module of model "
+        r"'tests.models:tiny_resnet'; did you mean 'shortcut'",
+    ):
+        Workspace(Setup.of(config, fast_profile, tmp_path / "w"))
