@@ -56,6 +56,22 @@ class TrialAttr:
     PREDICTOR = "predictor"
 
 
+class Status:
+    """How a trial ended: its MLflow run's ``Tag.STATUS``, and why Optuna was told its state.
+
+    A trial that was not measured keeps its reason as ``TrialAttr.STAGE`` too: the same word,
+    except ``stopped``, whose stage says where quality ruled it out (``subset``, ``accuracy``).
+    """
+
+    COMPLETE = "complete"  # measured (Optuna COMPLETE)
+    FAILED = "failed"  # Optuna FAIL
+    STOPPED = "stopped"  # staged evaluation: quality already rules it out (PRUNED)
+    PRESCREENED = "prescreened"  # predicted dominated: not worth a measurement (PRUNED)
+    REPEAT = "repeat"  # an earlier trial's candidate: not built or measured again (PRUNED)
+    #: the statuses whose MLflow run ends FINISHED (every one but a failure)
+    FINISHED = frozenset({COMPLETE, STOPPED, PRESCREENED, REPEAT})
+
+
 class Tag:
     """MLflow tags on a search's runs."""
 

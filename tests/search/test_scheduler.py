@@ -20,7 +20,8 @@ from optuna.trial import TrialState
 from tightfit.config import config_from_dict
 from tightfit.evaluators import LatencyResult
 from tightfit.hardware_profiles import HardwareProfile, get_profile
-from tightfit.keys import TrialAttr
+from tightfit.keys import Status, TrialAttr
+from tightfit.search import _tell
 from tightfit.search._benches import BenchPool
 from tightfit.search._driver import MAX_MEASURE_ATTEMPTS, ProfileSearch
 from tightfit.search._prepare import Prepared
@@ -424,3 +425,9 @@ def test_a_candidate_evaluated_before_is_told_its_result_and_not_counted() -> No
         assert t.state == TrialState.PRUNED and t.constraints == first.constraints
     assert len(repeats) == 120 + (120 - len(firsts))  # counted from the 121st repeat on
     assert list(recorder.finished.values()).count("repeat") == len(repeats)
+
+
+def test_every_status_but_failed_finishes_its_run_and_is_not_an_optuna_failure() -> None:
+    """The tracker ends a run FINISHED for Status.FINISHED; the driver tells Optuna STATES."""
+    assert set(_tell.STATES) == Status.FINISHED | {Status.FAILED}
+    assert {s for s, state in _tell.STATES.items() if state == TrialState.FAIL} == {Status.FAILED}

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tightfit.exceptions import WorkdirError
-from tightfit.keys import Tag, TrialAttr
+from tightfit.keys import Status, Tag, TrialAttr
 from tightfit.objectives import quality_of
 from tightfit.runs import _mlflow_view as view
 
@@ -268,7 +268,7 @@ class Tracker:
         )
         for name, content in (artifacts or {}).items():
             self.client.log_dict(run_id, content, name)
-        finished = status in ("complete", "prescreened", "stopped", "repeat")
+        finished = status in Status.FINISHED
         self.client.set_terminated(run_id, "FINISHED" if finished else "FAILED")
 
     def record_trial(self, run_id: str, told: Told) -> None:
@@ -402,8 +402,8 @@ class Tracker:
                         metrics[key] = t.user_attrs[key]
                 self.finish_trial(run_id, metrics, "complete", tags=tags)
             elif t.state == TrialState.PRUNED:  # not measured: pre-screened, stopped, a repeat
-                stage = t.user_attrs.get(TrialAttr.STAGE, "prescreened")
-                status = stage if stage in ("prescreened", "repeat") else "stopped"
+                stage = t.user_attrs.get(TrialAttr.STAGE, Status.PRESCREENED)
+                status = stage if stage in (Status.PRESCREENED, Status.REPEAT) else Status.STOPPED
                 self.finish_trial(run_id, {}, status, tags={**tags, Tag.STAGE: stage})
             elif t.user_attrs.get(TrialAttr.INTERRUPTED):
                 self.mark_interrupted(profile, t.number, "driver stopped; trial enqueued again")

@@ -26,7 +26,7 @@ from tightfit import objectives as obj
 from tightfit.config import SearchConfig
 from tightfit.evaluators import LatencyResult
 from tightfit.exceptions import SearchAborted
-from tightfit.keys import StudyAttr, TrialAttr
+from tightfit.keys import Status, StudyAttr, TrialAttr
 from tightfit.search import _remeasure, _tell
 from tightfit.search._executor import Bench, Executor, Recorder, Ref
 from tightfit.search._prepare import Prepared, prepare
@@ -340,7 +340,7 @@ class ProfileSearch:
             dispatch_s=dispatch_s,
             predicted_ms=p.predicted_ms,
         )
-        if told.status == "failed":
+        if told.status == Status.FAILED:
             return self._fail(p, told.error or "")
         measured, baseline = p.cache == "miss", p.candidate.is_baseline
         self.ready.reuse.record(p.cache_key, one, latency, measured=measured, baseline=baseline)
@@ -362,18 +362,18 @@ class ProfileSearch:
         p.owed_write = lambda: self.recorder.record_trial(p.run_id, told)
         p.owed_write()
         p.owed_write = None
-        if told.status == "repeat":  # free: not counted, unless the sampler only repeats
+        if told.status == Status.REPEAT:  # free: not counted, unless the sampler only repeats
             self.n_repeats += 1
             self.n_done += self.n_repeats > self.n_trials
         else:
             self.n_done += 1
-        if told.status == "failed":
+        if told.status == Status.FAILED:
             self.n_failed += 1
-        elif told.status != "repeat":
+        elif told.status != Status.REPEAT:
             self.succeeded = True
             self.evaluated.setdefault(p.candidate.to_json(), p.trial.number)
         best = self.study.best_trials  # the front: computed once per told trial
-        if told.status == "complete":
+        if told.status == Status.COMPLETE:
             self.recorder.set_pareto(self.profile.name, {b.number for b in best})
         names = list(self.config.objectives)
         points = [dict(zip(names, t.values, strict=True)) for t in best]

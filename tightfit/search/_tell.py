@@ -18,16 +18,16 @@ from optuna.trial import TrialState
 
 from tightfit.config import SearchConfig
 from tightfit.evaluators import LatencyResult
-from tightfit.keys import Tag, TrialAttr
+from tightfit.keys import Status, Tag, TrialAttr
 from tightfit.spaces import Candidate
 from tightfit.workspace import StageOne
 
 STATES = {
-    "complete": TrialState.COMPLETE,
-    "failed": TrialState.FAIL,
-    "stopped": TrialState.PRUNED,  # staged evaluation: quality already rules it out
-    "prescreened": TrialState.PRUNED,  # predicted dominated: not worth a measurement
-    "repeat": TrialState.PRUNED,  # an earlier trial's candidate: not built or measured again
+    Status.COMPLETE: TrialState.COMPLETE,
+    Status.FAILED: TrialState.FAIL,
+    Status.STOPPED: TrialState.PRUNED,
+    Status.PRESCREENED: TrialState.PRUNED,
+    Status.REPEAT: TrialState.PRUNED,
 }
 
 
@@ -66,7 +66,7 @@ def repeated(config: SearchConfig, earlier: optuna.trial.FrozenTrial) -> Told:
     already has. Its run shows ``earlier``'s objectives.
     """
     loss = config.quality.loss_name
-    attrs: dict[str, Any] = {TrialAttr.STAGE: "repeat", TrialAttr.REPEAT_OF: earlier.number}
+    attrs: dict[str, Any] = {TrialAttr.STAGE: Status.REPEAT, TrialAttr.REPEAT_OF: earlier.number}
     metrics: dict[str, float] = {}
     if earlier.values is not None:
         metrics.update(zip(config.objectives, earlier.values, strict=True))
@@ -74,12 +74,12 @@ def repeated(config: SearchConfig, earlier: optuna.trial.FrozenTrial) -> Told:
         if key in earlier.user_attrs:
             attrs[key] = metrics[key] = earlier.user_attrs[key]
     return Told(
-        "repeat",
+        Status.REPEAT,
         constraints=dict(earlier.constraints),
         attrs=attrs,
         metrics=metrics,
         feasible=False,  # not a point of its own: earlier's run carries its feasibility
-        tags={Tag.STAGE: "repeat", Tag.REPEAT_OF: str(earlier.number)},
+        tags={Tag.STAGE: Status.REPEAT, Tag.REPEAT_OF: str(earlier.number)},
     )
 
 
@@ -95,7 +95,7 @@ def _loss(config: SearchConfig, baseline: dict[str, float], one: StageOne) -> fl
 
 
 def failed(reason: str) -> Told:
-    return Told("failed", attrs={TrialAttr.ERROR: reason}, error=reason)
+    return Told(Status.FAILED, attrs={TrialAttr.ERROR: reason}, error=reason)
 
 
 def error_kind(reason: str) -> str:
@@ -127,7 +127,7 @@ def completed(
     if limits.max_latency_ms is not None:
         constraints["latency_ms"] = latency.latency_ms - limits.max_latency_ms
     attrs = {
-        TrialAttr.STAGE: "complete",
+        TrialAttr.STAGE: Status.COMPLETE,
         TrialAttr.SPEEDUP: latency.speedup,
         quality.loss_name: loss,
         TrialAttr.LATENCY: latency.summary(),
@@ -171,7 +171,7 @@ def completed(
             "environment": latency.environment,
         }
     tags = {
-        Tag.STAGE: "complete",
+        Tag.STAGE: Status.COMPLETE,
         Tag.LATENCY_CACHE: cache,
         Tag.SIGNATURE: one.signature[:16],
         Tag.NODE_ID: latency.node_id,
@@ -180,7 +180,7 @@ def completed(
     }
     tags.update({f"{Tag.ENVIRONMENT_PREFIX}{k}": v for k, v in latency.environment.items()})
     return Told(
-        "complete",
+        Status.COMPLETE,
         values=[values[o] for o in config.objectives],
         constraints=constraints,
         attrs=attrs,
@@ -209,7 +209,7 @@ def stopped_early(config: SearchConfig, baseline: dict[str, float], one: StageOn
         return None
     stage = "subset" if one.stage == "subset" else "accuracy"
     return Told(
-        "stopped",
+        Status.STOPPED,
         constraints={quality.loss_name: excess},
         attrs={
             TrialAttr.STAGE: stage,
@@ -233,9 +233,9 @@ def prescreened(
     """A trial whose predicted latency puts it behind the front: not measured."""
     quality = config.quality
     return Told(
-        "prescreened",
+        Status.PRESCREENED,
         constraints={quality.loss_name: _excess(config, baseline, one)},
-        attrs={TrialAttr.STAGE: "prescreened"},
+        attrs={TrialAttr.STAGE: Status.PRESCREENED},
         metrics={
             quality.name: one.accuracy,
             "size_mb": one.size_mb,
