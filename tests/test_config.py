@@ -25,6 +25,12 @@ def test_example_config_loads() -> None:
     assert config.hardware_profiles()[0].name == "cpu-ort"
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_example_config_is_valid(path: Path) -> None:
+    config = load_config(path)  # a stale field or value would raise ConfigError here
+    assert config.hardware_profiles()
+
+
 def test_defaults_and_zero_ratio_always_offered(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL + "space: {prune: {ratios: [0.5, 0.25]}}\n"))
     assert config.space.prune.ratios == [0.0, 0.25, 0.5]
