@@ -97,9 +97,12 @@ def test_rounds_are_added_until_the_interval_is_narrow(tiny_ctx, fast_profile) -
     # an interval this narrow is never reached on real timings: stops at max_rounds
     strict = _protocol(fast_profile, rounds=3, max_rounds=9, target_ci=1e-9, budget_s=60)
     r = measure_latency(base, base, strict, feed)
-    assert r.rounds == 9
-    # every round run is kept in the samples, those dropped (another process took the CPUs) too
     ran = r.rounds + r.rounds_dropped
+    if r.disturbed:  # others held the pinned CPUs all along (a busy CI machine): rounds are
+        assert ran == r.rounds == 2 * 9  # dropped until the cap of twice max_rounds, then all used
+    else:  # 9 undisturbed rounds, or fewer once the cap stops the rounds dropped for contention
+        assert r.rounds == 9 or (r.rounds < 9 and ran == 2 * 9)
+    # every round run is kept in the samples, those dropped (another process took the CPUs) too
     assert [len(b) for b in r.samples_ms["candidate"]] == [r.iters_per_block] * ran
     assert len(r.samples_ms["baseline"]) == ran
     # ... or stops when the time budget is spent
