@@ -149,8 +149,9 @@ def scratch_dir() -> tempfile.TemporaryDirectory:
 
 
 def _check_module_paths(model: nn.Module, config: SearchConfig, what: str) -> None:
-    """Every path of ``model.ignore`` and ``space.prune.ignore`` names a module of ``model``: a
-    misspelt one would silently leave the layer in the search."""
+    """Every path of ``model.ignore``, ``space.prune.ignore`` and ``recovery.distill.hidden``
+    names a module of ``model``: a misspelt one would silently leave the layer in the search
+    (or fail every trial)."""
     import difflib
 
     paths = [p for p, _ in model.named_modules() if p]
@@ -158,6 +159,7 @@ def _check_module_paths(model: nn.Module, config: SearchConfig, what: str) -> No
     for field_name, listed in (
         ("model.ignore", config.model.ignore),
         ("space.prune.ignore", config.space.prune.ignore),
+        ("recovery.distill.hidden", config.recovery.distill.hidden),
     ):
         for i, path in enumerate(listed):
             if path not in known:

@@ -212,18 +212,26 @@ def test_prune_ignore_keeps_a_residual_stream_whole_but_quantizable(
     assert built.report["quantize"]["int8_nodes"] == 2
 
 
-def test_a_misspelt_ignored_module_is_refused_by_field(fast_profile, tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("section", "field"),
+    [("space", "space.prune.ignore"), ("recovery", "recovery.distill.hidden")],
+)
+def test_a_misspelt_module_path_is_refused_by_field(
+    section: str, field: str, fast_profile, tmp_path
+) -> None:
+    paths = ["conv2", "short_cut"]
+    given = {"prune": {"ignore": paths}} if section == "space" else {"distill": {"hidden": paths}}
     config = config_from_dict(
         {
             "name": "s",
             "model": {"callable": "tests.models:tiny_resnet", "ignore": ["fc"]},
             "data": "digits",
-            "space": {"prune": {"ignore": ["conv2", "short_cut"]}},
+            section: given,
         }
     )
     with pytest.raises(
         ConfigError,
-        match=r"space.prune.ignore\[1\]: 'short_cut' is not a module of model "
+        match=rf"{field}\[1\]: 'short_cut' is not a module of model "
         r"'tests.models:tiny_resnet'; did you mean 'shortcut'",
     ):
         Workspace(Setup.of(config, fast_profile, tmp_path / "w"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,12 +10,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812
 from onnx import numpy_helper
 
 from tests import models
 from tests.conftest import make_ctx
 from tightfit.config import CallableSpec, DistillSpec, ReconstructSpec, RecoverySpec, SpaceSpec
 from tightfit.evaluators import predict
+from tightfit.exceptions import CandidateError
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.kernels import compress
 from tightfit.kernels.bias_correction import WeightQuant, int4_error, int8_error
@@ -308,3 +311,52 @@ def test_reconstruction_on_a_pruned_mobilenet_replays_and_exports(image_data, tm
     with torch.no_grad():
         torch_out = fitted.model(torch.from_numpy(x["image"])).numpy()
     np.testing.assert_allclose(predict(fitted.onnx_path, x), torch_out, atol=1e-4, rtol=1e-3)
+
+
+class _BodyHead(torch.nn.Module):
+    """body (8 -> 8), head (8 -> 2): the output sees 2 of the body's 8 directions."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(8, width)
+        self.head = torch.nn.Linear(width, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def test_distill_hidden_teaches_the_named_module_what_the_output_cannot() -> None:
+    torch.manual_seed(0)
+    teacher = _BodyHead()
+    inputs = (torch.randn(256, 8),)
+
+    def perturbed() -> _BodyHead:
+        student = copy.deepcopy(teacher)
+        noise = torch.randn(8, 8, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            student.body.weight.add_(0.5 * noise)
+        return student
+
+    def body_error(student: _BodyHead) -> float:
+        with torch.no_grad():
+            return float(F.mse_loss(student.body(inputs[0]), teacher.body(inputs[0])))
+
+    spec = DistillSpec(enabled=True, steps=200, lr=1e-2, loss="mse")
+    output_only, with_hidden = perturbed(), perturbed()
+    start = body_error(output_only)
+    report = distill(output_only, teacher, inputs, spec)
+    assert "hidden" not in report
+    report = distill(with_hidden, teacher, inputs, spec.model_copy(update={"hidden": ["body"]}))
+    assert report["hidden"] == ["body"]
+    assert report["loss_after"] < 0.1 * report["loss_before"]
+    assert body_error(with_hidden) < 0.1 * start
+    assert body_error(with_hidden) < 0.5 * body_error(output_only)  # the output fixes 2 of 8
+    # a module the candidate lost, or whose output it pruned, fails the candidate, hooks removed
+    with pytest.raises(CandidateError, match="the student has no module 'nope'"):
+        distill(perturbed(), teacher, inputs, spec.model_copy(update={"hidden": ["nope"]}))
+    narrow = _BodyHead(width=4)
+    with pytest.raises(
+        CandidateError, match=r"'body' outputs \(32, 4\) in the candidate, \(32, 8\)"
+    ):
+        distill(narrow, teacher, inputs, spec.model_copy(update={"hidden": ["body"]}))
+    assert not teacher.body._forward_hooks and not narrow.body._forward_hooks

@@ -425,6 +425,14 @@ class DistillSpec(Record):
         description="auto: KL for class scores (2-D outputs, more than one column, rows not "
         "L2-normalised), else MSE (embeddings, regression)",
     )
+    hidden: list[str] = Field(
+        default_factory=list,
+        description="module paths whose outputs the student matches too (mean squared error, "
+        "weighted by hidden_weight), e.g. a transformer's encoder: a student with layers "
+        "dropped then learns every token's state, not only the pooled output (TinyBERT-style). "
+        "Pick modules whose output shape no candidate changes",
+    )
+    hidden_weight: float = Field(1.0, gt=0.0, description="weight of the hidden-state loss")
 
 
 class ReconstructSpec(Record):

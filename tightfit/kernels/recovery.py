@@ -15,6 +15,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from tightfit.config import DistillSpec, ReconstructSpec
+from tightfit.exceptions import CandidateError
 
 DISTILL_SEED = 0
 
@@ -212,18 +213,75 @@ def _distill(
     optimizer = torch.optim.Adam(params, lr=spec.lr)
     generator = torch.Generator().manual_seed(DISTILL_SEED)
     n = len(inputs[0])
-    with torch.enable_grad():
-        for _ in range(spec.steps):
-            rows = torch.randint(n, (min(spec.batch_size, n),), generator=generator)
-            loss = loss_fn(student(*(x[rows] for x in inputs)), targets[rows])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    hidden = _Hidden(student, teacher, spec.hidden)
+    try:
+        with torch.enable_grad():
+            for _ in range(spec.steps):
+                rows = torch.randint(n, (min(spec.batch_size, n),), generator=generator)
+                batch = tuple(x[rows] for x in inputs)
+                if spec.hidden:  # the teacher's states on this batch (not kept for all inputs)
+                    with torch.no_grad():
+                        teacher(*batch)
+                loss = loss_fn(student(*batch), targets[rows])
+                if spec.hidden:
+                    loss = loss + spec.hidden_weight * hidden.loss()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+    finally:
+        hidden.remove()
     for p in params:
         p.requires_grad_(False)
-    return {
+    report: dict[str, Any] = {
         "steps": spec.steps,
         "loss": "kl" if kl else "mse",
         "loss_before": before,
         "loss_after": full_loss(),
     }
+    if spec.hidden:
+        report["hidden"] = list(spec.hidden)
+    return report
+
+
+class _Hidden:
+    """Forward hooks that keep the outputs of the named modules of a student and its teacher,
+    and the mean squared error between them (the first tensor of a tuple or model output)."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, paths: list[str]) -> None:
+        self.paths = paths
+        self.outputs: dict[tuple[str, str], torch.Tensor] = {}
+        self.handles: list[Any] = []
+        for who, model in (("student", student), ("teacher", teacher)):
+            modules = dict(model.named_modules())
+            for path in paths:
+                if path not in modules:
+                    self.remove()
+                    raise CandidateError(
+                        f"distill.hidden: the {who} has no module '{path}' (compressed away?); "
+                        "name modules every candidate keeps"
+                    )
+                self.handles.append(modules[path].register_forward_hook(self._keep(who, path)))
+
+    def _keep(self, who: str, path: str):  # type: ignore[no-untyped-def]
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            self.outputs[who, path] = output if isinstance(output, torch.Tensor) else output[0]
+
+        return hook
+
+    def loss(self) -> torch.Tensor:
+        total = torch.zeros(())
+        for path in self.paths:
+            s, t = self.outputs["student", path], self.outputs["teacher", path]
+            if s.shape != t.shape:
+                raise CandidateError(
+                    f"distill.hidden: '{path}' outputs {tuple(s.shape)} in the candidate, "
+                    f"{tuple(t.shape)} in the baseline; name modules whose output no candidate "
+                    "prunes (or add them to space.prune.ignore)"
+                )
+            total = total + F.mse_loss(s, t.detach())
+        return total
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
