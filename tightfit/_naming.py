@@ -6,9 +6,13 @@ import difflib
 from collections.abc import Iterable
 
 
+def did_you_mean(name: str, valid: Iterable[str], n: int = 1) -> str:
+    """``; did you mean 'y'?`` (up to ``n`` close names of ``valid``), or '' where none is."""
+    close = difflib.get_close_matches(name, list(valid), n=n)
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
 def unknown_name_message(kind: str, name: str, valid: Iterable[str]) -> str:
     """Return ``unknown <kind> 'x'; did you mean 'y'? valid: a, b, c``."""
     valid = sorted(valid)
-    close = difflib.get_close_matches(name, valid, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return f"unknown {kind} '{name}'{hint} (valid: {', '.join(valid)})"
+    return f"unknown {kind} '{name}'{did_you_mean(name, valid)} (valid: {', '.join(valid)})"

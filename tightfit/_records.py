@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from tightfit._naming import did_you_mean
 
 
 class Record(BaseModel):
@@ -66,8 +67,7 @@ def describe_validation_error(
         got = item.get("input")
         if item["type"] == "extra_forbidden":
             valid = _fields_at(root, item["loc"][:-1])
-            close = difflib.get_close_matches(str(item["loc"][-1]), valid, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(str(item["loc"][-1]), valid)
             msg = (
                 f"is not a known field{hint} (valid: {', '.join(valid)})"
                 if valid

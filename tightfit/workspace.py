@@ -24,6 +24,7 @@ from pydantic import Field
 from torch import nn
 
 from tightfit import objectives
+from tightfit._naming import did_you_mean
 from tightfit._records import Record
 from tightfit.config import SearchConfig
 from tightfit.evaluators import (
@@ -152,8 +153,6 @@ def _check_module_paths(model: nn.Module, config: SearchConfig, what: str) -> No
     """Every path of ``model.ignore``, ``space.prune.ignore`` and ``recovery.distill.hidden``
     names a module of ``model``: a misspelt one would silently leave the layer in the search
     (or fail every trial)."""
-    import difflib
-
     paths = [p for p, _ in model.named_modules() if p]
     known = set(paths)
     for field_name, listed in (
@@ -163,14 +162,11 @@ def _check_module_paths(model: nn.Module, config: SearchConfig, what: str) -> No
     ):
         for i, path in enumerate(listed):
             if path not in known:
-                close = difflib.get_close_matches(path, paths, n=3)
-                hint = (
-                    f"did you mean {', '.join(repr(c) for c in close)}?"
-                    if close
-                    else (f"module paths look like {', '.join(repr(p) for p in paths[:3])}")
+                hint = did_you_mean(path, paths, n=3) or (
+                    f"; module paths look like {', '.join(repr(p) for p in paths[:3])}"
                 )
                 raise ConfigError(
-                    f"{field_name}[{i}]: {path!r} is not a module of {what}; {hint} "
+                    f"{field_name}[{i}]: {path!r} is not a module of {what}{hint} "
                     "(the names of model.named_modules())"
                 )
 

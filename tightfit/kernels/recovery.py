@@ -219,12 +219,9 @@ def _distill(
             for _ in range(spec.steps):
                 rows = torch.randint(n, (min(spec.batch_size, n),), generator=generator)
                 batch = tuple(x[rows] for x in inputs)
-                if spec.hidden:  # the teacher's states on this batch (not kept for all inputs)
-                    with torch.no_grad():
-                        teacher(*batch)
                 loss = loss_fn(student(*batch), targets[rows])
                 if spec.hidden:
-                    loss = loss + spec.hidden_weight * hidden.loss()
+                    loss = loss + spec.hidden_weight * hidden.loss(batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -248,6 +245,7 @@ class _Hidden:
     and the mean squared error between them (the first tensor of a tuple or model output)."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, paths: list[str]) -> None:
+        self.teacher = teacher
         self.paths = paths
         self.outputs: dict[tuple[str, str], torch.Tensor] = {}
         self.handles: list[Any] = []
@@ -268,7 +266,11 @@ class _Hidden:
 
         return hook
 
-    def loss(self) -> torch.Tensor:
+    def loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """After the student's forward pass on ``batch``: the teacher's on it (its states are
+        computed per batch, not kept for all inputs), and the error at every named module."""
+        with torch.no_grad():
+            self.teacher(*batch)
         total = torch.zeros(())
         for path in self.paths:
             s, t = self.outputs["student", path], self.outputs["teacher", path]
