@@ -119,3 +119,10 @@ def min_cosine(out: Any, reference: Any) -> float:
 
     cosine = np.sum(out * reference, 1) / np.linalg.norm(out, axis=1)
     return float((cosine / np.linalg.norm(reference, axis=1)).min())
+
+
+def readme_block(marker: str) -> str:
+    """The code block of the README that follows ``<!-- marker -->``."""
+    text = (ROOT / "README.md").read_text()
+    after = text.split(f"<!-- {marker} -->", 1)[1]
+    return after.split("```python\n", 1)[1].split("\n```", 1)[0]

@@ -20,15 +20,17 @@ def make_session(
     profile: HardwareProfile | None = None,
     threads: int | None = None,
 ) -> ort.InferenceSession:
-    """A session with fixed threads and spinning off (spinning burns cores other work needs)."""
+    """A session with fixed threads, spinning off (spinning burns cores other work needs)
+    unless ``profile`` asks for it (``thread_spinning``)."""
     options = ort.SessionOptions()
     intra = threads or (profile.intra_op_threads if profile else 1)
     options.intra_op_num_threads = intra
     options.inter_op_num_threads = profile.inter_op_threads if profile else 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    spin = "1" if profile is not None and profile.thread_spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
     options.log_severity_level = 3
     providers = [profile.execution_provider] if profile else ["CPUExecutionProvider"]
     model = path if isinstance(path, bytes) else str(path)
@@ -38,6 +40,48 @@ def make_session(
 EVAL_BATCH = 64
 #: the KV-cache inputs of a generation graph (``past_key_values.N.key`` / ``.value``)
 PAST = "past_key_values."
+#: the input a generation graph with a shared cache buffer takes its sequence lengths from:
+#: ones over every position, cached and new, ``(batch, past + new)`` (onnxruntime-genai's name)
+MASK = "attention_mask"
+#: the operator that reads a past cache without copying it when past and present are one buffer
+_CACHE_OP = "GroupQueryAttention"
+
+
+def shares_cache_buffer(graph: Any, lengths_from_mask: bool = True) -> bool:
+    """Whether a generation graph (an ``onnx.GraphProto``) can run with its past and present
+    cache as one preallocated buffer as long as the whole generation, as onnxruntime-genai's
+    generator runs the builder's graphs: every cache input is read by ``GroupQueryAttention``
+    alone, as its past key or value, so nothing depends on the buffer's length, and the graph
+    takes :data:`MASK`, which the operators' sequence lengths come from. The operator then
+    writes only the new positions into the buffer it reads, instead of copying the whole past
+    into a new present at every step.
+
+    ``lengths_from_mask=False``: whether that holds once the operators' lengths (inputs 5 and
+    6) are taken from a mask, whatever they are computed from now (``kernels.fusion.
+    lengths_from_mask`` asks before it rewrites them)."""
+    names = {i.name for i in graph.input}
+    if lengths_from_mask and MASK not in names:
+        return False
+    past = {n for n in names if n.startswith(PAST)}
+    if not past:
+        return False
+    producer = {out: node for node in graph.node for out in node.output}
+    seen: set[int] = set()
+    stack = [producer[o.name] for o in graph.output if o.name in producer]
+    while stack:  # the nodes the outputs depend on, and which of their inputs they read
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        attention = node.op_type == _CACHE_OP
+        for k, tensor in enumerate(node.input):
+            if not lengths_from_mask and attention and k in (5, 6):
+                continue  # to be taken from the mask
+            if tensor in past and not (attention and k in (3, 4)):
+                return False
+            if tensor in producer:
+                stack.append(producer[tensor])
+    return True
 
 
 def cache_layout(source: ort.InferenceSession | Path | str) -> dict[str, tuple[int, int]]:
@@ -69,6 +113,42 @@ def _input_shapes(source: ort.InferenceSession | Path | str) -> dict[str, list[A
                  for d in i.type.tensor_type.shape.dim]
         for i in graph.input
     }  # fmt: skip
+
+
+def generation_interface(path: Path | str) -> dict[str, Any]:
+    """How a generation graph is run, as its manifest states it: ``inputs`` and ``outputs``
+    (name -> element type and shape, symbolic dimensions by name), ``cache`` (each past input,
+    the present output that comes back for it, its key/value heads and head dimension; a
+    pruned model's layers can differ) and ``cache_buffer`` (``shared``: the past and present
+    may be one preallocated buffer, :func:`shares_cache_buffer`; ``copied``: each step's past
+    is the last step's present, exactly as long as what was cached)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+
+    def described(values: Any) -> dict[str, dict[str, Any]]:
+        return {
+            v.name: {
+                "type": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
+            }
+            for v in values
+        }
+
+    inputs, outputs = described(graph.input), described(graph.output)
+    layout = cache_layout(path)
+    presents = [o for o in outputs if o.startswith("present.")]
+    cache = [
+        {"input": name, "output": name.replace(PAST, "present.", 1), "kv_heads": h, "head_dim": d}
+        for name, (h, d) in layout.items()
+        if name.replace(PAST, "present.", 1) in presents
+    ]  # fmt: skip
+    return {
+        "inputs": inputs,
+        "outputs": outputs,
+        "cache": cache,
+        "cache_buffer": "shared" if shares_cache_buffer(graph) else "copied",
+    }
 
 
 def step_feed(

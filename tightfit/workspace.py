@@ -44,7 +44,7 @@ from tightfit.hardware_profiles import HardwareProfile
 from tightfit.kernels import SurgeryContext, compress, export_onnx
 from tightfit.kernels._hooks import run_watched
 from tightfit.kernels.export import attention_for, decoder_attention, export_for, verify_export
-from tightfit.kernels.fusion import fuse_for, pack_siblings, packs
+from tightfit.kernels.fusion import finish_decoder, fuse_for, packs
 from tightfit.kernels.precision import to_float16
 from tightfit.spaces import Candidate
 from tightfit.task import TaskData, is_token_input, load_data, load_model, model_id
@@ -232,11 +232,9 @@ class Workspace:
             self._plain_attention(profile, example)
         profile = self._fuse_baseline(profile, what)
         self.float_onnx = self.baseline_onnx  # the graph units are discovered on
-        if packs(profile):  # measured as every candidate is, its sibling MatMuls packed
+        if packs(profile):  # measured as every candidate is: packed, its cache buffer shared
             self.baseline_onnx = self.scratch / "baseline-packed.onnx"
-            self.export_record["packed_matmuls"] = pack_siblings(
-                self.float_onnx, self.baseline_onnx
-            )
+            self.export_record.update(finish_decoder(self.float_onnx, self.baseline_onnx))
         if setup.profile.float_precision == "fp16":
             self.baseline_onnx = to_float16(self.baseline_onnx, self.scratch / "baseline-fp16.onnx")
         self.ctx = SurgeryContext(

@@ -30,6 +30,35 @@ def test_cpu_ort_protocol() -> None:
     assert p.quantization.int8_format == "auto"  # a search measures static and dynamic int8
 
 
+def test_thread_spinning_is_the_profiles_and_reaches_its_sessions(tmp_path: Path) -> None:
+    """Off by default (the measurement's choice on shared machines); the LLM profile spins, as
+    onnxruntime-genai's generator does; the setting is in the measurement's environment."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from tightfit._ort import make_session
+    from tightfit.evaluators.runtimes import environment
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    path = tmp_path / "identity.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert not get_profile("cpu-ort").thread_spinning
+    assert get_profile("cpu-ort-llm").thread_spinning
+    feed = {"x": np.zeros(1, np.float32)}
+    for spin in (False, True):
+        profile = get_profile("cpu-ort").model_copy(update={"thread_spinning": spin})
+        options = make_session(path, profile).get_session_options()
+        for pool in ("intra", "inter"):
+            key = f"session.{pool}_op.allow_spinning"
+            assert options.get_session_config_entry(key) == ("1" if spin else "0")
+        assert (
+            f"spinning={'on' if spin else 'off'}" in environment(profile, feed)["session_options"]
+        )
+
+
 def test_invalid_profile_file_names_field(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("name: x\nintra_op_threads: 0\n")

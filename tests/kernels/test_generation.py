@@ -11,7 +11,7 @@ import torch
 from pydantic import ValidationError
 
 from tests import models
-from tightfit._ort import cache_layout, predict
+from tightfit._ort import MASK, cache_layout, predict
 from tightfit.config import ModelSpec
 from tightfit.evaluators.runtimes import open_runner
 from tightfit.exceptions import CandidateError
@@ -99,7 +99,7 @@ def test_attention_is_one_group_query_attention_per_layer_and_decodes_as_the_exp
 
     import onnxruntime as ort
 
-    from tightfit.kernels.fusion import pack_siblings
+    from tightfit.kernels.fusion import finish_decoder, pack_siblings
 
     # packed, the operator reads the q/k/v product whole (no Split, no Reshapes), as the
     # builder feeds it
@@ -132,6 +132,25 @@ def test_attention_is_one_group_query_attention_per_layer_and_decodes_as_the_exp
                 np.testing.assert_allclose(a, b, atol=1e-5)
         caches = [dict(zip(inputs[1:], out[1:], strict=True)) for out in outs]
     assert caches[0][inputs[1]].shape == (1, 2, 9, 16)
+    # with the lengths from an attention mask, one buffer per cache tensor is past and present:
+    # greedy decoding of both prompts through it gives the plain export's tokens, and again
+    # from the same buffers (what an earlier generation left past the prompt is ignored)
+    record = finish_decoder(gqa, tmp_path / "shared.onnx")
+    assert record == {"packed_matmuls": 2 * 3, "cache_buffer": "shared"}
+    assert MASK in [i.name for i in graph_of(tmp_path / "shared.onnx").graph.input]
+    assert MASK not in [i.name for i in packed.input]
+    runners = [
+        open_runner(p, profile, {"input_ids": ids[:, :5]})
+        for p in (tmp_path / "shared.onnx", plain)
+    ]
+    assert [r.cache_buffer for r in runners] == ["shared", "copied"]  # type: ignore[attr-defined]
+    want_tokens = runners[1].generate()[2]  # type: ignore[attr-defined]
+    for _ in range(2):
+        np.testing.assert_array_equal(runners[0].generate()[2], want_tokens)  # type: ignore[attr-defined]
+    np.testing.assert_allclose(
+        predict(tmp_path / "shared.onnx", {"input_ids": ids}),
+        predict(plain, {"input_ids": ids}), atol=1e-5,
+    )  # fmt: skip
     # run eagerly under the same attention (the operator's torch reference, rotating the query
     # and key itself), a step after a cache gives the plain forward's logits too
     from tightfit.task import _attention
@@ -342,7 +361,7 @@ def test_the_decoder_graph_is_fused_and_its_sibling_projections_packed(
     apart, the float gate and up together. Packing changes no output."""
 
     from tightfit.kernels import SurgeryContext
-    from tightfit.kernels.fusion import DECODER_OPS, fuse_for, pack_siblings, packs
+    from tightfit.kernels.fusion import DECODER_OPS, finish_decoder, fuse_for, pack_siblings, packs
     from tightfit.kernels.quantization import Quantization
 
     assert packs(profile)
@@ -398,3 +417,12 @@ def test_the_decoder_graph_is_fused_and_its_sibling_projections_packed(
     tokens = [open_runner(p, profile, {"input_ids": prompt}).generate()[2].tolist()  # type: ignore[attr-defined]
               for p in (tmp_path / "q.onnx", tmp_path / "packed.onnx")]  # fmt: skip
     assert tokens[0] == tokens[1]
+    # heads of 8: the rotary embedding outside the operator reads the cache's length for its
+    # positions, so the cache cannot be one buffer longer than the past: left as it was
+    assert finish_decoder(tmp_path / "q.onnx", tmp_path / "kept.onnx") == {
+        "packed_matmuls": made, "cache_buffer": "copied"
+    }  # fmt: skip
+    assert MASK not in [i.name for i in graph_of(tmp_path / "kept.onnx").graph.input]
+    assert (
+        open_runner(tmp_path / "kept.onnx", profile, {"input_ids": prompt}).cache_buffer == "copied"
+    )  # type: ignore[attr-defined]

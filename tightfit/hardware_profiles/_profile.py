@@ -174,6 +174,13 @@ class HardwareProfile(Record):
     execution_provider: str = "CPUExecutionProvider"
     intra_op_threads: int = Field(1, ge=1)
     inter_op_threads: int = Field(1, ge=1)
+    thread_spinning: bool = Field(
+        False,
+        description="ONNX Runtime's threads spin while they wait for work, as they do by "
+        "default and in onnxruntime-genai's generator: faster where an inference is many small "
+        "operators (a decode step), but a spinning thread holds its core from anything else "
+        "on the machine; false: they sleep (the measurement's default)",
+    )
     batch_size: int = Field(1, ge=1)
     sequence_length: int | None = Field(
         None,

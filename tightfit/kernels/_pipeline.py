@@ -15,7 +15,7 @@ from torch import nn
 from tightfit.exceptions import CandidateError
 from tightfit.kernels._base import Refusal, SurgeryContext, Unit
 from tightfit.kernels._registry import registered_kernels
-from tightfit.kernels.fusion import fuse_for, pack_siblings, packs, unfold_float_zero_points
+from tightfit.kernels.fusion import finish_decoder, fuse_for, packs, unfold_float_zero_points
 from tightfit.kernels.precision import to_float16
 from tightfit.kernels.recovery import distill, recalibrate_batchnorm, reconstruct
 
@@ -148,7 +148,7 @@ def compress(
             current = dst
     if packs(ctx.profile):  # after precision, so each projection kept its own
         packed = out_dir / "packed.onnx"
-        report["packed_matmuls"] = pack_siblings(current, packed)
+        report.update(finish_decoder(current, packed))
         current = packed
     if ctx.profile.quantization.int4_grid == "minmax" and ctx.profile.runtime == "onnxruntime":
         unfolded = out_dir / "unfolded.onnx"  # ONNX Runtime's fast kernel takes no float zeros

@@ -20,10 +20,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
+from tightfit._ort import MASK, shares_cache_buffer
 from tightfit.hardware_profiles import HardwareProfile
 from tightfit.kernels.export import (  # noqa: F401
     drop_unread_initializers,
@@ -185,6 +187,74 @@ def fuse_decoder(src: Path) -> tuple[onnx.ModelProto | None, dict[str, int]]:
 _NBITS_SHARED = ("K", "bits", "block_size", "accuracy_level")
 
 
+def finish_decoder(src: Path, dst: Path) -> dict[str, Any]:
+    """Write ``src``, a generation graph after precision, to ``dst`` as it is measured and
+    exported, and return what was done: sibling MatMuls packed (``packed_matmuls``,
+    :func:`pack_siblings`) and the cache buffer (``cache_buffer``: ``shared`` where the
+    attention operators take their lengths from an ``attention_mask``, so one buffer serves as
+    past and present, :func:`lengths_from_mask`; else ``copied``)."""
+    model = onnx.load(str(src))
+    packed = _pack(model)
+    shared = lengths_from_mask(model) or shares_cache_buffer(model.graph)
+    onnx.save(model, str(dst))
+    return {"packed_matmuls": packed, "cache_buffer": "shared" if shared else "copied"}
+
+
+def lengths_from_mask(model: onnx.ModelProto) -> bool:
+    """Have every ``GroupQueryAttention`` of a generation graph take its sequence lengths
+    (``seqlens_k``, ``total_sequence_length``) from a new input, :data:`~tightfit._ort.MASK`
+    (ones over every position, ``(batch, past + new)``), as onnxruntime-genai's builder writes
+    them, instead of from the shape of the past cache; True where done.
+
+    With the lengths from the cache's shape, the past fed must be exactly as long as what was
+    cached, so each step the operator copies the whole past into a new present. With them from
+    the mask, past and present can be one buffer as long as the whole generation, which the
+    operator only appends to (:func:`~tightfit._ort.shares_cache_buffer`; the generation
+    runner binds it so). Only where nothing but the operators would read the cache then (a
+    rotary embedding outside the operator reads the past's length for its positions)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    attention = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
+    names = {i.name for i in graph.input}
+    if not attention or MASK in names or "input_ids" not in names:
+        return False
+    if any(len(n.input) < 7 for n in attention):
+        return False
+    if not shares_cache_buffer(graph, lengths_from_mask=False):
+        return False
+    ids = next(i for i in graph.input if i.name == "input_ids").type.tensor_type.shape.dim
+    batch = ids[0].dim_param or ids[0].dim_value or "batch"
+    graph.input.append(
+        helper.make_tensor_value_info(MASK, TensorProto.INT64, [batch, "total_sequence_length"])
+    )
+    prefix = f"/{MASK}"
+    graph.initializer.extend([
+        numpy_helper.from_array(np.array([1], dtype=np.int64), f"{prefix}/axes"),
+        numpy_helper.from_array(np.array(1, dtype=np.int64), f"{prefix}/one"),
+    ])  # fmt: skip
+    seqlens, total = f"{prefix}/seqlens_k", f"{prefix}/total_sequence_length"
+    nodes = [  # as the builder computes them: each row's length less one, and the mask's width
+        helper.make_node("ReduceSum", [MASK, f"{prefix}/axes"], [f"{prefix}/lengths"],
+                         name=f"{prefix}/ReduceSum", keepdims=0),
+        helper.make_node("Sub", [f"{prefix}/lengths", f"{prefix}/one"], [f"{prefix}/last"],
+                         name=f"{prefix}/Sub"),
+        helper.make_node("Cast", [f"{prefix}/last"], [seqlens], name=f"{prefix}/Cast",
+                         to=TensorProto.INT32),
+        helper.make_node("Shape", [MASK], [f"{prefix}/shape"], name=f"{prefix}/Shape"),
+        helper.make_node("Gather", [f"{prefix}/shape", f"{prefix}/one"], [f"{prefix}/width"],
+                         name=f"{prefix}/Gather", axis=0),
+        helper.make_node("Cast", [f"{prefix}/width"], [total], name=f"{prefix}/Cast_1",
+                         to=TensorProto.INT32),
+    ]  # fmt: skip
+    for node in attention:
+        node.input[5], node.input[6] = seqlens, total
+    for i, node in enumerate(nodes):
+        graph.node.insert(i, node)
+    _remove_unread(model)
+    return True
+
+
 def pack_siblings(src: Path, dst: Path) -> int:
     """Write ``src`` to ``dst`` with each set of MatMuls that read the same input with constant
     weights (a decoder block's q, k and v projections; its gate and up) packed into one MatMul
@@ -198,9 +268,16 @@ def pack_siblings(src: Path, dst: Path) -> int:
     and rotary fused (``benchmarks/results/llm_fusion.md``): two threads share one larger
     product better than three small ones. The outputs are the same tensors, unchanged.
     """
+    model = onnx.load(str(src))
+    packed = _pack(model)
+    onnx.save(model, str(dst))
+    return packed
+
+
+def _pack(model: onnx.ModelProto) -> int:
+    """:func:`pack_siblings` on ``model``, in place."""
     from onnx import helper, numpy_helper
 
-    model = onnx.load(str(src))
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     groups: dict[tuple, list[onnx.NodeProto]] = {}
@@ -244,7 +321,6 @@ def pack_siblings(src: Path, dst: Path) -> int:
         drop.update(id(n) for n in nodes)
     replace_nodes(model, nodes_held, {i: replace.get(i, []) for i in drop})
     _feed_packed_attention(model)
-    onnx.save(model, str(dst))
     return len(replace)
 
 

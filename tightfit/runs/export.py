@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from tightfit import objectives
+from tightfit._ort import generation_interface
 from tightfit.config import SearchConfig
 from tightfit.evaluators import evaluate_accuracy, size_mb
 from tightfit.exceptions import TightfitError
@@ -246,6 +247,7 @@ def export(
                 "environment": latency.environment,
             },
             "recovery": config.recovery.model_dump(mode="json"),
+            **({"generation": generation_interface(engine)} if hw.generation else {}),
             "report": b.report,
             "libraries": library_versions(),
             "files": b.files,

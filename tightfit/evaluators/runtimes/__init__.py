@@ -78,7 +78,9 @@ def environment(profile: HardwareProfile, feed: dict[str, np.ndarray]) -> dict[s
         "execution_provider": profile.execution_provider,
         "intra_op_threads": str(profile.intra_op_threads),
         "inter_op_threads": str(profile.inter_op_threads),
-        "session_options": "sequential,spinning=off,graph_opt=all",
+        "session_options": (
+            f"sequential,spinning={'on' if profile.thread_spinning else 'off'},graph_opt=all"
+        ),
         "batch_size": str(profile.batch_size),
         "float_precision": profile.float_precision,
         "shapes": ";".join(f"{k}={'x'.join(map(str, v.shape))}" for k, v in sorted(feed.items())),
