@@ -66,21 +66,35 @@ def shares_cache_buffer(graph: Any, lengths_from_mask: bool = True) -> bool:
     if not past:
         return False
     producer = {out: node for node in graph.node for out in node.output}
-    seen: set[int] = set()
-    stack = [producer[o.name] for o in graph.output if o.name in producer]
-    while stack:  # the nodes the outputs depend on, and which of their inputs they read
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        attention = node.op_type == _CACHE_OP
-        for k, tensor in enumerate(node.input):
-            if not lengths_from_mask and attention and k in (5, 6):
-                continue  # to be taken from the mask
-            if tensor in past and not (attention and k in (3, 4)):
+
+    def reads(tensors: list[str], skip_lengths: bool) -> list[tuple[Any, int, str]]:
+        """(node, input index, tensor) of every input read by the nodes ``tensors`` need."""
+        found, seen = [], set()
+        stack = [producer[t] for t in tensors if t in producer]
+        while stack:
+            node = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            for k, tensor in enumerate(node.input):
+                if skip_lengths and node.op_type == _CACHE_OP and k in (5, 6):
+                    continue  # to be taken from the mask
+                found.append((node, k, tensor))
+                if tensor in producer:
+                    stack.append(producer[tensor])
+        return found
+
+    live = reads([o.name for o in graph.output], skip_lengths=not lengths_from_mask)
+    for node, k, tensor in live:
+        if tensor in past and not (node.op_type == _CACHE_OP and k in (3, 4)):
+            return False
+    if lengths_from_mask:  # every operator's lengths are the mask's, not the new tokens' count
+        for node in {id(n): n for n, _, _ in live if n.op_type == _CACHE_OP}.values():
+            if len(node.input) < 7 or any(
+                MASK not in {t for _, _, t in reads([node.input[k]], False)} | {node.input[k]}
+                for k in (5, 6)
+            ):
                 return False
-            if tensor in producer:
-                stack.append(producer[tensor])
     return True
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from pydantic import ValidationError
 
 from tests import models
-from tightfit._ort import MASK, cache_layout, predict
+from tightfit._ort import MASK, cache_layout, predict, shares_cache_buffer
 from tightfit.config import ModelSpec
 from tightfit.evaluators.runtimes import open_runner
 from tightfit.exceptions import CandidateError
@@ -139,6 +140,12 @@ def test_attention_is_one_group_query_attention_per_layer_and_decodes_as_the_exp
     assert record == {"packed_matmuls": 2 * 3, "cache_buffer": "shared"}
     assert MASK in [i.name for i in graph_of(tmp_path / "shared.onnx").graph.input]
     assert MASK not in [i.name for i in packed.input]
+    # operators whose lengths do not come from the mask (here a constant) cannot share it
+    broken = graph_of(tmp_path / "shared.onnx")
+    broken.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(2, np.int32), "fixed"))
+    assert shares_cache_buffer(broken.graph)
+    next(n for n in broken.graph.node if n.op_type == "GroupQueryAttention").input[5] = "fixed"
+    assert not shares_cache_buffer(broken.graph)
     runners = [
         open_runner(p, profile, {"input_ids": ids[:, :5]})
         for p in (tmp_path / "shared.onnx", plain)
