@@ -64,8 +64,9 @@ def plan(units: list, four_bit_blocks: set[int] | None) -> dict[str, Any]:
 
 def main() -> None:
     import onnx
+    from transformers import AutoTokenizer
 
-    from benchmarks.llm import genai_graph, size_mb
+    from benchmarks.llm import continuations, genai_graph, size_mb
     from tightfit._ort import predict
     from tightfit.config import load_config
     from tightfit.evaluators import input_feed, measure_jointly
@@ -117,8 +118,10 @@ def main() -> None:
             del logits
         shapes = {"input_ids": (profile.generation.prompt_tokens,)}
         feed = input_feed(shapes, {"input_ids": "int64"}, profile, seed=0)
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir())
         for name, path in models.items():  # how the measurement keeps each graph's cache
             rows[name]["cache_buffer"] = open_runner(path, profile, feed).cache_buffer  # type: ignore[attr-defined]
+            rows[name]["continuations"] = continuations(path, profile, feed, tokenizer)
         others = [n for n in models if n != "fp32"]
         results = measure_jointly([models[n] for n in others], plain, profile, feed)
         rows["fp32"].update(phases_ms=results[0].baseline_phases_ms, ratio=1.0, ratio_ci=[1, 1])
@@ -160,6 +163,9 @@ def write_markdown(result: dict, path: Path) -> None:
             f"[{1 / ci[1]:.2f}, {1 / ci[0]:.2f}] | {r['size_mb']:.0f} | {r.get('nodes', '')} "
             f"| {r.get('cache_buffer', '')} |"
         )
+    lines += ["", "Greedy continuations (24 new tokens):", ""]
+    for name, r in rows.items():
+        lines += [f"**{name}**", "", *(f"- {text!r}" for text in r.get("continuations", [])), ""]
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
