@@ -98,10 +98,11 @@ def shares_cache_buffer(graph: Any, lengths_from_mask: bool = True) -> bool:
     return True
 
 
-def cache_layout(source: ort.InferenceSession | Path | str) -> dict[str, tuple[int, int]]:
+def cache_layout(source: ort.InferenceSession | Path | str | Any) -> dict[str, tuple[int, int]]:
     """Each KV-cache input of a graph -> its (kv heads, head dim); empty for other graphs.
 
-    ``source``: a session, or an ONNX file (its inputs are read without its weights' data)."""
+    ``source``: a session, an ONNX file (its inputs are read without its weights' data) or a
+    loaded ``onnx.GraphProto``."""
     layout = {}
     for name, shape in _input_shapes(source).items():
         if not name.startswith(PAST) or len(shape) != 4:
@@ -116,12 +117,15 @@ def cache_layout(source: ort.InferenceSession | Path | str) -> dict[str, tuple[i
     return layout
 
 
-def _input_shapes(source: ort.InferenceSession | Path | str) -> dict[str, list[Any]]:
+def _input_shapes(source: ort.InferenceSession | Path | str | Any) -> dict[str, list[Any]]:
     if isinstance(source, ort.InferenceSession):
         return {i.name: list(i.shape) for i in source.get_inputs()}
     import onnx
 
-    graph = onnx.load(str(source), load_external_data=False).graph
+    if isinstance(source, onnx.GraphProto):
+        graph = source
+    else:
+        graph = onnx.load(str(source), load_external_data=False).graph
     return {
         i.name: [d.dim_value if d.HasField("dim_value") else d.dim_param
                  for d in i.type.tensor_type.shape.dim]
@@ -150,7 +154,7 @@ def generation_interface(path: Path | str) -> dict[str, Any]:
         }
 
     inputs, outputs = described(graph.input), described(graph.output)
-    layout = cache_layout(path)
+    layout = cache_layout(graph)  # the graph loaded above, not the file again
     presents = [o for o in outputs if o.startswith("present.")]
     cache = [
         {"input": name, "output": name.replace(PAST, "present.", 1), "kv_heads": h, "head_dim": d}
